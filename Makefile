@@ -1,0 +1,57 @@
+# logmesh: every target bootstraps what it needs and skips work already done (stamp files).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA ?= ../shared/data/hdfs
+MODELS ?= models
+GEN := clients/python/logmesh/v1
+PROTOS := $(wildcard protos/logmesh/v1/*.proto)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: help venv gen lint test demo clean
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Python packages; reinstalled only when requirements.txt changes.
+$(VENV)/.deps: requirements.txt | $(VENV)/bin/python
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+# logmesh itself, editable, after the generated code it packages exists.
+$(VENV)/.logmesh: pyproject.toml $(GEN)/.stamp
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.logmesh  ## create .venv with every Python dependency and the logmesh CLI
+
+# Python code generated from protos/ (never edited by hand, not committed).
+$(GEN)/.stamp: $(PROTOS) $(VENV)/.deps
+	rm -rf $(GEN) && mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -I protos --python_out=clients/python --pyi_out=clients/python \
+	  --grpc_python_out=clients/python $(PROTOS)
+	touch $(GEN)/__init__.py $@
+
+gen: $(VENV)/.logmesh  ## generate the Python protobuf/gRPC code
+
+# buf (STANDARD lint) from npm, kept under .cache/
+BUF := .cache/buf/node_modules/.bin/buf
+$(BUF):
+	npm install --silent --prefix .cache/buf @bufbuild/buf
+
+lint: $(BUF)  ## buf lint the protos
+	$(BUF) lint
+
+test: gen lint  ## run the whole test suite
+	$(PY) -m pytest -q
+
+demo: gen  ## run the main job on the embedded defaults
+	$(PY) -m logmesh.demo --data $(DATA) --models $(MODELS)
+
+clean:  ## remove generated code and caches (keeps .venv)
+	rm -rf $(GEN) .cache/run

@@ -1,0 +1,134 @@
+"""What both gRPC servers share: tolerant request decoding, health, reflection, limits, graceful stop.
+
+Requests are decoded by our own deserializer so that undecodable bytes (e.g. invalid UTF-8 in a
+string field) reach the handler as `Undecodable` and get INVALID_ARGUMENT with a reason, instead
+of grpcio's generic INTERNAL "Exception deserializing request".
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+from concurrent import futures
+from typing import Any, Callable
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Server-wide limits; each is also a CLI flag of `logmesh serve`."""
+
+    max_message_bytes: int = 32 * 1024 * 1024  # one request message (a whole batch)
+    max_line_bytes: int = 64 * 1024  # one log line's text
+    max_batch_items: int = 1024  # items in one stream message
+    max_concurrent_rpcs: int = 64
+    workers: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Undecodable:
+    """A request message whose bytes did not parse; handlers answer it with INVALID_ARGUMENT."""
+
+    reason: str
+    size: int
+
+
+def _tolerant(message_cls: type) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_cls.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(f"request is not a valid {message_cls.DESCRIPTOR.full_name}: {exc}", len(data))
+    return deserialize
+
+
+def generic_handler(service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:
+    """Builds the service's method handlers from its descriptor, with tolerant request decoding."""
+    handlers = {}
+    for method in service.methods:
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        response_cls = message_factory.GetMessageClass(method.output_type)
+        kind = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = kind(
+            getattr(servicer, method.name),
+            request_deserializer=_tolerant(request_cls),
+            response_serializer=response_cls.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def reject_undecodable(request: Any, context: grpc.ServicerContext) -> None:
+    """Aborts a unary call whose request did not decode."""
+    if isinstance(request, Undecodable):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+
+
+class Server:
+    """A gRPC server with health checking, reflection and a graceful SIGTERM stop.
+
+    Health starts NOT_SERVING; the owner calls `set_serving(True)` once its model is loaded.
+    """
+
+    def __init__(self, services: list[tuple[ServiceDescriptor, object]], port: int, host: str = "127.0.0.1",
+                 limits: Limits = Limits()) -> None:
+        self.limits = limits
+        options = [
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.workers), options=options,
+                                   maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
+        self._names = [s.full_name for s, _ in services]
+        for descriptor, servicer in services:
+            self._server.add_generic_rpc_handlers((generic_handler(descriptor, servicer),))
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            self._names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self._server)
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {host}:{port}: the port is taken or not allowed; pick another with --port")
+        self.address = f"{host}:{self.port}"
+        self._stopped = threading.Event()
+        self.set_serving(False)
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self._names]:
+            self.health.set(name, status)
+
+    def start(self) -> "Server":
+        self._server.start()
+        return self
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stops taking new RPCs, lets in-flight ones finish for up to `grace` seconds."""
+        self.health.enter_graceful_shutdown()
+        self._server.stop(grace).wait()
+        self._stopped.set()
+
+    def serve_until_signal(self, grace: float = 10.0) -> None:
+        """Blocks until SIGTERM or SIGINT, then stops gracefully."""
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("stopping", extra={"signal": signal.Signals(signum).name, "grace_s": grace})
+            threading.Thread(target=self.stop, args=(grace,), daemon=True).start()
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self._stopped.wait()
+        log.info("stopped")

@@ -1,0 +1,112 @@
+"""EmbedderService over gRPC: unary Embed and batched EmbedStream, with per-item errors."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Iterator
+
+import grpc
+
+from logmesh import vectors
+from logmesh.embedder.cache import EmbeddingCache
+from logmesh.embedder.encoder import MODEL_NAME
+from logmesh.embedder.engine import CachedEmbedder, Encoder
+from logmesh.grpc_server import Limits, Server, Undecodable, reject_undecodable
+from logmesh.v1 import common_pb2, embedder_service_pb2 as pb
+
+log = logging.getLogger("logmesh.embedder")
+SERVICE = pb.DESCRIPTOR.services_by_name["EmbedderService"]
+
+
+def text_problem(text: str, limits: Limits) -> str | None:
+    """Why `text` cannot be embedded, or None."""
+    if not text.strip():
+        return "text is empty; send the log line (or its message) to embed"
+    size = len(text.encode("utf-8"))
+    if size > limits.max_line_bytes:
+        return f"text is {size} bytes; the limit is {limits.max_line_bytes} bytes (--max-line-bytes)"
+    return None
+
+
+class EmbedderServicer:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.engine: CachedEmbedder | None = None
+        self.load_error: str | None = None
+
+    def _engine(self, context: grpc.ServicerContext) -> CachedEmbedder:
+        if self.engine is None:
+            reason = self.load_error or "the model is still loading"
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{reason}; retry when health reports SERVING")
+        return self.engine  # type: ignore[return-value]
+
+    def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
+        reject_undecodable(request, context)
+        problem = text_problem(request.text, self.limits)
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        engine = self._engine(context)
+        [vector] = engine.embed([request.text])
+        return pb.EmbedResponse(embedding=vectors.to_message(request.record_id, MODEL_NAME, vector))
+
+    def EmbedStream(self, requests: Iterator[pb.EmbedStreamRequest],
+                    context: grpc.ServicerContext) -> Iterator[pb.EmbedStreamResponse]:
+        for request in requests:
+            yield self._embed_batch(request, context)
+
+    def _embed_batch(self, request: pb.EmbedStreamRequest | Undecodable,
+                     context: grpc.ServicerContext) -> pb.EmbedStreamResponse:
+        if isinstance(request, Undecodable):
+            return pb.EmbedStreamResponse(error=_error(grpc.StatusCode.INVALID_ARGUMENT, request.reason))
+        reply = pb.EmbedStreamResponse(batch_id=request.batch_id)
+        if len(request.items) > self.limits.max_batch_items:
+            reply.error.CopyFrom(_error(grpc.StatusCode.INVALID_ARGUMENT,
+                                        f"batch has {len(request.items)} items; the limit is "
+                                        f"{self.limits.max_batch_items} (--max-batch); split it"))
+            return reply
+        engine = self._engine(context)
+        problems = [text_problem(item.text, self.limits) for item in request.items]
+        good = [item.text for item, p in zip(request.items, problems) if p is None]
+        embedded = iter(engine.embed(good) if good else [])
+        for item, problem in zip(request.items, problems):
+            result = reply.results.add(record_id=item.record_id)
+            if problem:
+                result.error.CopyFrom(_error(grpc.StatusCode.INVALID_ARGUMENT, problem))
+            else:
+                result.embedding.CopyFrom(vectors.to_message(item.record_id, MODEL_NAME, next(embedded)))
+        return reply
+
+
+def _error(code: grpc.StatusCode, message: str) -> common_pb2.ItemError:
+    return common_pb2.ItemError(code=code.value[0], message=message)
+
+
+def serve(port: int, host: str = "127.0.0.1", limits: Limits = Limits(), threads: int = 1,
+          cache_size: int = 50_000, encoder_factory: Callable[[], Encoder] | None = None) -> Server:
+    """Starts the server at once (NOT_SERVING) and loads the model in the background."""
+    servicer = EmbedderServicer(limits)
+    server = Server([(SERVICE, servicer)], port, host, limits).start()
+    log.info("embedder listening", extra={"address": server.address, "threads": threads})
+
+    def load() -> None:
+        started = time.perf_counter()
+        try:
+            if encoder_factory is None:
+                from logmesh.embedder.encoder import SentenceEncoder
+                encoder: Encoder = SentenceEncoder(threads=threads)
+            else:
+                encoder = encoder_factory()
+            engine = CachedEmbedder(encoder, EmbeddingCache(cache_size))
+            engine.embed(["warm-up line"])  # first call pays torch's lazy init, not a client
+        except Exception as exc:  # any failure is reported through health and UNAVAILABLE
+            servicer.load_error = f"model failed to load: {exc}"
+            log.exception("model failed to load")
+            return
+        servicer.engine = engine
+        server.set_serving(True)
+        log.info("embedder serving", extra={"model": MODEL_NAME, "dim": engine.dim,
+                                            "load_s": round(time.perf_counter() - started, 2)})
+
+    threading.Thread(target=load, name="model-loader", daemon=True).start()
+    return server
