@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/logmesh/v1/*.proto)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help venv gen lint test demo clean
+.PHONY: help venv gen lint tools test demo clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -47,7 +47,14 @@ $(BUF):
 lint: $(BUF)  ## buf lint the protos
 	$(BUF) lint
 
-test: gen lint  ## run the whole test suite
+# grpcurl from the Go module proxy, kept under .cache/ (tests run the README's grpcurl commands)
+GRPCURL := .cache/go/bin/grpcurl
+$(GRPCURL):
+	GOBIN=$(abspath .cache/go/bin) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
+
+tools: $(BUF) $(GRPCURL)  ## install buf and grpcurl under .cache/
+
+test: gen lint $(GRPCURL)  ## run the whole test suite
 	$(PY) -m pytest -q
 
 demo: gen  ## run the main job on the embedded defaults

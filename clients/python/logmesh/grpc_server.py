@@ -71,6 +71,13 @@ def generic_handler(service: ServiceDescriptor, servicer: object) -> grpc.Generi
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
+def time_left(context: grpc.ServicerContext) -> float | None:
+    """Seconds until the call's deadline, or None when the caller set none (grpcio then reports a
+    far-future deadline, which must not be passed on as a timeout)."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > 10 * 365 * 86400 else remaining
+
+
 def reject_undecodable(request: Any, context: grpc.ServicerContext) -> None:
     """Aborts a unary call whose request did not decode."""
     if isinstance(request, Undecodable):
@@ -94,6 +101,7 @@ class Server:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.workers), options=options,
                                    maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
         self._names = [s.full_name for s, _ in services]
+        self.servicers = {s.name: servicer for s, servicer in services}  # for in-process callers and tests
         for descriptor, servicer in services:
             self._server.add_generic_rpc_handlers((generic_handler(descriptor, servicer),))
         self.health = health.HealthServicer(experimental_non_blocking=True)

@@ -1,0 +1,210 @@
+"""The `logmesh` command line. Every subcommand has --help; servers log JSON lines to stderr."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import grpc
+
+from logmesh.client import DEFAULT_EMBEDDER, DEFAULT_SCORER, EmbedderClient, ScorerClient
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in a package; never reach for a hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _limits_args(p: argparse.ArgumentParser) -> None:
+    from logmesh.grpc_server import Limits
+    d = Limits()
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: loopback only)")
+    p.add_argument("--max-line-bytes", type=int, default=d.max_line_bytes, help="longest line accepted (default %(default)s)")
+    p.add_argument("--max-batch", type=int, default=d.max_batch_items, help="most items in one stream message (default %(default)s)")
+    p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes, help="largest request message (default %(default)s)")
+    p.add_argument("--max-concurrent-rpcs", type=int, default=d.max_concurrent_rpcs, help="RPCs served at once; more get RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight RPCs get to finish on SIGTERM (default %(default)s)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from logmesh.grpc_server import Limits
+    return Limits(max_message_bytes=args.max_message_bytes, max_line_bytes=args.max_line_bytes,
+                  max_batch_items=args.max_batch, max_concurrent_rpcs=args.max_concurrent_rpcs)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from logmesh import logs
+    logs.setup(args.log_level)
+    if args.service == "embedder":
+        from logmesh.embedder.service import serve
+        server = serve(args.port or 50051, args.host, _limits(args), threads=args.threads, cache_size=args.cache_size)
+    else:
+        from logmesh.scorer.service import serve
+        server = serve(args.port or 50052, Path(args.model_dir), args.embedder, args.host, _limits(args),
+                       reload_interval=args.reload_interval)
+    server.serve_until_signal(args.grace)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from logmesh import logs
+    logs.setup(args.log_level)
+    data = Path(args.data)
+    if not (data / "anomaly_label.csv").exists():
+        print(f"error: {data} has no anomaly_label.csv; point --data at a loghub HDFS_v1 folder "
+              "(raw *.log files plus anomaly_label.csv)", file=sys.stderr)
+        return 2
+    from logmesh.embedder.encoder import SentenceEncoder
+    from logmesh.scorer.train import train
+    encoder = SentenceEncoder(threads=args.threads)
+    path = train(data, Path(args.out), encoder.encode, seed=args.seed, limit=args.limit)
+    meta = json.loads((path / "meta.json").read_text())
+    ens = meta["metrics"]["line"]["ensemble"]
+    print(f"saved {path}  (held-out line precision {ens['precision']:.3f} recall {ens['recall']:.3f} "
+          f"f1 {ens['f1']:.3f}; {meta['data']['lines']} lines, {meta['train_seconds']} s)")
+    return 0
+
+
+def _verdict(v: int) -> str:
+    from logmesh.v1 import score_pb2
+    return score_pb2.Verdict.Name(v).removeprefix("VERDICT_")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    lines = args.line or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    with ScorerClient(args.scorer, timeout=args.timeout) as scorer:
+        results = [scorer.score_line(lines[0])] if len(lines) == 1 else None
+        if results is None:
+            items = list(scorer.score_lines(lines))
+            failed = [i for i in items if i.HasField("error")]
+            for item in failed:
+                print(f"error: {item.record_id}: {item.error.message}", file=sys.stderr)
+            results = [i.result for i in items if i.HasField("result")]
+    for r in results:
+        if args.json:
+            from google.protobuf.json_format import MessageToDict
+            print(json.dumps(MessageToDict(r)))
+            continue
+        votes = " ".join(f"{v.model}={v.score:.2f}" for v in r.votes)
+        print(f"{_verdict(r.verdict)}  score={r.score:.3f}  confidence={r.confidence:.2f}  "
+              f"votes={r.anomaly_votes}/{r.anomaly_votes + r.normal_votes} anomaly  [{votes}]  "
+              f"template={r.template_id}  model={r.model_version}")
+    return 0
+
+
+def cmd_anomalies(args: argparse.Namespace) -> int:
+    with ScorerClient(args.scorer, timeout=args.timeout) as scorer:
+        page = scorer.anomalies(args.limit, args.page_token, args.min_score, args.block)
+    for entry in page.anomalies:
+        if entry.HasField("line"):
+            r = entry.line
+            print(f"#{entry.id}  {entry.recorded_time.ToJsonString()}  line  score={r.score:.3f}  "
+                  f"votes={r.anomaly_votes}/{r.anomaly_votes + r.normal_votes}  "
+                  f"{','.join(r.block_ids)}  {r.message}")
+        else:
+            b = entry.block
+            print(f"#{entry.id}  {entry.recorded_time.ToJsonString()}  block {b.block_id}  score={b.score:.3f}")
+    if not page.anomalies:
+        print("no anomalies recorded", file=sys.stderr)
+    if page.next_page_token:
+        print(f"more: --page-token {page.next_page_token}", file=sys.stderr)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with ScorerClient(args.scorer, timeout=args.timeout) as scorer:
+        stats = scorer.stats()
+    from google.protobuf.json_format import MessageToDict
+    print(json.dumps(MessageToDict(stats, always_print_fields_with_no_presence=True), indent=2))
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    status = 0
+    for name, client in (("embedder", EmbedderClient(args.embedder)), ("scorer", ScorerClient(args.scorer))):
+        with client:
+            try:
+                state = client.health()
+            except grpc.RpcError as exc:
+                state = f"DOWN ({exc.code().name})"
+            print(f"{name:9} {client.address:22} {state}")
+            status |= state != "SERVING"
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logmesh", description="Real-time anomaly detection for HDFS logs over gRPC.",
+        epilog="Start with: logmesh serve embedder & logmesh serve scorer --model-dir models & logmesh score LINE")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the embedder or the scorer gRPC server",
+                       description="Run a gRPC server with health checking and reflection. It reports NOT_SERVING "
+                                   "until its model is loaded; SIGTERM stops it gracefully.")
+    p.add_argument("service", choices=["embedder", "scorer"])
+    p.add_argument("--port", type=int, default=0, help="port (default 50051 for the embedder, 50052 for the scorer)")
+    p.add_argument("--threads", type=int, default=1, help="embedder: torch threads (default 1: safe on a shared 2-core box)")
+    p.add_argument("--cache-size", type=int, default=50_000, help="embedder: line shapes kept in the embedding cache")
+    p.add_argument("--model-dir", default="models", help="scorer: folder of model artifacts; the newest is served (default %(default)s)")
+    p.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="scorer: embedder address (default %(default)s)")
+    p.add_argument("--reload-interval", type=float, default=5.0, help="scorer: seconds between checks for a newer artifact")
+    _limits_args(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("train", help="train a model artifact from labelled HDFS logs",
+                       description="Fit the line ensemble on a loghub HDFS_v1 folder (*.log + anomaly_label.csv) and "
+                                   "save a versioned artifact with its metrics under --out.")
+    p.add_argument("--data", required=True, help="folder with raw HDFS *.log files and anomaly_label.csv")
+    p.add_argument("--out", default="models", help="model dir to add the artifact to (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="use at most this many lines")
+    p.add_argument("--threads", type=int, default=2, help="torch threads for embedding (default %(default)s)")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_train)
+
+    def client_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--scorer", default=DEFAULT_SCORER, help="scorer address (default %(default)s)")
+        p.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default %(default)s)")
+
+    p = sub.add_parser("score", help="score raw log lines and print verdict, score and votes",
+                       description="Score raw HDFS lines given as arguments, or one per line on stdin.")
+    p.add_argument("line", nargs="*", help="raw HDFS log line(s); read stdin when none")
+    p.add_argument("--json", action="store_true", help="print each ScoreResult as JSON")
+    client_args(p)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("anomalies", help="list recorded anomalies, newest first")
+    p.add_argument("--limit", type=int, default=20, help="entries per page (default %(default)s)")
+    p.add_argument("--page-token", default="", help="continue from a previous page")
+    p.add_argument("--min-score", type=float, default=0.0)
+    p.add_argument("--block", default="", help="only this block id")
+    client_args(p)
+    p.set_defaults(func=cmd_anomalies)
+
+    p = sub.add_parser("stats", help="print the scorer's counters, latencies and model as JSON")
+    client_args(p)
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("health", help="check both servers' gRPC health (exit 0 when both are SERVING)")
+    p.add_argument("--embedder", default=DEFAULT_EMBEDDER)
+    p.add_argument("--scorer", default=DEFAULT_SCORER)
+    p.set_defaults(func=cmd_health)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except grpc.RpcError as exc:
+        target = getattr(args, "scorer", "")
+        hint = {
+            grpc.StatusCode.UNAVAILABLE: f"is the scorer running at {target}? start it with `logmesh serve scorer`",
+        }.get(exc.code(), "")
+        print(f"error: {exc.code().name}: {exc.details()}" + (f"\n  {hint}" if hint else ""), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

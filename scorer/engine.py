@@ -1,0 +1,155 @@
+"""Scoring a batch of lines with one loaded artifact.
+
+Every line model reads only the line's masked shape (and the shape's embedding), so member
+probabilities are memoised per shape: after warm-up a line costs a dict lookup, and the embedder
+is called only for shapes this artifact has never seen.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from typing import Callable
+
+import grpc
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from logmesh import vectors
+from logmesh.grpc_server import Limits
+from logmesh.ingest.hdfs import parse_line
+from logmesh.ingest.masking import line_shape
+from logmesh.scorer.artifacts import Artifact
+from logmesh.scorer.ensemble import THRESHOLD
+from logmesh.v1 import common_pb2, log_record_pb2, score_pb2, scorer_service_pb2 as spb
+
+EMBEDDING_DIM = 384
+# (shapes, seconds left of the caller's deadline or None) -> vectors; raises grpc.RpcError when the embedder is down
+EmbedShapes = Callable[[list[str], float | None], np.ndarray]
+ANOMALY, NORMAL = score_pb2.VERDICT_ANOMALY, score_pb2.VERDICT_NORMAL
+
+
+def _error(code: grpc.StatusCode, message: str) -> common_pb2.ItemError:
+    return common_pb2.ItemError(code=code.value[0], message=message)
+
+
+def resolve_record(item: spb.ScoreItem, limits: Limits) -> tuple[log_record_pb2.LogRecord | None, str | None]:
+    """The item's LogRecord, or why there is none."""
+    which = item.WhichOneof("input")
+    if which is None:
+        return None, "item has neither record nor raw_line; set one"
+    if which == "raw_line":
+        text = item.raw_line
+        if not text.strip():
+            return None, "raw_line is empty; send a log line"
+    else:
+        text = item.record.message
+        if not text.strip():
+            return None, f"record {item.record.id!r} has an empty message; nothing to score"
+    size = len(text.encode("utf-8"))
+    if size > limits.max_line_bytes:
+        return None, f"line is {size} bytes; the limit is {limits.max_line_bytes} bytes (--max-line-bytes)"
+    if which == "raw_line":
+        record = parse_line(text, "raw")
+        # Raw lines get a content-derived id, so the same line scored twice has the same id.
+        record.id = "raw:" + hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+        return record, None
+    return item.record, None
+
+
+class LineScorer:
+    def __init__(self, artifact: Artifact, embed: EmbedShapes, limits: Limits, memo_size: int = 100_000) -> None:
+        self.artifact = artifact
+        self.ensemble = artifact.models["line"]
+        self.members = self.ensemble.names
+        self._embed = embed
+        self._limits = limits
+        self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._memo_size = memo_size
+        self._lock = threading.Lock()
+
+    def score(self, items: list[spb.ScoreItem], timeout: float | None = None) -> list[spb.ScoreItemResult]:
+        """One ScoreItemResult per item, in order; bad items and embedder outages become per-item errors.
+        `timeout` (the caller's remaining deadline) bounds the call to the embedder."""
+        results = [spb.ScoreItemResult() for _ in items]
+        records: list[log_record_pb2.LogRecord | None] = []
+        shapes: list[str] = []
+        given: dict[str, np.ndarray] = {}  # shape -> embedding the caller sent
+        for item, result in zip(items, results):
+            record, problem = resolve_record(item, self._limits)
+            if problem is None and item.HasField("embedding"):
+                problem = vectors.check(item.embedding, EMBEDDING_DIM)
+            if problem is not None:
+                result.record_id = item.record.id if item.HasField("record") else ""
+                result.error.CopyFrom(_error(grpc.StatusCode.INVALID_ARGUMENT, problem))
+                records.append(None)
+                shapes.append("")
+                continue
+            shape = line_shape(record.component, record.message)
+            if item.HasField("embedding"):
+                given.setdefault(shape, vectors.from_message(item.embedding))
+            records.append(record)
+            shapes.append(shape)
+
+        wanted = {s for s, r in zip(shapes, records) if r is not None}
+        probabilities, unavailable = self._probabilities(wanted, given, timeout)
+        scored_time = Timestamp()
+        scored_time.GetCurrentTime()
+        for record, shape, result in zip(records, shapes, results):
+            if record is None:
+                continue
+            result.record_id = record.id
+            if shape in unavailable:
+                result.error.CopyFrom(_error(grpc.StatusCode.UNAVAILABLE, unavailable[shape]))
+                continue
+            self._fill(result.result, record, probabilities[shape], scored_time)
+        return results
+
+    def _probabilities(self, shapes: set[str], given: dict[str, np.ndarray],
+                       timeout: float | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        with self._lock:
+            known = {s: self._memo[s] for s in shapes if s in self._memo}
+        missing = [s for s in shapes if s not in known]
+        unavailable: dict[str, str] = {}
+        if missing:
+            need = [s for s in missing if s not in given]
+            embedded = dict(given)
+            if need:
+                try:
+                    embedded.update(zip(need, self._embed(need, timeout)))
+                except grpc.RpcError as exc:
+                    reason = (f"embedder unavailable ({exc.code().name}: {exc.details()}); "
+                              "the line was not scored, retry")
+                    unavailable = {s: reason for s in need}
+                    missing = [s for s in missing if s in given]
+            if missing:
+                matrix = np.stack([embedded[s] for s in missing])
+                rows = self.ensemble.probabilities(missing, matrix)
+                fresh = dict(zip(missing, rows))
+                known.update(fresh)
+                with self._lock:
+                    self._memo.update(fresh)
+                    while len(self._memo) > self._memo_size:
+                        self._memo.popitem(last=False)
+        return known, unavailable
+
+    def _fill(self, out: score_pb2.ScoreResult, record: log_record_pb2.LogRecord, row: np.ndarray,
+              scored_time: Timestamp) -> None:
+        anomaly_votes = int((row >= THRESHOLD).sum())
+        normal_votes = len(row) - anomaly_votes
+        anomalous = anomaly_votes * 2 > len(row)
+        out.record_id = record.id
+        out.verdict = ANOMALY if anomalous else NORMAL
+        out.score = float(row.mean())
+        out.confidence = max(anomaly_votes, normal_votes) / len(row)
+        out.anomaly_votes = anomaly_votes
+        out.normal_votes = normal_votes
+        for name, p in zip(self.members, row):
+            out.votes.add(model=name, verdict=ANOMALY if p >= THRESHOLD else NORMAL, score=float(p))
+        out.model_version = self.artifact.version
+        out.template_id = record.template_id
+        out.block_ids.extend(record.block_ids)
+        if record.HasField("event_time"):
+            out.event_time.CopyFrom(record.event_time)
+        out.scored_time.CopyFrom(scored_time)
+        out.message = record.message

@@ -1,0 +1,64 @@
+"""The line-level ensemble: five members vote on a line's shape (DESIGN.md; issue 4 grows it).
+
+A line's verdict answers "is this line's shape predominantly seen in failing blocks?": each member
+estimates P(block anomalous | line) and votes anomaly at >= 0.5; the majority wins. Four members read
+the masked text (TF-IDF), one reads the SBERT embedding.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import SGDClassifier
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.tree import DecisionTreeClassifier
+
+THRESHOLD = 0.5
+_TOKENS = r"[A-Za-z$<>_.*]+"  # words and placeholders; digits were masked away already
+
+
+def _tfidf() -> TfidfVectorizer:
+    return TfidfVectorizer(token_pattern=_TOKENS, ngram_range=(1, 2), lowercase=False, sublinear_tf=True)
+
+
+def build_members(seed: int = 0) -> dict[str, tuple[str, Pipeline | SGDClassifier]]:
+    """name -> (input kind "text" or "embedding", unfitted estimator)."""
+    return {
+        "tfidf_sgd": ("text", make_pipeline(_tfidf(), SGDClassifier(loss="log_loss", alpha=1e-5, random_state=seed))),
+        "random_forest": ("text", make_pipeline(_tfidf(), RandomForestClassifier(
+            n_estimators=50, min_samples_leaf=2, n_jobs=1, random_state=seed))),
+        "mlp": ("text", make_pipeline(_tfidf(), MLPClassifier(hidden_layer_sizes=(32,), max_iter=40,
+                                                               early_stopping=False, random_state=seed))),
+        "decision_tree": ("text", make_pipeline(_tfidf(), DecisionTreeClassifier(min_samples_leaf=2, random_state=seed))),
+        "embedding_sgd": ("embedding", SGDClassifier(loss="log_loss", alpha=1e-5, random_state=seed)),
+    }
+
+
+class LineEnsemble:
+    """Fitted members; `probabilities` gives one column of P(anomaly) per member."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.members = build_members(seed)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.members)
+
+    def fit(self, shapes: list[str], embeddings: np.ndarray, labels: np.ndarray) -> "LineEnsemble":
+        for kind, estimator in self.members.values():
+            estimator.fit(shapes if kind == "text" else embeddings, labels)
+        return self
+
+    def probabilities(self, shapes: list[str], embeddings: np.ndarray) -> np.ndarray:
+        """(n, members) matrix of P(anomaly)."""
+        columns = [estimator.predict_proba(shapes if kind == "text" else embeddings)[:, 1]
+                   for kind, estimator in self.members.values()]
+        return np.column_stack(columns).astype(np.float32)
+
+
+def combine(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: majority verdict (bool), mean score, and anomaly vote count."""
+    votes = (probabilities >= THRESHOLD).sum(axis=1)
+    verdict = votes * 2 > probabilities.shape[1]
+    return verdict, probabilities.mean(axis=1), votes

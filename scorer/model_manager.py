@@ -1,0 +1,69 @@
+"""Keeps the newest good artifact of a model dir loaded, and swaps to newer ones without a restart."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from logmesh.scorer import artifacts
+from logmesh.scorer.engine import EmbedShapes, LineScorer
+from logmesh.grpc_server import Limits
+
+log = logging.getLogger("logmesh.scorer.models")
+
+
+class ModelManager:
+    """`scorer` is None until an artifact loads; `status` says why when it is."""
+
+    def __init__(self, model_dir: Path, embed: EmbedShapes, limits: Limits,
+                 on_change: Callable[[bool], None] = lambda serving: None) -> None:
+        self.model_dir = model_dir
+        self._embed = embed
+        self._limits = limits
+        self._on_change = on_change
+        self.scorer: LineScorer | None = None
+        self.loaded_at: float | None = None  # wall-clock seconds
+        self.status = "not loaded yet"
+        self._failed: set[str] = set()  # versions that failed to load; not retried
+        self._stop = threading.Event()
+
+    def refresh(self) -> bool:
+        """Loads the newest version if it is new; returns True when the loaded model changed."""
+        version = artifacts.newest(self.model_dir)
+        current = self.scorer.artifact.version if self.scorer else None
+        if version is None:
+            if current is None:
+                self.status = (f"no model artifact in {self.model_dir}; make one with "
+                               f"`logmesh train --data DIR --out {self.model_dir}`")
+            return False
+        if version == current or version in self._failed:
+            return False
+        try:
+            artifact = artifacts.load(self.model_dir, version)
+        except artifacts.ArtifactError as exc:
+            self._failed.add(version)
+            kept = f"; still serving {current}" if current else ""
+            self.status = f"{exc}{kept}"
+            log.error("artifact failed to load", extra={"version": version, "reason": str(exc), "kept": current})
+            return False
+        self.scorer = LineScorer(artifact, self._embed, self._limits)
+        self.loaded_at = time.time()
+        self.status = ""
+        log.info("model loaded", extra={"version": version, "previous": current, "members": self.scorer.members})
+        self._on_change(True)
+        return True
+
+    def watch(self, interval: float) -> None:
+        """Polls the model dir every `interval` seconds in a daemon thread."""
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.refresh()
+                except Exception:  # a bad poll must not kill hot reload
+                    log.exception("model refresh failed")
+        threading.Thread(target=loop, name="model-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()

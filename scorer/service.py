@@ -1,0 +1,123 @@
+"""ScorerService over gRPC: Score, ScoreStream, ListAnomalies, GetStats."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import numpy as np
+
+from logmesh.client import EmbedderClient
+from logmesh.grpc_server import Limits, Server, Undecodable, reject_undecodable, time_left
+from logmesh.scorer.engine import ANOMALY, LineScorer, _error
+from logmesh.scorer.history import AnomalyHistory
+from logmesh.scorer.model_manager import ModelManager
+from logmesh.scorer.stats import ScorerStats
+from logmesh.v1 import scorer_service_pb2 as spb
+
+log = logging.getLogger("logmesh.scorer")
+SERVICE = spb.DESCRIPTOR.services_by_name["ScorerService"]
+MAX_PAGE = 1000
+
+
+class ScorerServicer:
+    def __init__(self, models: ModelManager, limits: Limits) -> None:
+        self.models = models
+        self.limits = limits
+        self.history = AnomalyHistory()
+        self.stats = ScorerStats()
+
+    def _scorer(self, context: grpc.ServicerContext) -> LineScorer:
+        scorer = self.models.scorer
+        if scorer is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"no model is serving: {self.models.status}")
+        return scorer  # type: ignore[return-value]
+
+    def _score(self, items: list[spb.ScoreItem], context: grpc.ServicerContext) -> list[spb.ScoreItemResult]:
+        started = time.perf_counter()
+        remaining = time_left(context)
+        if remaining is not None and remaining <= 0:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before scoring began")
+        results = self._scorer(context).score(items, remaining)
+        flagged = [r.result for r in results if r.HasField("result") and r.result.verdict == ANOMALY]
+        rejected = sum(1 for r in results if r.HasField("error"))
+        self.history.add_lines(flagged)
+        self.stats.record(len(results) - rejected, len(flagged), rejected, time.perf_counter() - started)
+        return results
+
+    def Score(self, request: spb.ScoreRequest, context: grpc.ServicerContext) -> spb.ScoreResponse:
+        reject_undecodable(request, context)
+        [result] = self._score([request.item], context)
+        if result.HasField("error"):
+            context.abort(grpc.StatusCode(_status(result.error.code)), result.error.message)
+        return spb.ScoreResponse(result=result.result)
+
+    def ScoreStream(self, requests: Iterator[spb.ScoreStreamRequest],
+                    context: grpc.ServicerContext) -> Iterator[spb.ScoreStreamResponse]:
+        for request in requests:
+            if isinstance(request, Undecodable):
+                yield spb.ScoreStreamResponse(error=_error(grpc.StatusCode.INVALID_ARGUMENT, request.reason))
+                continue
+            if len(request.items) > self.limits.max_batch_items:
+                yield spb.ScoreStreamResponse(batch_id=request.batch_id, error=_error(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"batch has {len(request.items)} items; the limit is {self.limits.max_batch_items} "
+                    "(--max-batch); split it"))
+                continue
+            yield spb.ScoreStreamResponse(batch_id=request.batch_id, results=self._score(list(request.items), context))
+
+    def ListAnomalies(self, request: spb.ListAnomaliesRequest,
+                      context: grpc.ServicerContext) -> spb.ListAnomaliesResponse:
+        reject_undecodable(request, context)
+        before = None
+        if request.page_token:
+            if not request.page_token.isdigit():
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"page_token {request.page_token!r} is not one this server issued")
+            before = int(request.page_token)
+        size = min(request.page_size or 50, MAX_PAGE)
+        entries, next_id = self.history.page(size, before, request.min_score, request.block_id)
+        return spb.ListAnomaliesResponse(anomalies=entries, next_page_token=str(next_id) if next_id else "")
+
+    def GetStats(self, request: spb.GetStatsRequest, context: grpc.ServicerContext) -> spb.GetStatsResponse:
+        reject_undecodable(request, context)
+        p50, p99 = self.stats.latency_ms()
+        reply = spb.GetStatsResponse(
+            lines_scored=self.stats.lines_scored, line_anomalies=self.stats.line_anomalies,
+            items_rejected=self.stats.items_rejected, latency_p50_ms=p50, latency_p99_ms=p99,
+            uptime_seconds=self.stats.uptime(), lines_per_second=self.stats.lines_per_second(),
+            model_status=self.models.status)
+        scorer = self.models.scorer
+        if scorer is not None:
+            reply.model_version = scorer.artifact.version
+            reply.model_members.extend(scorer.members)
+            reply.model_loaded_time.FromSeconds(int(self.models.loaded_at or 0))
+        return reply
+
+
+def _status(number: int) -> tuple[int, str]:
+    return next(c.value for c in grpc.StatusCode if c.value[0] == number)
+
+
+def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", limits: Limits = Limits(),
+          reload_interval: float = 5.0) -> Server:
+    """Starts the scorer; it stays NOT_SERVING (and says why) until an artifact loads."""
+    client = EmbedderClient(embedder, timeout=30.0)
+
+    def embed(shapes: list[str], timeout: float | None) -> np.ndarray:
+        return client.embed_many(shapes, timeout=timeout)  # the caller's deadline bounds the embedder too
+
+    holder: dict[str, Server] = {}
+    models = ModelManager(model_dir, embed, limits, on_change=lambda ok: holder["server"].set_serving(ok))
+    servicer = ScorerServicer(models, limits)
+    server = holder["server"] = Server([(SERVICE, servicer)], port, host, limits)
+    models.refresh()
+    if models.scorer is None:
+        log.warning("scorer NOT_SERVING", extra={"reason": models.status})
+    models.watch(reload_interval)
+    server.start()
+    log.info("scorer listening", extra={"address": server.address, "model_dir": str(model_dir),
+                                        "embedder": embedder, "model": models.scorer and models.scorer.artifact.version})
+    return server

@@ -1,0 +1,47 @@
+"""Counters and latency percentiles for GetStats."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+
+class ScorerStats:
+    def __init__(self, window: int = 10_000) -> None:
+        self.started = time.monotonic()
+        self.lines_scored = 0
+        self.line_anomalies = 0
+        self.items_rejected = 0
+        self._latencies_ms: deque[float] = deque(maxlen=window)
+        self._recent: deque[tuple[float, int]] = deque()  # (monotonic time, lines) for the last minute
+        self._lock = threading.Lock()
+
+    def record(self, lines: int, anomalies: int, rejected: int, seconds: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.lines_scored += lines
+            self.line_anomalies += anomalies
+            self.items_rejected += rejected
+            self._latencies_ms.append(seconds * 1000.0)
+            self._recent.append((now, lines))
+            while self._recent and self._recent[0][0] < now - 60:
+                self._recent.popleft()
+
+    def latency_ms(self) -> tuple[float, float]:
+        with self._lock:
+            values = np.fromiter(self._latencies_ms, dtype=float)
+        if not len(values):
+            return 0.0, 0.0
+        p50, p99 = np.percentile(values, [50, 99])
+        return float(p50), float(p99)
+
+    def lines_per_second(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            lines = sum(n for t, n in self._recent if t >= now - 60)
+        return lines / min(60.0, max(now - self.started, 1e-9))
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started

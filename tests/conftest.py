@@ -1,0 +1,82 @@
+"""Shared fixtures: real data from ../shared/data/hdfs (read in place), the real model, real servers."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("LOGMESH_DATA", REPO.parent / "shared" / "data" / "hdfs"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA / "anomaly_label.csv").exists():
+        pytest.fail(f"real HDFS data not found at {DATA}; set LOGMESH_DATA to a loghub HDFS_v1 folder")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    from logmesh.embedder.encoder import SentenceEncoder
+    return SentenceEncoder(threads=2)
+
+
+@pytest.fixture(scope="session")
+def trained_models(tmp_path_factory, data_dir, encoder) -> Path:
+    """A model dir holding one artifact trained on the real data (seconds)."""
+    from logmesh.scorer.train import train
+    out = tmp_path_factory.mktemp("models")
+    train(data_dir, out, encoder.encode)
+    return out
+
+
+@pytest.fixture(scope="session")
+def embedder_server(encoder):
+    """A real embedder on a free loopback port, sharing the session's loaded model."""
+    from logmesh.client import EmbedderClient
+    from logmesh.embedder.service import serve
+    server = serve(0, encoder_factory=lambda: encoder)
+    with EmbedderClient(server.address) as client:
+        client.wait_until_serving(60)
+    yield server
+    server.stop(1)
+
+
+@pytest.fixture(scope="session")
+def scorer_server(embedder_server, trained_models):
+    from logmesh.client import ScorerClient
+    from logmesh.scorer.service import serve
+    server = serve(0, trained_models, embedder_server.address, reload_interval=0.2)
+    with ScorerClient(server.address) as client:
+        client.wait_until_serving(30)
+    yield server
+    server.stop(1)
+
+
+@pytest.fixture()
+def scorer(scorer_server):
+    from logmesh.client import ScorerClient
+    with ScorerClient(scorer_server.address) as client:
+        yield client
+
+
+@pytest.fixture()
+def embedder(embedder_server):
+    from logmesh.client import EmbedderClient
+    with EmbedderClient(embedder_server.address) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def grpcurl() -> str:
+    path = REPO / ".cache/go/bin/grpcurl"
+    found = str(path) if path.exists() else shutil.which("grpcurl")
+    if not found:
+        pytest.fail("grpcurl not installed: run `make tools`")
+    return found

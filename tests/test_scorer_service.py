@@ -1,0 +1,210 @@
+"""The scorer over real gRPC, with a model trained on the real data and the real embedder behind it."""
+from __future__ import annotations
+
+import shutil
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from logmesh import vectors
+from logmesh.client import ItemFailed, ScorerClient
+from logmesh.ingest.hdfs import parse_line
+from logmesh.v1 import score_pb2, scorer_service_pb2 as spb, scorer_service_pb2_grpc as spbg
+
+NORMAL_LINE = ("081109 204655 556 INFO dfs.DataNode$PacketResponder: Received block "
+               "blk_3587508140051953248 of size 67108864 from /10.251.42.84")
+# Line 6336 of HDFS_20000.log: its block blk_-3102267849859399193 is labelled Anomaly.
+EXCEPTION_LINE = ("081109 214043 2561 INFO dfs.DataNode$DataXceiver: writeBlock blk_-3102267849859399193 "
+                  "received exception java.io.IOException: Could not read from stream")
+
+
+def test_score_prints_verdict_votes_and_model(scorer):
+    r = scorer.score_line(NORMAL_LINE)
+    assert r.verdict == score_pb2.VERDICT_NORMAL
+    assert [v.model for v in r.votes] == ["tfidf_sgd", "random_forest", "mlp", "decision_tree", "embedding_sgd"]
+    assert r.anomaly_votes + r.normal_votes == 5 and 0.5 <= r.confidence <= 1.0
+    assert abs(r.score - np.mean([v.score for v in r.votes])) < 1e-5
+    assert r.template_id == "E9" and list(r.block_ids) == ["blk_3587508140051953248"]
+    assert r.model_version and r.record_id.startswith("raw:")
+
+
+def test_a_known_failing_line_is_flagged(scorer):
+    r = scorer.score_line(EXCEPTION_LINE)
+    assert r.verdict == score_pb2.VERDICT_ANOMALY and r.anomaly_votes >= 3
+    assert r.score > 0.5
+
+
+def test_stream_scores_the_real_log_in_order(scorer, data_dir):
+    lines = (data_dir / "HDFS_5k.log").read_text().splitlines()
+    results = list(scorer.score_lines(lines, batch_size=256))
+    assert len(results) == len(lines)
+    assert all(r.HasField("result") for r in results)
+    records = [parse_line(l, "raw") for l in lines]
+    assert [r.result.template_id for r in results] == [rec.template_id for rec in records]
+
+
+def test_record_with_its_own_embedding_skips_the_embedder(scorer, encoder):
+    record = parse_line(NORMAL_LINE, "HDFS.log", 1)
+    from logmesh.ingest.masking import line_shape
+    vec = encoder.encode([line_shape(record.component, record.message)])[0]
+    item = spb.ScoreItem(record=record, embedding=vectors.to_message(record.id, "all-MiniLM-L6-v2", vec))
+    [out] = list(scorer.score_stream([item]))
+    assert out.record_id == "HDFS.log:1" and out.result.verdict == score_pb2.VERDICT_NORMAL
+
+
+@pytest.mark.parametrize("item, reason", [
+    (spb.ScoreItem(raw_line=""), "empty"),
+    (spb.ScoreItem(), "neither record nor raw_line"),
+    (spb.ScoreItem(raw_line="x" * (10 * 1024 * 1024)), "limit is 65536"),
+    (spb.ScoreItem(raw_line=NORMAL_LINE, embedding=vectors.to_message("r", "m", np.ones(100, np.float32))),
+     "dim 100"),
+    (spb.ScoreItem(raw_line=NORMAL_LINE, embedding=vectors.to_message("r", "m", np.full(384, np.nan, np.float32))),
+     "NaN"),
+])
+def test_bad_items_get_invalid_argument_unary_and_in_stream(scorer, item, reason):
+    with pytest.raises(grpc.RpcError) as info:
+        scorer.stub.Score(spb.ScoreRequest(item=item), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason in info.value.details()
+    good = spb.ScoreItem(raw_line=NORMAL_LINE)
+    results = list(scorer.score_stream([good, item, good]))
+    assert [r.WhichOneof("outcome") for r in results] == ["result", "error", "result"]
+    assert results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and reason in results[1].error.message
+    assert scorer.health() == "SERVING"
+
+
+def test_oversized_batch_is_rejected_whole(scorer, scorer_server):
+    limit = scorer_server.limits.max_batch_items
+    with pytest.raises(ItemFailed, match=f"limit is {limit}"):
+        list(scorer.score_stream([spb.ScoreItem(raw_line=NORMAL_LINE)] * (limit + 1), batch_size=limit + 1))
+
+
+def test_undecodable_request_is_invalid_argument(scorer_server):
+    raw = grpc.insecure_channel(scorer_server.address).unary_unary("/logmesh.v1.ScorerService/Score")
+    with pytest.raises(grpc.RpcError) as info:
+        raw(b"\x0a\x05\x12\x03\xff\xfe\xfd", timeout=5)  # item.raw_line = invalid UTF-8
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "UTF-8" in info.value.details()
+
+
+def test_anomalies_page_newest_first_and_stats_count(scorer):
+    before = scorer.stats()
+    for _ in range(3):
+        scorer.score_line(EXCEPTION_LINE)
+    scorer.score_line(NORMAL_LINE)
+    after = scorer.stats()
+    assert after.lines_scored - before.lines_scored == 4
+    assert after.line_anomalies - before.line_anomalies == 3
+    assert after.latency_p99_ms >= after.latency_p50_ms > 0
+    assert after.model_version and len(after.model_members) == 5
+    first = scorer.anomalies(page_size=2)
+    assert len(first.anomalies) == 2 and first.next_page_token
+    assert first.anomalies[0].id > first.anomalies[1].id
+    second = scorer.anomalies(page_size=2, page_token=first.next_page_token)
+    assert second.anomalies and second.anomalies[0].id < first.anomalies[1].id
+    only = scorer.anomalies(page_size=50, block_id="blk_-3102267849859399193")
+    assert only.anomalies and all("blk_-3102267849859399193" in a.line.block_ids for a in only.anomalies)
+    with pytest.raises(grpc.RpcError) as info:
+        scorer.anomalies(page_token="not-a-token")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_callers_deadline_bounds_the_embedder_call(trained_models):
+    """A stalled embedder (a stand-in encoder that sleeps, named as such: a stall is hard to cause for
+    real) must not hold a scoring call past the caller's deadline."""
+    from logmesh.client import EmbedderClient
+    from logmesh.embedder.service import serve as serve_embedder
+    from logmesh.scorer.service import serve
+
+    class StallingEncoder:
+        dim = 384
+
+        def encode(self, texts):
+            time.sleep(1.5)
+            return np.ones((len(texts), 384), np.float32) / np.sqrt(384)
+
+    embedder = serve_embedder(0, encoder_factory=StallingEncoder)
+    EmbedderClient(embedder.address).wait_until_serving(10)
+    server = serve(0, trained_models, embedder.address, reload_interval=60)
+    try:
+        with ScorerClient(server.address) as client:
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                client.stub.Score(spb.ScoreRequest(item=spb.ScoreItem(raw_line=NORMAL_LINE)), timeout=0.4)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert time.monotonic() - started < 1.2
+            assert client.health() == "SERVING"
+    finally:
+        server.stop(0)
+        embedder.stop(0)
+
+
+def test_without_an_artifact_the_scorer_is_not_serving_and_says_why(tmp_path, embedder_server, trained_models):
+    from logmesh.scorer.service import serve
+    server = serve(0, tmp_path / "empty", embedder_server.address, reload_interval=0.1)
+    try:
+        with ScorerClient(server.address) as client:
+            assert client.health() == "NOT_SERVING"
+            with pytest.raises(grpc.RpcError) as info:
+                client.score_line(NORMAL_LINE)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "logmesh train" in info.value.details()
+            assert "no model artifact" in client.stats().model_status
+            # an artifact appearing later is picked up without a restart
+            shutil.copytree(trained_models, tmp_path / "empty")
+            client.wait_until_serving(10)
+            assert client.score_line(NORMAL_LINE).model_version == client.stats().model_version
+    finally:
+        server.stop(0)
+
+
+def test_hot_reload_swaps_to_a_newer_artifact_and_keeps_the_last_good_one(tmp_path, embedder_server, trained_models):
+    from logmesh.scorer import artifacts
+    from logmesh.scorer.service import serve
+    models = tmp_path / "models"
+    shutil.copytree(trained_models, models)
+    [old] = artifacts.versions(models)
+    server = serve(0, models, embedder_server.address, reload_interval=0.1)
+    try:
+        with ScorerClient(server.address) as client:
+            assert client.stats().model_version == old
+            newer = artifacts.new_version("ab" * 8)
+            assert newer > old
+            shutil.copytree(models / old, models / newer)
+            _until(lambda: client.stats().model_version == newer)
+            assert client.score_line(NORMAL_LINE).model_version == newer
+            # a corrupt artifact: the scorer keeps serving the last good one and says why
+            corrupt = artifacts.new_version("cd" * 8, now=_later())
+            shutil.copytree(models / old, models / corrupt)
+            (models / corrupt / "model.joblib").write_bytes(b"not a model")
+            _until(lambda: "unreadable" in client.stats().model_status)
+            stats = client.stats()
+            assert stats.model_version == newer and "still serving" in stats.model_status
+            assert client.health() == "SERVING"
+    finally:
+        server.stop(0)
+
+
+def test_embedder_down_gives_unavailable_per_item_not_a_dead_stream(tmp_path, trained_models):
+    from logmesh.scorer.service import serve
+    server = serve(0, trained_models, "127.0.0.1:1", reload_interval=60)  # nothing listens on port 1
+    try:
+        with ScorerClient(server.address) as client:
+            results = list(client.score_lines([NORMAL_LINE, "081109 203518 143 INFO dfs.X: never seen shape"]))
+            assert [r.WhichOneof("outcome") for r in results] == ["error", "error"]
+            assert all(r.error.code == grpc.StatusCode.UNAVAILABLE.value[0] for r in results)
+            assert "embedder unavailable" in results[0].error.message
+            assert client.stats().items_rejected == 2
+    finally:
+        server.stop(0)
+
+
+def _until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def _later():
+    import datetime as dt
+    return dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=5)
