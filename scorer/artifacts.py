@@ -28,7 +28,7 @@ META_FILE = "meta.json"
 @dataclasses.dataclass
 class Artifact:
     version: str
-    models: dict[str, Any]  # "line": LineEnsemble, later "block": ...
+    models: dict[str, Any]  # "line": LineEnsemble, "block": BlockModel
     meta: dict[str, Any]
 
 
@@ -75,6 +75,7 @@ def load(model_dir: Path, version: str) -> Artifact:
     except Exception as exc:
         raise ArtifactError(f"artifact {path} is unreadable ({type(exc).__name__}: {exc}); "
                             f"retrain with `logmesh train --out {model_dir}` or delete it") from exc
-    if not isinstance(models, dict) or "line" not in models:
-        raise ArtifactError(f"artifact {path} has no line model; retrain with `logmesh train --out {model_dir}`")
+    if not isinstance(models, dict) or not {"line", "block"} <= set(models):
+        raise ArtifactError(f"artifact {path} lacks the line or block model; "
+                            f"retrain with `logmesh train --out {model_dir}`")
     return Artifact(version, models, meta)

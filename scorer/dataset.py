@@ -69,3 +69,49 @@ def fingerprint(data_dir: Path) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_sessions(path: Path) -> list[list[str]]:
+    """DeepLog-style session file: one block per line, space-separated event numbers k = loghub Ek."""
+    with open(path) as f:
+        return [[f"E{k}" for k in line.split()] for line in f if line.strip()]
+
+
+@dataclasses.dataclass
+class LabelledBlocks:
+    sessions: list[list[str]]  # event ids in log order
+    labels: list[int]
+    origin: list[str]  # which file each block came from
+
+
+def load_blocks(data_dir: Path) -> tuple[LabelledBlocks, LabelledBlocks]:
+    """(train, test) block sessions, split chronologically: the first 80% of each source trains.
+
+    Sources: blocks grouped from the raw logs (in order of first appearance) and the DeepLog session
+    files. Each source is split on its own so that test blocks come after train blocks in every one.
+    """
+    from logmesh.ingest.hdfs import parse_line
+
+    labels = read_block_labels(data_dir / "anomaly_label.csv")
+    sources: list[tuple[str, list[list[str]], list[int]]] = []
+    for path in log_files(data_dir):
+        blocks: dict[str, list[str]] = {}
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                record = parse_line(line)
+                for block in record.block_ids:
+                    if block in labels:
+                        blocks.setdefault(block, []).append(record.template_id)
+        sources.append((path.name, list(blocks.values()), [labels[b] for b in blocks]))
+    for name, label in (("sessions_normal.txt", 0), ("sessions_anomalous.txt", 1)):
+        if (data_dir / name).exists():
+            sessions = read_sessions(data_dir / name)
+            sources.append((name, sessions, [label] * len(sessions)))
+    train, test = LabelledBlocks([], [], []), LabelledBlocks([], [], [])
+    for name, sessions, ys in sources:
+        cut = int(len(sessions) * 0.8)
+        for part, lo, hi in ((train, 0, cut), (test, cut, len(sessions))):
+            part.sessions.extend(sessions[lo:hi])
+            part.labels.extend(ys[lo:hi])
+            part.origin.extend([name] * (hi - lo))
+    return train, test

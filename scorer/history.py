@@ -23,6 +23,14 @@ class AnomalyHistory:
                 self._entries.append(score_pb2.Anomaly(id=self._next_id, recorded_time=now, line=result))
                 self._next_id += 1
 
+    def add_blocks(self, verdicts: list[score_pb2.BlockVerdict]) -> None:
+        now = Timestamp()
+        now.GetCurrentTime()
+        with self._lock:
+            for verdict in verdicts:
+                self._entries.append(score_pb2.Anomaly(id=self._next_id, recorded_time=now, block=verdict))
+                self._next_id += 1
+
     def page(self, size: int, before_id: int | None, min_score: float = 0.0,
              block_id: str = "") -> tuple[list[score_pb2.Anomaly], int | None]:
         """Up to `size` entries with id < before_id, newest first, and the id to continue below (or None)."""

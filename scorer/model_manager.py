@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from logmesh.scorer import artifacts
+from logmesh.scorer.block_scorer import BlockScorer
 from logmesh.scorer.engine import EmbedShapes, LineScorer
 from logmesh.grpc_server import Limits
 
@@ -24,6 +25,7 @@ class ModelManager:
         self._limits = limits
         self._on_change = on_change
         self.scorer: LineScorer | None = None
+        self.block_scorer: BlockScorer | None = None
         self.loaded_at: float | None = None  # wall-clock seconds
         self.status = "not loaded yet"
         self._failed: set[str] = set()  # versions that failed to load; not retried
@@ -49,6 +51,7 @@ class ModelManager:
             log.error("artifact failed to load", extra={"version": version, "reason": str(exc), "kept": current})
             return False
         self.scorer = LineScorer(artifact, self._embed, self._limits)
+        self.block_scorer = BlockScorer(artifact)
         self.loaded_at = time.time()
         self.status = ""
         log.info("model loaded", extra={"version": version, "previous": current, "members": self.scorer.members})

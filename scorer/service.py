@@ -11,11 +11,12 @@ import numpy as np
 
 from logmesh.client import EmbedderClient
 from logmesh.grpc_server import Limits, Server, Undecodable, reject_undecodable, time_left
+from logmesh.scorer.block_scorer import BlockScorer
 from logmesh.scorer.engine import ANOMALY, LineScorer, _error
 from logmesh.scorer.history import AnomalyHistory
 from logmesh.scorer.model_manager import ModelManager
 from logmesh.scorer.stats import ScorerStats
-from logmesh.v1 import scorer_service_pb2 as spb
+from logmesh.v1 import score_pb2, scorer_service_pb2 as spb
 
 log = logging.getLogger("logmesh.scorer")
 SERVICE = spb.DESCRIPTOR.services_by_name["ScorerService"]
@@ -28,6 +29,7 @@ class ScorerServicer:
         self.limits = limits
         self.history = AnomalyHistory()
         self.stats = ScorerStats()
+        self._alerted: dict[str, None] = {}  # blocks already in the history as anomalous (bounded, insertion order)
 
     def _scorer(self, context: grpc.ServicerContext) -> LineScorer:
         scorer = self.models.scorer
@@ -68,6 +70,47 @@ class ScorerServicer:
                 continue
             yield spb.ScoreStreamResponse(batch_id=request.batch_id, results=self._score(list(request.items), context))
 
+    def _blocks(self, context: grpc.ServicerContext) -> BlockScorer:
+        scorer = self.models.block_scorer
+        if scorer is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"no model is serving: {self.models.status}")
+        return scorer  # type: ignore[return-value]
+
+    def _score_blocks(self, blocks: list[spb.BlockSession], context: grpc.ServicerContext) -> list[spb.ScoreBlockResult]:
+        results = self._blocks(context).score(blocks)
+        verdicts = [r.verdict for r in results if r.HasField("verdict")]
+        flagged = [v for v in verdicts if v.verdict == ANOMALY]
+        # A block enters the history once when it turns anomalous and once more with its final verdict.
+        fresh = [v for v in flagged if v.block_id not in self._alerted or v.kind == score_pb2.BLOCK_VERDICT_KIND_FINAL]
+        for v in fresh:
+            self._alerted[v.block_id] = None
+        while len(self._alerted) > 1_000_000:
+            self._alerted.pop(next(iter(self._alerted)))
+        self.history.add_blocks(fresh)
+        self.stats.record_blocks(len(verdicts), len(flagged), len(results) - len(verdicts))
+        return results
+
+    def ScoreBlock(self, request: spb.ScoreBlockRequest, context: grpc.ServicerContext) -> spb.ScoreBlockResponse:
+        reject_undecodable(request, context)
+        [result] = self._score_blocks([request.block], context)
+        if result.HasField("error"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, result.error.message)
+        return spb.ScoreBlockResponse(verdict=result.verdict)
+
+    def ScoreBlockStream(self, requests: Iterator[spb.ScoreBlockStreamRequest],
+                         context: grpc.ServicerContext) -> Iterator[spb.ScoreBlockStreamResponse]:
+        for request in requests:
+            if isinstance(request, Undecodable):
+                yield spb.ScoreBlockStreamResponse(error=_error(grpc.StatusCode.INVALID_ARGUMENT, request.reason))
+                continue
+            if len(request.blocks) > self.limits.max_batch_items:
+                yield spb.ScoreBlockStreamResponse(batch_id=request.batch_id, error=_error(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"batch has {len(request.blocks)} blocks; the limit is {self.limits.max_batch_items} (--max-batch)"))
+                continue
+            yield spb.ScoreBlockStreamResponse(batch_id=request.batch_id,
+                                               results=self._score_blocks(list(request.blocks), context))
+
     def ListAnomalies(self, request: spb.ListAnomaliesRequest,
                       context: grpc.ServicerContext) -> spb.ListAnomaliesResponse:
         reject_undecodable(request, context)
@@ -88,7 +131,8 @@ class ScorerServicer:
             lines_scored=self.stats.lines_scored, line_anomalies=self.stats.line_anomalies,
             items_rejected=self.stats.items_rejected, latency_p50_ms=p50, latency_p99_ms=p99,
             uptime_seconds=self.stats.uptime(), lines_per_second=self.stats.lines_per_second(),
-            model_status=self.models.status)
+            model_status=self.models.status, blocks_scored=self.stats.blocks_scored,
+            block_anomalies=self.stats.block_anomalies)
         scorer = self.models.scorer
         if scorer is not None:
             reply.model_version = scorer.artifact.version

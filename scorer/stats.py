@@ -14,6 +14,8 @@ class ScorerStats:
         self.lines_scored = 0
         self.line_anomalies = 0
         self.items_rejected = 0
+        self.blocks_scored = 0
+        self.block_anomalies = 0
         self._latencies_ms: deque[float] = deque(maxlen=window)
         self._recent: deque[tuple[float, int]] = deque()  # (monotonic time, lines) for the last minute
         self._lock = threading.Lock()
@@ -28,6 +30,12 @@ class ScorerStats:
             self._recent.append((now, lines))
             while self._recent and self._recent[0][0] < now - 60:
                 self._recent.popleft()
+
+    def record_blocks(self, blocks: int, anomalies: int, rejected: int) -> None:
+        with self._lock:
+            self.blocks_scored += blocks
+            self.block_anomalies += anomalies
+            self.items_rejected += rejected
 
     def latency_ms(self) -> tuple[float, float]:
         with self._lock:

@@ -1,4 +1,4 @@
-"""`logmesh train`: fit the line ensemble on a labelled HDFS folder and save a versioned artifact.
+"""`logmesh train`: fit the line ensemble and the block model on a labelled HDFS folder; save an artifact.
 
 Metrics come from a chronological split (first 80% of lines train, last 20% test; random splits leak
 the future, Le & Zhang ICSE 2022); the shipped model is then refit on all lines.
@@ -14,7 +14,8 @@ from typing import Callable
 import numpy as np
 
 from logmesh.scorer import artifacts
-from logmesh.scorer.dataset import fingerprint, load_lines
+from logmesh.scorer.block_model import THRESHOLD as BLOCK_THRESHOLD, BlockModel
+from logmesh.scorer.dataset import fingerprint, load_blocks, load_lines
 from logmesh.scorer.ensemble import LineEnsemble, combine
 from logmesh.scorer.metrics import binary_metrics
 
@@ -49,7 +50,17 @@ def train(data_dir: Path, out_dir: Path, embed: Embed, seed: int = 0, test_share
         metrics["line"][name] = binary_metrics(labels[cut:], probabilities[:, i] >= 0.5)
     log.info("held-out line metrics", extra={"ensemble": metrics["line"]["ensemble"]})
 
+    train_blocks, test_blocks = load_blocks(data_dir)
+    held_out_blocks = BlockModel(seed).fit(train_blocks.sessions, train_blocks.labels)
+    block_p = held_out_blocks.probabilities(test_blocks.sessions, [True] * len(test_blocks.sessions))
+    metrics["block"] = binary_metrics(np.asarray(test_blocks.labels), block_p >= BLOCK_THRESHOLD)
+    metrics["block"]["blocks"] = len(test_blocks.sessions)
+    metrics["split"]["train_blocks"] = len(train_blocks.sessions)
+    log.info("held-out block metrics", extra={"block": metrics["block"]})
+
     ensemble = LineEnsemble(seed).fit(lines.shapes, vectors, labels)
+    block_model = BlockModel(seed).fit(train_blocks.sessions + test_blocks.sessions,
+                                       train_blocks.labels + test_blocks.labels)
     fp = fingerprint(data_dir)
     version = artifacts.new_version(fp)
     meta = {
@@ -62,6 +73,6 @@ def train(data_dir: Path, out_dir: Path, embed: Embed, seed: int = 0, test_share
         "train_seconds": round(time.perf_counter() - started, 2),
         "line_verdict": "majority of members voting P(block anomalous | line shape) >= 0.5",
     }
-    path = artifacts.save(out_dir, version, {"line": ensemble}, meta)
+    path = artifacts.save(out_dir, version, {"line": ensemble, "block": block_model}, meta)
     log.info("saved artifact", extra={"path": str(path), "seconds": meta["train_seconds"]})
     return path

@@ -208,3 +208,44 @@ def _until(condition, timeout: float = 10.0) -> None:
 def _later():
     import datetime as dt
     return dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=5)
+
+
+def _session(data_dir, block_id: str) -> list[str]:
+    from logmesh.ingest.hdfs import parse_line
+    with open(data_dir / "HDFS_5k.log", encoding="utf-8") as f:
+        return [r.template_id for r in (parse_line(l) for l in f) if block_id in r.block_ids]
+
+
+def test_block_model_judges_known_blocks_of_the_real_log(scorer, data_dir):
+    from logmesh.scorer.dataset import read_block_labels
+    labels = read_block_labels(data_dir / "anomaly_label.csv")
+    anomalous = "blk_-3102267849859399193"  # a labelled Anomaly block with writeBlock exceptions
+    normal = "blk_-1608999687919862906"
+    assert labels[anomalous] == 1 and labels[normal] == 0
+    blocks = [spb.BlockSession(block_id=b, events=_session(data_dir, b) or _events_20000(data_dir, b), closed=True)
+              for b in (anomalous, normal)]
+    results = list(scorer.score_blocks(blocks))
+    assert [r.verdict.verdict for r in results] == [score_pb2.VERDICT_ANOMALY, score_pb2.VERDICT_NORMAL]
+    assert results[0].verdict.kind == score_pb2.BLOCK_VERDICT_KIND_FINAL and results[0].verdict.model_version
+    # an open prefix of a normal block is not an alarm
+    prefix = spb.BlockSession(block_id=normal, events=blocks[1].events[:3], closed=False)
+    reply = scorer.stub.ScoreBlock(spb.ScoreBlockRequest(block=prefix), timeout=10).verdict
+    assert reply.verdict == score_pb2.VERDICT_NORMAL and reply.kind == score_pb2.BLOCK_VERDICT_KIND_INTERIM
+    stats = scorer.stats()
+    assert stats.blocks_scored >= 3 and stats.block_anomalies >= 1
+    listed = scorer.anomalies(block_id=anomalous).anomalies
+    assert any(a.HasField("block") and a.block.block_id == anomalous for a in listed)
+
+
+def _events_20000(data_dir, block_id: str) -> list[str]:
+    from logmesh.ingest.hdfs import parse_line
+    with open(data_dir / "HDFS_20000.log", encoding="utf-8") as f:
+        return [r.template_id for r in (parse_line(l) for l in f) if block_id in r.block_ids]
+
+
+def test_bad_blocks_get_per_item_errors(scorer):
+    blocks = [spb.BlockSession(block_id="", events=["E5"]), spb.BlockSession(block_id="blk_1"),
+              spb.BlockSession(block_id="blk_2", events=["E22", "E5"])]
+    results = list(scorer.score_blocks(blocks))
+    assert [r.WhichOneof("outcome") for r in results] == ["error", "error", "verdict"]
+    assert "empty" in results[0].error.message and "no events" in results[1].error.message

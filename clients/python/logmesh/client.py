@@ -36,6 +36,23 @@ def _code(number: int) -> tuple[int, str]:
     return next(c.value for c in grpc.StatusCode if c.value[0] == number)
 
 
+def _chunks(items: Iterable, size: int) -> Iterator[tuple[int, list]]:  # type: ignore[type-arg]
+    iterator = iter(items)
+    for batch_id in itertools.count():
+        chunk = list(itertools.islice(iterator, size))
+        if not chunk:
+            return
+        yield batch_id, chunk
+
+
+def _results(replies: Iterable) -> Iterator:  # type: ignore[type-arg]
+    """Per-item results of a batched stream; a whole-batch error raises ItemFailed."""
+    for reply in replies:
+        if reply.HasField("error"):
+            raise ItemFailed(f"batch {reply.batch_id}", reply.error.code, reply.error.message)
+        yield from reply.results
+
+
 class _Client:
     service = ""
 
@@ -121,19 +138,14 @@ class ScorerClient(_Client):
                      timeout: float | None = None) -> Iterator[spb.ScoreItemResult]:
         """Scores items over one ScoreStream in batches; yields one ScoreItemResult per item, in order.
         A whole-batch error (over the server's limit) is raised as ItemFailed."""
-        iterator = iter(items)
+        requests = (spb.ScoreStreamRequest(batch_id=i, items=chunk) for i, chunk in _chunks(items, batch_size))
+        yield from _results(self.stub.ScoreStream(requests, timeout=timeout))
 
-        def batches() -> Iterator[spb.ScoreStreamRequest]:
-            for batch_id in itertools.count():
-                chunk = list(itertools.islice(iterator, batch_size))
-                if not chunk:
-                    return
-                yield spb.ScoreStreamRequest(batch_id=batch_id, items=chunk)
-
-        for reply in self.stub.ScoreStream(batches(), timeout=timeout):
-            if reply.HasField("error"):
-                raise ItemFailed(f"batch {reply.batch_id}", reply.error.code, reply.error.message)
-            yield from reply.results
+    def score_blocks(self, blocks: Iterable[spb.BlockSession], batch_size: int = 256,
+                     timeout: float | None = None) -> Iterator[spb.ScoreBlockResult]:
+        """Judges blocks over one ScoreBlockStream; one ScoreBlockResult per block, in order."""
+        requests = (spb.ScoreBlockStreamRequest(batch_id=i, blocks=chunk) for i, chunk in _chunks(blocks, batch_size))
+        yield from _results(self.stub.ScoreBlockStream(requests, timeout=timeout))
 
     def score_lines(self, raw_lines: Iterable[str], batch_size: int = 256) -> Iterator[spb.ScoreItemResult]:
         return self.score_stream((spb.ScoreItem(raw_line=line) for line in raw_lines), batch_size)
@@ -146,3 +158,4 @@ class ScorerClient(_Client):
         return self.stub.ListAnomalies(spb.ListAnomaliesRequest(page_size=page_size, page_token=page_token,
                                                                 min_score=min_score, block_id=block_id),
                                        timeout=self.timeout)
+

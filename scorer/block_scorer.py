@@ -1,0 +1,50 @@
+"""Judging blocks with the artifact's block model."""
+from __future__ import annotations
+
+import grpc
+
+from logmesh.scorer.artifacts import Artifact
+from logmesh.scorer.block_model import THRESHOLD
+from logmesh.v1 import common_pb2, score_pb2, scorer_service_pb2 as spb
+
+MAX_EVENTS = 100_000  # a block with more lines than this is not an HDFS block
+
+
+class BlockScorer:
+    def __init__(self, artifact: Artifact) -> None:
+        self.artifact = artifact
+        self.model = artifact.models["block"]
+
+    def score(self, blocks: list[spb.BlockSession]) -> list[spb.ScoreBlockResult]:
+        results = [spb.ScoreBlockResult(block_id=b.block_id) for b in blocks]
+        good = []
+        for block, result in zip(blocks, results):
+            problem = None
+            if not block.block_id:
+                problem = "block_id is empty"
+            elif not block.events:
+                problem = f"block {block.block_id} has no events"
+            elif len(block.events) > MAX_EVENTS:
+                problem = f"block {block.block_id} has {len(block.events)} events; the limit is {MAX_EVENTS}"
+            if problem:
+                result.error.CopyFrom(common_pb2.ItemError(code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                                                           message=problem))
+            else:
+                good.append((block, result))
+        if good:
+            p = self.model.probabilities([list(b.events) for b, _ in good], [b.closed for b, _ in good])
+            for (block, result), score in zip(good, p):
+                v = result.verdict
+                v.block_id = block.block_id
+                v.verdict = score_pb2.VERDICT_ANOMALY if score >= THRESHOLD else score_pb2.VERDICT_NORMAL
+                v.score = float(score)
+                v.events.extend(block.events)
+                v.kind = score_pb2.BLOCK_VERDICT_KIND_FINAL if block.closed else score_pb2.BLOCK_VERDICT_KIND_INTERIM
+                if block.HasField("first_time"):
+                    v.first_time.CopyFrom(block.first_time)
+                if block.HasField("last_time"):
+                    v.last_time.CopyFrom(block.last_time)
+                v.anomalous_record_ids.extend(block.anomalous_record_ids)
+                v.model_version = self.artifact.version
+                v.label = block.label
+        return results
