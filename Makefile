@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/logmesh/v1/*.proto)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help venv gen lint tools test demo clean
+.PHONY: help venv gen lint tools jars kafka-up kafka-down test demo clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -54,7 +54,20 @@ $(GRPCURL):
 
 tools: $(BUF) $(GRPCURL)  ## install buf and grpcurl under .cache/
 
-test: gen lint $(GRPCURL)  ## run the whole test suite
+# Apache Kafka broker jars and Spark's Kafka source, resolved with Maven into .cache/ (stamped, idempotent)
+jars:  ## fetch the Kafka broker jars and Spark's Kafka connector
+	deploy/kafka/fetch.sh
+	deploy/spark/fetch.sh
+
+kafka-up: jars  ## start the local Kafka broker (KRaft, 127.0.0.1:9092) and create the topics
+	deploy/kafka/kafka.sh start
+	deploy/kafka/kafka.sh wait
+	deploy/kafka/kafka.sh topics
+
+kafka-down:  ## stop the local Kafka broker
+	deploy/kafka/kafka.sh stop
+
+test: gen lint $(GRPCURL) kafka-up  ## run the whole test suite (starts the local Kafka broker)
 	$(PY) -m pytest -q
 
 demo: gen  ## run the main job on the embedded defaults
