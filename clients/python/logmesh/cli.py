@@ -133,6 +133,14 @@ def cmd_health(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    from logmesh import logs
+    from logmesh.streaming.job import config_from_args, run
+    logs.setup(args.log_level)
+    run(config_from_args(args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="logmesh", description="Real-time anomaly detection for HDFS logs over gRPC.",
@@ -185,6 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="print the scorer's counters, latencies and model as JSON")
     client_args(p)
     p.set_defaults(func=cmd_stats)
+
+    from logmesh.ingest.generator import add_generate_args
+    from logmesh.ingest.producer import add_ingest_args
+    add_ingest_args(sub.add_parser("ingest", help="produce raw HDFS logs to Kafka as LogRecords"))
+    add_generate_args(sub.add_parser("generate", help="write realistic HDFS logs with labelled anomalous blocks"))
+
+    p = sub.add_parser("stream", help="run the Spark Structured Streaming job (Kafka -> scorer -> Kafka, Qdrant)",
+                       description="Read LogRecords from Kafka with Spark's Kafka source; in a foreachBatch sink "
+                                   "embed and score each micro-batch over gRPC streams, write results to Kafka and "
+                                   "blocks and anomalous lines to the vector store. Checkpointed: a restart resumes.")
+    from logmesh.streaming.job import add_args as add_stream_args
+    add_stream_args(p)
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("health", help="check both servers' gRPC health (exit 0 when both are SERVING)")
     p.add_argument("--embedder", default=DEFAULT_EMBEDDER)
