@@ -1,0 +1,221 @@
+"""The foreachBatch sink: decode, embed, score lines and blocks, write Kafka results and the vector store.
+
+Order within a batch makes a crash safe: results reach Kafka (flushed) before the vector store is
+written, and the batch is marked done in a ledger last. A replayed batch that the ledger knows is
+skipped; one that crashed midway is redone, and every write it repeats is keyed by data (record id,
+topic/partition/offset, block id), so Qdrant ends with exactly one point per line or block.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Iterable
+
+import grpc
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from logmesh.client import EmbedderClient, ScorerClient
+from logmesh.ingest.masking import line_shape
+from logmesh.streaming import blocks as block_state
+from logmesh.streaming.decode import KafkaRow, Rejected, decode
+from logmesh.streaming.outputs import ResultProducer
+from logmesh.streaming.retry import RetryItems, with_retry
+from logmesh.streaming.vector_store import Point
+from logmesh.v1 import log_record_pb2, score_pb2, scorer_service_pb2 as spb
+
+log = logging.getLogger("logmesh.stream.sink")
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+
+
+@dataclasses.dataclass
+class BatchReport:
+    batch_id: int
+    rows: int = 0
+    scored: int = 0
+    dead_letters: int = 0
+    line_anomalies: int = 0
+    blocks: int = 0
+    block_alerts: int = 0
+    seconds: float = 0.0
+    skipped: bool = False
+
+
+class Ledger:
+    """Batch ids whose writes all completed (one empty file each, beside Spark's checkpoint)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def done(self, batch_id: int) -> bool:
+        return (self.directory / str(batch_id)).exists()
+
+    def mark(self, batch_id: int) -> None:
+        (self.directory / str(batch_id)).touch()
+
+
+class BatchSink:
+    def __init__(self, embedder: EmbedderClient, scorer: ScorerClient, outputs: ResultProducer, store,  # type: ignore[no-untyped-def]
+                 ledger: Ledger, store_lines: str = "anomalous", rpc_batch: int = 256, retry_budget_s: float = 300.0,
+                 on_report=None) -> None:
+        self.embedder, self.scorer, self.outputs, self.store, self.ledger = embedder, scorer, outputs, store, ledger
+        self.store_lines = store_lines
+        self.rpc_batch = rpc_batch
+        self.retry_budget_s = retry_budget_s
+        self.on_report = on_report or (lambda report: None)
+
+    # Spark calls this with each micro-batch's DataFrame.
+    def __call__(self, df, batch_id: int) -> None:  # type: ignore[no-untyped-def]
+        if self.ledger.done(batch_id):
+            log.info("batch already written; skipping replay", extra={"batch_id": batch_id})
+            return
+        frame = df.select("topic", "partition", "offset", "key", "value").toPandas()
+        rows = [KafkaRow(t, int(p), int(o), None if k is None else bytes(k), None if v is None else bytes(v))
+                for t, p, o, k, v in zip(frame["topic"], frame["partition"], frame["offset"], frame["key"], frame["value"])]
+        report = self.process(rows, batch_id)
+        self.ledger.mark(batch_id)
+        self.on_report(report)
+
+    def process(self, rows: list[KafkaRow], batch_id: int) -> BatchReport:
+        started = time.perf_counter()
+        report = BatchReport(batch_id, rows=len(rows))
+        records: list[tuple[KafkaRow, log_record_pb2.LogRecord]] = []
+        rejected: list[Rejected] = []
+        for row in rows:
+            outcome = decode(row)
+            (rejected.append(outcome) if isinstance(outcome, Rejected) else records.append((row, outcome)))
+        shapes = [line_shape(r.component, r.message) for _, r in records]
+        vectors = self._embed(shapes, batch_id)
+        results, bad = self._score([r for _, r in records], batch_id)
+        rejected.extend(Rejected(records[i][0], f"scorer rejected the line: {why}") for i, why in bad.items())
+        good = [(i, records[i][0], records[i][1], results[i]) for i in range(len(records)) if i not in bad]
+
+        flagged = [res for _, _, _, res in good if res.verdict == score_pb2.VERDICT_ANOMALY]
+        self.outputs.dead_letters(rejected)
+        self.outputs.scores([res for _, _, _, res in good])
+        self.outputs.anomalies([score_pb2.Anomaly(line=res, recorded_time=_now()) for res in flagged],
+                               key_of=lambda a: a.line.record_id)
+        block_points, alerts = self._blocks(good, vectors, batch_id)
+        self.outputs.anomalies(alerts, key_of=lambda a: a.block.block_id)
+        self.outputs.flush()
+
+        line_points = [Point(row.coordinates, vectors[i], _line_payload(row, record, res))
+                       for i, row, record, res in good
+                       if self.store_lines == "all" or res.verdict == score_pb2.VERDICT_ANOMALY]
+        self.store.upsert(line_points + block_points)
+
+        report.scored, report.dead_letters, report.line_anomalies = len(good), len(rejected), len(flagged)
+        report.blocks, report.block_alerts = len(block_points), len(alerts)
+        report.seconds = time.perf_counter() - started
+        log.info("batch written", extra=dataclasses.asdict(report))
+        return report
+
+    def _embed(self, shapes: list[str], batch_id: int) -> list[np.ndarray]:
+        distinct = list(dict.fromkeys(shapes))
+        if not distinct:
+            return []
+        matrix = with_retry(lambda: self.embedder.embed_many(distinct, batch_size=self.rpc_batch),
+                            f"embed batch {batch_id}", self.retry_budget_s)
+        table = dict(zip(distinct, matrix))
+        return [table[s] for s in shapes]
+
+    def _score(self, records: list[log_record_pb2.LogRecord],
+               batch_id: int) -> tuple[list[score_pb2.ScoreResult | None], dict[int, str]]:
+        """Results by position; lines the scorer rejects as invalid are returned apart, for the DLQ.
+        Items that failed because a dependency was down are retried; none is dropped."""
+        results: list[score_pb2.ScoreResult | None] = [None] * len(records)
+        invalid: dict[int, str] = {}
+        pending = list(range(len(records)))
+
+        def attempt() -> None:
+            nonlocal pending
+            replies = list(self.scorer.score_stream((spb.ScoreItem(record=records[i]) for i in pending),
+                                                    batch_size=self.rpc_batch, timeout=120))
+            retry = []
+            for i, reply in zip(pending, replies):
+                if reply.HasField("result"):
+                    results[i] = reply.result
+                elif reply.error.code == UNAVAILABLE:
+                    retry.append(i)
+                else:
+                    invalid[i] = reply.error.message
+            pending = retry
+            if retry:
+                raise RetryItems(f"{len(retry)} lines unavailable: {replies[0].error.message if replies else ''}")
+
+        if pending:
+            with_retry(attempt, f"score batch {batch_id}", self.retry_budget_s)
+        return results, invalid
+
+    def _blocks(self, good, vectors, batch_id: int) -> tuple[list[Point], list[score_pb2.Anomaly]]:  # type: ignore[no-untyped-def]
+        lines_by_block: dict[str, list[block_state.BlockLine]] = {}
+        for i, row, record, res in good:
+            for block_id in record.block_ids:
+                lines_by_block.setdefault(block_id, []).append(block_state.BlockLine(
+                    row.coordinates, row.offset, record.template_id,
+                    record.event_time.ToJsonString() if record.HasField("event_time") else "",
+                    vectors[i], record.id, res.verdict == score_pb2.VERDICT_ANOMALY))
+        if not lines_by_block:
+            return [], []
+        existing = self.store.retrieve(list(lines_by_block))
+        merged: dict[str, tuple[dict, np.ndarray]] = {}
+        for block_id, lines in lines_by_block.items():
+            old = existing.get(block_id)
+            payload, vector, _ = block_state.merge(old.payload if old else None, old.vector if old else None, lines)
+            payload.update(kind="block", block_id=block_id)
+            merged[block_id] = (payload, vector)
+        sessions = [spb.BlockSession(block_id=b, events=p["events"], anomalous_record_ids=p["anomalous_record_ids"],
+                                     first_time=_ts(p.get("first_time")), last_time=_ts(p.get("last_time")))
+                    for b, (p, _) in merged.items()]
+        verdicts = self._score_blocks(sessions, batch_id)
+        points, alerts = [], []
+        for (block_id, (payload, vector)), verdict in zip(merged.items(), verdicts):
+            anomalous = verdict.verdict == score_pb2.VERDICT_ANOMALY
+            if anomalous and not payload.get("alerted"):
+                alert = score_pb2.BlockVerdict()
+                alert.CopyFrom(verdict)
+                alert.kind = score_pb2.BLOCK_VERDICT_KIND_ALERT
+                alerts.append(score_pb2.Anomaly(block=alert, recorded_time=_now()))
+                payload["alerted"] = True
+            payload.update(verdict="anomaly" if anomalous else "normal", score=float(verdict.score),
+                           is_anomaly=anomalous, model_version=verdict.model_version)
+            points.append(Point(block_id, vector, payload))
+        return points, alerts
+
+    def _score_blocks(self, sessions: list[spb.BlockSession], batch_id: int) -> list[score_pb2.BlockVerdict]:
+        def attempt() -> list[score_pb2.BlockVerdict]:
+            replies = list(self.scorer.score_blocks(sessions, batch_size=self.rpc_batch, timeout=120))
+            failed = [r for r in replies if r.HasField("error")]
+            if failed:
+                raise RuntimeError(f"block {failed[0].block_id} rejected: {failed[0].error.message}")
+            return [r.verdict for r in replies]
+        return with_retry(attempt, f"score blocks of batch {batch_id}", self.retry_budget_s)
+
+
+def _line_payload(row: KafkaRow, record: log_record_pb2.LogRecord, result: score_pb2.ScoreResult) -> dict:
+    return {
+        "kind": "line", "record_id": record.id, "text": record.message, "component": record.component,
+        "label": log_record_pb2.Label.Name(record.label).removeprefix("LABEL_").lower(),
+        "timestamp": record.event_time.ToJsonString() if record.HasField("event_time") else "",
+        "source": record.source, "index": record.line_number, "template": record.template_id,
+        "block_ids": list(record.block_ids), "is_anomaly": result.verdict == score_pb2.VERDICT_ANOMALY,
+        "score": float(result.score), "votes": {v.model: float(v.score) for v in result.votes},
+        "model_version": result.model_version,
+    }
+
+
+def _now() -> Timestamp:
+    now = Timestamp()
+    now.GetCurrentTime()
+    return now
+
+
+def _ts(value: str | None) -> Timestamp | None:
+    if not value:
+        return None
+    out = Timestamp()
+    out.FromJsonString(value)
+    return out

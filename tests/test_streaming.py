@@ -1,0 +1,129 @@
+"""The Spark job end to end on real parts: the Kafka broker, Spark's Kafka source, the embedder and
+scorer servers, and the embedded Qdrant engine. Needs the broker at 127.0.0.1:9092 (.ci/run starts it)."""
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from logmesh.ingest.hdfs import block_ids, parse_line
+from logmesh.ingest.producer import run_ingest
+from logmesh.streaming.job import StreamConfig, run
+from logmesh.streaming.vector_store import open_store
+from logmesh.v1 import score_pb2
+
+pytestmark = [pytest.mark.kafka, pytest.mark.spark]
+BOOTSTRAP = "127.0.0.1:9092"
+LINES = 3000
+
+
+@pytest.fixture(scope="module")
+def admin():
+    client = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    try:
+        client.list_topics(timeout=10)
+    except Exception as exc:
+        pytest.fail(f"no Kafka broker at {BOOTSTRAP} ({exc}); start it with `deploy/kafka/kafka.sh start`")
+    return client
+
+
+def _topics(admin, prefix: str) -> StreamConfig:
+    names = {k: f"{prefix}.{k}" for k in ("logs", "scores", "anomalies", "dlq")}
+    futures = admin.create_topics([NewTopic(n, num_partitions=4 if k in ("logs", "scores") else 1,
+                                            replication_factor=1) for k, n in names.items()])
+    for f in futures.values():
+        f.result(30)
+    return StreamConfig(bootstrap=BOOTSTRAP, topic=names["logs"], scores_topic=names["scores"],
+                        anomalies_topic=names["anomalies"], dlq_topic=names["dlq"], once=True,
+                        master="local[2]", max_offsets_per_trigger=1000)
+
+
+def _consume_all(topic: str) -> list:
+    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"t-{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+    partitions = [TopicPartition(topic, p) for p in metadata.partitions]
+    ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in partitions}
+    consumer.assign([TopicPartition(topic, p.partition, 0) for p in partitions])
+    out, done = [], {p for p, end in ends.items() if end == 0}
+    while len(done) < len(partitions):
+        msg = consumer.poll(5)
+        assert msg is not None, f"timed out reading {topic}"
+        if msg.error():
+            continue
+        out.append(msg)
+        if msg.offset() + 1 >= ends[msg.partition()]:
+            done.add(msg.partition())
+    consumer.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def first_lines(data_dir, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("logs") / "HDFS_head.log"
+    with open(data_dir / "HDFS_20000.log", encoding="utf-8") as src:
+        path.write_text("".join(next(src) for _ in range(LINES)))
+    return path
+
+
+def test_replay_scores_every_line_once_and_restart_adds_nothing(admin, embedder_server, scorer_server, first_lines,
+                                                                data_dir, tmp_path):
+    config = _topics(admin, f"t{uuid.uuid4().hex[:8]}")
+    config.embedder, config.scorer = embedder_server.address, scorer_server.address
+    config.qdrant_path, config.checkpoint = str(tmp_path / "qdrant"), str(tmp_path / "checkpoint")
+    summary = run_ingest(first_lines, BOOTSTRAP, config.topic, labels_csv=data_dir / "anomaly_label.csv",
+                         progress=False)
+    assert summary.produced == LINES
+    bad = [b"\xff\x00not protobuf", b"", score_pb2.ScoreResult(record_id="x", score=0.5).SerializeToString()]
+    producer = Producer({"bootstrap.servers": BOOTSTRAP})
+    for i, value in enumerate(bad):
+        producer.produce(config.topic, value=value, key=f"bad-{i}".encode(), partition=0)
+    producer.flush(30)
+
+    run(config)
+
+    scores = _consume_all(config.scores_topic)
+    ids = Counter(score_pb2.ScoreResult.FromString(m.value()).record_id for m in scores)
+    assert len(ids) == LINES and max(ids.values()) == 1  # every line exactly once
+    dlq = _consume_all(config.dlq_topic)
+    assert sorted(m.value() for m in dlq) == sorted(bad)  # bytes intact
+    for m in dlq:
+        headers = dict(m.headers())
+        assert headers["source.topic"].decode() == config.topic and headers["source.partition"] == b"0"
+        assert m.key().startswith(b"bad-") and headers["error"]
+    flagged = {r.record_id for r in (score_pb2.ScoreResult.FromString(m.value()) for m in scores)
+               if r.verdict == score_pb2.VERDICT_ANOMALY}
+    blocks = {b for line in first_lines.read_text().splitlines() for b in block_ids(line)}
+    store = open_store(path=config.qdrant_path)
+    assert store.count({"kind": "block"}) == len(blocks)
+    assert store.count({"kind": "line"}) == len(flagged)
+    # a block point carries its whole story so far, in log order
+    block = "blk_-1608999687919862906"
+    expected = [parse_line(l).template_id for l in first_lines.read_text().splitlines() if block in l]
+    point = store.retrieve([block])[block]
+    assert point.payload["events"] == expected and point.payload["verdict"] in ("normal", "anomaly")
+    assert abs(float((point.vector ** 2).sum()) - 1.0) < 0.2  # a mean of unit vectors of near-identical lines
+    store.close()
+
+    run(config)  # a restart from the checkpoint: nothing new to read, nothing written again
+    assert len(_consume_all(config.scores_topic)) == LINES
+    store = open_store(path=config.qdrant_path)
+    assert store.count({"kind": "block"}) == len(blocks) and store.count({"kind": "line"}) == len(flagged)
+    store.close()
+
+
+
+def test_store_lines_all_keeps_one_point_per_line(admin, embedder_server, scorer_server, first_lines, tmp_path):
+    config = _topics(admin, f"t{uuid.uuid4().hex[:8]}")
+    config.embedder, config.scorer, config.store_lines = embedder_server.address, scorer_server.address, "all"
+    config.qdrant_path, config.checkpoint = str(tmp_path / "qdrant"), str(tmp_path / "checkpoint")
+    run_ingest(first_lines, BOOTSTRAP, config.topic, limit=500, progress=False)
+    run(config)
+    run(config)
+    store = open_store(path=config.qdrant_path)
+    assert store.count({"kind": "line"}) == 500
+    store.close()
