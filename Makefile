@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/logmesh/v1/*.proto)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help venv gen lint tools jars kafka-up kafka-down test demo clean
+.PHONY: help venv gen lint tools jars kafka-up kafka-down test demo down clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -70,8 +70,12 @@ kafka-down:  ## stop the local Kafka broker
 test: gen lint $(GRPCURL) kafka-up  ## run the whole test suite (starts the local Kafka broker)
 	$(PY) -m pytest -q
 
-demo: gen  ## run the main job on the embedded defaults
+demo: gen jars  ## run the main job on the embedded defaults (LOGS=, LABELS= to replay your own)
 	$(PY) -m logmesh.demo --data $(DATA) --models $(MODELS)
+
+down:  ## stop whatever a demo left running
+	-@for f in var/demo/run/*.pid; do [ -f "$$f" ] && kill "$$(cat $$f)" 2>/dev/null; rm -f "$$f"; done; true
+	deploy/kafka/kafka.sh stop
 
 clean:  ## remove generated code and caches (keeps .venv)
 	rm -rf $(GEN) .cache/run

@@ -1,84 +1,240 @@
 """`make demo`: the main job on the embedded defaults, end to end on one machine.
 
-Trains a model if the model dir has none, starts the embedder and the scorer as real processes,
-streams a real HDFS log through ScoreStream, prints what an operator would read, and stops them.
+Makes data (generated, or LOGS=/LABELS=), trains a model if the model dir has none, starts the Kafka
+broker, the embedder, the scorer and the Spark job, replays the log into Kafka, prints a live summary
+and a final report. Ctrl-C stops everything cleanly; `make down` stops leftovers.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
 from logmesh.client import EmbedderClient, ScorerClient
 from logmesh.scorer import artifacts
+from logmesh.v1 import score_pb2
 
 BIN = Path(sys.executable).with_name("logmesh")
+REPO = Path(__file__).resolve().parents[3]
+KAFKA = REPO / "deploy/kafka/kafka.sh"
+BOOTSTRAP = "127.0.0.1:9092"
+TOPICS = {"logs": 4, "scores": 4, "anomalies": 1, "dlq": 1}
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([str(BIN), *args], stderr=open(log, "w"))
+def say(message: str) -> None:
+    print(f"demo: {message}", flush=True)
+
+
+class Stack:
+    """The processes the demo started; stopped in reverse order, whatever happens."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.started_broker = False
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.run_dir / f"{name}.log", "w")
+        proc = subprocess.Popen([str(BIN), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT if name == "stream" else signal.SIGTERM)
+                try:
+                    proc.wait(40)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
+        if self.started_broker:
+            subprocess.run([str(KAFKA), "stop"], check=False)
+
+
+def prepare_data(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None, Path]:
+    """(log to replay, its labels, a labelled folder to train on)."""
+    from logmesh.ingest.generator import GeneratorConfig, write_generated
+    if args.logs:
+        logs, labels = Path(args.logs), Path(args.labels) if args.labels else None
+    else:
+        logs, labels = work / "replay/HDFS_generated.log", work / "replay/anomaly_label.csv"
+        if not logs.exists():
+            logs.parent.mkdir(parents=True, exist_ok=True)
+            summary = write_generated(GeneratorConfig(lines=args.lines, seed=7), logs, labels)
+            say(f"generated {summary.lines:,} HDFS lines in {summary.blocks:,} blocks -> {logs}")
+    train_dir = Path(args.data)
+    if not (train_dir / "anomaly_label.csv").exists():
+        train_dir = work / "train"
+        if not (train_dir / "anomaly_label.csv").exists():
+            train_dir.mkdir(parents=True, exist_ok=True)
+            write_generated(GeneratorConfig(lines=50_000, seed=1), train_dir / "HDFS_train.log",
+                            train_dir / "anomaly_label.csv")
+            say(f"no labelled data at {args.data}; training on generated data in {train_dir}")
+    return logs, labels, train_dir
+
+
+def reset_topics(prefix: str) -> dict[str, str]:
+    """Fresh topics for this run, so the job reads exactly this replay."""
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    names = {k: f"{prefix}.{k}" for k in TOPICS}
+    existing = set(admin.list_topics(timeout=10).topics)
+    stale = [n for n in names.values() if n in existing]
+    if stale:
+        for f in admin.delete_topics(stale).values():
+            f.result(30)
+        time.sleep(1)
+    for f in admin.create_topics([NewTopic(names[k], num_partitions=p, replication_factor=1)
+                                  for k, p in TOPICS.items()]).values():
+        f.result(30)
+    return names
+
+
+class Tally:
+    """Reads the result topics as the job writes them."""
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.scored = 0
+        self.line_anomalies = 0
+        self.alerts: dict[str, score_pb2.BlockVerdict] = {}
+        self.lines: dict[str, list[str]] = {}
+        self._consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"demo-{uuid.uuid4()}",
+                                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        self._consumer.subscribe([names["scores"], names["anomalies"]])
+        self._scores, self._anomalies = names["scores"], names["anomalies"]
+
+    def poll(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for msg in self._consumer.consume(2000, timeout=0.2):
+                if msg.error():
+                    continue
+                if msg.topic() == self._scores:
+                    self.scored += 1
+                    continue
+                anomaly = score_pb2.Anomaly.FromString(msg.value())
+                if anomaly.HasField("block") and anomaly.block.kind == score_pb2.BLOCK_VERDICT_KIND_ALERT:
+                    self.alerts.setdefault(anomaly.block.block_id, anomaly.block)
+                elif anomaly.HasField("line"):
+                    self.line_anomalies += 1
+                    for block in anomaly.line.block_ids:
+                        self.lines.setdefault(block, []).append(anomaly.line.message)
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default="../shared/data/hdfs", help="loghub HDFS folder (*.log + anomaly_label.csv)")
+    parser = argparse.ArgumentParser(prog="logmesh demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/hdfs", help="labelled folder to train on if no model exists")
     parser.add_argument("--models", default="models", help="model dir (trained here when empty)")
-    parser.add_argument("--log", default=None, help="log file to score (default: the largest *.log in --data)")
-    parser.add_argument("--embedder-port", type=int, default=50051)
-    parser.add_argument("--scorer-port", type=int, default=50052)
+    parser.add_argument("--logs", default=os.environ.get("LOGS") or None, help="log to replay (default: generated)")
+    parser.add_argument("--labels", default=os.environ.get("LABELS") or None, help="anomaly_label.csv for --logs")
+    parser.add_argument("--lines", type=int, default=100_000, help="lines to generate when no --logs (default %(default)s)")
+    parser.add_argument("--rate", type=float, default=None, help="replay rate in lines/s (default: as fast as possible)")
+    parser.add_argument("--work", default="var/demo", help="demo state: data, checkpoint, vector store, logs")
     args = parser.parse_args(argv)
-    data, models = Path(args.data), Path(args.models)
-    if not (data / "anomaly_label.csv").exists():
-        print(f"demo: no HDFS data at {data}. Point DATA= at a loghub HDFS_v1 folder "
-              "(HDFS.log + anomaly_label.csv).", file=sys.stderr)
-        return 2
+
+    work = Path(args.work)
+    run_dir = work / "run"
+    for stale in ("checkpoint", "qdrant", "run"):
+        shutil.rmtree(work / stale, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logs, labels, train_dir = prepare_data(args, work)
+    models = Path(args.models)
     if artifacts.newest(models) is None:
-        print(f"demo: no model in {models}/, training one on {data} ...", flush=True)
-        subprocess.run([str(BIN), "train", "--data", str(data), "--out", str(models), "--log-level", "warning"],
+        say(f"no model in {models}/: training on {train_dir} ...")
+        subprocess.run([str(BIN), "train", "--data", str(train_dir), "--out", str(models), "--log-level", "warning"],
                        check=True)
-    log_file = Path(args.log) if args.log else max(data.glob("*.log"), key=lambda p: p.stat().st_size)
-    embedder_address = f"127.0.0.1:{args.embedder_port}"
-    scorer_address = f"127.0.0.1:{args.scorer_port}"
-    logs = Path(".cache/run")
-    procs = [
-        _start(["serve", "embedder", "--port", str(args.embedder_port)], logs / "embedder.log"),
-        _start(["serve", "scorer", "--port", str(args.scorer_port), "--model-dir", str(models),
-                "--embedder", embedder_address], logs / "scorer.log"),
-    ]
+
+    stack = Stack(run_dir)
+    interrupted = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     try:
-        print(f"demo: starting embedder ({embedder_address}) and scorer ({scorer_address}); logs in {logs}/",
-              flush=True)
-        EmbedderClient(embedder_address).wait_until_serving(120)
-        scorer = ScorerClient(scorer_address)
-        scorer.wait_until_serving(60)
-        lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()
-        print(f"demo: scoring {len(lines):,} lines of {log_file} over ScoreStream ...", flush=True)
-        started = time.perf_counter()
-        results = list(scorer.score_lines(lines, batch_size=256))
-        seconds = time.perf_counter() - started
-        verdicts = Counter(r.result.verdict for r in results if r.HasField("result"))
-        flagged = [r.result for r in results if r.HasField("result") and r.result.verdict == 2]
-        blocks = Counter(b for r in flagged for b in r.block_ids)
-        print(f"demo: {len(results):,} lines in {seconds:.2f} s ({len(results) / seconds:,.0f} lines/s); "
-              f"{len(flagged)} lines flagged in {len(blocks)} blocks; errors: "
-              f"{sum(1 for r in results if r.HasField('error'))}")
-        for r in flagged[:10]:
-            print(f"  ANOMALY score={r.score:.2f} votes={r.anomaly_votes}/5 {' '.join(r.block_ids)}  {r.message[:100]}")
-        stats = scorer.stats()
-        print(f"demo: scorer model {stats.model_version}, p50 {stats.latency_p50_ms:.1f} ms / "
-              f"p99 {stats.latency_p99_ms:.1f} ms per batch of 256")
-        print("demo: run the servers yourself with `logmesh serve embedder` and "
-              f"`logmesh serve scorer --model-dir {models}`, then `logmesh score \"<line>\"`")
+        if subprocess.run([str(KAFKA), "status"], capture_output=True).returncode != 0:
+            say("starting the Kafka broker (KRaft, 127.0.0.1:9092) ...")
+            subprocess.run([str(KAFKA), "start"], check=True, stdout=subprocess.DEVNULL)
+            stack.started_broker = True
+        subprocess.run([str(KAFKA), "wait"], check=True, stdout=subprocess.DEVNULL)
+        names = reset_topics("logmesh.demo")
+        say("starting embedder :50051, scorer :50052 and the Spark job; logs in " + str(run_dir))
+        stack.start("embedder", ["serve", "embedder"])
+        stack.start("scorer", ["serve", "scorer", "--model-dir", str(models)])
+        EmbedderClient().wait_until_serving(180)
+        ScorerClient().wait_until_serving(60)
+        stack.start("stream", ["stream", "--topic", names["logs"], "--scores-topic", names["scores"],
+                               "--anomalies-topic", names["anomalies"], "--dlq-topic", names["dlq"],
+                               "--qdrant-path", str(work / "qdrant"),
+                               "--checkpoint", str(work / "checkpoint"), "--log-level", "warning"])
+        # the replay runs beside the job, as a producer would in production
+        from logmesh.ingest.producer import run_ingest
+        produced: dict[str, object] = {}
+        replay = threading.Thread(target=lambda: produced.update(summary=run_ingest(
+            logs, BOOTSTRAP, names["logs"], rate=args.rate, labels_csv=labels, progress=False)), daemon=True)
+        started = time.monotonic()
+        replay.start()
+        say(f"replaying {logs} into {names['logs']} ...")
+        tally = Tally({k: v for k, v in names.items()})
+        total = None
+        last_change, last_scored = time.monotonic(), 0
+        while not interrupted.is_set():
+            tally.poll(2.0)
+            if "summary" in produced:
+                total = produced["summary"].produced  # type: ignore[attr-defined]
+            elapsed = time.monotonic() - started
+            say(f"{elapsed:5.0f}s  scored {tally.scored:>9,}{'/' + format(total, ',') if total else ''}  "
+                f"({tally.scored / elapsed:,.0f} lines/s)  line anomalies {tally.line_anomalies:,}  "
+                f"block alerts {len(tally.alerts):,}")
+            if tally.scored != last_scored:
+                last_change, last_scored = time.monotonic(), tally.scored
+            if total is not None and tally.scored >= total:
+                break
+            if any(p.poll() is not None for _, p in stack.procs):
+                dead = [n for n, p in stack.procs if p.poll() is not None]
+                say(f"{', '.join(dead)} stopped unexpectedly; see {run_dir}/{dead[0]}.log")
+                return 1
+            if time.monotonic() - last_change > 180:
+                say(f"no progress for 3 minutes; see the logs in {run_dir}")
+                return 1
+        report(tally, labels, time.monotonic() - started, interrupted.is_set())
+        tally.close()
         return 0
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(30)
+        say("stopping the job, the scorer, the embedder" + (" and the broker" if stack.started_broker else ""))
+        stack.stop()
+
+
+def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool) -> None:
+    say(("interrupted: " if interrupted else "done: ") +
+        f"{tally.scored:,} lines scored in {seconds:.1f} s ({tally.scored / max(seconds, 1e-9):,.0f} lines/s incl. "
+        f"start-up), {tally.line_anomalies:,} anomalous lines, {len(tally.alerts):,} blocks alerted")
+    top = sorted(tally.alerts.values(), key=lambda v: -v.score)[:5]
+    for v in top:
+        say(f"  ALERT {v.block_id}  score {v.score:.2f}  events {' '.join(v.events[:12])}"
+            f"{' ...' if len(v.events) > 12 else ''}")
+        for line in tally.lines.get(v.block_id, [])[:2]:
+            say(f"        read: {line[:110]}")
+    if labels and labels.exists():
+        from logmesh.scorer.dataset import read_block_labels
+        truth = read_block_labels(labels)
+        anomalous = {b for b, y in truth.items() if y}
+        hits = len(anomalous & set(tally.alerts))
+        say(f"against {labels.name}: {hits}/{len(anomalous)} anomalous blocks alerted "
+            f"(recall {hits / max(len(anomalous), 1):.3f}), {len(set(tally.alerts) - anomalous)} false alerts "
+            "(blocks still open when the replay ended are judged on what was seen)")
 
 
 if __name__ == "__main__":
