@@ -144,7 +144,8 @@ class BatchSink:
                     invalid[i] = reply.error.message
             pending = retry
             if retry:
-                raise RetryItems(f"{len(retry)} lines unavailable: {replies[0].error.message if replies else ''}")
+                first = next(r for r in replies if r.HasField("error") and r.error.code == UNAVAILABLE)
+                raise RetryItems(f"{len(retry)} lines unavailable: {first.error.message}")
 
         if pending:
             with_retry(attempt, f"score batch {batch_id}", self.retry_budget_s)
@@ -152,8 +153,11 @@ class BatchSink:
 
     def _blocks(self, good, vectors, batch_id: int) -> tuple[list[Point], list[score_pb2.Anomaly]]:  # type: ignore[no-untyped-def]
         lines_by_block: dict[str, list[block_state.BlockLine]] = {}
+        labels: dict[str, int] = {}
         for i, row, record, res in good:
             for block_id in record.block_ids:
+                if record.label:
+                    labels[block_id] = record.label
                 lines_by_block.setdefault(block_id, []).append(block_state.BlockLine(
                     row.coordinates, row.offset, record.template_id,
                     record.event_time.ToJsonString() if record.HasField("event_time") else "",
@@ -166,9 +170,12 @@ class BatchSink:
             old = existing.get(block_id)
             payload, vector, _ = block_state.merge(old.payload if old else None, old.vector if old else None, lines)
             payload.update(kind="block", block_id=block_id)
+            if block_id in labels:
+                payload["label"] = log_record_pb2.Label.Name(labels[block_id]).removeprefix("LABEL_").lower()
             merged[block_id] = (payload, vector)
         sessions = [spb.BlockSession(block_id=b, events=p["events"], anomalous_record_ids=p["anomalous_record_ids"],
-                                     first_time=_ts(p.get("first_time")), last_time=_ts(p.get("last_time")))
+                                     first_time=_ts(p.get("first_time")), last_time=_ts(p.get("last_time")),
+                                     label=labels.get(b, 0))
                     for b, (p, _) in merged.items()]
         verdicts = self._score_blocks(sessions, batch_id)
         points, alerts = [], []

@@ -127,3 +127,37 @@ def test_store_lines_all_keeps_one_point_per_line(admin, embedder_server, scorer
     store = open_store(path=config.qdrant_path)
     assert store.count({"kind": "line"}) == 500
     store.close()
+
+
+def test_a_scorer_that_comes_up_late_is_waited_for_and_nothing_is_dropped(admin, embedder_server, trained_models,
+                                                                          first_lines, tmp_path):
+    """The sink's retry with backoff: the scorer is down when the batch starts and up 2 s later."""
+    import socket
+    import threading
+    from logmesh.client import EmbedderClient, ScorerClient
+    from logmesh.scorer.service import serve
+    from logmesh.streaming.decode import KafkaRow
+    from logmesh.streaming.outputs import ResultProducer
+    from logmesh.streaming.sink import BatchSink, Ledger
+
+    config = _topics(admin, f"t{uuid.uuid4().hex[:8]}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rows = [KafkaRow(config.topic, 0, n, None, parse_line(line, "HDFS_head.log", n + 1).SerializeToString())
+            for n, line in enumerate(first_lines.read_text().splitlines()[:400])]
+    store = open_store(path=str(tmp_path / "qdrant"))
+    sink = BatchSink(EmbedderClient(embedder_server.address), ScorerClient(f"127.0.0.1:{port}", timeout=5),
+                     ResultProducer(BOOTSTRAP, config.scores_topic, config.anomalies_topic, config.dlq_topic),
+                     store, Ledger(tmp_path / "ledger"), retry_budget_s=60)
+    servers = []
+    threading.Timer(2.0, lambda: servers.append(serve(port, trained_models, embedder_server.address))).start()
+    try:
+        report = sink.process(rows, batch_id=0)
+    finally:
+        store.close()
+        for server in servers:
+            server.stop(0)
+    assert report.scored == 400 and report.dead_letters == 0
+    ids = Counter(score_pb2.ScoreResult.FromString(m.value()).record_id for m in _consume_all(config.scores_topic))
+    assert len(ids) == 400 and max(ids.values()) == 1

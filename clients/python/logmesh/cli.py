@@ -141,6 +141,45 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_similar(args: argparse.Namespace) -> int:
+    from logmesh.ingest.hdfs import parse_line
+    from logmesh.ingest.masking import line_shape
+    from logmesh.streaming.vector_store import open_store
+    if bool(args.line) == bool(args.block):
+        print("error: give a log line or --block BLOCK_ID (one of them)", file=sys.stderr)
+        return 2
+    store = open_store(url=args.qdrant_url, path=args.qdrant_path, api_key=args.qdrant_api_key, ensure=False)
+    try:
+        if args.block:
+            found = store.retrieve([args.block])
+            if args.block not in found:
+                print(f"error: block {args.block} is not in the store ({args.qdrant_url or args.qdrant_path})",
+                      file=sys.stderr)
+                return 1
+            vector, wanted = found[args.block].vector, {"kind": "block"}
+        else:
+            record = parse_line(args.line)
+            with EmbedderClient(args.embedder) as embedder:
+                vector = embedder.embed(line_shape(record.component, record.message))
+            wanted = {"kind": "line"}
+        hits = store.search(vector, limit=args.limit + bool(args.block), filter=wanted)
+    finally:
+        store.close()
+    for hit in hits:
+        if hit.key == args.block:
+            continue
+        p = hit.payload
+        if p.get("kind") == "block":
+            print(f"{hit.score:.3f}  block {hit.key}  {p.get('verdict', '?')} score={p.get('score', 0):.2f}  "
+                  f"label={p.get('label', '-')}  events={' '.join(p.get('events', [])[:15])}")
+        else:
+            print(f"{hit.score:.3f}  line  {p.get('record_id', hit.key)}  anomaly={p.get('is_anomaly')}  "
+                  f"label={p.get('label', '-')}  {p.get('text', '')[:100]}")
+    if not hits:
+        print("no similar points stored yet", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="logmesh", description="Real-time anomaly detection for HDFS logs over gRPC.",
@@ -207,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_stream_args(p)
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("similar", help="show the stored lines or blocks most similar to a line or a block",
+                       description="Nearest neighbours in the vector store: for a raw log line, the most similar "
+                                   "stored (anomalous) lines; with --block, the most similar stored blocks.")
+    p.add_argument("line", nargs="?", help="a raw HDFS log line")
+    p.add_argument("--block", help="a block id whose stored session vector to search with")
+    p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--qdrant-url", default=None, help="Qdrant server; default: the embedded store at --qdrant-path")
+    p.add_argument("--qdrant-api-key", default=None)
+    p.add_argument("--qdrant-path", default="var/qdrant", help="embedded store folder (default %(default)s)")
+    p.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="embedder used to embed the line")
+    p.set_defaults(func=cmd_similar)
 
     p = sub.add_parser("health", help="check both servers' gRPC health (exit 0 when both are SERVING)")
     p.add_argument("--embedder", default=DEFAULT_EMBEDDER)
