@@ -34,7 +34,6 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from logmesh.client import EmbedderClient, ScorerClient
-    from logmesh.v1 import scorer_service_pb2 as spb
 
     bin_ = Path(sys.executable).with_name("logmesh")
     procs = [subprocess.Popen([str(bin_), "serve", "embedder", "--port", "50061"], stderr=subprocess.DEVNULL),

@@ -12,8 +12,9 @@ from logmesh import vectors
 from logmesh.embedder.cache import EmbeddingCache
 from logmesh.embedder.encoder import MODEL_NAME
 from logmesh.embedder.engine import CachedEmbedder, Encoder
-from logmesh.grpc_server import Limits, Server, Undecodable, reject_undecodable
-from logmesh.v1 import common_pb2, embedder_service_pb2 as pb
+from logmesh.grpc_server import (Limits, Server, Undecodable, batch_problem, item_error,
+                                 reject_undecodable)
+from logmesh.v1 import embedder_service_pb2 as pb
 
 log = logging.getLogger("logmesh.embedder")
 SERVICE = pb.DESCRIPTOR.services_by_name["EmbedderService"]
@@ -58,12 +59,11 @@ class EmbedderServicer:
     def _embed_batch(self, request: pb.EmbedStreamRequest | Undecodable,
                      context: grpc.ServicerContext) -> pb.EmbedStreamResponse:
         if isinstance(request, Undecodable):
-            return pb.EmbedStreamResponse(error=_error(grpc.StatusCode.INVALID_ARGUMENT, request.reason))
+            return pb.EmbedStreamResponse(error=item_error(grpc.StatusCode.INVALID_ARGUMENT, request.reason))
         reply = pb.EmbedStreamResponse(batch_id=request.batch_id)
-        if len(request.items) > self.limits.max_batch_items:
-            reply.error.CopyFrom(_error(grpc.StatusCode.INVALID_ARGUMENT,
-                                        f"batch has {len(request.items)} items; the limit is "
-                                        f"{self.limits.max_batch_items} (--max-batch); split it"))
+        too_big = batch_problem(len(request.items), self.limits)
+        if too_big:
+            reply.error.CopyFrom(item_error(grpc.StatusCode.INVALID_ARGUMENT, too_big))
             return reply
         engine = self._engine(context)
         problems = [text_problem(item.text, self.limits) for item in request.items]
@@ -72,14 +72,10 @@ class EmbedderServicer:
         for item, problem in zip(request.items, problems):
             result = reply.results.add(record_id=item.record_id)
             if problem:
-                result.error.CopyFrom(_error(grpc.StatusCode.INVALID_ARGUMENT, problem))
+                result.error.CopyFrom(item_error(grpc.StatusCode.INVALID_ARGUMENT, problem))
             else:
                 result.embedding.CopyFrom(vectors.to_message(item.record_id, MODEL_NAME, next(embedded)))
         return reply
-
-
-def _error(code: grpc.StatusCode, message: str) -> common_pb2.ItemError:
-    return common_pb2.ItemError(code=code.value[0], message=message)
 
 
 def serve(port: int, host: str = "127.0.0.1", limits: Limits = Limits(), threads: int = 1,

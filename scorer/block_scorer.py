@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import grpc
 
+from logmesh.grpc_server import item_error
 from logmesh.scorer.artifacts import Artifact
 from logmesh.scorer.block_model import THRESHOLD
-from logmesh.v1 import common_pb2, score_pb2, scorer_service_pb2 as spb
+from logmesh.v1 import score_pb2, scorer_service_pb2 as spb
 
 MAX_EVENTS = 100_000  # a block with more lines than this is not an HDFS block
 
@@ -27,8 +28,7 @@ class BlockScorer:
             elif len(block.events) > MAX_EVENTS:
                 problem = f"block {block.block_id} has {len(block.events)} events; the limit is {MAX_EVENTS}"
             if problem:
-                result.error.CopyFrom(common_pb2.ItemError(code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
-                                                           message=problem))
+                result.error.CopyFrom(item_error(grpc.StatusCode.INVALID_ARGUMENT, problem))
             else:
                 good.append((block, result))
         if good:

@@ -16,21 +16,17 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from logmesh import vectors
-from logmesh.grpc_server import Limits
+from logmesh.grpc_server import Limits, item_error
 from logmesh.ingest.hdfs import parse_line
 from logmesh.ingest.masking import line_shape
 from logmesh.scorer.artifacts import Artifact
 from logmesh.scorer.ensemble import THRESHOLD
-from logmesh.v1 import common_pb2, log_record_pb2, score_pb2, scorer_service_pb2 as spb
+from logmesh.v1 import log_record_pb2, score_pb2, scorer_service_pb2 as spb
 
 EMBEDDING_DIM = 384
 # (shapes, seconds left of the caller's deadline or None) -> vectors; raises grpc.RpcError when the embedder is down
 EmbedShapes = Callable[[list[str], float | None], np.ndarray]
 ANOMALY, NORMAL = score_pb2.VERDICT_ANOMALY, score_pb2.VERDICT_NORMAL
-
-
-def _error(code: grpc.StatusCode, message: str) -> common_pb2.ItemError:
-    return common_pb2.ItemError(code=code.value[0], message=message)
 
 
 def resolve_record(item: spb.ScoreItem, limits: Limits) -> tuple[log_record_pb2.LogRecord | None, str | None]:
@@ -81,7 +77,7 @@ class LineScorer:
                 problem = vectors.check(item.embedding, EMBEDDING_DIM)
             if problem is not None:
                 result.record_id = item.record.id if item.HasField("record") else ""
-                result.error.CopyFrom(_error(grpc.StatusCode.INVALID_ARGUMENT, problem))
+                result.error.CopyFrom(item_error(grpc.StatusCode.INVALID_ARGUMENT, problem))
                 records.append(None)
                 shapes.append("")
                 continue
@@ -100,7 +96,7 @@ class LineScorer:
                 continue
             result.record_id = record.id
             if shape in unavailable:
-                result.error.CopyFrom(_error(grpc.StatusCode.UNAVAILABLE, unavailable[shape]))
+                result.error.CopyFrom(item_error(grpc.StatusCode.UNAVAILABLE, unavailable[shape]))
                 continue
             self._fill(result.result, record, probabilities[shape], scored_time)
         return results

@@ -10,9 +10,10 @@ import grpc
 import numpy as np
 
 from logmesh.client import EmbedderClient
-from logmesh.grpc_server import Limits, Server, Undecodable, reject_undecodable, time_left
+from logmesh.grpc_server import (Limits, Server, Undecodable, batch_problem, item_error, reject_undecodable,
+                                 status_code, time_left)
 from logmesh.scorer.block_scorer import BlockScorer
-from logmesh.scorer.engine import ANOMALY, LineScorer, _error
+from logmesh.scorer.engine import ANOMALY, LineScorer
 from logmesh.scorer.history import AnomalyHistory
 from logmesh.scorer.model_manager import ModelManager
 from logmesh.scorer.stats import ScorerStats
@@ -53,20 +54,19 @@ class ScorerServicer:
         reject_undecodable(request, context)
         [result] = self._score([request.item], context)
         if result.HasField("error"):
-            context.abort(grpc.StatusCode(_status(result.error.code)), result.error.message)
+            context.abort(status_code(result.error.code), result.error.message)
         return spb.ScoreResponse(result=result.result)
 
     def ScoreStream(self, requests: Iterator[spb.ScoreStreamRequest],
                     context: grpc.ServicerContext) -> Iterator[spb.ScoreStreamResponse]:
         for request in requests:
             if isinstance(request, Undecodable):
-                yield spb.ScoreStreamResponse(error=_error(grpc.StatusCode.INVALID_ARGUMENT, request.reason))
+                yield spb.ScoreStreamResponse(error=item_error(grpc.StatusCode.INVALID_ARGUMENT, request.reason))
                 continue
-            if len(request.items) > self.limits.max_batch_items:
-                yield spb.ScoreStreamResponse(batch_id=request.batch_id, error=_error(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"batch has {len(request.items)} items; the limit is {self.limits.max_batch_items} "
-                    "(--max-batch); split it"))
+            too_big = batch_problem(len(request.items), self.limits)
+            if too_big:
+                yield spb.ScoreStreamResponse(batch_id=request.batch_id,
+                                              error=item_error(grpc.StatusCode.INVALID_ARGUMENT, too_big))
                 continue
             yield spb.ScoreStreamResponse(batch_id=request.batch_id, results=self._score(list(request.items), context))
 
@@ -101,12 +101,12 @@ class ScorerServicer:
                          context: grpc.ServicerContext) -> Iterator[spb.ScoreBlockStreamResponse]:
         for request in requests:
             if isinstance(request, Undecodable):
-                yield spb.ScoreBlockStreamResponse(error=_error(grpc.StatusCode.INVALID_ARGUMENT, request.reason))
+                yield spb.ScoreBlockStreamResponse(error=item_error(grpc.StatusCode.INVALID_ARGUMENT, request.reason))
                 continue
-            if len(request.blocks) > self.limits.max_batch_items:
-                yield spb.ScoreBlockStreamResponse(batch_id=request.batch_id, error=_error(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"batch has {len(request.blocks)} blocks; the limit is {self.limits.max_batch_items} (--max-batch)"))
+            too_big = batch_problem(len(request.blocks), self.limits, "blocks")
+            if too_big:
+                yield spb.ScoreBlockStreamResponse(batch_id=request.batch_id,
+                                                   error=item_error(grpc.StatusCode.INVALID_ARGUMENT, too_big))
                 continue
             yield spb.ScoreBlockStreamResponse(batch_id=request.batch_id,
                                                results=self._score_blocks(list(request.blocks), context))
@@ -139,10 +139,6 @@ class ScorerServicer:
             reply.model_members.extend(scorer.members)
             reply.model_loaded_time.FromSeconds(int(self.models.loaded_at or 0))
         return reply
-
-
-def _status(number: int) -> tuple[int, str]:
-    return next(c.value for c in grpc.StatusCode if c.value[0] == number)
 
 
 def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", limits: Limits = Limits(),

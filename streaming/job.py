@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import time
 from pathlib import Path
 
 from logmesh.client import DEFAULT_EMBEDDER, DEFAULT_SCORER, EmbedderClient, ScorerClient

@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Iterable
 
 import grpc
 import numpy as np

@@ -11,7 +11,7 @@ import pytest
 from logmesh import vectors
 from logmesh.client import ItemFailed, ScorerClient
 from logmesh.ingest.hdfs import parse_line
-from logmesh.v1 import score_pb2, scorer_service_pb2 as spb, scorer_service_pb2_grpc as spbg
+from logmesh.v1 import score_pb2, scorer_service_pb2 as spb
 
 NORMAL_LINE = ("081109 204655 556 INFO dfs.DataNode$PacketResponder: Received block "
                "blk_3587508140051953248 of size 67108864 from /10.251.42.84")

@@ -28,12 +28,9 @@ class ItemFailed(Exception):
     """One item of a batch came back with a per-item error."""
 
     def __init__(self, record_id: str, code: int, message: str) -> None:
-        super().__init__(f"{record_id or '<item>'}: {grpc.StatusCode(_code(code)).name}: {message}")
+        name = next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
+        super().__init__(f"{record_id or '<item>'}: {name}: {message}")
         self.record_id, self.code, self.message = record_id, code, message
-
-
-def _code(number: int) -> tuple[int, str]:
-    return next(c.value for c in grpc.StatusCode if c.value[0] == number)
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[tuple[int, list]]:  # type: ignore[type-arg]

@@ -15,10 +15,9 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from logmesh.client import EmbedderClient, ScorerClient

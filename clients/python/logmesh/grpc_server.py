@@ -20,6 +20,8 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from logmesh.v1 import common_pb2
+
 log = logging.getLogger(__name__)
 
 
@@ -69,6 +71,23 @@ def generic_handler(service: ServiceDescriptor, servicer: object) -> grpc.Generi
             response_serializer=response_cls.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def item_error(code: grpc.StatusCode, message: str) -> common_pb2.ItemError:
+    """A per-item (or per-batch) error inside a stream reply."""
+    return common_pb2.ItemError(code=code.value[0], message=message)
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    """The StatusCode for an ItemError's code number."""
+    return next(c for c in grpc.StatusCode if c.value[0] == number)
+
+
+def batch_problem(items: int, limits: Limits, noun: str = "items") -> str | None:
+    """Why a stream message with `items` entries is refused as a whole, or None."""
+    if items > limits.max_batch_items:
+        return f"batch has {items} {noun}; the limit is {limits.max_batch_items} (--max-batch); split it"
+    return None
 
 
 def time_left(context: grpc.ServicerContext) -> float | None:
