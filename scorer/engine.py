@@ -149,3 +149,4 @@ class LineScorer:
             out.event_time.CopyFrom(record.event_time)
         out.scored_time.CopyFrom(scored_time)
         out.message = record.message
+        out.component = record.component

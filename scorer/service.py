@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +31,9 @@ class ScorerServicer:
         self.limits = limits
         self.history = AnomalyHistory()
         self.stats = ScorerStats()
+        self.max_watchers = max(1, limits.workers // 2)  # each watcher holds a worker thread
+        self._watchers = 0
+        self._watch_lock = threading.Lock()
         self._alerted: dict[str, None] = {}  # blocks already in the history as anomalous (bounded, insertion order)
 
     def _scorer(self, context: grpc.ServicerContext) -> LineScorer:
@@ -124,6 +128,25 @@ class ScorerServicer:
         entries, next_id = self.history.page(size, before, request.min_score, request.block_id)
         return spb.ListAnomaliesResponse(anomalies=entries, next_page_token=str(next_id) if next_id else "")
 
+    def WatchAnomalies(self, request: spb.WatchAnomaliesRequest,
+                       context: grpc.ServicerContext) -> Iterator[spb.WatchAnomaliesResponse]:
+        reject_undecodable(request, context)
+        with self._watch_lock:
+            if self._watchers >= self.max_watchers:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"{self._watchers} watchers already connected; the limit is {self.max_watchers}")
+            self._watchers += 1
+        try:
+            last = self.history.last_id  # a watcher sees what is recorded from now on
+            while context.is_active():
+                for entry in self.history.wait_after(last, timeout=1.0):
+                    last = entry.id
+                    if _matches(entry, request):
+                        yield spb.WatchAnomaliesResponse(anomaly=entry)
+        finally:
+            with self._watch_lock:
+                self._watchers -= 1
+
     def GetStats(self, request: spb.GetStatsRequest, context: grpc.ServicerContext) -> spb.GetStatsResponse:
         reject_undecodable(request, context)
         p50, p99 = self.stats.latency_ms()
@@ -139,6 +162,16 @@ class ScorerServicer:
             reply.model_members.extend(scorer.members)
             reply.model_loaded_time.FromSeconds(int(self.models.loaded_at or 0))
         return reply
+
+
+def _matches(entry: score_pb2.Anomaly, request: spb.WatchAnomaliesRequest) -> bool:
+    if entry.HasField("line"):
+        line = entry.line
+        return (not request.blocks_only and line.score >= request.min_score
+                and (not request.block_id or request.block_id in line.block_ids)
+                and (not request.component or request.component == line.component))
+    block = entry.block
+    return block.score >= request.min_score and (not request.block_id or request.block_id == block.block_id)
 
 
 def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", limits: Limits = Limits(),

@@ -249,3 +249,35 @@ def test_bad_blocks_get_per_item_errors(scorer):
     results = list(scorer.score_blocks(blocks))
     assert [r.WhichOneof("outcome") for r in results] == ["error", "error", "verdict"]
     assert "empty" in results[0].error.message and "no events" in results[1].error.message
+
+
+def test_watchers_receive_new_anomalies_live_with_filters(scorer, scorer_server):
+    import threading
+    seen: list[score_pb2.Anomaly] = []
+    blocks_seen: list[score_pb2.Anomaly] = []
+    ready = threading.Event()
+
+    def watch(into, **filters) -> None:
+        with ScorerClient(scorer_server.address) as client:
+            ready.set()
+            try:
+                for entry in client.watch(timeout=4, **filters):
+                    into.append(entry)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    threads = [threading.Thread(target=watch, args=(seen,), kwargs={"component": "dfs.DataNode$DataXceiver"}),
+               threading.Thread(target=watch, args=(blocks_seen,), kwargs={"blocks_only": True})]
+    for t in threads:
+        t.start()
+    ready.wait(5)
+    time.sleep(0.5)
+    scorer.score_line(EXCEPTION_LINE)  # an anomalous DataXceiver line
+    scorer.score_line(NORMAL_LINE)  # normal: not an anomaly
+    scorer.score_line("081109 214043 2561 INFO dfs.DataNode$PacketResponder: PacketResponder blk_-3102267849859399193 "
+                      "2 Exception java.io.EOFException")  # anomalous, but another component
+    for t in threads:
+        t.join(10)
+    assert [e.line.message for e in seen] == [EXCEPTION_LINE.split(": ", 1)[1]]
+    assert seen[0].line.component == "dfs.DataNode$DataXceiver" and seen[0].id > 0
+    assert blocks_seen == []  # no block was judged meanwhile

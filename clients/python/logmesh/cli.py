@@ -112,6 +112,29 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    with ScorerClient(args.scorer) as scorer:
+        print(f"watching anomalies at {args.scorer} (Ctrl-C to stop) ...", file=sys.stderr)
+        try:
+            for entry in scorer.watch(args.min_score, args.block, args.component, args.blocks_only):
+                when = entry.recorded_time.ToDatetime().strftime("%H:%M:%S")
+                if entry.HasField("block"):
+                    b = entry.block
+                    kind = {2: "ALERT", 3: "FINAL"}.get(b.kind, "BLOCK")
+                    print(f"{when}  {kind:5} {b.block_id}  score={b.score:.2f}  events={' '.join(b.events[-12:])}"
+                          + (f"  read: {', '.join(b.anomalous_record_ids[:3])}" if b.anomalous_record_ids else ""),
+                          flush=True)
+                else:
+                    r = entry.line
+                    votes = " ".join(f"{v.model}={v.score:.2f}" for v in r.votes)
+                    print(f"{when}  LINE  {','.join(r.block_ids)}  score={r.score:.2f}  "
+                          f"votes={r.anomaly_votes}/{r.anomaly_votes + r.normal_votes} [{votes}]  {r.message[:100]}",
+                          flush=True)
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     with ScorerClient(args.scorer, timeout=args.timeout) as scorer:
         stats = scorer.stats()
@@ -228,6 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block", default="", help="only this block id")
     client_args(p)
     p.set_defaults(func=cmd_anomalies)
+
+    p = sub.add_parser("tail", help="show anomalies live as the scorer records them",
+                       description="Subscribe to WatchAnomalies and print each new anomalous line or block alert.")
+    p.add_argument("--min-score", type=float, default=0.0)
+    p.add_argument("--block", default="", help="only this block id")
+    p.add_argument("--component", default="", help="only lines of this component")
+    p.add_argument("--blocks-only", action="store_true", help="only block alerts and final verdicts")
+    p.add_argument("--scorer", default=DEFAULT_SCORER, help="scorer address (default %(default)s)")
+    p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("stats", help="print the scorer's counters, latencies and model as JSON")
     client_args(p)

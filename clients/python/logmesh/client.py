@@ -147,6 +147,14 @@ class ScorerClient(_Client):
     def score_lines(self, raw_lines: Iterable[str], batch_size: int = 256) -> Iterator[spb.ScoreItemResult]:
         return self.score_stream((spb.ScoreItem(raw_line=line) for line in raw_lines), batch_size)
 
+    def watch(self, min_score: float = 0.0, block_id: str = "", component: str = "", blocks_only: bool = False,
+              timeout: float | None = None) -> Iterator[score_pb2.Anomaly]:
+        """Anomalies as the scorer records them; runs until cancelled or `timeout` passes."""
+        request = spb.WatchAnomaliesRequest(min_score=min_score, block_id=block_id, component=component,
+                                            blocks_only=blocks_only)
+        for reply in self.stub.WatchAnomalies(request, timeout=timeout):
+            yield reply.anomaly
+
     def stats(self) -> spb.GetStatsResponse:
         return self.stub.GetStats(spb.GetStatsRequest(), timeout=self.timeout)
 
