@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from logmesh.client import EmbedderClient, ScorerClient
 from logmesh.scorer import artifacts
-from logmesh.v1 import score_pb2
+from logmesh.v1 import log_record_pb2, score_pb2
 
 BIN = Path(sys.executable).with_name("logmesh")
 REPO = Path(__file__).resolve().parents[3]
@@ -111,8 +111,11 @@ class Tally:
         self.lines: dict[str, list[str]] = {}
         self._consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"demo-{uuid.uuid4()}",
                                    "auto.offset.reset": "earliest", "enable.auto.commit": False})
-        self._consumer.subscribe([names["scores"], names["anomalies"]])
-        self._scores, self._anomalies = names["scores"], names["anomalies"]
+        self._consumer.subscribe([names["logs"], names["scores"], names["anomalies"]])
+        self._logs, self._scores, self._anomalies = names["logs"], names["scores"], names["anomalies"]
+        # producer->verdict latency: Kafka CreateTime of a LogRecord and of its ScoreResult (one clock)
+        self.produced_at: dict[str, int] = {}
+        self.scored_at: dict[str, int] = {}
 
     def poll(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -120,8 +123,16 @@ class Tally:
             for msg in self._consumer.consume(2000, timeout=0.2):
                 if msg.error():
                     continue
+                if msg.topic() == self._logs:
+                    try:
+                        self.produced_at[log_record_pb2.LogRecord.FromString(msg.value()).id] = \
+                            msg.timestamp()[1]
+                    except Exception:
+                        pass  # not a LogRecord: the job sends it to the DLQ
+                    continue
                 if msg.topic() == self._scores:
                     self.scored += 1
+                    self.scored_at[score_pb2.ScoreResult.FromString(msg.value()).record_id] = msg.timestamp()[1]
                     continue
                 anomaly = score_pb2.Anomaly.FromString(msg.value())
                 if anomaly.HasField("block") and anomaly.block.kind == score_pb2.BLOCK_VERDICT_KIND_ALERT:
@@ -178,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                                "--anomalies-topic", names["anomalies"], "--dlq-topic", names["dlq"],
                                "--qdrant-path", str(work / "qdrant"),
                                "--checkpoint", str(work / "checkpoint"), "--log-level", "warning"])
+        tally = Tally(dict(names))
+        warm_up(names["logs"], logs, tally, interrupted)
         # the replay runs beside the job, as a producer would in production
         from logmesh.ingest.producer import run_ingest
         produced: dict[str, object] = {}
@@ -186,13 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         replay.start()
         say(f"replaying {logs} into {names['logs']} ...")
-        tally = Tally({k: v for k, v in names.items()})
         total = None
         last_change, last_scored = time.monotonic(), 0
         while not interrupted.is_set():
             tally.poll(2.0)
             if "summary" in produced:
-                total = produced["summary"].produced  # type: ignore[attr-defined]
+                total = produced["summary"].produced + 1  # type: ignore[attr-defined]  # + the warm-up line
             elapsed = time.monotonic() - started
             say(f"{elapsed:5.0f}s  scored {tally.scored:>9,}{'/' + format(total, ',') if total else ''}  "
                 f"({tally.scored / elapsed:,.0f} lines/s)  line anomalies {tally.line_anomalies:,}  "
@@ -216,6 +228,25 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
 
 
+def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event) -> None:
+    """Sends the log's first line and waits for its verdict, so the replay starts once Spark is up and
+    the latency figures measure the pipeline, not the JVM's start."""
+    from confluent_kafka import Producer
+    from logmesh.ingest.hdfs import parse_line
+    with open(log, encoding="utf-8", errors="replace") as f:
+        record = parse_line(next(f), "warm-up", 0)
+    producer = Producer({"bootstrap.servers": BOOTSTRAP})
+    producer.produce(topic, value=record.SerializeToString(), key=b"warm-up")
+    producer.flush(30)
+    say("waiting for the Spark job to score a first line ...")
+    started = time.monotonic()
+    while tally.scored == 0 and not interrupted.is_set():
+        tally.poll(1.0)
+        if time.monotonic() - started > 300:
+            raise RuntimeError("the Spark job scored nothing in 5 minutes; see var/demo/run/stream.log")
+    say(f"the job is up ({time.monotonic() - started:.0f} s)")
+
+
 def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool) -> None:
     say(("interrupted: " if interrupted else "done: ") +
         f"{tally.scored:,} lines scored in {seconds:.1f} s ({tally.scored / max(seconds, 1e-9):,.0f} lines/s incl. "
@@ -226,6 +257,11 @@ def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool)
             f"{' ...' if len(v.events) > 12 else ''}")
         for line in tally.lines.get(v.block_id, [])[:2]:
             say(f"        read: {line[:110]}")
+    waits = [tally.scored_at[r] - t for r, t in tally.produced_at.items() if r in tally.scored_at]
+    if waits:
+        import numpy as np
+        p50, p99 = np.percentile(waits, [50, 99])
+        say(f"producer->verdict latency over {len(waits):,} lines: p50 {p50 / 1000:.2f} s, p99 {p99 / 1000:.2f} s")
     if labels and labels.exists():
         from logmesh.scorer.dataset import read_block_labels
         truth = read_block_labels(labels)
