@@ -80,3 +80,37 @@ def grpcurl() -> str:
     if not found:
         pytest.fail("grpcurl not installed: run `make tools`")
     return found
+
+
+class SleepingEncoder:
+    """A stand-in for the model, named as such: it sleeps `seconds` per encode, to cause a stall the real
+    model cannot be made to have on demand. Vectors are constant unit vectors."""
+
+    dim = 384
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def encode(self, texts):
+        import time
+        import numpy as np
+        time.sleep(self.seconds)
+        return np.ones((len(texts), 384), np.float32) / np.sqrt(384)
+
+
+@pytest.fixture()
+def stalling_embedder():
+    """Starts embedders whose every encode sleeps; `stalling_embedder(seconds)` returns a SERVING server."""
+    from logmesh.client import EmbedderClient
+    from logmesh.embedder.service import serve
+    started = []
+
+    def start(seconds: float):
+        server = serve(0, encoder_factory=lambda: SleepingEncoder(seconds))
+        started.append(server)
+        EmbedderClient(server.address).wait_until_serving(10 + seconds)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(0)

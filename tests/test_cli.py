@@ -124,22 +124,12 @@ def test_sigterm_stops_gracefully_with_a_log_line(services):
     assert "model loaded" in messages and "stopping" in messages and messages[-1] == "stopped"
 
 
-def test_in_flight_calls_finish_during_a_graceful_stop(trained_models):
-    """stop(grace) lets a slow in-flight call complete (a stand-in encoder that sleeps, named as such)."""
+def test_in_flight_calls_finish_during_a_graceful_stop(trained_models, stalling_embedder):
+    """stop(grace) lets a slow in-flight call complete (the embedder behind it stalls 1 s per encode)."""
     import threading
-    import numpy as np
-    from logmesh.embedder.service import serve as serve_embedder
     from logmesh.scorer.service import serve
 
-    class SlowEncoder:
-        dim = 384
-
-        def encode(self, texts):
-            time.sleep(1.0)
-            return np.ones((len(texts), 384), np.float32) / np.sqrt(384)
-
-    embedder = serve_embedder(0, encoder_factory=SlowEncoder)
-    EmbedderClient(embedder.address).wait_until_serving(10)
+    embedder = stalling_embedder(1.0)
     server = serve(0, trained_models, embedder.address, reload_interval=60)
     outcome: dict[str, object] = {}
 
@@ -152,5 +142,4 @@ def test_in_flight_calls_finish_during_a_graceful_stop(trained_models):
     time.sleep(0.3)  # the call is now waiting on the slow embedder
     server.stop(grace=5)
     caller.join(10)
-    embedder.stop(0)
     assert outcome["result"].model_version

@@ -109,22 +109,11 @@ def test_anomalies_page_newest_first_and_stats_count(scorer):
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_the_callers_deadline_bounds_the_embedder_call(trained_models):
-    """A stalled embedder (a stand-in encoder that sleeps, named as such: a stall is hard to cause for
-    real) must not hold a scoring call past the caller's deadline."""
-    from logmesh.client import EmbedderClient
-    from logmesh.embedder.service import serve as serve_embedder
+def test_the_callers_deadline_bounds_the_embedder_call(trained_models, stalling_embedder):
+    """A stalled embedder must not hold a scoring call past the caller's deadline."""
     from logmesh.scorer.service import serve
 
-    class StallingEncoder:
-        dim = 384
-
-        def encode(self, texts):
-            time.sleep(1.5)
-            return np.ones((len(texts), 384), np.float32) / np.sqrt(384)
-
-    embedder = serve_embedder(0, encoder_factory=StallingEncoder)
-    EmbedderClient(embedder.address).wait_until_serving(10)
+    embedder = stalling_embedder(1.5)
     server = serve(0, trained_models, embedder.address, reload_interval=60)
     try:
         with ScorerClient(server.address) as client:
@@ -136,7 +125,6 @@ def test_the_callers_deadline_bounds_the_embedder_call(trained_models):
             assert client.health() == "SERVING"
     finally:
         server.stop(0)
-        embedder.stop(0)
 
 
 def test_without_an_artifact_the_scorer_is_not_serving_and_says_why(tmp_path, embedder_server, trained_models):
