@@ -131,13 +131,13 @@ class ScorerServicer:
     def WatchAnomalies(self, request: spb.WatchAnomaliesRequest,
                        context: grpc.ServicerContext) -> Iterator[spb.WatchAnomaliesResponse]:
         reject_undecodable(request, context)
+        last = self.history.last_id  # a watcher sees what is recorded from now on
         with self._watch_lock:
             if self._watchers >= self.max_watchers:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"{self._watchers} watchers already connected; the limit is {self.max_watchers}")
             self._watchers += 1
         try:
-            last = self.history.last_id  # a watcher sees what is recorded from now on
             while context.is_active():
                 for entry in self.history.wait_after(last, timeout=1.0):
                     last = entry.id

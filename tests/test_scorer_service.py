@@ -259,7 +259,8 @@ def test_watchers_receive_new_anomalies_live_with_filters(scorer, scorer_server)
     for t in threads:
         t.start()
     ready.wait(5)
-    time.sleep(0.5)
+    servicer = scorer_server.servicers["ScorerService"]
+    _until(lambda: servicer._watchers == 2)  # both subscriptions are live on the server
     scorer.score_line(EXCEPTION_LINE)  # an anomalous DataXceiver line
     scorer.score_line(NORMAL_LINE)  # normal: not an anomaly
     scorer.score_line("081109 214043 2561 INFO dfs.DataNode$PacketResponder: PacketResponder blk_-3102267849859399193 "
