@@ -207,6 +207,15 @@ def check_limit(limit: int) -> int:
     return int(limit)
 
 
+def points_from_records(records: Iterable[Any], by_id: Mapping[str, str]) -> dict[str, Point]:
+    """Engine records (`.id`, `.vector`, `.payload`, as both engines return them) as Points by original key."""
+    out: dict[str, Point] = {}
+    for r in records:
+        key = by_id.get(str(r.id)) or key_of(r.payload, str(r.id))
+        out[key] = Point(key, np.asarray(r.vector, dtype=np.float32), dict(r.payload or {}))
+    return out
+
+
 def key_of(payload: Mapping[str, Any] | None, fallback: str) -> str:
     value = (payload or {}).get(KEY_FIELD)
     return value if isinstance(value, str) else fallback

@@ -28,7 +28,7 @@ import qdrant_edge as qe
 
 from logmesh.streaming.vector_store import (
     DEFAULT_COLLECTION, DEFAULT_DIM, Filter, Hit, Point, StoreClosedError, as_vector, check_filter,
-    check_limit, key_of, point_id, prepare_points)
+    check_limit, key_of, point_id, points_from_records, prepare_points)
 
 _UPSERT_CHUNK = 1024
 
@@ -137,11 +137,7 @@ class EdgeVectorStore:
         if not by_id:
             return {}
         records = shard.retrieve(list(by_id), with_payload=True, with_vector=True)
-        out: dict[str, Point] = {}
-        for r in records:
-            key = by_id.get(str(r.id)) or key_of(r.payload, str(r.id))
-            out[key] = Point(key, np.asarray(r.vector, dtype=np.float32), dict(r.payload or {}))
-        return out
+        return points_from_records(records, by_id)
 
     def search(self, vector: Any, limit: int = 10, filter: Filter | None = None) -> list[Hit]:
         shard = self._check_open()

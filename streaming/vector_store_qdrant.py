@@ -15,13 +15,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
-import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from logmesh.streaming.vector_store import (
     DEFAULT_COLLECTION, DEFAULT_DIM, Filter, Hit, Point, StoreClosedError, StoreUnavailableError, as_vector,
-    check_filter, check_limit, key_of, point_id, prepare_points)
+    check_filter, check_limit, key_of, point_id, points_from_records, prepare_points)
 
 
 class QdrantClientStore:
@@ -138,11 +137,7 @@ class QdrantClientStore:
             return {}
         with self._io() as client:
             records = client.retrieve(self.collection, list(by_id), with_payload=True, with_vectors=True)
-        out: dict[str, Point] = {}
-        for r in records:
-            key = by_id.get(str(r.id)) or key_of(r.payload, str(r.id))
-            out[key] = Point(key, np.asarray(r.vector, dtype=np.float32), dict(r.payload or {}))
-        return out
+        return points_from_records(records, by_id)
 
     def search(self, vector: Any, limit: int = 10, filter: Filter | None = None) -> list[Hit]:
         query = as_vector(vector, self.dim, "query vector").tolist()
