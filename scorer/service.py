@@ -84,10 +84,18 @@ class ScorerServicer:
         results = self._blocks(context).score(blocks)
         verdicts = [r.verdict for r in results if r.HasField("verdict")]
         flagged = [v for v in verdicts if v.verdict == ANOMALY]
-        # A block enters the history once when it turns anomalous and once more with its final verdict.
-        fresh = [v for v in flagged if v.block_id not in self._alerted or v.kind == score_pb2.BLOCK_VERDICT_KIND_FINAL]
-        for v in fresh:
-            self._alerted[v.block_id] = None
+        # A block enters the history as an ALERT the first time it is judged anomalous, and again with its
+        # FINAL verdict when it closes anomalous: the same rule the streaming job applies to its topic.
+        fresh = []
+        for v in flagged:
+            if v.block_id not in self._alerted:
+                self._alerted[v.block_id] = None
+                alert = score_pb2.BlockVerdict()
+                alert.CopyFrom(v)
+                alert.kind = score_pb2.BLOCK_VERDICT_KIND_ALERT
+                fresh.append(alert)
+            if v.kind == score_pb2.BLOCK_VERDICT_KIND_FINAL:
+                fresh.append(v)
         while len(self._alerted) > 1_000_000:
             self._alerted.pop(next(iter(self._alerted)))
         self.history.add_blocks(fresh)

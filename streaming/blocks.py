@@ -1,7 +1,8 @@
-"""Per-block accumulation across micro-batches, kept in the block's vector-store point.
+"""A block point's running mean vector, merged idempotently across micro-batches.
 
-A block point's payload holds the offsets of the lines already counted, so merging a replayed batch
-changes nothing (idempotent), and the point's vector is the running mean of its lines' embeddings.
+The block's events live in Spark's state (block_sessions.py); its vector lives in its vector-store
+point, whose payload records the offsets of the lines already counted, so merging a replayed batch
+changes nothing and the vector stays the mean of the block's line embeddings.
 """
 from __future__ import annotations
 
@@ -14,30 +15,26 @@ import numpy as np
 class BlockLine:
     coordinates: str  # topic/partition/offset
     offset: int
-    template_id: str
-    event_time: str  # RFC 3339, "" when unknown
     vector: np.ndarray
     record_id: str
     anomalous: bool
 
 
-def merge(payload: dict | None, vector: np.ndarray | None, lines: list[BlockLine]) -> tuple[dict, np.ndarray, bool]:
-    """The block's payload and mean vector after adding `lines`; the flag says whether anything was new."""
+def merge(payload: dict | None, vector: np.ndarray | None,
+          lines: list[BlockLine]) -> tuple[dict, np.ndarray | None]:
+    """The block's payload and mean vector after adding `lines` it has not counted yet."""
     payload = dict(payload or {})
     seen = set(payload.get("offsets", []))
     fresh = sorted((l for l in lines if l.coordinates not in seen), key=lambda l: l.offset)
     n = int(payload.get("lines", 0))
-    mean = vector if vector is not None and n else np.zeros(len(lines[0].vector), np.float32)
-    if fresh:
-        total = mean * n + np.sum([l.vector for l in fresh], axis=0)
-        n += len(fresh)
-        mean = (total / n).astype(np.float32)
-        payload["offsets"] = [*payload.get("offsets", []), *(l.coordinates for l in fresh)]
-        payload["events"] = [*payload.get("events", []), *(l.template_id for l in fresh)]
-        payload["anomalous_record_ids"] = [*payload.get("anomalous_record_ids", []),
-                                           *(l.record_id for l in fresh if l.anomalous)]
-        times = [t for t in (payload.get("first_time"), payload.get("last_time"), *(l.event_time for l in fresh)) if t]
-        if times:
-            payload["first_time"], payload["last_time"] = min(times), max(times)
-        payload["lines"] = n
-    return payload, mean, bool(fresh)
+    if not fresh:
+        return payload, vector
+    total = np.sum([l.vector for l in fresh], axis=0)
+    if vector is not None and n:
+        total = total + vector * n
+    n += len(fresh)
+    payload["offsets"] = [*payload.get("offsets", []), *(l.coordinates for l in fresh)]
+    payload["anomalous_record_ids"] = [*payload.get("anomalous_record_ids", []),
+                                       *(l.record_id for l in fresh if l.anomalous)]
+    payload["lines"] = n
+    return payload, (total / n).astype(np.float32)

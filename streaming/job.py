@@ -31,6 +31,7 @@ class StreamConfig:
     max_offsets_per_trigger: int = 20_000
     trigger_ms: int = 500
     once: bool = False  # process what is there now, then stop (availableNow)
+    block_quiet_ms: int = 30_000  # a block with no new line for this long is closed and judged final
     starting_offsets: str = "earliest"
     wait_for_services_s: float = 300.0
     master: str = "local[2]"
@@ -54,6 +55,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-offsets-per-trigger", type=int, default=d.max_offsets_per_trigger,
                    help="most Kafka messages per micro-batch (caps driver memory)")
     p.add_argument("--trigger-ms", type=int, default=d.trigger_ms, help="micro-batch interval (default %(default)s)")
+    p.add_argument("--block-quiet-ms", type=int, default=d.block_quiet_ms,
+                   help="close a block after this long without a new line (default %(default)s)")
     p.add_argument("--once", action="store_true", help="process everything in the topic now, then stop")
     p.add_argument("--master", default=d.master, help="Spark master (default %(default)s)")
 
@@ -79,13 +82,18 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
     from logmesh.streaming.spark import session
     sink, store = build_sink(config, on_report)
     spark = session(master=config.master)
+    # Block timeouts fire in micro-batches without new data; a run that drains the topic and stops
+    # (--once, availableNow) must not keep running such batches forever.
+    spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", str(not config.once).lower())
     source = (spark.readStream.format("kafka")
               .option("kafka.bootstrap.servers", config.bootstrap)
               .option("subscribe", config.topic)
               .option("startingOffsets", config.starting_offsets)
               .option("maxOffsetsPerTrigger", config.max_offsets_per_trigger)
               .load())
-    writer = (source.writeStream.foreachBatch(sink)
+    from logmesh.streaming.block_sessions import with_block_sessions
+    stream = with_block_sessions(source, config.block_quiet_ms)
+    writer = (stream.writeStream.foreachBatch(sink).outputMode("update")
               .option("checkpointLocation", str(Path(config.checkpoint) / "spark"))
               .queryName("logmesh-stream"))
     writer = writer.trigger(availableNow=True) if config.once else writer.trigger(

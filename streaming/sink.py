@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from logmesh.client import EmbedderClient, ScorerClient
 from logmesh.ingest.masking import line_shape
 from logmesh.streaming import blocks as block_state
+from logmesh.streaming.block_sessions import BLOCK, LINE
 from logmesh.streaming.decode import KafkaRow, Rejected, decode
 from logmesh.streaming.outputs import ResultProducer
 from logmesh.streaming.retry import RetryItems, with_retry
@@ -27,6 +28,17 @@ from logmesh.v1 import log_record_pb2, score_pb2, scorer_service_pb2 as spb
 
 log = logging.getLogger("logmesh.stream.sink")
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSummary:
+    """A block Spark's state reports as changed in this micro-batch (see block_sessions.py)."""
+
+    block_id: str
+    events: list[str]
+    closed: bool
+    first_time: str
+    last_time: str
 
 
 @dataclasses.dataclass
@@ -71,14 +83,19 @@ class BatchSink:
         if self.ledger.done(batch_id):
             log.info("batch already written; skipping replay", extra={"batch_id": batch_id})
             return
-        frame = df.select("topic", "partition", "offset", "key", "value").toPandas()
+        frame = df.toPandas()
+        lines, blocks = frame[frame["kind"] == LINE], frame[frame["kind"] == BLOCK]
         rows = [KafkaRow(t, int(p), int(o), None if k is None else bytes(k), None if v is None else bytes(v))
-                for t, p, o, k, v in zip(frame["topic"], frame["partition"], frame["offset"], frame["key"], frame["value"])]
-        report = self.process(rows, batch_id)
+                for t, p, o, k, v in zip(lines["topic"], lines["partition"], lines["offset"], lines["key"], lines["value"])]
+        sessions = [BlockSummary(b, list(e), bool(c), f or "", l or "") for b, e, c, f, l in zip(
+            blocks["block_id"], blocks["events"], blocks["closed"], blocks["first_time"], blocks["last_time"])]
+        report = self.process(rows, batch_id, sessions)
         self.ledger.mark(batch_id)
         self.on_report(report)
 
-    def process(self, rows: list[KafkaRow], batch_id: int) -> BatchReport:
+    def process(self, rows: list[KafkaRow], batch_id: int, sessions: list[BlockSummary] = ()) -> BatchReport:  # type: ignore[assignment]
+        """Writes one micro-batch: `rows` are its Kafka messages, `sessions` the blocks Spark's state says
+        changed (or closed) in it."""
         started = time.perf_counter()
         report = BatchReport(batch_id, rows=len(rows))
         records: list[tuple[KafkaRow, log_record_pb2.LogRecord]] = []
@@ -97,7 +114,7 @@ class BatchSink:
         self.outputs.scores([res for _, _, _, res in good])
         self.outputs.anomalies([score_pb2.Anomaly(line=res, recorded_time=_now()) for res in flagged],
                                key_of=lambda a: a.line.record_id)
-        block_points, alerts = self._blocks(good, vectors, batch_id)
+        block_points, alerts = self._blocks(good, vectors, list(sessions), batch_id)
         self.outputs.anomalies(alerts, key_of=lambda a: a.block.block_id)
         self.outputs.flush()
 
@@ -150,45 +167,56 @@ class BatchSink:
             with_retry(attempt, f"score batch {batch_id}", self.retry_budget_s)
         return results, invalid
 
-    def _blocks(self, good, vectors, batch_id: int) -> tuple[list[Point], list[score_pb2.Anomaly]]:  # type: ignore[no-untyped-def]
+    def _blocks(self, good, vectors, sessions: list[BlockSummary],  # type: ignore[no-untyped-def]
+                batch_id: int) -> tuple[list[Point], list[score_pb2.Anomaly]]:
+        """Judges the blocks Spark's state reports, keeps each block's point (mean vector, verdict) and
+        returns the alerts: a block's first anomalous verdict, and its final one when it closes anomalous."""
+        if not sessions:
+            return [], []
         lines_by_block: dict[str, list[block_state.BlockLine]] = {}
         labels: dict[str, int] = {}
         for i, row, record, res in good:
-            for block_id in record.block_ids:
-                if record.label:
-                    labels[block_id] = record.label
-                lines_by_block.setdefault(block_id, []).append(block_state.BlockLine(
-                    row.coordinates, row.offset, record.template_id,
-                    record.event_time.ToJsonString() if record.HasField("event_time") else "",
-                    vectors[i], record.id, res.verdict == score_pb2.VERDICT_ANOMALY))
-        if not lines_by_block:
-            return [], []
-        existing = self.store.retrieve(list(lines_by_block))
-        merged: dict[str, tuple[dict, np.ndarray]] = {}
-        for block_id, lines in lines_by_block.items():
-            old = existing.get(block_id)
-            payload, vector, _ = block_state.merge(old.payload if old else None, old.vector if old else None, lines)
-            payload.update(kind="block", block_id=block_id)
-            if block_id in labels:
-                payload["label"] = log_record_pb2.Label.Name(labels[block_id]).removeprefix("LABEL_").lower()
-            merged[block_id] = (payload, vector)
-        sessions = [spb.BlockSession(block_id=b, events=p["events"], anomalous_record_ids=p["anomalous_record_ids"],
-                                     first_time=_ts(p.get("first_time")), last_time=_ts(p.get("last_time")),
-                                     label=labels.get(b, 0))
-                    for b, (p, _) in merged.items()]
-        verdicts = self._score_blocks(sessions, batch_id)
+            block_id = record.block_ids[0] if record.block_ids else ""
+            if record.label:
+                labels[block_id] = record.label
+            lines_by_block.setdefault(block_id, []).append(block_state.BlockLine(
+                row.coordinates, row.offset, vectors[i], record.id, res.verdict == score_pb2.VERDICT_ANOMALY))
+        existing = self.store.retrieve([s.block_id for s in sessions])
+        merged: list[tuple[BlockSummary, dict, np.ndarray | None]] = []
+        for session in sessions:
+            old = existing.get(session.block_id)
+            payload, vector = block_state.merge(old.payload if old else None, old.vector if old else None,
+                                                lines_by_block.get(session.block_id, []))
+            payload.update(kind="block", block_id=session.block_id, events=session.events, closed=session.closed,
+                           first_time=session.first_time, last_time=session.last_time)
+            if session.block_id in labels:
+                payload["label"] = log_record_pb2.Label.Name(labels[session.block_id]).removeprefix("LABEL_").lower()
+            merged.append((session, payload, vector))
+        label_of = {v: k for k, v in log_record_pb2.Label.items()}
+        requests = [spb.BlockSession(block_id=s.block_id, events=s.events, closed=s.closed,
+                                     anomalous_record_ids=p.get("anomalous_record_ids", []),
+                                     first_time=_ts(s.first_time), last_time=_ts(s.last_time),
+                                     label=label_of.get(f"LABEL_{p.get('label', 'unspecified').upper()}", 0))
+                    for s, p, _ in merged]
+        verdicts = self._score_blocks(requests, batch_id)
         points, alerts = [], []
-        for (block_id, (payload, vector)), verdict in zip(merged.items(), verdicts):
+        for (session, payload, vector), verdict in zip(merged, verdicts):
             anomalous = verdict.verdict == score_pb2.VERDICT_ANOMALY
+            kinds = []
             if anomalous and not payload.get("alerted"):
+                kinds.append(score_pb2.BLOCK_VERDICT_KIND_ALERT)
+                payload["alerted"] = True
+            if anomalous and session.closed:
+                kinds.append(score_pb2.BLOCK_VERDICT_KIND_FINAL)
+            for kind in kinds:
                 alert = score_pb2.BlockVerdict()
                 alert.CopyFrom(verdict)
-                alert.kind = score_pb2.BLOCK_VERDICT_KIND_ALERT
+                alert.kind = kind
                 alerts.append(score_pb2.Anomaly(block=alert, recorded_time=_now()))
-                payload["alerted"] = True
             payload.update(verdict="anomaly" if anomalous else "normal", score=float(verdict.score),
                            is_anomaly=anomalous, model_version=verdict.model_version)
-            points.append(Point(block_id, vector, payload))
+            if vector is not None:  # a block closed by timeout whose lines all failed to decode has no vector
+                points.append(Point(session.block_id, vector, payload))
         return points, alerts
 
     def _score_blocks(self, sessions: list[spb.BlockSession], batch_id: int) -> list[score_pb2.BlockVerdict]:
