@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/logmesh/v1/*.proto)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help venv gen lint tools jars kafka-up kafka-down test demo down clean
+.PHONY: help venv gen lint tools clients jars kafka-up kafka-down test demo down clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -53,6 +53,9 @@ $(GRPCURL):
 	GOBIN=$(abspath .cache/go/bin) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
 
 tools: $(BUF) $(GRPCURL)  ## install buf and grpcurl under .cache/
+
+clients: $(BUF)  ## build the Go, Java and Node clients (clients/README.md)
+	clients/go/build.sh && clients/java/build.sh && clients/node/build.sh
 
 # Apache Kafka broker jars and Spark's Kafka source, resolved with Maven into .cache/ (stamped, idempotent)
 jars:  ## fetch the Kafka broker jars and Spark's Kafka connector
