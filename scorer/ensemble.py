@@ -31,7 +31,10 @@ def build_members(seed: int = 0) -> dict[str, tuple[str, Pipeline | SGDClassifie
         "mlp": ("text", make_pipeline(_tfidf(), MLPClassifier(hidden_layer_sizes=(32,), max_iter=40,
                                                                early_stopping=False, random_state=seed))),
         "decision_tree": ("text", make_pipeline(_tfidf(), DecisionTreeClassifier(min_samples_leaf=2, random_state=seed))),
-        "embedding_sgd": ("embedding", SGDClassifier(loss="log_loss", alpha=1e-5, random_state=seed)),
+        # Training sees a few dozen distinct (shape, label) rows with large weights: plain SGD stops after
+        # a handful of noisy steps and calibrates badly, so run it to convergence and average the iterates.
+        "embedding_sgd": ("embedding", SGDClassifier(loss="log_loss", alpha=1e-4, max_iter=5000, tol=None,
+                                                     average=True, random_state=seed)),
     }
 
 
@@ -45,9 +48,15 @@ class LineEnsemble:
     def names(self) -> list[str]:
         return list(self.members)
 
-    def fit(self, shapes: list[str], embeddings: np.ndarray, labels: np.ndarray) -> "LineEnsemble":
+    def fit(self, shapes: list[str], embeddings: np.ndarray, labels: np.ndarray,
+            weights: np.ndarray | None = None) -> "LineEnsemble":
+        """`weights[i]`: how many lines row i stands for (training on distinct (shape, label) rows)."""
         for kind, estimator in self.members.values():
-            estimator.fit(shapes if kind == "text" else embeddings, labels)
+            params = {}
+            if weights is not None:
+                last = estimator.steps[-1][0] if isinstance(estimator, Pipeline) else None
+                params = {f"{last}__sample_weight" if last else "sample_weight": np.asarray(weights, np.float64)}
+            estimator.fit(shapes if kind == "text" else embeddings, labels, **params)
         return self
 
     def probabilities(self, shapes: list[str], embeddings: np.ndarray) -> np.ndarray:

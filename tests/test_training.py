@@ -58,3 +58,27 @@ def test_half_written_artifacts_are_invisible(tmp_path):
     (tmp_path / ".staging-abc").mkdir()
     (tmp_path / "20260101T000000Z-deadbeef").mkdir()  # no meta.json yet
     assert artifacts.versions(tmp_path) == [] and artifacts.newest(tmp_path) is None
+
+
+def test_artifact_carries_drain_state_and_block_order_features(trained_models):
+    import pickle
+    [version] = artifacts.versions(trained_models)
+    artifact = artifacts.load(trained_models, version)
+    drain = pickle.loads(pickle.dumps(artifact.models["drain"]))
+    assert drain.frozen and drain.event_id("E5", "c", "m") == "E5"
+    assert drain.event_id("unknown", "dfs.X", "never seen before 123") in {"unknown", *drain.templates}
+    block = artifact.models["block"]
+    assert block.vocab and block.bigrams
+    meta = artifact.meta
+    assert meta["metrics"]["block"]["blocks"] > 0 and "block_by_source" in meta["metrics"]
+    assert meta["data"]["files"]["HDFS_20000.log"] and meta["data"]["open_tail_lines"] > 0
+
+
+def test_streaming_scan_splits_chronologically_and_marks_cut_blocks(data_dir):
+    from logmesh.scorer.dataset import scan
+    counts, train, test = scan(data_dir)
+    assert counts.lines > 20000 and counts.blocks >= 1782
+    assert set(train.origin) >= {"HDFS_20000.log", "sessions_normal.txt"}
+    cut = [c for c, o in zip(test.closed, test.origin) if o == "HDFS_20000.log"]
+    assert cut and not all(cut) and any(cut)  # blocks near the end of the cut log are open prefixes
+    assert sum(counts.train.values()) > 3 * sum(counts.test.values())
