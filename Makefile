@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/logmesh/v1/*.proto)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help venv gen lint tools clients jars kafka-up kafka-down test demo down clean
+.PHONY: help venv gen lint tools clients jars kafka-up kafka-down test demo down bench clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -79,6 +79,9 @@ demo: gen jars  ## run the main job on the embedded defaults (LOGS=, LABELS= to 
 down:  ## stop whatever a demo left running
 	-@for f in var/demo/run/*.pid; do [ -f "$$f" ] && kill "$$(cat $$f)" 2>/dev/null; rm -f "$$f"; done; true
 	deploy/kafka/kafka.sh stop
+
+bench: gen jars  ## run every benchmark; writes docs/benchmarks.md and bench/results/all.json
+	$(PY) bench/run_all.py
 
 clean:  ## remove generated code and caches (keeps .venv)
 	rm -rf $(GEN) .cache/run

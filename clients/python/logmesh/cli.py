@@ -244,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     client_args(p)
     p.set_defaults(func=cmd_score)
 
+    from logmesh.scorer.evaluate import add_evaluate_args, run_evaluate
+    p = sub.add_parser("evaluate", help="block-level precision/recall/F1/FPR of the newest artifact on a labelled log")
+    add_evaluate_args(p)
+    p.set_defaults(func=run_evaluate)
+
     p = sub.add_parser("anomalies", help="list recorded anomalies, newest first")
     p.add_argument("--limit", type=int, default=20, help="entries per page (default %(default)s)")
     p.add_argument("--page-token", default="", help="continue from a previous page")
@@ -290,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qdrant-path", default="var/qdrant", help="embedded store folder (default %(default)s)")
     p.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="embedder used to embed the line")
     p.set_defaults(func=cmd_similar)
+
+    from logmesh.bench import add_bench_args
+    add_bench_args(sub)
 
     p = sub.add_parser("health", help="check both servers' gRPC health (exit 0 when both are SERVING)")
     p.add_argument("--embedder", default=DEFAULT_EMBEDDER)
