@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[3]
 KAFKA = REPO / "deploy/kafka/kafka.sh"
 BOOTSTRAP = "127.0.0.1:9092"
 TOPICS = {"logs": 4, "scores": 4, "anomalies": 1, "dlq": 1}
+QUIET_MS = 5000  # a replay runs in seconds what took hours: close blocks after 5 s without a line
 
 
 def say(message: str) -> None:
@@ -107,6 +108,7 @@ class Tally:
     def __init__(self, names: dict[str, str]) -> None:
         self.scored = 0
         self.line_anomalies = 0
+        self.finals = 0
         self.alerts: dict[str, score_pb2.BlockVerdict] = {}
         self.lines: dict[str, list[str]] = {}
         self._consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"demo-{uuid.uuid4()}",
@@ -137,6 +139,8 @@ class Tally:
                 anomaly = score_pb2.Anomaly.FromString(msg.value())
                 if anomaly.HasField("block") and anomaly.block.kind == score_pb2.BLOCK_VERDICT_KIND_ALERT:
                     self.alerts.setdefault(anomaly.block.block_id, anomaly.block)
+                elif anomaly.HasField("block") and anomaly.block.kind == score_pb2.BLOCK_VERDICT_KIND_FINAL:
+                    self.finals += 1
                 elif anomaly.HasField("line"):
                     self.line_anomalies += 1
                     for block in anomaly.line.block_ids:
@@ -188,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.start("stream", ["stream", "--topic", names["logs"], "--scores-topic", names["scores"],
                                "--anomalies-topic", names["anomalies"], "--dlq-topic", names["dlq"],
                                "--qdrant-path", str(work / "qdrant"),
-                               "--checkpoint", str(work / "checkpoint"), "--log-level", "warning"])
+                               "--checkpoint", str(work / "checkpoint"), "--log-level", "warning",
+                               "--block-quiet-ms", str(QUIET_MS)])
         tally = Tally(dict(names))
         warm_up(names["logs"], logs, tally, interrupted)
         # the replay runs beside the job, as a producer would in production
@@ -200,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         replay.start()
         say(f"replaying {logs} into {names['logs']} ...")
         total = None
+        scoring_seconds = None  # replay start to the last ScoreResult
         last_change, last_scored = time.monotonic(), 0
         while not interrupted.is_set():
             tally.poll(2.0)
@@ -212,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             if tally.scored != last_scored:
                 last_change, last_scored = time.monotonic(), tally.scored
             if total is not None and tally.scored >= total:
+                scoring_seconds = time.monotonic() - started
+                wait_for_blocks_to_close(tally, interrupted)
                 break
             if any(p.poll() is not None for _, p in stack.procs):
                 dead = [n for n, p in stack.procs if p.poll() is not None]
@@ -220,12 +228,27 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() - last_change > 180:
                 say(f"no progress for 3 minutes; see the logs in {run_dir}")
                 return 1
-        report(tally, labels, time.monotonic() - started, interrupted.is_set())
+        report(tally, labels, scoring_seconds or time.monotonic() - started, interrupted.is_set())
         tally.close()
         return 0
     finally:
         say("stopping the job, the scorer, the embedder" + (" and the broker" if stack.started_broker else ""))
         stack.stop()
+
+
+def wait_for_blocks_to_close(tally: Tally, interrupted: threading.Event, limit_s: float = 90.0) -> None:
+    """Every line is scored; blocks close QUIET_MS after their last line and get their final verdicts.
+    Waits until no new alert or final verdict has come for three quiet periods (at most `limit_s`)."""
+    say(f"all lines scored; waiting for blocks to go quiet ({QUIET_MS / 1000:.0f} s) and close ...")
+    started = last_change = time.monotonic()
+    seen = (len(tally.alerts), tally.finals)
+    while not interrupted.is_set() and time.monotonic() - last_change < 3 * QUIET_MS / 1000:
+        tally.poll(1.0)
+        if (len(tally.alerts), tally.finals) != seen:
+            seen, last_change = (len(tally.alerts), tally.finals), time.monotonic()
+        if time.monotonic() - started > limit_s:
+            say("blocks still closing; reporting what has arrived")
+            return
 
 
 def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event) -> None:
@@ -250,7 +273,8 @@ def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event) -
 def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool) -> None:
     say(("interrupted: " if interrupted else "done: ") +
         f"{tally.scored:,} lines scored in {seconds:.1f} s ({tally.scored / max(seconds, 1e-9):,.0f} lines/s incl. "
-        f"start-up), {tally.line_anomalies:,} anomalous lines, {len(tally.alerts):,} blocks alerted")
+        f"start-up), {tally.line_anomalies:,} anomalous lines, {len(tally.alerts):,} blocks alerted, "
+        f"{tally.finals:,} final anomalous verdicts")
     top = sorted(tally.alerts.values(), key=lambda v: -v.score)[:5]
     for v in top:
         say(f"  ALERT {v.block_id}  score {v.score:.2f}  events {' '.join(v.events[:12])}"
@@ -269,7 +293,7 @@ def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool)
         hits = len(anomalous & set(tally.alerts))
         say(f"against {labels.name}: {hits}/{len(anomalous)} anomalous blocks alerted "
             f"(recall {hits / max(len(anomalous), 1):.3f}), {len(set(tally.alerts) - anomalous)} false alerts "
-            "(blocks still open when the replay ended are judged on what was seen)")
+            "(blocks that closed were judged whole; alerts raised on open blocks count too)")
 
 
 if __name__ == "__main__":
