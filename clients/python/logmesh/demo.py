@@ -118,6 +118,9 @@ class Tally:
         # producer->verdict latency: Kafka CreateTime of a LogRecord and of its ScoreResult (one clock)
         self.produced_at: dict[str, int] = {}
         self.scored_at: dict[str, int] = {}
+        # time to detect: each block's lines as (produce time, event id), and when its alert was written
+        self.block_lines: dict[str, list[tuple[int, str]]] = {}
+        self.alerted_at: dict[str, int] = {}
 
     def poll(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -127,10 +130,13 @@ class Tally:
                     continue
                 if msg.topic() == self._logs:
                     try:
-                        self.produced_at[log_record_pb2.LogRecord.FromString(msg.value()).id] = \
-                            msg.timestamp()[1]
+                        record = log_record_pb2.LogRecord.FromString(msg.value())
                     except Exception:
-                        pass  # not a LogRecord: the job sends it to the DLQ
+                        continue  # not a LogRecord: the job sends it to the DLQ
+                    self.produced_at[record.id] = msg.timestamp()[1]
+                    if record.block_ids:
+                        self.block_lines.setdefault(record.block_ids[0], []).append(
+                            (msg.timestamp()[1], record.template_id))
                     continue
                 if msg.topic() == self._scores:
                     self.scored += 1
@@ -139,6 +145,7 @@ class Tally:
                 anomaly = score_pb2.Anomaly.FromString(msg.value())
                 if anomaly.HasField("block") and anomaly.block.kind == score_pb2.BLOCK_VERDICT_KIND_ALERT:
                     self.alerts.setdefault(anomaly.block.block_id, anomaly.block)
+                    self.alerted_at.setdefault(anomaly.block.block_id, msg.timestamp()[1])
                 elif anomaly.HasField("block") and anomaly.block.kind == score_pb2.BLOCK_VERDICT_KIND_FINAL:
                     self.finals += 1
                 elif anomaly.HasField("line"):
@@ -251,6 +258,27 @@ def wait_for_blocks_to_close(tally: Tally, interrupted: threading.Event, limit_s
             return
 
 
+def time_to_detect(tally: Tally, truth: dict[str, int]) -> None:
+    """Seconds from a failing block's first anomalous line to its alert. A line is anomalous when its
+    event never occurs in this replay's Normal blocks (an exception, a timeout); failing blocks without
+    such a line (missing steps) can only be judged when they close, so they are counted apart."""
+    normal_events = {e for b, lines in tally.block_lines.items() if truth.get(b) == 0 for _, e in lines}
+    delays, closing_only = [], 0
+    for block, alerted in tally.alerted_at.items():
+        if truth.get(block) != 1:
+            continue
+        first = next((t for t, e in sorted(tally.block_lines.get(block, [])) if e not in normal_events), None)
+        if first is None:
+            closing_only += 1
+        else:
+            delays.append((alerted - first) / 1000)
+    if delays:
+        import numpy as np
+        p50, p99 = np.percentile(delays, [50, 99])
+        say(f"time to detect over {len(delays)} failing blocks with an anomalous line: p50 {p50:.2f} s, "
+            f"p99 {p99:.2f} s ({closing_only} more were alerted when they closed)")
+
+
 def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event) -> None:
     """Sends the log's first line and waits for its verdict, so the replay starts once Spark is up and
     the latency figures measure the pipeline, not the JVM's start."""
@@ -289,6 +317,7 @@ def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool)
     if labels and labels.exists():
         from logmesh.scorer.dataset import read_block_labels
         truth = read_block_labels(labels)
+        time_to_detect(tally, truth)
         anomalous = {b for b, y in truth.items() if y}
         hits = len(anomalous & set(tally.alerts))
         say(f"against {labels.name}: {hits}/{len(anomalous)} anomalous blocks alerted "
