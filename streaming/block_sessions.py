@@ -1,17 +1,19 @@
 """Per-block state in Spark: each block's events so far, kept by `applyInPandasWithState`.
 
 The stream is the union of two branches over the same Kafka source: every message passes through
-unchanged as a "line" row for the sink, and a stateful branch keyed by the Kafka key (the block id, set
-by `logmesh ingest`) keeps each block's events and emits one "block" summary row per block that changed
-in the micro-batch, or closed. A block closes after `quiet_ms` of processing time without a new line;
+unchanged as a "line" row for the sink, and a stateful branch keeps each block's events (the block is the
+Kafka key, set by `logmesh ingest`) and emits one "block" summary row per block that changed in the
+micro-batch, or closed. A block closes after `quiet_ms` of processing time without a new line;
 the timeout fires even in a micro-batch without new data. Spark checkpoints the state, so a restart
 resumes each block's story where it was.
 
 The stateful branch sees only (block, template id, event time), decoded once per Arrow batch before the
-shuffle: the state function runs once per block, and keeping its input small keeps it cheap.
+shuffle, and the state is keyed by a bucket of blocks, so the state function runs a few dozen times per
+micro-batch rather than once per block.
 """
 from __future__ import annotations
 
+import json
 from typing import Iterator
 
 import pandas as pd
@@ -20,9 +22,13 @@ LINE, BLOCK = "line", "block"
 OUTPUT_SCHEMA = ("kind string, topic string, partition int, offset long, key binary, value binary, "
                  "block_id string, events array<string>, closed boolean, first_time string, last_time string")
 SUMMARY_SCHEMA = "block_id string, events array<string>, closed boolean, first_time string, last_time string"
-# events as one space-joined string: pyspark 4.3's worker fails to read an array type back from the
-# state schema (KeyError 'elementType' in ArrayType.fromJson)
-STATE_SCHEMA = "events string, first_time string, last_time string"
+# one JSON string: pyspark 4.3's worker fails to read an array type back from the state schema
+# (KeyError 'elementType' in ArrayType.fromJson)
+STATE_SCHEMA = "blocks string"  # JSON: block id -> [events, first time, last time, last seen (ms)]
+# Spark calls the state function once per key and micro-batch, and that call (an Arrow stream to a Python
+# worker) costs far more than the work inside it; keying by a bucket of blocks instead of the block
+# makes it a few dozen calls per micro-batch instead of one per block.
+BUCKETS = 32
 
 
 def _template_and_time(values: pd.Series) -> pd.DataFrame:
@@ -47,32 +53,42 @@ def _template_and_time(values: pd.Series) -> pd.DataFrame:
 
 
 def track_blocks(quiet_ms: int):  # type: ignore[no-untyped-def]
-    """The state function for `applyInPandasWithState`, closing blocks after `quiet_ms` of quiet."""
+    """The state function for `applyInPandasWithState`, keyed by a bucket of blocks (see BUCKETS).
+
+    The bucket's state maps each open block to (events, first time, last time, last seen in processing
+    time). A call with new lines extends their blocks; every call (with data, or when the bucket's timer
+    fires) closes the blocks quiet for `quiet_ms` and emits one summary per changed or closed block."""
 
     def update(key: tuple, frames: Iterator[pd.DataFrame], state) -> Iterator[pd.DataFrame]:  # type: ignore[no-untyped-def]
-        block_id = key[0]
-        if state.hasTimedOut:
-            events, first, last = state.get
+        now = state.getCurrentProcessingTimeMs()
+        blocks: dict[str, list] = json.loads(state.get[0]) if state.exists else {}
+        changed: set[str] = set()
+        if not state.hasTimedOut:
+            rows = pd.concat(list(frames), ignore_index=True).sort_values(["partition", "offset"])
+            for block_id, template, when in zip(rows["block_id"], rows["template"], rows["event_time"]):
+                events, first, last, _ = blocks.get(block_id) or ([], "", "", now)
+                events.append(template)
+                if when:
+                    first, last = (min(first, when) if first else when), max(last, when)
+                blocks[block_id] = [events, first, last, now]
+                changed.add(block_id)
+        out = []
+        for block_id in list(blocks):
+            events, first, last, seen = blocks[block_id]
+            if now - seen >= quiet_ms:
+                out.append((block_id, events, True, first, last))
+                del blocks[block_id]
+            elif block_id in changed:
+                out.append((block_id, events, False, first, last))
+        if blocks:
+            state.update((json.dumps(blocks),))
+            state.setTimeoutDuration(quiet_ms)
+        elif state.exists:
             state.remove()
-            yield _summary(block_id, events.split(), True, first, last)
-            return
-        rows = pd.concat(list(frames), ignore_index=True).sort_values(["partition", "offset"])
-        events, first, last = (state.get[0].split(), state.get[1], state.get[2]) if state.exists else ([], "", "")
-        events.extend(rows["template"])
-        times = [t for t in rows["event_time"] if t]
-        if times:
-            first = min([first, *times]) if first else min(times)
-            last = max([last, *times]) if last else max(times)
-        state.update((" ".join(events), first, last))
-        state.setTimeoutDuration(quiet_ms)
-        yield _summary(block_id, events, False, first, last)
+        if out:
+            yield pd.DataFrame(out, columns=["block_id", "events", "closed", "first_time", "last_time"])
 
     return update
-
-
-def _summary(block_id: str, events: list[str], closed: bool, first: str, last: str) -> pd.DataFrame:
-    return pd.DataFrame([{"block_id": block_id, "events": events, "closed": closed,
-                          "first_time": first, "last_time": last}])
 
 
 def with_block_sessions(source, quiet_ms: int):  # type: ignore[no-untyped-def]
@@ -90,7 +106,8 @@ def with_block_sessions(source, quiet_ms: int):  # type: ignore[no-untyped-def]
                            decode("value").alias("d"))
              .where(F.col("block_id").isNotNull() & F.col("d.template").isNotNull())
              .select("block_id", "partition", "offset", "d.template", "d.event_time"))
-    summaries = facts.groupBy("block_id").applyInPandasWithState(
+    buckets = facts.withColumn("bucket", F.pmod(F.hash("block_id"), F.lit(BUCKETS))).groupBy("bucket")
+    summaries = buckets.applyInPandasWithState(
         track_blocks(quiet_ms), SUMMARY_SCHEMA, STATE_SCHEMA, "Update", "ProcessingTimeTimeout")
     blocks = summaries.select(F.lit(BLOCK).alias("kind"), *(F.lit(None).cast(t).alias(c) for c, t in (
         ("topic", "string"), ("partition", "int"), ("offset", "long"), ("key", "binary"), ("value", "binary"))),
