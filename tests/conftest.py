@@ -114,3 +114,34 @@ def stalling_embedder():
     yield start
     for server in started:
         server.stop(0)
+
+
+# --- docs/reliability.md rows (tests/reliability.py) ---
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call" or report.failed:
+        item.stash.setdefault(_OUTCOME, []).append(report.outcome)
+    return report
+
+
+_OUTCOME = pytest.StashKey[list]()
+
+
+@pytest.fixture()
+def reliability(request):
+    """`reliability(area, case, happened, lost="nothing")` records a row of docs/reliability.md; area is one of
+    tests/reliability.AREAS. Rows are written when the test ends, with its outcome."""
+    import reliability as report
+    rows: list[dict] = []
+
+    def record(area: str, case: str, happened: str, lost: str = "nothing") -> None:
+        assert area in report.AREAS, f"unknown area {area!r}; one of {list(report.AREAS)}"
+        rows.append({"area": area, "case": case, "happened": happened, "lost": lost})
+
+    yield record
+    if rows:
+        outcomes = request.node.stash.get(_OUTCOME, [])
+        outcome = "failed" if "failed" in outcomes else (outcomes[-1] if outcomes else "passed")
+        report.write(request.node.nodeid, rows, outcome)
