@@ -12,7 +12,7 @@ from logmesh import vectors
 from logmesh.embedder.cache import EmbeddingCache
 from logmesh.embedder.encoder import MODEL_NAME
 from logmesh.embedder.engine import CachedEmbedder, Encoder
-from logmesh.grpc_server import (Limits, Server, Undecodable, batch_problem, item_error,
+from logmesh.grpc_server import (Limits, Server, ServerSecurity, Undecodable, batch_problem, item_error,
                                  reject_undecodable)
 from logmesh.v1 import embedder_service_pb2 as pb
 
@@ -79,10 +79,11 @@ class EmbedderServicer:
 
 
 def serve(port: int, host: str = "127.0.0.1", limits: Limits = Limits(), threads: int = 1,
-          cache_size: int = 50_000, encoder_factory: Callable[[], Encoder] | None = None) -> Server:
+          cache_size: int = 50_000, encoder_factory: Callable[[], Encoder] | None = None,
+          security: ServerSecurity | None = None) -> Server:
     """Starts the server at once (NOT_SERVING) and loads the model in the background."""
     servicer = EmbedderServicer(limits)
-    server = Server([(SERVICE, servicer)], port, host, limits).start()
+    server = Server([(SERVICE, servicer)], port, host, limits, security).start()
     log.info("embedder listening", extra={"address": server.address, "threads": threads})
 
     def load() -> None:

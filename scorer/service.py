@@ -11,8 +11,8 @@ import grpc
 import numpy as np
 
 from logmesh.client import EmbedderClient
-from logmesh.grpc_server import (Limits, Server, Undecodable, batch_problem, item_error, reject_undecodable,
-                                 status_code, time_left)
+from logmesh.grpc_server import (Limits, Server, ServerSecurity, Undecodable, batch_problem, item_error,
+                                 reject_undecodable, status_code, time_left)
 from logmesh.scorer.block_scorer import BlockScorer
 from logmesh.scorer.engine import ANOMALY, LineScorer
 from logmesh.scorer.history import AnomalyHistory
@@ -183,7 +183,7 @@ def _matches(entry: score_pb2.Anomaly, request: spb.WatchAnomaliesRequest) -> bo
 
 
 def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", limits: Limits = Limits(),
-          reload_interval: float = 5.0) -> Server:
+          reload_interval: float = 5.0, security: ServerSecurity | None = None) -> Server:
     """Starts the scorer; it stays NOT_SERVING (and says why) until an artifact loads."""
     client = EmbedderClient(embedder, timeout=30.0)
 
@@ -193,7 +193,7 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     holder: dict[str, Server] = {}
     models = ModelManager(model_dir, embed, limits, on_change=lambda ok: holder["server"].set_serving(ok))
     servicer = ScorerServicer(models, limits)
-    server = holder["server"] = Server([(SERVICE, servicer)], port, host, limits)
+    server = holder["server"] = Server([(SERVICE, servicer)], port, host, limits, security)
     models.refresh()
     if models.scorer is None:
         log.warning("scorer NOT_SERVING", extra={"reason": models.status})

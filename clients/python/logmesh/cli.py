@@ -25,6 +25,37 @@ def _limits_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent-rpcs", type=int, default=d.max_concurrent_rpcs, help="RPCs served at once; more get RESOURCE_EXHAUSTED (default %(default)s)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight RPCs get to finish on SIGTERM (default %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    g = p.add_argument_group("security", "TLS, mutual TLS and bearer tokens (README: Security). Plaintext is "
+                                          "refused on a non-loopback --host unless --allow-plaintext.")
+    g.add_argument("--tls-cert", help="server certificate (PEM); with --tls-key turns TLS on")
+    g.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
+    g.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    g.add_argument("--token-file", help="accepted bearer tokens, one per line (also: LOGMESH_TOKENS=a,b); "
+                                        "calls without one get UNAUTHENTICATED; health stays open")
+    g.add_argument("--allow-plaintext", action="store_true",
+                   help="serve plaintext on a non-loopback --host (only behind a proxy or mesh that encrypts)")
+
+
+def _server_security(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from logmesh.security import ServerSecurity, load_tokens
+    return ServerSecurity(tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                          tokens=load_tokens(args.token_file), allow_plaintext=args.allow_plaintext)
+
+
+def _client_security_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("security", "defaults come from LOGMESH_TLS_CA, LOGMESH_TLS_CERT, LOGMESH_TLS_KEY, "
+                                          "LOGMESH_TLS_SERVER_NAME, LOGMESH_TLS=1 and LOGMESH_TOKEN")
+    g.add_argument("--tls", action="store_true", help="use TLS with the system's CA roots")
+    g.add_argument("--tls-ca", help="CA certificate (PEM) to verify the server with; implies --tls")
+    g.add_argument("--tls-cert", help="client certificate (PEM) for mutual TLS")
+    g.add_argument("--tls-key", help="private key of --tls-cert")
+    g.add_argument("--token", help="bearer token sent as 'authorization: Bearer <token>'")
+
+
+def _channel_security(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from logmesh.security import ChannelSecurity
+    return ChannelSecurity.from_env(tls=args.tls, ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key,
+                                    token=args.token)
 
 
 def _limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -36,13 +67,22 @@ def _limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def cmd_serve(args: argparse.Namespace) -> int:
     from logmesh import logs
     logs.setup(args.log_level)
+    try:
+        security = _server_security(args)
+        security.check_bind(args.host)
+        if security.tls:
+            security.credentials()  # unreadable files fail here, with their names, not deep in grpc
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.service == "embedder":
         from logmesh.embedder.service import serve
-        server = serve(args.port or 50051, args.host, _limits(args), threads=args.threads, cache_size=args.cache_size)
+        server = serve(args.port or 50051, args.host, _limits(args), threads=args.threads, cache_size=args.cache_size,
+                       security=security)
     else:
         from logmesh.scorer.service import serve
         server = serve(args.port or 50052, Path(args.model_dir), args.embedder, args.host, _limits(args),
-                       reload_interval=args.reload_interval)
+                       reload_interval=args.reload_interval, security=security)
     server.serve_until_signal(args.grace)
     return 0
 
@@ -73,7 +113,7 @@ def _verdict(v: int) -> str:
 
 def cmd_score(args: argparse.Namespace) -> int:
     lines = args.line or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    with ScorerClient(args.scorer, timeout=args.timeout) as scorer:
+    with ScorerClient(args.scorer, timeout=args.timeout, security=_channel_security(args)) as scorer:
         results = [scorer.score_line(lines[0])] if len(lines) == 1 else None
         if results is None:
             items = list(scorer.score_lines(lines))
@@ -94,7 +134,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_anomalies(args: argparse.Namespace) -> int:
-    with ScorerClient(args.scorer, timeout=args.timeout) as scorer:
+    with ScorerClient(args.scorer, timeout=args.timeout, security=_channel_security(args)) as scorer:
         page = scorer.anomalies(args.limit, args.page_token, args.min_score, args.block)
     for entry in page.anomalies:
         if entry.HasField("line"):
@@ -113,7 +153,7 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    with ScorerClient(args.scorer) as scorer:
+    with ScorerClient(args.scorer, security=_channel_security(args)) as scorer:
         print(f"watching anomalies at {args.scorer} (Ctrl-C to stop) ...", file=sys.stderr)
         try:
             for entry in scorer.watch(args.min_score, args.block, args.component, args.blocks_only):
@@ -136,7 +176,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    with ScorerClient(args.scorer, timeout=args.timeout) as scorer:
+    with ScorerClient(args.scorer, timeout=args.timeout, security=_channel_security(args)) as scorer:
         stats = scorer.stats()
     from google.protobuf.json_format import MessageToDict
     print(json.dumps(MessageToDict(stats, always_print_fields_with_no_presence=True), indent=2))
@@ -145,7 +185,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_health(args: argparse.Namespace) -> int:
     status = 0
-    for name, client in (("embedder", EmbedderClient(args.embedder)), ("scorer", ScorerClient(args.scorer))):
+    security = _channel_security(args)
+    for name, client in (("embedder", EmbedderClient(args.embedder, security=security)),
+                         ("scorer", ScorerClient(args.scorer, security=security))):
         with client:
             try:
                 state = client.health()
@@ -182,7 +224,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
             vector, wanted = found[args.block].vector, {"kind": "block"}
         else:
             record = parse_line(args.line)
-            with EmbedderClient(args.embedder) as embedder:
+            with EmbedderClient(args.embedder, security=_channel_security(args)) as embedder:
                 vector = embedder.embed(line_shape(record.component, record.message))
             wanted = {"kind": "line"}
         hits = store.search(vector, limit=args.limit + bool(args.block), filter=wanted)
@@ -236,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--scorer", default=DEFAULT_SCORER, help="scorer address (default %(default)s)")
         p.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default %(default)s)")
+        _client_security_args(p)
 
     p = sub.add_parser("score", help="score raw log lines and print verdict, score and votes",
                        description="Score raw HDFS lines given as arguments, or one per line on stdin.")
@@ -264,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--component", default="", help="only lines of this component")
     p.add_argument("--blocks-only", action="store_true", help="only block alerts and final verdicts")
     p.add_argument("--scorer", default=DEFAULT_SCORER, help="scorer address (default %(default)s)")
+    _client_security_args(p)
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("stats", help="print the scorer's counters, latencies and model as JSON")
@@ -294,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qdrant-api-key", default=None)
     p.add_argument("--qdrant-path", default="var/qdrant", help="embedded store folder (default %(default)s)")
     p.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="embedder used to embed the line")
+    _client_security_args(p)
     p.set_defaults(func=cmd_similar)
 
     from logmesh.bench import add_bench_args
@@ -302,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="check both servers' gRPC health (exit 0 when both are SERVING)")
     p.add_argument("--embedder", default=DEFAULT_EMBEDDER)
     p.add_argument("--scorer", default=DEFAULT_SCORER)
+    _client_security_args(p)
     p.set_defaults(func=cmd_health)
     return parser
 
@@ -313,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as exc:
         target = getattr(args, "scorer", "")
         hint = {
-            grpc.StatusCode.UNAVAILABLE: f"is the scorer running at {target}? start it with `logmesh serve scorer`",
+            grpc.StatusCode.UNAVAILABLE: f"is the scorer running at {target}? start it with `logmesh serve scorer` "
+                                         "(a TLS server also answers UNAVAILABLE to a plaintext client: --tls-ca)",
+            grpc.StatusCode.UNAUTHENTICATED: "give a token the server accepts: --token or LOGMESH_TOKEN",
         }.get(exc.code(), "")
         print(f"error: {exc.code().name}: {exc.details()}" + (f"\n  {hint}" if hint else ""), file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from logmesh import vectors
+from logmesh.security import ChannelSecurity
 from logmesh.v1 import (embedder_service_pb2 as epb, embedder_service_pb2_grpc as egrpc, log_record_pb2,
                         scorer_service_pb2 as spb, scorer_service_pb2_grpc as sgrpc, score_pb2)
 
@@ -53,10 +54,12 @@ def _results(replies: Iterable) -> Iterator:  # type: ignore[type-arg]
 class _Client:
     service = ""
 
-    def __init__(self, address: str, timeout: float = 30.0) -> None:
+    def __init__(self, address: str, timeout: float = 30.0, security: ChannelSecurity | None = None) -> None:
+        """`security` defaults to the LOGMESH_TLS_* / LOGMESH_TOKEN environment (security.py)."""
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address, options=_OPTIONS)
+        self.security = security or ChannelSecurity.from_env()
+        self.channel = self.security.channel(address, _OPTIONS)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def health(self, service: str | None = None, timeout: float = 5.0) -> str:
@@ -93,8 +96,9 @@ class _Client:
 class EmbedderClient(_Client):
     service = "logmesh.v1.EmbedderService"
 
-    def __init__(self, address: str = DEFAULT_EMBEDDER, timeout: float = 30.0) -> None:
-        super().__init__(address, timeout)
+    def __init__(self, address: str = DEFAULT_EMBEDDER, timeout: float = 30.0,
+                 security: ChannelSecurity | None = None) -> None:
+        super().__init__(address, timeout, security)
         self.stub = egrpc.EmbedderServiceStub(self.channel)
 
     def embed(self, text: str, record_id: str = "") -> np.ndarray:
@@ -120,8 +124,9 @@ class EmbedderClient(_Client):
 class ScorerClient(_Client):
     service = "logmesh.v1.ScorerService"
 
-    def __init__(self, address: str = DEFAULT_SCORER, timeout: float = 30.0) -> None:
-        super().__init__(address, timeout)
+    def __init__(self, address: str = DEFAULT_SCORER, timeout: float = 30.0,
+                 security: ChannelSecurity | None = None) -> None:
+        super().__init__(address, timeout, security)
         self.stub = sgrpc.ScorerServiceStub(self.channel)
 
     def score_line(self, raw_line: str) -> score_pb2.ScoreResult:

@@ -20,7 +20,10 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from logmesh.security import ServerSecurity
 from logmesh.v1 import common_pb2
+
+__all__ = ["Limits", "Server", "ServerSecurity", "Undecodable"]
 
 log = logging.getLogger(__name__)
 
@@ -104,21 +107,25 @@ def reject_undecodable(request: Any, context: grpc.ServicerContext) -> None:
 
 
 class Server:
-    """A gRPC server with health checking, reflection and a graceful SIGTERM stop.
+    """A gRPC server with health checking, reflection, optional TLS / mutual TLS / bearer tokens
+    (security.py) and a graceful SIGTERM stop.
 
     Health starts NOT_SERVING; the owner calls `set_serving(True)` once its model is loaded.
     """
 
     def __init__(self, services: list[tuple[ServiceDescriptor, object]], port: int, host: str = "127.0.0.1",
-                 limits: Limits = Limits()) -> None:
+                 limits: Limits = Limits(), security: ServerSecurity | None = None) -> None:
         self.limits = limits
+        self.security = security = security or ServerSecurity()
+        security.check_bind(host)
         options = [
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.workers), options=options,
-                                   maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
+                                   maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+                                   interceptors=security.interceptors())
         self._names = [s.full_name for s, _ in services]
         self.servicers = {s.name: servicer for s, servicer in services}  # for in-process callers and tests
         for descriptor, servicer in services:
@@ -128,7 +135,9 @@ class Server:
         reflection.enable_server_reflection(
             self._names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self._server)
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.port = (self._server.add_secure_port(bind, security.credentials()) if security.tls
+                     else self._server.add_insecure_port(bind))
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port}: the port is taken or not allowed; pick another with --port")
         self.address = f"{host}:{self.port}"

@@ -1,0 +1,212 @@
+"""Transport security and token authentication, for both servers and every client.
+
+Servers: TLS with `--tls-cert/--tls-key`, mutual TLS with `--tls-client-ca` (a client certificate signed by
+that CA is then required), and bearer tokens with `--token-file` or LOGMESH_TOKENS. Plaintext is only
+allowed on a loopback address unless `--allow-plaintext` says otherwise. Health checking stays open
+without a token, so probes (Kubernetes, Envoy, `logmesh health`) need no secret.
+
+Clients read LOGMESH_TLS_CA, LOGMESH_TLS_CERT, LOGMESH_TLS_KEY, LOGMESH_TLS_SERVER_NAME and LOGMESH_TOKEN
+from the environment (CLI flags override them), so the Spark job and the scorer's own calls to the
+embedder are secured by the same settings as the CLI.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hmac
+import ipaddress
+import os
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"  # open: probes carry no token
+
+
+def _read(path: str | None, what: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and names that resolve only to loopback (e.g. localhost)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def load_tokens(token_file: str | None, env: str | None = None) -> frozenset[str]:
+    """Accepted tokens: one per line of `token_file` (blank lines and # comments skipped), plus the
+    comma-separated LOGMESH_TOKENS. Empty means no token is required."""
+    tokens = set()
+    data = _read(token_file, "token file")
+    if data is not None:
+        tokens.update(t.strip() for t in data.decode().splitlines() if t.strip() and not t.lstrip().startswith("#"))
+        if not tokens:
+            raise ValueError(f"token file {token_file} holds no token; put one token per line")
+    env = os.environ.get("LOGMESH_TOKENS", "") if env is None else env
+    tokens.update(t.strip() for t in env.split(",") if t.strip())
+    return frozenset(tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSecurity:
+    """What a server requires of its callers. The default (nothing) is plaintext on loopback only."""
+
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # set: mutual TLS, a client certificate signed by this CA is required
+    tokens: frozenset[str] = frozenset()
+    allow_plaintext: bool = False  # plaintext on a non-loopback address (e.g. behind a TLS-terminating mesh)
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("give both --tls-cert and --tls-key (a certificate and its private key)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca needs --tls-cert/--tls-key: mutual TLS is TLS with client certificates")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        cert, key = _read(self.tls_cert, "TLS certificate"), _read(self.tls_key, "TLS key")
+        ca = _read(self.tls_client_ca, "client CA")
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+    def check_bind(self, host: str) -> None:
+        if not self.tls and not self.allow_plaintext and not is_loopback(host):
+            raise ValueError(f"refusing to serve plaintext on {host}, which is not a loopback address: give "
+                             "--tls-cert and --tls-key (deploy/tls/make-certs.sh makes a local CA), or "
+                             "--allow-plaintext if a proxy or mesh in front already encrypts")
+
+    def interceptors(self) -> list[grpc.ServerInterceptor]:
+        return [TokenAuth(self.tokens)] if self.tokens else []
+
+    def describe(self) -> dict[str, Any]:
+        return {"tls": self.tls, "mutual_tls": bool(self.tls_client_ca), "tokens": len(self.tokens)}
+
+
+class TokenAuth(grpc.ServerInterceptor):
+    """Refuses calls without an accepted `authorization: Bearer <token>` with UNAUTHENTICATED; health is open."""
+
+    def __init__(self, tokens: frozenset[str]) -> None:
+        self._tokens = [t.encode() for t in tokens]
+
+    def _accepted(self, metadata: tuple) -> str | None:
+        """None when accepted, else why not."""
+        values = [v for k, v in (metadata or ()) if k == "authorization"]
+        if not values:
+            return ("missing bearer token: send metadata 'authorization: Bearer <token>' "
+                    "(logmesh clients: LOGMESH_TOKEN or --token; grpcurl: -H 'authorization: Bearer <token>')")
+        scheme, _, token = (values[0] if isinstance(values[0], str) else values[0].decode()).partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return "authorization metadata must be 'Bearer <token>'"
+        given = token.strip().encode()
+        # compare against every token in constant time, so timing tells nothing about which one nearly matched
+        if not any([hmac.compare_digest(given, t) for t in self._tokens]):
+            return "token not accepted by this server"
+        return None
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):  # type: ignore[no-untyped-def]
+        if details.method.startswith(HEALTH_PREFIX):
+            return continuation(details)
+        problem = self._accepted(details.invocation_metadata)
+        handler = continuation(details)
+        if problem is None or handler is None:
+            return handler
+
+        def deny(_request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+
+        kind = {(False, False): grpc.unary_unary_rpc_method_handler,
+                (False, True): grpc.unary_stream_rpc_method_handler,
+                (True, False): grpc.stream_unary_rpc_method_handler,
+                (True, True): grpc.stream_stream_rpc_method_handler}[(handler.request_streaming,
+                                                                      handler.response_streaming)]
+        return kind(deny, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+
+
+# --- clients ---
+
+@dataclasses.dataclass(frozen=True)
+class ChannelSecurity:
+    """How a client reaches a server: TLS roots, an optional client certificate, an optional token."""
+
+    tls: bool = False
+    ca: str | None = None  # PEM roots; None with tls=True: the system's roots
+    cert: str | None = None  # client certificate (mutual TLS)
+    key: str | None = None
+    server_name: str | None = None  # expected name in the server's certificate, if not the address's host
+    token: str | None = None
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "ChannelSecurity":
+        """LOGMESH_TLS_CA / _CERT / _KEY / _SERVER_NAME, LOGMESH_TLS=1 (system roots), LOGMESH_TOKEN; a
+        non-None override wins."""
+        env = os.environ
+        values = {"ca": env.get("LOGMESH_TLS_CA") or None, "cert": env.get("LOGMESH_TLS_CERT") or None,
+                  "key": env.get("LOGMESH_TLS_KEY") or None, "server_name": env.get("LOGMESH_TLS_SERVER_NAME") or None,
+                  "token": env.get("LOGMESH_TOKEN") or None}
+        values.update({k: v for k, v in overrides.items() if v is not None and k != "tls"})
+        tls = bool(overrides.get("tls")) or env.get("LOGMESH_TLS", "") in ("1", "true") or bool(
+            values["ca"] or values["cert"])
+        return cls(tls=tls, **values)
+
+    def channel(self, address: str, options: list[tuple[str, Any]]) -> grpc.Channel:
+        if self.tls:
+            creds = grpc.ssl_channel_credentials(root_certificates=_read(self.ca, "TLS CA"),
+                                                 private_key=_read(self.key, "TLS client key"),
+                                                 certificate_chain=_read(self.cert, "TLS client certificate"))
+            if self.server_name:
+                options = [*options, ("grpc.ssl_target_name_override", self.server_name)]
+            channel = grpc.secure_channel(address, creds, options=options)
+        else:
+            channel = grpc.insecure_channel(address, options=options)
+        if self.token:
+            channel = grpc.intercept_channel(channel, BearerToken(self.token))
+        return channel
+
+
+class _Details(collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials",
+                                                   "wait_for_ready", "compression")),
+               grpc.ClientCallDetails):
+    pass
+
+
+class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                  grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call (over TLS or, on loopback, plaintext)."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> _Details:
+        metadata = [*(details.metadata or ()), self._header]
+        return _Details(details.method, details.timeout, metadata, details.credentials,
+                        getattr(details, "wait_for_ready", None), getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), requests)
