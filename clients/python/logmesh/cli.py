@@ -23,6 +23,8 @@ def _limits_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=d.max_batch_items, help="most items in one stream message (default %(default)s)")
     p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes, help="largest request message (default %(default)s)")
     p.add_argument("--max-concurrent-rpcs", type=int, default=d.max_concurrent_rpcs, help="RPCs served at once; more get RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--max-stream-items", type=int, default=d.max_stream_items, help="items over one stream; more end it with RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--max-streams-per-connection", type=int, default=d.max_streams_per_connection, help="streams one client connection may have open at once; more wait (default %(default)s)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight RPCs get to finish on SIGTERM (default %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     g = p.add_argument_group("security", "TLS, mutual TLS and bearer tokens (README: Security). Plaintext is "
@@ -61,7 +63,8 @@ def _channel_security(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def _limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from logmesh.grpc_server import Limits
     return Limits(max_message_bytes=args.max_message_bytes, max_line_bytes=args.max_line_bytes,
-                  max_batch_items=args.max_batch, max_concurrent_rpcs=args.max_concurrent_rpcs)
+                  max_batch_items=args.max_batch, max_concurrent_rpcs=args.max_concurrent_rpcs,
+                  max_stream_items=args.max_stream_items, max_streams_per_connection=args.max_streams_per_connection)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -35,7 +35,9 @@ class Limits:
     max_message_bytes: int = 32 * 1024 * 1024  # one request message (a whole batch)
     max_line_bytes: int = 64 * 1024  # one log line's text
     max_batch_items: int = 1024  # items in one stream message
-    max_concurrent_rpcs: int = 64
+    max_stream_items: int = 5_000_000  # items over a whole stream; a client then opens a new one
+    max_concurrent_rpcs: int = 64  # server-wide; beyond it calls get RESOURCE_EXHAUSTED at once
+    max_streams_per_connection: int = 16  # HTTP/2 streams one connection may have open; more wait their turn
     workers: int = 16
 
 
@@ -56,8 +58,34 @@ def _tolerant(message_cls: type) -> Callable[[bytes], Any]:
     return deserialize
 
 
-def generic_handler(service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:
-    """Builds the service's method handlers from its descriptor, with tolerant request decoding."""
+def _items(message: Any) -> int:
+    """Items a request message carries: the length of its repeated message fields (items, blocks)."""
+    if isinstance(message, Undecodable):
+        return 0
+    return sum(len(value) for field, value in message.ListFields()
+               if field.is_repeated and field.message_type is not None)
+
+
+def _capped(behaviour: Callable, limit: int) -> Callable:
+    """Wraps a client-streaming handler so a stream carrying more than `limit` items in total ends with
+    RESOURCE_EXHAUSTED, answered after the items before it (one client cannot hold a stream forever)."""
+    def handle(requests: Any, context: grpc.ServicerContext) -> Any:
+        def counted() -> Any:
+            total = 0
+            for request in requests:
+                total += _items(request)
+                if total > limit:
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"stream carried more than {limit} items (--max-stream-items); open a new stream")
+                yield request
+        return behaviour(counted(), context)
+    return handle
+
+
+def generic_handler(service: ServiceDescriptor, servicer: object,
+                    limits: "Limits | None" = None) -> grpc.GenericRpcHandler:
+    """Builds the service's method handlers from its descriptor, with tolerant request decoding and the
+    per-stream item cap."""
     handlers = {}
     for method in service.methods:
         request_cls = message_factory.GetMessageClass(method.input_type)
@@ -68,8 +96,11 @@ def generic_handler(service: ServiceDescriptor, servicer: object) -> grpc.Generi
             (True, False): grpc.stream_unary_rpc_method_handler,
             (True, True): grpc.stream_stream_rpc_method_handler,
         }[(method.client_streaming, method.server_streaming)]
+        behaviour = getattr(servicer, method.name)
+        if method.client_streaming and limits is not None:
+            behaviour = _capped(behaviour, limits.max_stream_items)
         handlers[method.name] = kind(
-            getattr(servicer, method.name),
+            behaviour,
             request_deserializer=_tolerant(request_cls),
             response_serializer=response_cls.SerializeToString,
         )
@@ -122,6 +153,7 @@ class Server:
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            ("grpc.max_concurrent_streams", limits.max_streams_per_connection),
         ]
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.workers), options=options,
                                    maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
@@ -129,7 +161,7 @@ class Server:
         self._names = [s.full_name for s, _ in services]
         self.servicers = {s.name: servicer for s, servicer in services}  # for in-process callers and tests
         for descriptor, servicer in services:
-            self._server.add_generic_rpc_handlers((generic_handler(descriptor, servicer),))
+            self._server.add_generic_rpc_handlers((generic_handler(descriptor, servicer, limits),))
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
