@@ -73,7 +73,7 @@ kafka-down:  ## stop the local Kafka broker
 test: gen lint $(GRPCURL) kafka-up  ## run the whole test suite (starts the local Kafka broker)
 	$(PY) -m pytest -q
 
-demo: gen jars  ## run the main job on the embedded defaults (LOGS=, LABELS= to replay your own)
+demo: gen jars  ## run the main job on the embedded defaults (LOGS=, LABELS= to replay your own; SECURE=1: mutual TLS + tokens)
 	$(PY) -m logmesh.demo --data $(DATA) --models $(MODELS)
 
 down:  ## stop whatever a demo left running

@@ -157,6 +157,22 @@ class Tally:
         self._consumer.close()
 
 
+def secure(folder: Path) -> list[str]:
+    """Makes a local CA, certificates and a token; sets the client environment every part inherits (the
+    job, the scorer's calls to the embedder, this demo's clients) and returns the servers' flags."""
+    import secrets
+    subprocess.run([str(REPO / "deploy/tls/make-certs.sh"), str(folder)], check=True, stdout=subprocess.DEVNULL)
+    tokens = folder / "tokens"
+    if not tokens.exists():
+        tokens.write_text(secrets.token_urlsafe(24) + "\n")
+        tokens.chmod(0o600)
+    os.environ.update(LOGMESH_TLS_CA=str(folder / "ca.pem"), LOGMESH_TLS_CERT=str(folder / "client.pem"),
+                      LOGMESH_TLS_KEY=str(folder / "client.key"), LOGMESH_TOKEN=tokens.read_text().strip())
+    say(f"secure: mutual TLS with the local CA in {folder}, bearer token in {tokens}")
+    return ["--tls-cert", str(folder / "server.pem"), "--tls-key", str(folder / "server.key"),
+            "--tls-client-ca", str(folder / "ca.pem"), "--token-file", str(tokens)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="logmesh demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -167,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lines", type=int, default=100_000, help="lines to generate when no --logs (default %(default)s)")
     parser.add_argument("--rate", type=float, default=None, help="replay rate in lines/s (default: as fast as possible)")
     parser.add_argument("--work", default="var/demo", help="demo state: data, checkpoint, vector store, logs")
+    parser.add_argument("--secure", action="store_true", default=os.environ.get("SECURE") == "1",
+                        help="mutual TLS and a bearer token between every part, with a local CA made by "
+                             "deploy/tls/make-certs.sh (also: SECURE=1 make demo)")
     args = parser.parse_args(argv)
 
     work = Path(args.work)
@@ -191,9 +210,10 @@ def main(argv: list[str] | None = None) -> int:
             stack.started_broker = True
         subprocess.run([str(KAFKA), "wait"], check=True, stdout=subprocess.DEVNULL)
         names = reset_topics("logmesh.demo")
+        secured = secure(work / "tls") if args.secure else []
         say("starting embedder :50051, scorer :50052 and the Spark job; logs in " + str(run_dir))
-        stack.start("embedder", ["serve", "embedder"])
-        stack.start("scorer", ["serve", "scorer", "--model-dir", str(models)])
+        stack.start("embedder", ["serve", "embedder", *secured])
+        stack.start("scorer", ["serve", "scorer", "--model-dir", str(models), *secured])
         EmbedderClient().wait_until_serving(180)
         ScorerClient().wait_until_serving(60)
         stack.start("stream", ["stream", "--topic", names["logs"], "--scores-topic", names["scores"],
