@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/logmesh/v1/*.proto)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help venv gen lint tools clients jars kafka-up kafka-down test demo down bench clean
+.PHONY: help venv gen lint breaking tools clients jars kafka-up kafka-down test reliability demo down bench clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -47,6 +47,28 @@ $(BUF):
 lint: $(BUF)  ## buf lint the protos
 	$(BUF) lint
 
+# buf breaking (FILE rules, buf.yaml): protos/ against main's. buf.yaml (v2) sits at the repo root and
+# names the module `protos`, so the baseline is the workspace at that git ref, read from its root (no
+# `subdir=`: that is for a buf.yaml below the repo root). Other baselines: BUF_AGAINST='.git#tag=v0.3',
+# '.git#ref=<sha>', or a directory holding an older checkout's buf.yaml and protos/.
+BUF_AGAINST ?= .git\#branch=main
+breaking: $(BUF)  ## buf breaking: the protos must stay compatible with main's (BUF_AGAINST)
+	@against='$(BUF_AGAINST)'; \
+	if [[ "$$against" == .git\#* ]]; then \
+	  if ! git rev-parse --git-dir >/dev/null 2>&1; then \
+	    echo "make breaking: no git history here to take main's protos from (not a git checkout);" \
+	         "clone the repo, or set BUF_AGAINST=<folder with an older buf.yaml and protos/>" >&2; exit 2; fi; \
+	  ref=; IFS=, read -ra opts <<< "$${against#*\#}"; \
+	  for opt in "$${opts[@]}"; do case "$$opt" in branch=*) ref="refs/heads/$${opt#branch=}";; \
+	    tag=*) ref="refs/tags/$${opt#tag=}";; ref=*) ref="$${opt#ref=}";; esac; done; \
+	  if [[ -n "$$ref" ]] && ! git rev-parse --verify -q "$$ref^{commit}" >/dev/null; then \
+	    echo "make breaking: $$ref is not in this clone, so there is no baseline to compare protos/ with;" \
+	         "fetch it (git fetch origin main:main) or set BUF_AGAINST" >&2; exit 2; fi; \
+	fi; \
+	echo "buf breaking protos --against '$$against'"; \
+	$(BUF) breaking protos --against "$$against" || { rc=$$?; echo "make breaking: protos/ break" \
+	  "compatibility with $$against (above); add fields instead, or reserve removed numbers" >&2; exit $$rc; }
+
 # grpcurl from the Go module proxy, kept under .cache/ (tests run the README's grpcurl commands)
 GRPCURL := .cache/go/bin/grpcurl
 $(GRPCURL):
@@ -70,8 +92,15 @@ kafka-up: jars  ## start the local Kafka broker (KRaft, 127.0.0.1:9092) and crea
 kafka-down:  ## stop the local Kafka broker
 	deploy/kafka/kafka.sh stop
 
-test: gen lint $(GRPCURL) kafka-up  ## run the whole test suite (starts the local Kafka broker)
+test: gen lint breaking $(GRPCURL) kafka-up  ## run the whole test suite (starts the local Kafka broker)
 	$(PY) -m pytest -q
+
+# The tests that record docs/reliability.md rows (tests/reliability.py); only those present are run.
+RELIABILITY_TESTS := $(wildcard tests/test_faults.py tests/test_dead_letters.py tests/test_bad_input.py \
+  tests/test_fuzz.py tests/test_scorer_service.py tests/test_security.py tests/test_limits.py)
+reliability: gen kafka-up  ## run the fault, bad-input and fuzz tests and render docs/reliability.md from their records
+	rm -rf var/reliability
+	$(PY) -m pytest -q $(RELIABILITY_TESTS); rc=$$?; $(PY) tests/reliability.py && exit $$rc
 
 demo: gen jars  ## run the main job on the embedded defaults (LOGS=, LABELS= to replay your own; SECURE=1: mutual TLS + tokens)
 	$(PY) -m logmesh.demo --data $(DATA) --models $(MODELS)

@@ -24,6 +24,7 @@ from logmesh.scorer.ensemble import THRESHOLD
 from logmesh.v1 import log_record_pb2, score_pb2, scorer_service_pb2 as spb
 
 EMBEDDING_DIM = 384
+MAX_ANOMALOUS_SHAPES = 10_000  # embeddings kept for similar past cases (1.5 KB each)
 # (shapes, seconds left of the caller's deadline or None) -> vectors; raises grpc.RpcError when the embedder is down
 EmbedShapes = Callable[[list[str], float | None], np.ndarray]
 ANOMALY, NORMAL = score_pb2.VERDICT_ANOMALY, score_pb2.VERDICT_NORMAL
@@ -62,6 +63,8 @@ class LineScorer:
         self._limits = limits
         self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
         self._memo_size = memo_size
+        # embeddings of the shapes judged anomalous, for the history's similar past cases (scorer/similar.py)
+        self._anomalous: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
     def score(self, items: list[spb.ScoreItem], timeout: float | None = None) -> list[spb.ScoreItemResult]:
@@ -123,17 +126,26 @@ class LineScorer:
                 rows = self.ensemble.probabilities(missing, matrix)
                 fresh = dict(zip(missing, rows))
                 known.update(fresh)
+                flagged = {s: v.copy() for s, v, row in zip(missing, matrix, rows) if _anomalous(row)}
                 with self._lock:
                     self._memo.update(fresh)
                     while len(self._memo) > self._memo_size:
                         self._memo.popitem(last=False)
+                    self._anomalous.update(flagged)
+                    while len(self._anomalous) > min(self._memo_size, MAX_ANOMALOUS_SHAPES):
+                        self._anomalous.popitem(last=False)
         return known, unavailable
+
+    def anomalous_vectors(self, shapes: list[str]) -> dict[str, np.ndarray]:
+        """The embeddings of those `shapes` this scorer judged anomalous and still remembers."""
+        with self._lock:
+            return {s: self._anomalous[s] for s in shapes if s in self._anomalous}
 
     def _fill(self, out: score_pb2.ScoreResult, record: log_record_pb2.LogRecord, row: np.ndarray,
               scored_time: Timestamp) -> None:
         anomaly_votes = int((row >= THRESHOLD).sum())
         normal_votes = len(row) - anomaly_votes
-        anomalous = anomaly_votes * 2 > len(row)
+        anomalous = _anomalous(row)
         out.record_id = record.id
         out.verdict = ANOMALY if anomalous else NORMAL
         out.score = float(row.mean())
@@ -150,3 +162,8 @@ class LineScorer:
         out.scored_time.CopyFrom(scored_time)
         out.message = record.message
         out.component = record.component
+
+
+def _anomalous(row: np.ndarray) -> bool:
+    """The ensemble's verdict: a majority of members at or over the threshold."""
+    return int((row >= THRESHOLD).sum()) * 2 > len(row)

@@ -13,6 +13,7 @@ import numpy as np
 from logmesh.client import EmbedderClient
 from logmesh.grpc_server import (Limits, Server, ServerSecurity, Undecodable, batch_problem, item_error,
                                  reject_undecodable, status_code, time_left)
+from logmesh.ingest.masking import line_shape
 from logmesh.scorer.block_scorer import BlockScorer
 from logmesh.scorer.engine import ANOMALY, LineScorer
 from logmesh.scorer.history import AnomalyHistory
@@ -47,12 +48,22 @@ class ScorerServicer:
         remaining = time_left(context)
         if remaining is not None and remaining <= 0:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before scoring began")
-        results = self._scorer(context).score(items, remaining)
+        scorer = self._scorer(context)
+        results = scorer.score(items, remaining)
         flagged = [r.result for r in results if r.HasField("result") and r.result.verdict == ANOMALY]
         rejected = sum(1 for r in results if r.HasField("error"))
-        self.history.add_lines(flagged)
+        if flagged:
+            self._record_lines(scorer, items, flagged)
         self.stats.record(len(results) - rejected, len(flagged), rejected, time.perf_counter() - started)
         return results
+
+    def _record_lines(self, scorer: LineScorer, items: list[spb.ScoreItem],
+                      flagged: list[score_pb2.ScoreResult]) -> None:
+        """Enters flagged lines in the history with their similar past cases: the embeddings come from the
+        scorer (it embedded each shape once), labels from the records that carry one."""
+        shapes = [line_shape(r.component, r.message) for r in flagged]
+        labels = {i.record.id: i.record.label for i in items if i.HasField("record") and i.record.label}
+        self.history.add_lines(flagged, scorer.anomalous_vectors(shapes), labels, shapes)
 
     def Score(self, request: spb.ScoreRequest, context: grpc.ServicerContext) -> spb.ScoreResponse:
         reject_undecodable(request, context)
@@ -81,7 +92,8 @@ class ScorerServicer:
         return scorer  # type: ignore[return-value]
 
     def _score_blocks(self, blocks: list[spb.BlockSession], context: grpc.ServicerContext) -> list[spb.ScoreBlockResult]:
-        results = self._blocks(context).score(blocks)
+        scorer = self._blocks(context)
+        results = scorer.score(blocks)
         verdicts = [r.verdict for r in results if r.HasField("verdict")]
         flagged = [v for v in verdicts if v.verdict == ANOMALY]
         # A block enters the history as an ALERT the first time it is judged anomalous, and again with its
@@ -98,7 +110,8 @@ class ScorerServicer:
                 fresh.append(v)
         while len(self._alerted) > 1_000_000:
             self._alerted.pop(next(iter(self._alerted)))
-        self.history.add_blocks(fresh)
+        if fresh:  # similar past blocks: evidence events (never in a normal training block) weigh most
+            self.history.add_blocks(fresh, getattr(scorer.model, "evidence_events", ()))
         self.stats.record_blocks(len(verdicts), len(flagged), len(results) - len(verdicts))
         return results
 
@@ -169,6 +182,9 @@ class ScorerServicer:
             reply.model_version = scorer.artifact.version
             reply.model_members.extend(scorer.members)
             reply.model_loaded_time.FromSeconds(int(self.models.loaded_at or 0))
+        dead_letters = self.stats.dead_letter_count()
+        if dead_letters is not None:
+            reply.dead_letters = dead_letters
         return reply
 
 
@@ -183,8 +199,10 @@ def _matches(entry: score_pb2.Anomaly, request: spb.WatchAnomaliesRequest) -> bo
 
 
 def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", limits: Limits = Limits(),
-          reload_interval: float = 5.0, security: ServerSecurity | None = None) -> Server:
-    """Starts the scorer; it stays NOT_SERVING (and says why) until an artifact loads."""
+          reload_interval: float = 5.0, security: ServerSecurity | None = None,
+          kafka_bootstrap: str | None = None, dlq_topic: str | None = None) -> Server:
+    """Starts the scorer; it stays NOT_SERVING (and says why) until an artifact loads. With both
+    `kafka_bootstrap` and `dlq_topic`, GetStats also reports the dead-letter topic's message count."""
     client = EmbedderClient(embedder, timeout=30.0)
 
     def embed(shapes: list[str], timeout: float | None) -> np.ndarray:
@@ -193,6 +211,9 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     holder: dict[str, Server] = {}
     models = ModelManager(model_dir, embed, limits, on_change=lambda ok: holder["server"].set_serving(ok))
     servicer = ScorerServicer(models, limits)
+    if kafka_bootstrap and dlq_topic:
+        from logmesh.scorer.dead_letters import DeadLetterCount
+        servicer.stats.dead_letters = DeadLetterCount(kafka_bootstrap, dlq_topic)
     server = holder["server"] = Server([(SERVICE, servicer)], port, host, limits, security)
     models.refresh()
     if models.scorer is None:

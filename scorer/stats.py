@@ -4,8 +4,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from logmesh.scorer.dead_letters import DeadLetterCount
 
 
 class ScorerStats:
@@ -19,6 +23,8 @@ class ScorerStats:
         self._latencies_ms: deque[float] = deque(maxlen=window)
         self._recent: deque[tuple[float, int]] = deque()  # (monotonic time, lines) for the last minute
         self._lock = threading.Lock()
+        # The streaming job's dead-letter count (scorer/dead_letters.py), when the scorer knows the broker.
+        self.dead_letters: DeadLetterCount | None = None
 
     def record(self, lines: int, anomalies: int, rejected: int, seconds: float) -> None:
         now = time.monotonic()
@@ -36,6 +42,11 @@ class ScorerStats:
             self.blocks_scored += blocks
             self.block_anomalies += anomalies
             self.items_rejected += rejected
+
+    def dead_letter_count(self) -> int | None:
+        """Messages in the DLQ topic as last read (cached; never blocks on Kafka after the first read), or None
+        when no broker was given or none was ever readable."""
+        return None if self.dead_letters is None else self.dead_letters.value()
 
     def latency_ms(self) -> tuple[float, float]:
         with self._lock:

@@ -54,38 +54,6 @@ def test_stream_answers_each_batch_with_per_item_errors(embedder_server):
     assert replies[1].results[0].embedding.vector == first[0].embedding.vector
 
 
-def test_batch_over_the_limit_is_rejected_and_the_stream_goes_on(embedder_server):
-    stub = pbg.EmbedderServiceStub(grpc.insecure_channel(embedder_server.address))
-    limit = embedder_server.limits.max_batch_items
-    big = pb.EmbedStreamRequest(batch_id=1, items=[pb.EmbedItem(text=RECEIVING)] * (limit + 1))
-    ok = pb.EmbedStreamRequest(batch_id=2, items=[pb.EmbedItem(text=RECEIVING)])
-    replies = list(stub.EmbedStream(iter([big, ok]), timeout=30))
-    assert replies[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert f"limit is {limit}" in replies[0].error.message and not replies[0].results
-    assert replies[1].results[0].embedding.dim == 384
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("", "empty"),
-    ("x" * (10 * 1024 * 1024), "limit is 65536"),
-])
-def test_bad_unary_input_is_invalid_argument(embedder, text, expected):
-    with pytest.raises(grpc.RpcError) as info:
-        embedder.embed(text)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and expected in info.value.details()
-    assert embedder.health() == "SERVING"
-
-
-def test_invalid_utf8_is_invalid_argument_not_internal(embedder_server):
-    channel = grpc.insecure_channel(embedder_server.address)
-    raw = channel.unary_unary("/logmesh.v1.EmbedderService/Embed")  # bytes in, bytes out
-    bad = b"\x12\x03\xff\xfe\xfd"  # field 2 (text), 3 bytes that are not UTF-8
-    with pytest.raises(grpc.RpcError) as info:
-        raw(bad, timeout=5)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "bad UTF-8" in info.value.details() or "UTF-8" in info.value.details()
-
-
 def test_embed_many_raises_item_failed_with_the_reason(embedder):
     with pytest.raises(ItemFailed, match="empty"):
         embedder.embed_many([RECEIVING, ""])

@@ -85,7 +85,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         from logmesh.scorer.service import serve
         server = serve(args.port or 50052, Path(args.model_dir), args.embedder, args.host, _limits(args),
-                       reload_interval=args.reload_interval, security=security)
+                       reload_interval=args.reload_interval, security=security,
+                       kafka_bootstrap=args.kafka_bootstrap, dlq_topic=args.dlq_topic)
     server.serve_until_signal(args.grace)
     return 0
 
@@ -136,6 +137,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_similar(similar, indent: str, limit: int = 3) -> None:  # type: ignore[no-untyped-def]
+    """The nearest earlier anomalies of an entry, one compact line each: similarity, id, text, known label."""
+    labels = {1: "  [labelled normal]", 2: "  [labelled anomaly]"}
+    for case in list(similar)[:limit]:
+        text = case.text if len(case.text) <= 100 else case.text[:99] + "…"
+        print(f"{indent}{case.similarity:.2f}  {case.id}  {text}{labels.get(case.label, '')}", flush=True)
+
+
 def cmd_anomalies(args: argparse.Namespace) -> int:
     with ScorerClient(args.scorer, timeout=args.timeout, security=_channel_security(args)) as scorer:
         page = scorer.anomalies(args.limit, args.page_token, args.min_score, args.block)
@@ -145,9 +154,11 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
             print(f"#{entry.id}  {entry.recorded_time.ToJsonString()}  line  score={r.score:.3f}  "
                   f"votes={r.anomaly_votes}/{r.anomaly_votes + r.normal_votes}  "
                   f"{','.join(r.block_ids)}  {r.message}")
+            _print_similar(r.similar, "      similar ")
         else:
             b = entry.block
             print(f"#{entry.id}  {entry.recorded_time.ToJsonString()}  block {b.block_id}  score={b.score:.3f}")
+            _print_similar(b.similar, "      similar ")
     if not page.anomalies:
         print("no anomalies recorded", file=sys.stderr)
     if page.next_page_token:
@@ -167,12 +178,14 @@ def cmd_tail(args: argparse.Namespace) -> int:
                     print(f"{when}  {kind:5} {b.block_id}  score={b.score:.2f}  events={' '.join(b.events[-12:])}"
                           + (f"  read: {', '.join(b.anomalous_record_ids[:3])}" if b.anomalous_record_ids else ""),
                           flush=True)
+                    _print_similar(b.similar, "          similar ")
                 else:
                     r = entry.line
                     votes = " ".join(f"{v.model}={v.score:.2f}" for v in r.votes)
                     print(f"{when}  LINE  {','.join(r.block_ids)}  score={r.score:.2f}  "
                           f"votes={r.anomaly_votes}/{r.anomaly_votes + r.normal_votes} [{votes}]  {r.message[:100]}",
                           flush=True)
+                    _print_similar(r.similar, "          similar ")
         except KeyboardInterrupt:
             return 0
     return 0
@@ -264,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", default="models", help="scorer: folder of model artifacts; the newest is served (default %(default)s)")
     p.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="scorer: embedder address (default %(default)s)")
     p.add_argument("--reload-interval", type=float, default=5.0, help="scorer: seconds between checks for a newer artifact")
+    p.add_argument("--kafka-bootstrap", default=None,
+                   help="scorer: Kafka broker HOST:PORT; with --dlq-topic, `logmesh stats` reports the DLQ's message count")
+    p.add_argument("--dlq-topic", default=None, help="scorer: the streaming job's dead-letter topic, e.g. logmesh.dlq")
     _limits_args(p)
     p.set_defaults(func=cmd_serve)
 
