@@ -122,7 +122,8 @@ def stalling_embedder():
 def pytest_runtest_makereport(item, call):
     report = yield
     if report.when == "call" or report.failed:
-        item.stash.setdefault(_OUTCOME, []).append(report.outcome)
+        outcome = "xfailed (known bug)" if hasattr(report, "wasxfail") else report.outcome
+        item.stash.setdefault(_OUTCOME, []).append(outcome)
     return report
 
 
