@@ -97,7 +97,8 @@ test: gen lint breaking $(GRPCURL) kafka-up  ## run the whole test suite (starts
 
 # The tests that record docs/reliability.md rows (tests/reliability.py); only those present are run.
 RELIABILITY_TESTS := $(wildcard tests/test_faults.py tests/test_dead_letters.py tests/test_bad_input.py \
-  tests/test_fuzz.py tests/test_scorer_service.py tests/test_security.py tests/test_limits.py)
+  tests/test_fuzz.py tests/test_scorer_service.py tests/test_security.py tests/test_limits.py \
+  tests/test_vector_store.py)
 reliability: gen kafka-up  ## run the fault, bad-input and fuzz tests and render docs/reliability.md from their records
 	rm -rf var/reliability
 	$(PY) -m pytest -q $(RELIABILITY_TESTS); rc=$$?; $(PY) tests/reliability.py && exit $$rc

@@ -336,3 +336,39 @@ def test_open_store_picks_the_engine(tmp_path):
         open_store()
     with pytest.raises(ValueError, match="embedded"):
         open_store(path=str(tmp_path / "x"), embedded="faiss")
+
+
+def test_server_mode_sends_the_api_key_and_a_refusal_is_an_error(reliability):
+    """No Qdrant server can run here (no binary or container), so this uses a STAND-IN HTTP endpoint, named
+    as such: it records the headers qdrant-client sends and refuses like Qdrant does without a valid key."""
+    import http.server
+    import json
+    import threading
+    seen: list[dict[str, str]] = []
+
+    class RefusingQdrant(http.server.BaseHTTPRequestHandler):
+        def _refuse(self) -> None:
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            body = json.dumps({"status": {"error": "Invalid api-key"}, "time": 0}).encode()
+            self.send_response(401)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        do_GET = do_PUT = do_POST = _refuse
+
+        def log_message(self, *args) -> None:  # keep pytest output clean
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RefusingQdrant)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # qdrant-client warns that the version check failed
+            with pytest.raises(Exception, match="401|Unauthorized|api-key"):
+                open_store(url=f"http://127.0.0.1:{server.server_address[1]}", api_key="k3y-for-test")
+    finally:
+        server.shutdown()
+    assert seen and all(h.get("api-key") == "k3y-for-test" for h in seen)
+    reliability("security", "Qdrant server mode with --qdrant-api-key (stand-in endpoint refusing the key)",
+                f"the key was sent on all {len(seen)} requests; the refusal stopped open_store with the server's 401")

@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block", help="a block id whose stored session vector to search with")
     p.add_argument("--limit", type=int, default=10)
     p.add_argument("--qdrant-url", default=None, help="Qdrant server; default: the embedded store at --qdrant-path")
-    p.add_argument("--qdrant-api-key", default=None)
+    p.add_argument("--qdrant-api-key", default=os.environ.get("QDRANT_API_KEY"),
+                   help="API key for --qdrant-url (default: QDRANT_API_KEY)")
     p.add_argument("--qdrant-path", default="var/qdrant", help="embedded store folder (default %(default)s)")
     p.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="embedder used to embed the line")
     _client_security_args(p)
