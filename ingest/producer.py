@@ -138,11 +138,48 @@ def producer_config(bootstrap: str, compression: str = "lz4", extra: dict[str, A
     return conf
 
 
-def check_broker(bootstrap: str, timeout: float = 10.0) -> AdminClient:
+def parse_kafka_option(text: str) -> tuple[str, str]:
+    """"KEY=VALUE" -> (KEY, VALUE): a librdkafka property (e.g. security.protocol=SASL_SSL)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"expected KEY=VALUE (a librdkafka property), got {text!r}")
+    return key.strip(), value
+
+
+def check_kafka_options(options: dict[str, str]) -> None:
+    """Raises ValueError with librdkafka's own words if the options are not a valid client configuration
+    (unknown property, bad value, unreadable certificate). Builds a client without brokers: no network."""
+    try:
+        Producer({**options, "logger": _rdkafka_log})
+    except KafkaException as exc:
+        raise ValueError(f"bad --kafka-option: {exc.args[0].str()}") from None
+
+
+class KafkaOptionAction(argparse.Action):
+    """`--kafka-option KEY=VALUE`, repeatable, collected into a dict. The whole set is checked against
+    librdkafka after parsing (check_kafka_options): options only make sense together (SASL_SSL + mechanism)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        options = dict(getattr(namespace, self.dest, None) or {})
+        try:
+            key, value = parse_kafka_option(values)
+            options[key] = value
+        except ValueError as exc:
+            raise argparse.ArgumentError(self, str(exc)) from None
+        setattr(namespace, self.dest, options)
+
+
+def add_kafka_option_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kafka-option", dest="kafka_options", metavar="KEY=VALUE", action=KafkaOptionAction,
+                   default={}, help="a librdkafka property for every Kafka client (repeatable), e.g. "
+                                    "security.protocol=SASL_SSL, sasl.mechanism=PLAIN, ssl.ca.location=ca.pem")
+
+
+def check_broker(bootstrap: str, timeout: float = 10.0, extra: dict[str, Any] | None = None) -> AdminClient:
     """Returns an AdminClient once a broker answers; raises BrokerUnavailable with the start hint."""
     errors: list[str] = []
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": _rdkafka_log,
-                            "error_cb": lambda e: errors.append(str(e))}
+                            "error_cb": lambda e: errors.append(str(e)), **(extra or {})}
     admin = AdminClient(conf)
     try:
         admin.list_topics(timeout=timeout)
@@ -218,7 +255,8 @@ def run_ingest(paths: PathLike | Iterable[PathLike] = "-", bootstrap: str = DEFA
         raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}")
     files = expand_paths(paths)  # a missing file fails now, not after connecting
     labels = load_block_labels(labels_csv) if labels_csv else None
-    admin = check_broker(bootstrap, connect_timeout)
+    admin = check_broker(bootstrap, connect_timeout,  # security settings (SASL/SSL) apply to the admin client too
+                         {k: v for k, v in (extra_config or {}).items() if not callable(v)})
     ensure_topic(admin, topic, partitions, connect_timeout)
     failures = _Failures()
     producer = Producer(producer_config(bootstrap, compression,
@@ -301,6 +339,7 @@ def add_ingest_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no live progress display or periodic progress lines")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    add_kafka_option_arg(p)
     p.set_defaults(func=run_ingest_cli)
     return p
 
@@ -309,9 +348,15 @@ def run_ingest_cli(args: argparse.Namespace) -> int:
     """`logmesh ingest`: 0 when every line was delivered, 1 on delivery failures or no broker, 2 on bad input."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_kafka_options(getattr(args, "kafka_options", None) or {})
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         summary = run_ingest(args.paths, args.bootstrap, args.topic, args.rate, args.labels, args.limit,
                              args.progress, connect_timeout=args.connect_timeout,
-                             compression=args.compression, partitions=args.partitions)
+                             compression=args.compression, partitions=args.partitions,
+                             extra_config=getattr(args, "kafka_options", None) or None)
     except BrokerUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

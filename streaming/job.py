@@ -4,11 +4,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
+import time
 from pathlib import Path
 
 from logmesh.client import DEFAULT_EMBEDDER, DEFAULT_SCORER, EmbedderClient, ScorerClient
-from logmesh.streaming.outputs import ResultProducer
-from logmesh.streaming.sink import BatchSink, Ledger
+from logmesh.ingest.producer import KafkaOptionAction, add_kafka_option_arg, check_kafka_options
+from logmesh.streaming.outputs import LEDGER_TOPIC, Ledger, ResultProducer, ensure_ledger_topic, job_id
+from logmesh.streaming.sink import BatchSink
 from logmesh.streaming.vector_store import open_store
 
 log = logging.getLogger("logmesh.stream")
@@ -35,6 +38,11 @@ class StreamConfig:
     starting_offsets: str = "earliest"
     wait_for_services_s: float = 300.0
     master: str = "local[2]"
+    ledger_topic: str = LEDGER_TOPIC
+    kafka_options: dict[str, str] = dataclasses.field(default_factory=dict)  # librdkafka / kafka.* (SASL, SSL)
+    spark_kafka_options: dict[str, str] = dataclasses.field(default_factory=dict)  # Java client only (kafka.*)
+    retry_budget_s: float = 300.0  # a service down longer than this fails the batch (and the query: restarted)
+    max_query_restarts: int = 10  # consecutive restarts of a failed query without a batch done in between
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -59,54 +67,132 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="close a block after this long without a new line (default %(default)s)")
     p.add_argument("--once", action="store_true", help="process everything in the topic now, then stop")
     p.add_argument("--master", default=d.master, help="Spark master (default %(default)s)")
+    p.add_argument("--ledger-topic", default=d.ledger_topic,
+                   help="compacted topic holding each job's last committed batch (default %(default)s)")
+    p.add_argument("--retry-budget-s", type=float, default=d.retry_budget_s,
+                   help="retry a down service this long per batch before failing it (default %(default)s)")
+    p.add_argument("--max-query-restarts", type=int, default=d.max_query_restarts,
+                   help="restart a failed query from its checkpoint up to this many times in a row (default %(default)s)")
+    add_kafka_option_arg(p)  # --kafka-option KEY=VALUE: confluent-kafka clients, and Spark's source as kafka.KEY
+    p.add_argument("--spark-kafka-option", dest="spark_kafka_options", metavar="KEY=VALUE", action=KafkaOptionAction,
+                   default={}, help="a Java Kafka client property for Spark's source only, as kafka.KEY (repeatable): "
+                                    "settings librdkafka names differently, e.g. sasl.jaas.config, "
+                                    "ssl.truststore.location")
 
 
 def config_from_args(args: argparse.Namespace) -> StreamConfig:
     fields = {f.name for f in dataclasses.fields(StreamConfig)}
-    return StreamConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values["kafka_options"] = dict(values.get("kafka_options") or {})
+    values["spark_kafka_options"] = dict(values.get("spark_kafka_options") or {})
+    try:
+        check_kafka_options(values["kafka_options"])
+    except ValueError as exc:  # before Spark or any connection: librdkafka's own reason, argparse's exit code
+        print(f"logmesh stream: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return StreamConfig(**values)
 
 
 def build_sink(config: StreamConfig, on_report=None) -> tuple[BatchSink, object]:  # type: ignore[no-untyped-def]
+    check_kafka_options(config.kafka_options)  # a bad option fails now, with librdkafka's reason
     embedder, scorer = EmbedderClient(config.embedder), ScorerClient(config.scorer)
     for client in (embedder, scorer):  # wait instead of failing when a service is still starting or down
         log.info("waiting for service", extra={"service": client.service, "address": client.address})
         client.wait_until_serving(config.wait_for_services_s)
+        log.info("service serving", extra={"service": client.service, "address": client.address})
+    ensure_ledger_topic(config.bootstrap, config.ledger_topic, config.kafka_options)
+    job = job_id(config.checkpoint)
+    # init_transactions (in the constructor) fences and aborts a crashed attempt of this job; only then
+    # is the ledger read, so it sees exactly the batches whose transactions committed.
+    outputs = ResultProducer(config.bootstrap, config.scores_topic, config.anomalies_topic, config.dlq_topic,
+                             extra=config.kafka_options, transactional_id=f"logmesh-stream-{job}")
+    ledger = Ledger(outputs, job, config.ledger_topic, config.kafka_options)
     store = open_store(url=config.qdrant_url, path=config.qdrant_path, api_key=config.qdrant_api_key)
     store.ensure_collection()
-    outputs = ResultProducer(config.bootstrap, config.scores_topic, config.anomalies_topic, config.dlq_topic)
-    ledger = Ledger(Path(config.checkpoint) / "sink-ledger")
-    return BatchSink(embedder, scorer, outputs, store, ledger, config.store_lines, on_report=on_report), store
+    return BatchSink(embedder, scorer, outputs, store, ledger, config.store_lines,
+                     retry_budget_s=config.retry_budget_s, on_report=on_report), store
 
 
-def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untyped-def]
-    from logmesh.streaming.spark import session
-    sink, store = build_sink(config, on_report)
-    spark = session(master=config.master)
-    # Block timeouts fire in micro-batches without new data; a run that drains the topic and stops
-    # (--once, availableNow) must not keep running such batches forever.
-    spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", str(not config.once).lower())
-    source = (spark.readStream.format("kafka")
+def _start_query(spark, config: StreamConfig, sink: BatchSink):  # type: ignore[no-untyped-def]
+    reader = (spark.readStream.format("kafka")
               .option("kafka.bootstrap.servers", config.bootstrap)
               .option("subscribe", config.topic)
               .option("startingOffsets", config.starting_offsets)
-              .option("maxOffsetsPerTrigger", config.max_offsets_per_trigger)
-              .load())
+              .option("maxOffsetsPerTrigger", config.max_offsets_per_trigger))
+    for key, value in {**config.kafka_options, **config.spark_kafka_options}.items():
+        reader = reader.option(f"kafka.{key}", value)
     from logmesh.streaming.block_sessions import with_block_sessions
-    stream = with_block_sessions(source, config.block_quiet_ms)
+    stream = with_block_sessions(reader.load(), config.block_quiet_ms)
     writer = (stream.writeStream.foreachBatch(sink).outputMode("update")
               .option("checkpointLocation", str(Path(config.checkpoint) / "spark"))
               .queryName("logmesh-stream"))
     writer = writer.trigger(availableNow=True) if config.once else writer.trigger(
         processingTime=f"{config.trigger_ms} milliseconds")
-    query = writer.start()
-    log.info("stream started", extra={"topic": config.topic, "checkpoint": config.checkpoint, "once": config.once})
+    return writer.start()
+
+
+def _cause(text: str) -> str:
+    """The root of a query failure in one line: for an error raised in the Python sink, the last
+    `package.Error: message` line of the traceback Spark wraps it in; else the start of the message."""
+    import re
+    found = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception|GaveUp|Aborted)\b:.*)$", text, re.M)
+    return (found[-1] if found else text)[:500]
+
+
+def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untyped-def]
+    """Runs the query until it stops (--once: the topic is drained) or Ctrl-C. A query that fails (e.g.
+    the broker went away) is restarted from its checkpoint with backoff, up to max_query_restarts times
+    in a row without a batch done in between; then the failure is raised."""
+    from logmesh.streaming.spark import session
+    progress = {"batches": 0}
+
+    def report(r) -> None:  # type: ignore[no-untyped-def]
+        progress["batches"] += 1
+        if on_report is not None:
+            on_report(r)
+
+    # Spark first: launching its JVM forks this process, which must not happen while gRPC channels have
+    # threads running (seen once: the forked child died before exec, "Java gateway process exited").
+    spark = session(master=config.master)
     try:
-        query.awaitTermination()
-    except KeyboardInterrupt:
-        log.info("stopping stream (Ctrl-C)")
-        query.stop()
+        sink, store = build_sink(config, report)
+    except BaseException:
+        spark.stop()
+        raise
+    # Block timeouts fire in micro-batches without new data; a run that drains the topic and stops
+    # (--once, availableNow) must not keep running such batches forever.
+    spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", str(not config.once).lower())
+    failures, delay, seen = 0, 2.0, 0
+    try:
+        while True:
+            query = _start_query(spark, config, sink)
+            log.info("stream started", extra={"topic": config.topic, "checkpoint": config.checkpoint,
+                                              "once": config.once, "restarts": failures})
+            try:
+                query.awaitTermination()
+            except KeyboardInterrupt:
+                log.info("stopping stream (Ctrl-C)")
+                query.stop()
+                return
+            except Exception:  # StreamingQueryException: read it from the query below
+                pass
+            error = query.exception()
+            if error is None:
+                return
+            if progress["batches"] > seen:  # it made progress since the last failure: a new episode
+                failures, delay, seen = 0, 2.0, progress["batches"]
+            failures += 1
+            if failures > config.max_query_restarts:
+                raise RuntimeError(f"stream failed {failures} times in a row; last: {error}")
+            log.warning("stream query failed; restarting it from its checkpoint",
+                        extra={"restart": failures, "of": config.max_query_restarts, "sleep_s": delay,
+                               "error": _cause(str(error))})
+            try:
+                sink.outputs.abort()  # a batch cut short by the failure leaves no open transaction
+            except Exception:  # noqa: BLE001 - cannot abort: a fresh producer fences the old one
+                sink.outputs.recover()
+            time.sleep(delay)
+            delay = min(delay * 2, 60.0)
     finally:
         store.close()
         spark.stop()
-    if query.exception() is not None:
-        raise RuntimeError(f"stream failed: {query.exception()}")

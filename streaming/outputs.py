@@ -1,26 +1,142 @@
-"""The job's Kafka outputs: per-line results, anomalies, and the dead-letter topic."""
+"""The job's Kafka outputs: per-line results, anomalies, the dead-letter topic, and the sink's ledger.
+
+With a `transactional_id` (what the job uses) every micro-batch's messages, the ledger record included,
+are one Kafka transaction: consumers reading with isolation.level=read_committed (librdkafka's default)
+see all of a batch or none of it. `init_transactions` fences an earlier producer with the same id (a
+crashed attempt of the same job) and aborts its open transaction, so a replayed batch never shows twice.
+"""
 from __future__ import annotations
 
 import logging
+import time
+import uuid
+from pathlib import Path
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from logmesh.streaming.decode import Rejected
 from logmesh.v1 import score_pb2
 
 log = logging.getLogger("logmesh.stream.outputs")
+_rdkafka_log = logging.getLogger("logmesh.stream.rdkafka")  # librdkafka's own lines, through logging
+LEDGER_TOPIC = "logmesh.sink-ledger"
+JOB_ID_FILE = "job-id"
+
+
+class TransactionAborted(KafkaException):
+    """The batch's transaction was aborted (e.g. a message could not be delivered); its writes can be redone."""
+
+
+def _kafka_error(exc: KafkaException) -> KafkaError | None:
+    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
 
 
 class ResultProducer:
     def __init__(self, bootstrap: str, scores_topic: str = "logmesh.scores",
                  anomalies_topic: str = "logmesh.anomalies", dlq_topic: str = "logmesh.dlq",
-                 extra: dict[str, str] | None = None) -> None:
+                 extra: dict[str, str] | None = None, transactional_id: str | None = None,
+                 transaction_timeout_s: float = 300.0, init_budget_s: float = 300.0) -> None:
+        self.bootstrap = bootstrap
         self.topics = (scores_topic, anomalies_topic, dlq_topic)
+        self.transactional_id = transactional_id
+        self.transaction_timeout_s = transaction_timeout_s
+        self.init_budget_s = init_budget_s
+        self.extra = dict(extra or {})
         self._errors: list[str] = []
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-            "linger.ms": 5, "compression.type": "lz4", "message.timeout.ms": 120_000, **(extra or {})})
+        self._in_transaction = False
+        self._producer = self._new_producer()
 
+    @property
+    def transactional(self) -> bool:
+        return self.transactional_id is not None
+
+    def _new_producer(self) -> Producer:
+        conf = {"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "acks": "all",
+                "linger.ms": 5, "compression.type": "lz4", "message.timeout.ms": 120_000, "logger": _rdkafka_log}
+        if self.transactional:
+            conf.update({"transactional.id": self.transactional_id,
+                         "transaction.timeout.ms": int(self.transaction_timeout_s * 1000)})
+        conf.update(self.extra)
+        try:
+            producer = Producer(conf)
+        except KafkaException as exc:  # e.g. an unknown or invalid --kafka-option
+            raise ValueError(f"bad Kafka producer configuration: {exc.args[0].str() if _kafka_error(exc) else exc}") from None
+        if self.transactional:
+            self._init_transactions(producer)
+        return producer
+
+    def _init_transactions(self, producer: Producer) -> None:
+        """Fences any earlier producer with this transactional id and aborts its open transaction.
+        Retried with backoff while the broker is unreachable (bounded by init_budget_s)."""
+        deadline, delay, attempt = time.monotonic() + self.init_budget_s, 0.5, 1
+        while True:
+            try:
+                producer.init_transactions(min(60.0, max(1.0, deadline - time.monotonic())))
+                return
+            except KafkaException as exc:
+                err = _kafka_error(exc)
+                if err is None or not err.retriable() or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("retrying init_transactions", extra={"attempt": attempt, "error": err.str(),
+                                                                 "sleep_s": delay})
+            time.sleep(delay)
+            delay, attempt = min(delay * 2, 10.0), attempt + 1
+
+    def recover(self) -> None:
+        """A fresh producer with the same transactional id: it fences this one and aborts whatever it left open."""
+        log.warning("recreating the transactional producer", extra={"transactional_id": self.transactional_id})
+        self._in_transaction = False
+        self._errors = []
+        self._producer = self._new_producer()
+
+    # -- transaction boundaries -------------------------------------------------------------------
+    def begin(self) -> None:
+        if self.transactional and not self._in_transaction:
+            self._producer.begin_transaction()
+            self._in_transaction = True
+
+    def commit(self, timeout: float = 120.0) -> None:
+        """Makes the batch's messages visible atomically (non-transactional: waits for delivery).
+        Raises TransactionAborted when the transaction had to be aborted; the caller redoes the batch."""
+        if not self.transactional:
+            self.flush(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._producer.commit_transaction(max(1.0, deadline - time.monotonic()))
+                self._in_transaction = False
+                self._errors = []
+                return
+            except KafkaException as exc:
+                err = _kafka_error(exc)
+                if err is not None and err.txn_requires_abort():
+                    self.abort()
+                    raise TransactionAborted(err) from None
+                if err is not None and err.retriable() and time.monotonic() < deadline:
+                    log.warning("retrying commit_transaction", extra={"error": err.str()})
+                    continue
+                raise
+
+    def abort(self, timeout: float = 60.0) -> None:
+        """Aborts the open transaction (its messages are purged and never read by read_committed consumers)."""
+        if not self.transactional or not self._in_transaction:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._producer.abort_transaction(max(1.0, deadline - time.monotonic()))
+                break
+            except KafkaException as exc:
+                err = _kafka_error(exc)
+                if err is not None and err.retriable() and time.monotonic() < deadline:
+                    continue
+                raise
+        self._in_transaction = False
+        self._errors = []
+
+    # -- messages ---------------------------------------------------------------------------------
     def _delivered(self, err, msg) -> None:  # type: ignore[no-untyped-def]
         if err is not None:
             self._errors.append(f"{msg.topic()}: {err}")
@@ -49,9 +165,103 @@ class ResultProducer:
                 ("source.topic", r.row.topic.encode()), ("source.partition", str(r.row.partition).encode()),
                 ("source.offset", str(r.row.offset).encode()), ("error", r.reason.encode())])
 
-    def flush(self, timeout: float = 60.0) -> None:
-        """Waits until every message is acknowledged; raises if any was not, so the batch is retried."""
+    def ledger_record(self, topic: str, job_id: str, batch_id: int) -> None:
+        self._produce(topic, job_id.encode(), str(batch_id).encode())
+
+    def flush(self, timeout: float = 120.0) -> None:
+        """Waits until every message is acknowledged; raises if any was not, so the batch is redone."""
         left = self._producer.flush(timeout)
         errors, self._errors = self._errors, []
         if left or errors:
             raise KafkaException(f"{left} result messages undelivered, {len(errors)} failed: {errors[:3]}")
+
+
+def job_id(checkpoint: str | Path) -> str:
+    """This job's stable id, kept in its checkpoint folder: the key of its ledger record and the root
+    of its transactional id, so a restart from the same checkpoint fences the attempt it replaces."""
+    path = Path(checkpoint) / JOB_ID_FILE
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = uuid.uuid4().hex
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(value + "\n")
+    tmp.replace(path)
+    return value
+
+
+def ensure_ledger_topic(bootstrap: str, topic: str = LEDGER_TOPIC, extra: dict[str, str] | None = None,
+                        timeout: float = 30.0) -> bool:
+    """Creates the compacted one-partition ledger topic if the broker lacks it. True if created."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(extra or {})})
+    if topic in admin.list_topics(timeout=timeout).topics:
+        return False
+    futures = admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1,
+                                            config={"cleanup.policy": "compact"})],
+                                  operation_timeout=timeout, request_timeout=timeout)
+    try:
+        futures[topic].result(timeout)
+    except KafkaException as exc:
+        if _kafka_error(exc) is None or exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise
+        return False
+    log.info("created ledger topic", extra={"topic": topic})
+    return True
+
+
+class Ledger:
+    """The last batch id whose writes committed, kept in Kafka (a compacted topic keyed by job id) and
+    written inside the batch's own transaction, so "results visible" and "batch done" are one fact.
+
+    `done(n)` is true for batch ids up to the last committed one: Spark replays only the batch after
+    its last committed one, so a replayed batch the ledger knows is skipped."""
+
+    def __init__(self, outputs: ResultProducer, job: str, topic: str = LEDGER_TOPIC,
+                 extra: dict[str, str] | None = None, timeout: float = 60.0) -> None:
+        self.outputs, self.job, self.topic = outputs, job, topic
+        # Read after the producer's init_transactions: a dead attempt's open transaction is aborted by
+        # then, so the read_committed end (last stable offset) is the true end.
+        self.last = read_ledger(outputs.bootstrap, topic, job, extra or outputs.extra, timeout)
+        log.info("ledger read", extra={"topic": topic, "job_id": job, "last_committed_batch": self.last})
+
+    def done(self, batch_id: int) -> bool:
+        return self.last is not None and batch_id <= self.last
+
+    def mark(self, batch_id: int) -> None:
+        """Adds the ledger record to the batch's open transaction; `committed` once it is committed."""
+        self.outputs.ledger_record(self.topic, self.job, batch_id)
+
+    def committed(self, batch_id: int) -> None:
+        self.last = batch_id
+
+
+def read_ledger(bootstrap: str, topic: str, job: str, extra: dict[str, str] | None = None,
+                timeout: float = 60.0) -> int | None:
+    """The last committed batch id recorded for `job` (read_committed), or None."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"logmesh-ledger-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "isolation.level": "read_committed", "logger": _rdkafka_log, **(extra or {})})
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise KafkaException(f"ledger topic {topic} unreadable: {metadata.error if metadata else 'missing'}")
+        consumer.assign([TopicPartition(topic, p, 0) for p in metadata.partitions])
+        pending, last = set(metadata.partitions), None
+        deadline = time.monotonic() + timeout
+        key = job.encode()
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading the ledger topic {topic} took over {timeout:.0f}s")
+            msg = consumer.poll(1.0)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+                    continue
+                raise KafkaException(msg.error())
+            if msg.key() == key:
+                last = int(msg.value())
+        return last
+    finally:
+        consumer.close()

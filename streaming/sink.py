@@ -1,19 +1,29 @@
 """The foreachBatch sink: decode, embed, score lines and blocks, write Kafka results and the vector store.
 
-Order within a batch makes a crash safe: results reach Kafka (flushed) before the vector store is
-written, and the batch is marked done in a ledger last. A replayed batch that the ledger knows is
-skipped; one that crashed midway is redone, and every write it repeats is keyed by data (record id,
-topic/partition/offset, block id), so Qdrant ends with exactly one point per line or block.
+Exactly once, per micro-batch: everything the batch writes to Kafka (scores, anomalies, dead letters)
+and the ledger record saying "batch N done" are one Kafka transaction, committed last:
+
+    produce outputs -> upsert the vector store -> produce the ledger record -> commit
+
+A crash before the commit leaves an open transaction that the restarted job's producer (same
+transactional id, derived from the job id in the checkpoint folder) fences and aborts, so
+read_committed consumers never see the crashed attempt; the replayed batch is written again. The
+vector store is not transactional but every write is keyed by data (topic/partition/offset for lines,
+the block id for blocks, and a block point records the offsets it has counted), so the replay
+overwrites instead of duplicating. A crash after the commit but before Spark commits the batch is
+answered by the ledger (read at start with read_committed): the replay runs without writing.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
+from confluent_kafka import KafkaException
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from logmesh.client import EmbedderClient, ScorerClient
@@ -21,13 +31,30 @@ from logmesh.ingest.masking import line_shape
 from logmesh.streaming import blocks as block_state
 from logmesh.streaming.block_sessions import BLOCK, LINE
 from logmesh.streaming.decode import KafkaRow, Rejected, decode
-from logmesh.streaming.outputs import ResultProducer
-from logmesh.streaming.retry import RetryItems, with_retry
+from logmesh.streaming.outputs import Ledger, ResultProducer, TransactionAborted
+from logmesh.streaming.retry import GaveUp, RetryItems, with_retry
 from logmesh.streaming.vector_store import Point
 from logmesh.v1 import log_record_pb2, score_pb2, scorer_service_pb2 as spb
 
+__all__ = ["BatchReport", "BatchSink", "BlockSummary", "Ledger"]
 log = logging.getLogger("logmesh.stream.sink")
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+# Fault injection for the crash tests (tests/test_faults.py): "POINT:BATCH[,POINT:BATCH...]" with POINT one
+# of after-produce, after-store, after-commit. The process (its process group when it leads one, so
+# Spark's JVM goes too) is SIGKILLed there, as a crash would. Never set in production.
+CRASH_ENV = "LOGMESH_SINK_CRASH_AT"
+
+
+def _crash_point(point: str, batch_id: int) -> None:
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted or f"{point}:{batch_id}" not in {w.strip() for w in wanted.split(",")}:
+        return
+    log.error("fault injection: SIGKILL", extra={"point": point, "batch_id": batch_id})
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    if os.getpgid(0) == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,26 +79,14 @@ class BatchReport:
     block_alerts: int = 0
     seconds: float = 0.0
     skipped: bool = False
-
-
-class Ledger:
-    """Batch ids whose writes all completed (one empty file each, beside Spark's checkpoint)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def done(self, batch_id: int) -> bool:
-        return (self.directory / str(batch_id)).exists()
-
-    def mark(self, batch_id: int) -> None:
-        (self.directory / str(batch_id)).touch()
+    write_attempts: int = 0
 
 
 class BatchSink:
     def __init__(self, embedder: EmbedderClient, scorer: ScorerClient, outputs: ResultProducer, store,  # type: ignore[no-untyped-def]
-                 ledger: Ledger, store_lines: str = "anomalous", rpc_batch: int = 256, retry_budget_s: float = 300.0,
-                 on_report=None) -> None:
+                 ledger: Ledger | None, store_lines: str = "anomalous", rpc_batch: int = 256,
+                 retry_budget_s: float = 300.0, on_report=None) -> None:
+        """`ledger` None: no skip of completed batches (only for a non-transactional `outputs`, in tests)."""
         self.embedder, self.scorer, self.outputs, self.store, self.ledger = embedder, scorer, outputs, store, ledger
         self.store_lines = store_lines
         self.rpc_batch = rpc_batch
@@ -80,11 +95,12 @@ class BatchSink:
 
     # Spark calls this with each micro-batch's DataFrame.
     def __call__(self, df, batch_id: int) -> None:  # type: ignore[no-untyped-def]
-        if self.ledger.done(batch_id):
-            # Written before a stop, replayed because Spark had not committed it: run the plan without
-            # writing again, so the stateful operator commits its state for this batch (Spark checks that).
-            log.info("batch already written; replaying it without writes", extra={"batch_id": batch_id})
+        if self.ledger is not None and self.ledger.done(batch_id):
+            # Committed before a crash or stop, replayed because Spark had not committed it: run the plan
+            # without writing, so the stateful operator commits its state for this batch (Spark checks that).
+            log.info("batch already committed (ledger); replaying it without writes", extra={"batch_id": batch_id})
             df.write.format("noop").mode("append").save()
+            self.on_report(BatchReport(batch_id, skipped=True))
             return
         frame = df.toPandas()
         lines, blocks = frame[frame["kind"] == LINE], frame[frame["kind"] == BLOCK]
@@ -93,7 +109,6 @@ class BatchSink:
         sessions = [BlockSummary(b, list(e), bool(c), f or "", l or "") for b, e, c, f, l in zip(
             blocks["block_id"], blocks["events"], blocks["closed"], blocks["first_time"], blocks["last_time"])]
         report = self.process(rows, batch_id, sessions)
-        self.ledger.mark(batch_id)
         self.on_report(report)
 
     def process(self, rows: list[KafkaRow], batch_id: int, sessions: list[BlockSummary] = ()) -> BatchReport:  # type: ignore[assignment]
@@ -113,24 +128,62 @@ class BatchSink:
         good = [(i, records[i][0], records[i][1], results[i]) for i in range(len(records)) if i not in bad]
 
         flagged = [res for _, _, _, res in good if res.verdict == score_pb2.VERDICT_ANOMALY]
-        self.outputs.dead_letters(rejected)
-        self.outputs.scores([res for _, _, _, res in good])
-        self.outputs.anomalies([score_pb2.Anomaly(line=res, recorded_time=_now()) for res in flagged],
-                               key_of=lambda a: a.line.record_id)
+        line_alerts = [score_pb2.Anomaly(line=res, recorded_time=_now()) for res in flagged]
         block_points, alerts = self._blocks(good, vectors, list(sessions), batch_id)
-        self.outputs.anomalies(alerts, key_of=lambda a: a.block.block_id)
-        self.outputs.flush()
-
         line_points = [Point(row.coordinates, vectors[i], _line_payload(row, record, res))
                        for i, row, record, res in good
                        if self.store_lines == "all" or res.verdict == score_pb2.VERDICT_ANOMALY]
-        self.store.upsert(line_points + block_points)
+        report.write_attempts = self._write(batch_id, rejected, [res for _, _, _, res in good], line_alerts,
+                                            alerts, line_points + block_points)
 
         report.scored, report.dead_letters, report.line_anomalies = len(good), len(rejected), len(flagged)
         report.blocks, report.block_alerts = len(block_points), len(alerts)
         report.seconds = time.perf_counter() - started
         log.info("batch written", extra=dataclasses.asdict(report))
         return report
+
+    def _write(self, batch_id: int, rejected: list[Rejected], results: list[score_pb2.ScoreResult],
+               line_alerts: list[score_pb2.Anomaly], block_alerts: list[score_pb2.Anomaly],
+               points: list[Point]) -> int:
+        """One transaction: outputs, store, ledger record, commit. A Kafka failure aborts it and the whole
+        write is redone (bounded backoff); returns the number of attempts."""
+        deadline = time.monotonic() + self.retry_budget_s
+        delay, attempt = 0.5, 1
+        while True:
+            try:
+                self.outputs.begin()
+                self.outputs.dead_letters(rejected)
+                self.outputs.scores(results)
+                self.outputs.anomalies(line_alerts, key_of=lambda a: a.line.record_id)
+                self.outputs.anomalies(block_alerts, key_of=lambda a: a.block.block_id)
+                self.outputs.flush()
+                _crash_point("after-produce", batch_id)
+                self.store.upsert(points)
+                _crash_point("after-store", batch_id)
+                if self.ledger is not None:
+                    self.ledger.mark(batch_id)
+                self.outputs.commit()
+                if self.ledger is not None:
+                    self.ledger.committed(batch_id)
+                _crash_point("after-commit", batch_id)
+                return attempt
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and hasattr(exc.args[0], "fatal") else None
+                fatal = bool(err is not None and err.fatal())
+                if not isinstance(exc, TransactionAborted):
+                    try:
+                        self.outputs.abort()
+                    except KafkaException:
+                        fatal = True  # cannot abort: a fresh producer fences this one and aborts for it
+                if time.monotonic() + delay > deadline:
+                    raise GaveUp(f"writing batch {batch_id}: {exc} after {attempt} attempts") from exc
+                log.warning("batch transaction failed; redoing its writes",
+                            extra={"batch_id": batch_id, "attempt": attempt, "error": str(exc),
+                                   "fatal": fatal, "sleep_s": delay})
+                time.sleep(delay)
+                if fatal:
+                    self.outputs.recover()
+                delay, attempt = min(delay * 2, 15.0), attempt + 1
 
     def _embed(self, shapes: list[str], batch_id: int) -> list[np.ndarray]:
         distinct = list(dict.fromkeys(shapes))
@@ -206,9 +259,13 @@ class BatchSink:
         for (session, payload, vector), verdict in zip(merged, verdicts):
             anomalous = verdict.verdict == score_pb2.VERDICT_ANOMALY
             kinds = []
-            if anomalous and not payload.get("alerted"):
+            # alerted_batch: the batch whose transaction carries the block's alert. A replay of that same
+            # batch (its crashed attempt wrote the store, its alert was aborted) must alert again.
+            alerted_in = payload.get("alerted_batch")
+            already = payload.get("alerted", False) if alerted_in is None else int(alerted_in) < batch_id
+            if anomalous and not already:
                 kinds.append(score_pb2.BLOCK_VERDICT_KIND_ALERT)
-                payload["alerted"] = True
+                payload.update(alerted=True, alerted_batch=batch_id)
             if anomalous and session.closed:
                 kinds.append(score_pb2.BLOCK_VERDICT_KIND_FINAL)
             for kind in kinds:

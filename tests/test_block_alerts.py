@@ -14,7 +14,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from logmesh.client import ScorerClient
 from logmesh.ingest.producer import run_ingest
@@ -22,7 +21,7 @@ from logmesh.ingest.hdfs import parse_line
 from logmesh.scorer.dataset import read_block_labels, read_sessions
 from logmesh.v1 import score_pb2
 
-from test_streaming import BOOTSTRAP, _consume_all, _topics, admin  # noqa: F401,F811  (admin is a fixture)
+from test_streaming import BOOTSTRAP, CommittedCount, _consume_all, _topics, admin  # noqa: F401,F811  (admin is a fixture)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.spark]
 LOGMESH = str(Path(sys.executable).with_name("logmesh"))
@@ -31,14 +30,6 @@ QUIET_MS = 4000
 # 20,000 (docs/evaluation.md), so within the file they look healthy and no detector can flag them. The
 # recall this test can justify is over the blocks whose failure is visible in the file: an event that
 # never occurs in a normal session (sessions_normal.txt). All of those must be alerted.
-
-
-def _end_offsets(topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"w-{uuid.uuid4()}"})
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    total = sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions)
-    consumer.close()
-    return total
 
 
 def _wait(condition, timeout: float, what: str) -> None:
@@ -98,18 +89,20 @@ def test_failing_blocks_are_alerted_once_across_a_restart(admin, embedder_server
         assert job.wait(90) is not None
 
     job_log = tmp_path / "stream.log"
+    # committed messages, counted as they come (watermarks would count transaction markers too)
+    scored, alerted = CommittedCount(config.scores_topic), CommittedCount(config.anomalies_topic)
     run_ingest(halves[0], BOOTSTRAP, config.topic, labels_csv=labels, progress=False)
     job = start_job(job_log)
     try:
-        _wait(lambda: _end_offsets(config.scores_topic) >= 10_000, 300, "the first half to be scored")
+        _wait(lambda: scored() >= 10_000, 300, "the first half to be scored")
         stop_job(job)  # a restart mid-replay, with blocks open in Spark's state
         run_ingest(halves[1], BOOTSTRAP, config.topic, labels_csv=labels, progress=False)
         job = start_job(job_log)
-        _wait(lambda: _end_offsets(config.scores_topic) >= 20_000, 300, "the second half to be scored")
+        _wait(lambda: scored() >= 20_000, 300, "the second half to be scored")
         settled = {"count": -1, "since": time.monotonic()}
 
         def quiet() -> bool:  # blocks close QUIET_MS after their last line; wait until alerts stop coming
-            count = _end_offsets(config.anomalies_topic)
+            count = alerted()
             if count != settled["count"]:
                 settled.update(count=count, since=time.monotonic())
             return time.monotonic() - settled["since"] > 3 * QUIET_MS / 1000
@@ -118,6 +111,8 @@ def test_failing_blocks_are_alerted_once_across_a_restart(admin, embedder_server
         if job.poll() is None:
             stop_job(job)
         stop_watch.set()
+        scored.close()
+        alerted.close()
     assert job.returncode is not None, job_log.read_text()[-3000:]
 
     scores = Counter(score_pb2.ScoreResult.FromString(m.value()).record_id

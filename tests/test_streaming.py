@@ -2,12 +2,13 @@
 scorer servers, and the embedded Qdrant engine. Needs the broker at 127.0.0.1:9092 (.ci/run starts it)."""
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from logmesh.ingest.hdfs import block_ids, parse_line
@@ -42,24 +43,51 @@ def _topics(admin, prefix: str) -> StreamConfig:
                         master="local[2]", max_offsets_per_trigger=1000)
 
 
-def _consume_all(topic: str) -> list:
-    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"t-{uuid.uuid4()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+def _consume_all(topic: str, bootstrap: str = BOOTSTRAP, timeout: float = 60.0,
+                 isolation: str = "read_committed") -> list:
+    """Every committed message of `topic` (isolation.level=read_committed: aborted transactions never show).
+    The end of each partition is librdkafka's partition EOF, not `offset + 1 == high watermark`:
+    transaction markers take offsets, so the last message's offset + 1 is below the watermark."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": isolation, "enable.partition.eof": True})
     metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-    partitions = [TopicPartition(topic, p) for p in metadata.partitions]
-    ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in partitions}
-    consumer.assign([TopicPartition(topic, p.partition, 0) for p in partitions])
-    out, done = [], {p for p, end in ends.items() if end == 0}
+    partitions = list(metadata.partitions)
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    out, done = [], set()
+    deadline = time.monotonic() + timeout
     while len(done) < len(partitions):
-        msg = consumer.poll(5)
-        assert msg is not None, f"timed out reading {topic}"
+        assert time.monotonic() < deadline, f"timed out reading {topic}"
+        msg = consumer.poll(1)
+        if msg is None:
+            continue
         if msg.error():
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                done.add(msg.partition())
             continue
         out.append(msg)
-        if msg.offset() + 1 >= ends[msg.partition()]:
-            done.add(msg.partition())
     consumer.close()
     return out
+
+
+class CommittedCount:
+    """Counts the committed messages of a topic as they arrive (a consumer kept open, read_committed):
+    watermarks over-count once transaction markers take offsets."""
+
+    def __init__(self, topic: str, bootstrap: str = BOOTSTRAP) -> None:
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"c-{uuid.uuid4()}",
+                                  "enable.auto.commit": False, "isolation.level": "read_committed"})
+        partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        self.count = 0
+
+    def __call__(self) -> int:
+        while batch := self.consumer.consume(10_000, timeout=0.5):
+            self.count += sum(1 for m in batch if not m.error())
+        return self.count
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +112,8 @@ def test_replay_scores_every_line_once_and_restart_adds_nothing(admin, embedder_
         producer.produce(config.topic, value=value, key=f"bad-{i}".encode(), partition=0)
     producer.flush(30)
 
-    run(config)
+    reports = []
+    run(config, on_report=reports.append)
 
     scores = _consume_all(config.scores_topic)
     ids = Counter(score_pb2.ScoreResult.FromString(m.value()).record_id for m in scores)
@@ -108,6 +137,9 @@ def test_replay_scores_every_line_once_and_restart_adds_nothing(admin, embedder_
     assert point.payload["events"] == expected and point.payload["verdict"] in ("normal", "anomaly")
     assert abs(float((point.vector ** 2).sum()) - 1.0) < 0.2  # a mean of unit vectors of near-identical lines
     store.close()
+    # the Kafka ledger (written in each batch's transaction) knows the job's last committed batch
+    from logmesh.streaming.outputs import LEDGER_TOPIC, job_id, read_ledger
+    assert read_ledger(BOOTSTRAP, LEDGER_TOPIC, job_id(config.checkpoint)) == max(r.batch_id for r in reports)
 
     run(config)  # a restart from the checkpoint: nothing new to read, nothing written again
     assert len(_consume_all(config.scores_topic)) == LINES
@@ -137,8 +169,8 @@ def test_a_scorer_that_comes_up_late_is_waited_for_and_nothing_is_dropped(admin,
     from logmesh.client import EmbedderClient, ScorerClient
     from logmesh.scorer.service import serve
     from logmesh.streaming.decode import KafkaRow
-    from logmesh.streaming.outputs import ResultProducer
-    from logmesh.streaming.sink import BatchSink, Ledger
+    from logmesh.streaming.outputs import Ledger, ResultProducer, ensure_ledger_topic
+    from logmesh.streaming.sink import BatchSink
 
     config = _topics(admin, f"t{uuid.uuid4().hex[:8]}")
     with socket.socket() as s:
@@ -147,9 +179,11 @@ def test_a_scorer_that_comes_up_late_is_waited_for_and_nothing_is_dropped(admin,
     rows = [KafkaRow(config.topic, 0, n, None, parse_line(line, "HDFS_head.log", n + 1).SerializeToString())
             for n, line in enumerate(first_lines.read_text().splitlines()[:400])]
     store = open_store(path=str(tmp_path / "qdrant"))
+    ensure_ledger_topic(BOOTSTRAP)
+    outputs = ResultProducer(BOOTSTRAP, config.scores_topic, config.anomalies_topic, config.dlq_topic,
+                             transactional_id=f"t-{uuid.uuid4().hex}")
     sink = BatchSink(EmbedderClient(embedder_server.address), ScorerClient(f"127.0.0.1:{port}", timeout=5),
-                     ResultProducer(BOOTSTRAP, config.scores_topic, config.anomalies_topic, config.dlq_topic),
-                     store, Ledger(tmp_path / "ledger"), retry_budget_s=60)
+                     outputs, store, Ledger(outputs, uuid.uuid4().hex), retry_budget_s=60)
     servers = []
     threading.Timer(2.0, lambda: servers.append(serve(port, trained_models, embedder_server.address))).start()
     try:
@@ -161,3 +195,33 @@ def test_a_scorer_that_comes_up_late_is_waited_for_and_nothing_is_dropped(admin,
     assert report.scored == 400 and report.dead_letters == 0
     ids = Counter(score_pb2.ScoreResult.FromString(m.value()).record_id for m in _consume_all(config.scores_topic))
     assert len(ids) == 400 and max(ids.values()) == 1
+
+
+@pytest.mark.parametrize("command", ["stream", "ingest"])
+def test_a_bad_kafka_option_is_refused_with_librdkafkas_reason(command):
+    """--kafka-option KEY=VALUE goes to librdkafka as is (SASL/SSL settings); a property it does not know
+    or a malformed option stops the command before it connects anywhere, saying which and why."""
+    import subprocess
+    import sys
+    logmesh = str(Path(sys.executable).with_name("logmesh"))
+    done = subprocess.run([logmesh, command, "--kafka-option", "sasl.mechanism=PLAIN",
+                           "--kafka-option", "no.such.property=1"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert 'No such configuration property: "no.such.property"' in done.stderr and "--kafka-option" in done.stderr
+    done = subprocess.run([logmesh, command, "--kafka-option", "security.protocol"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "expected KEY=VALUE" in done.stderr
+
+
+def test_kafka_options_reach_the_job_config():
+    import argparse
+    from logmesh.streaming.job import add_args, config_from_args
+    p = argparse.ArgumentParser()
+    add_args(p)
+    options = {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "logmesh",
+               "sasl.password": "pw=with=equals"}
+    config = config_from_args(p.parse_args([a for k, v in options.items() for a in ("--kafka-option", f"{k}={v}")]))
+    assert config.kafka_options == options
+    with pytest.raises(SystemExit):  # the set is checked as a whole: SASL without credentials is refused
+        config_from_args(p.parse_args(["--kafka-option", "security.protocol=SASL_SSL",
+                                       "--kafka-option", "sasl.mechanism=PLAIN"]))

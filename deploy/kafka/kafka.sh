@@ -13,7 +13,8 @@
 #      LOGMESH_KAFKA_DIR (state: data/ logs/ config/ pid; default $REPO/.cache/kafka),
 #      LOGMESH_KAFKA_LIBS ($REPO/.cache/kafka/libs), LOGMESH_KAFKA_HEAP (512m),
 #      LOGMESH_KAFKA_LOG_LEVEL (WARN; start/stop lines of the broker are logged at INFO),
-#      LOGMESH_KAFKA_TOPICS ("name:partitions ..." to override the topic set)
+#      LOGMESH_KAFKA_TOPICS ("name:partitions[:key=value,...] ..." to override the topic set; the optional
+#      third field is topic configs, e.g. cleanup.policy=compact for the streaming job's ledger)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,6 +28,8 @@ HEAP="${LOGMESH_KAFKA_HEAP:-512m}"
 WAIT_S="${LOGMESH_KAFKA_WAIT_S:-60}"
 STOP_S="${LOGMESH_KAFKA_STOP_S:-30}"
 LOG_LEVEL="${LOGMESH_KAFKA_LOG_LEVEL:-WARN}"
+# The streaming job creates its ledger topic itself on start (logmesh.sink-ledger:1:cleanup.policy=compact,
+# streaming/outputs.py); add it here through LOGMESH_KAFKA_TOPICS to create it up front.
 TOPICS="${LOGMESH_KAFKA_TOPICS:-logmesh.logs:4 logmesh.scores:4 logmesh.anomalies:1 logmesh.dlq:1}"
 
 DATA="$KDIR/data"
@@ -271,7 +274,7 @@ cmd_topics() {
   need_libs
   [[ -f "$CONF/admin.properties" ]] || write_config
   port_open "$PORT" || die "nothing listens on $BOOTSTRAP: run 'kafka.sh start && kafka.sh wait' first"
-  local existing spec name parts have err="$LOGS/topics.err"
+  local existing spec name parts have configs cfg err="$LOGS/topics.err"
   # One describe call: "Topic: NAME<tab>TopicId: ...<tab>PartitionCount: N<tab>..." per topic.
   existing="$(tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" \
     --command-config "$CONF/admin.properties" --describe --exclude-internal 2>"$err" |
@@ -282,6 +285,12 @@ cmd_topics() {
   for spec in $TOPICS; do
     name="${spec%%:*}"
     parts="${spec#*:}"
+    configs=()
+    if [[ "$parts" == *:* ]]; then
+      cfg="${parts#*:}"
+      for cfg in ${cfg//,/ }; do configs+=(--config "$cfg"); done
+      parts="${parts%%:*}"
+    fi
     have="$(awk -v t="$name" '$1 == t { print $2 }' <<<"$existing")"
     if [[ -n "$have" ]]; then
       if [[ "$have" != "$parts" ]]; then
@@ -293,7 +302,7 @@ cmd_topics() {
     fi
     tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" \
       --command-config "$CONF/admin.properties" --create --if-not-exists \
-      --topic "$name" --partitions "$parts" --replication-factor 1 >/dev/null 2>"$err" ||
+      --topic "$name" --partitions "$parts" --replication-factor 1 "${configs[@]}" >/dev/null 2>"$err" ||
       { tail -n 5 "$err" >&2; die "creating topic $name failed (errors above)"; }
     say "topic $name created ($parts partitions)"
   done
