@@ -53,7 +53,10 @@ class ResultProducer:
 
     def _new_producer(self) -> Producer:
         conf = {"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "acks": "all",
-                "linger.ms": 5, "compression.type": "lz4", "message.timeout.ms": 120_000, "logger": _rdkafka_log}
+                "linger.ms": 5, "compression.type": "lz4", "message.timeout.ms": 120_000, "logger": _rdkafka_log,
+                # a dead letter is as big as the message the broker took on the input topic: let the broker's
+                # limit (message.max.bytes, 10 MiB in deploy/kafka) decide, not librdkafka's 1 MB default
+                "message.max.bytes": 64 * 1024 * 1024}
         if self.transactional:
             conf.update({"transactional.id": self.transactional_id,
                          "transaction.timeout.ms": int(self.transaction_timeout_s * 1000)})
@@ -141,7 +144,7 @@ class ResultProducer:
         if err is not None:
             self._errors.append(f"{msg.topic()}: {err}")
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: list | None = None) -> None:
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: list | None = None) -> None:
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._delivered)
@@ -161,7 +164,7 @@ class ResultProducer:
     def dead_letters(self, rejected: list[Rejected]) -> None:
         """Original bytes and key intact; where they came from and why in the headers."""
         for r in rejected:
-            self._produce(self.topics[2], r.row.key, r.row.value or b"", headers=[
+            self._produce(self.topics[2], r.row.key, r.row.value, headers=[
                 ("source.topic", r.row.topic.encode()), ("source.partition", str(r.row.partition).encode()),
                 ("source.offset", str(r.row.offset).encode()), ("error", r.reason.encode())])
 

@@ -122,7 +122,12 @@ class BatchSink:
             outcome = decode(row)
             (rejected.append(outcome) if isinstance(outcome, Rejected) else records.append((row, outcome)))
         shapes = [line_shape(r.component, r.message) for _, r in records]
-        vectors = self._embed(shapes, batch_id)
+        vectors, refused = self._embed(shapes, batch_id)
+        if refused:  # e.g. a line over the embedder's length limit: dead-lettered, the batch goes on
+            rejected.extend(Rejected(row, f"embedder rejected the line: {refused[shape]}")
+                            for (row, _), shape in zip(records, shapes) if shape in refused)
+            kept = [i for i, shape in enumerate(shapes) if shape not in refused]
+            records, vectors = [records[i] for i in kept], [vectors[i] for i in kept]
         results, bad = self._score([r for _, r in records], batch_id)
         rejected.extend(Rejected(records[i][0], f"scorer rejected the line: {why}") for i, why in bad.items())
         good = [(i, records[i][0], records[i][1], results[i]) for i in range(len(records)) if i not in bad]
@@ -185,14 +190,23 @@ class BatchSink:
                     self.outputs.recover()
                 delay, attempt = min(delay * 2, 15.0), attempt + 1
 
-    def _embed(self, shapes: list[str], batch_id: int) -> list[np.ndarray]:
+    def _embed(self, shapes: list[str], batch_id: int) -> tuple[list[np.ndarray], dict[str, str]]:
+        """A vector per shape, and the shapes the embedder refused as invalid (with why). Items that
+        failed because the embedder was unavailable are retried; none is dropped."""
         distinct = list(dict.fromkeys(shapes))
         if not distinct:
-            return []
-        matrix = with_retry(lambda: self.embedder.embed_many(distinct, batch_size=self.rpc_batch),
-                            f"embed batch {batch_id}", self.retry_budget_s)
+            return [], {}
+
+        def attempt() -> tuple[np.ndarray, dict]:
+            matrix, failed = self.embedder.embed_each(distinct, batch_size=self.rpc_batch)
+            down = [f for f in failed.values() if f.code == UNAVAILABLE]
+            if down:
+                raise RetryItems(f"{len(down)} shapes unavailable: {down[0].message}")
+            return matrix, failed
+
+        matrix, failed = with_retry(attempt, f"embed batch {batch_id}", self.retry_budget_s)
         table = dict(zip(distinct, matrix))
-        return [table[s] for s in shapes]
+        return [table[s] for s in shapes], {distinct[i]: f.message for i, f in failed.items()}
 
     def _score(self, records: list[log_record_pb2.LogRecord],
                batch_id: int) -> tuple[list[score_pb2.ScoreResult | None], dict[int, str]]:

@@ -105,6 +105,26 @@ class EmbedderClient(_Client):
         reply = self.stub.Embed(epb.EmbedRequest(record_id=record_id, text=text), timeout=self.timeout)
         return vectors.from_message(reply.embedding)
 
+    def embed_each(self, texts: Sequence[str], batch_size: int = 256,
+                   timeout: float | None = None) -> tuple[np.ndarray, dict[int, ItemFailed]]:
+        """Like embed_many, but a bad item does not fail the rest: (matrix with zero rows where an item
+        failed, {position: ItemFailed}). A whole-batch error still raises ItemFailed."""
+        batches = [epb.EmbedStreamRequest(batch_id=b, items=[epb.EmbedItem(record_id=str(i), text=t)
+                                                             for i, t in enumerate(texts[s:s + batch_size], s)])
+                   for b, s in enumerate(range(0, len(texts), batch_size))]
+        matrix = np.zeros((len(texts), 384), np.float32)
+        failed: dict[int, ItemFailed] = {}
+        for reply in self.stub.EmbedStream(iter(batches), timeout=timeout or self.timeout):
+            if reply.HasField("error"):
+                raise ItemFailed(f"batch {reply.batch_id}", reply.error.code, reply.error.message)
+            for result in reply.results:
+                position = int(result.record_id)
+                if result.HasField("error"):
+                    failed[position] = ItemFailed(result.record_id, result.error.code, result.error.message)
+                else:
+                    matrix[position] = vectors.from_message(result.embedding)
+        return matrix, failed
+
     def embed_many(self, texts: Sequence[str], batch_size: int = 256, timeout: float | None = None) -> np.ndarray:
         """(len(texts), dim) float32, over one EmbedStream; raises ItemFailed on the first bad item."""
         batches = [epb.EmbedStreamRequest(batch_id=b, items=[epb.EmbedItem(record_id=str(i), text=t)
