@@ -371,4 +371,4 @@ def test_server_mode_sends_the_api_key_and_a_refusal_is_an_error(reliability):
         server.shutdown()
     assert seen and all(h.get("api-key") == "k3y-for-test" for h in seen)
     reliability("security", "Qdrant server mode with --qdrant-api-key (stand-in endpoint refusing the key)",
-                f"the key was sent on all {len(seen)} requests; the refusal stopped open_store with the server's 401")
+                f"the key was sent on every request ({len(seen)}); the refusal stopped open_store with the server's 401")
