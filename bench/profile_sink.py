@@ -12,9 +12,15 @@ Runs logmesh.streaming.job.run unchanged, after wrapping (in this process only, 
 - store.retrieve / store.upsert -> "store_retrieve" / "store_upsert"
 - ResultProducer.scores/anomalies/dead_letters -> "kafka_produce"; .flush -> "kafka_flush"
 - Ledger.mark                   -> "ledger"
+- DataFrame.toPandas           -> "topandas" (where Spark runs the plan: Kafka read, decode, shuffle,
+                                   block-state UDF, Arrow to the driver)
 and a StreamingQueryListener records Spark's own durationMs per micro-batch (triggerExecution,
-addBatch, latestOffset, queryPlanning, walCommit, commitOffsets). One JSON line per batch, two kinds:
-{"kind": "sink", ...} and {"kind": "spark", ...}.
+addBatch, latestOffset, queryPlanning, walCommit, commitOffsets) and the state operator's metrics.
+One JSON line per batch, two kinds: {"kind": "sink", ...} and {"kind": "spark", ...}.
+
+`--code-rev REV` runs streaming/block_sessions.py and streaming/spark.py as they were at git REV (the
+rest of the job as in the working tree), for A/B runs against the working tree in one window
+(bench/e2e_ab.py). The old module is pickled by value, so the pyspark workers run the old code too.
 """
 from __future__ import annotations
 
@@ -32,7 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
+    parser.add_argument("--code-rev", default=None, help="git rev of block_sessions.py/spark.py to run")
     known, rest = parser.parse_known_args()
+    if known.code_rev:
+        load_code_rev(known.code_rev)
     out = open(Path(known.out), "a", buffering=1)
     lock = threading.Lock()
 
@@ -88,6 +97,7 @@ def main() -> None:
 
     def call(self, df, batch_id):  # type: ignore[no-untyped-def]
         acc.clear()
+        df.toPandas = timer("topandas", df.toPandas)
         started, wall = time.perf_counter(), time.time()
         try:
             return original_call(self, df, batch_id)
@@ -110,8 +120,12 @@ def main() -> None:
 
             def onQueryProgress(self, event):  # type: ignore[no-untyped-def]
                 p = event.progress
+                state = [{k: getattr(o, k) for k in ("numRowsTotal", "numRowsUpdated", "numRowsRemoved",
+                                                     "allUpdatesTimeMs", "allRemovalsTimeMs", "commitTimeMs",
+                                                     "memoryUsedBytes", "customMetrics")}
+                         for o in p.stateOperators]
                 emit({"kind": "spark", "batch_id": p.batchId, "rows": p.numInputRows,
-                      "timestamp": p.timestamp, "duration_ms": dict(p.durationMs)})
+                      "timestamp": p.timestamp, "duration_ms": dict(p.durationMs), "state": state})
 
             def onQueryIdle(self, event):  # type: ignore[no-untyped-def]
                 pass
@@ -130,6 +144,28 @@ def main() -> None:
     import logging
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO), stream=sys.stderr)
     job.run(job.config_from_args(args))
+
+
+def load_code_rev(rev: str) -> None:
+    """Replaces logmesh.streaming.block_sessions and .spark by their text at git `rev` (or in folder `rev`)."""
+    import subprocess
+    import types
+
+    from pyspark import cloudpickle
+    for name in ("block_sessions", "spark"):
+        if Path(rev).is_dir():  # a folder holding the two files (a variant that was never committed)
+            source = (Path(rev) / f"{name}.py").read_text()
+        else:
+            source = subprocess.run(["git", "show", f"{rev}:streaming/{name}.py"], cwd=REPO, check=True,
+                                    capture_output=True, text=True).stdout
+        full = f"logmesh.streaming.{name}"
+        module = types.ModuleType(full)
+        module.__file__ = str(REPO / f"streaming/{name}.py")  # spark.py finds the repo from it
+        sys.modules[full] = module
+        exec(compile(source, f"{rev}:streaming/{name}.py", "exec"), module.__dict__)
+        import logmesh.streaming as pkg
+        setattr(pkg, name, module)
+        cloudpickle.register_pickle_by_value(module)  # workers get this code, not the working tree's
 
 
 if __name__ == "__main__":

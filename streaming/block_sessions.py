@@ -9,11 +9,19 @@ resumes each block's story where it was.
 
 The stateful branch sees only (block, template id, event time), decoded once per Arrow batch before the
 shuffle, and the state is keyed by a bucket of blocks, so the state function runs a few dozen times per
-micro-batch rather than once per block.
+micro-batch rather than once per block. Both Python functions freeze their worker's heap once
+(_freeze_worker_heap): pyspark's per-task `gc.collect()` was half of the job's Python CPU.
+
+Why still two branches (measured in docs/benchmarks.md, "Where a micro-batch's time goes, after the
+worker GC fix"): a single pass through the state function (one Kafka read, one Python stage) was not
+clearly faster once the GC fix was in, and the union is what existing checkpoints hold: each branch is
+a source in the offset log, and Spark refuses to restart a checkpoint of two sources with a plan of one.
 """
 from __future__ import annotations
 
+import gc
 import json
+import os
 from typing import Iterator
 
 import pandas as pd
@@ -29,6 +37,24 @@ STATE_SCHEMA = "blocks string"  # JSON: block id -> [events, first time, last ti
 # worker) costs far more than the work inside it; keying by a bucket of blocks instead of the block
 # makes it a few dozen calls per micro-batch instead of one per block.
 BUCKETS = 32
+_heap_frozen = False
+
+
+def _freeze_worker_heap() -> None:
+    """Once per pyspark worker process: move what is alive now (pyspark, pandas, pyarrow, protobuf, all
+    imported by the time a UDF runs) into the GC's permanent generation.
+
+    A reused pyspark worker runs `gc.collect()` after every task (pyspark/daemon.py). With those modules
+    loaded a full collection walks ~77k objects, 70-100 ms on this box, and a micro-batch runs 6 Python
+    tasks (4 decode, 2 state), empty ones included: py-spy put 48% of the job's Python samples on that one
+    line. Frozen objects are skipped, so the collection sees only what the task left behind; refcounting
+    still frees frozen objects. SPARK_REUSE_WORKER is set by Spark exactly when the daemon reuses workers
+    (and so collects after each task); elsewhere (the driver, tests calling these functions) nothing is
+    frozen."""
+    global _heap_frozen
+    if not _heap_frozen and os.environ.get("SPARK_REUSE_WORKER"):
+        gc.freeze()
+        _heap_frozen = True
 
 
 def _template_and_time(values: pd.Series) -> pd.DataFrame:
@@ -36,6 +62,7 @@ def _template_and_time(values: pd.Series) -> pd.DataFrame:
     from google.protobuf.message import DecodeError
 
     from logmesh.v1 import log_record_pb2
+    _freeze_worker_heap()
     templates, times = [], []
     for value in values:
         template = when = None
@@ -60,6 +87,7 @@ def track_blocks(quiet_ms: int):  # type: ignore[no-untyped-def]
     fires) closes the blocks quiet for `quiet_ms` and emits one summary per changed or closed block."""
 
     def update(key: tuple, frames: Iterator[pd.DataFrame], state) -> Iterator[pd.DataFrame]:  # type: ignore[no-untyped-def]
+        _freeze_worker_heap()
         now = state.getCurrentProcessingTimeMs()
         blocks: dict[str, list] = json.loads(state.get[0]) if state.exists else {}
         changed: set[str] = set()

@@ -1,0 +1,242 @@
+"""A/B end-to-end runs of the streaming job, interleaved in one window on a shared box.
+
+    .venv/bin/python bench/e2e_ab.py --variant base=HEAD --variant new=WORKTREE --runs 3 --rate 2000 --lines 60000
+
+Each run is what `python -m logmesh.demo` does (warm-up line, replay, wait for blocks to close after
+5 s quiet), but on its own topics (a unique prefix), its own checkpoint and vector store under --work,
+against one embedder and one scorer on private ports shared by all runs (so A and B meet the same
+warm caches), with the job run by bench/profile_sink.py (per-batch stopwatch + Spark's durations and
+state metrics). A variant is `NAME=REV`: REV is a git rev (or a folder) whose streaming/block_sessions.py
+and streaming/spark.py are run (the rest from the working tree), or WORKTREE. Runs go A, B, A, B, ...;
+each records the load average before and after, and the CPU seconds of the job's process tree (JVM,
+pyspark workers, driver) and of the servers from replay start to the last score, which other sessions'
+load moves much less than wall time. Writes one JSON per run and a summary to --out. Figures and how to
+read them: docs/benchmarks.md, "Where a micro-batch's time goes, after the worker GC fix".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+QUIET_MS = 5000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load() -> str:
+    """The 1/5/15-minute load averages, as "['1.23', '0.98', '0.77']"."""
+    return str(open("/proc/loadavg").read().split()[:3])
+
+
+def tree_cpu(root: int, parts: dict | None = None) -> float:
+    """CPU seconds (user + system, live processes plus reaped children) of a process tree: the job's
+    Python, Spark's JVM and the pyspark daemon and workers. Less sensitive to other sessions' load than
+    wall time, since it counts only what this tree ran."""
+    from logmesh.bench import _children
+    kids, todo, total = _children(), [root], 0
+    tick = os.sysconf("SC_CLK_TCK")
+    while todo:
+        pid = todo.pop()
+        todo.extend(kids.get(pid, []))
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            used = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+            total += used
+            if parts is not None:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+                kind = ("spark jvm" if "java" in cmd.split(" ")[0] else "pyspark workers" if "pyspark.daemon" in cmd
+                        else "driver python (sink)" if "profile_sink" in cmd else "other")
+                parts[kind] = parts.get(kind, 0.0) + used / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tick
+
+
+def summarise_batches(path: Path, since: float) -> dict:
+    recs = [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+    sinks = {r["batch_id"]: r for r in recs if r["kind"] == "sink" and r["start"] >= since}
+    sparks = {r["batch_id"]: r for r in recs if r["kind"] == "spark"}
+    rows = []
+    for b, s in sorted(sinks.items()):
+        sp = sparks.get(b, {})
+        d = sp.get("duration_ms", {})
+        state = (sp.get("state") or [{}])[0]
+        rows.append({"batch": b, "rows": sp.get("rows"), "trigger": d.get("triggerExecution", 0) / 1e3,
+                     "addBatch": d.get("addBatch", 0) / 1e3, "call": s["call"], "topandas": s.get("topandas", 0.0),
+                     "process": s.get("process", 0.0),
+                     "outside": d.get("triggerExecution", 0) / 1e3 - s["call"],
+                     "latestOffset": d.get("latestOffset", 0) / 1e3, "planning": d.get("queryPlanning", 0) / 1e3,
+                     "wal": d.get("walCommit", 0) / 1e3, "commit": d.get("commitOffsets", 0) / 1e3,
+                     "state_rows": state.get("numRowsTotal"), "state_mem": state.get("memoryUsedBytes"),
+                     "state_update_ms": state.get("allUpdatesTimeMs"), "state_commit_ms": state.get("commitTimeMs")})
+    # empty (no-data) batches have no sink call; count them from Spark's records
+    empty = [r for r in recs if r["kind"] == "spark" and r["batch_id"] not in sinks and r["timestamp"] >= ""]
+    agg = {}
+    for k in ("trigger", "addBatch", "call", "topandas", "process", "outside", "latestOffset", "planning", "wal",
+              "commit"):
+        vals = [r[k] for r in rows]
+        if vals:
+            agg[k] = {"mean": float(np.mean(vals)), "p50": float(np.median(vals)), "max": float(np.max(vals)),
+                      "sum": float(np.sum(vals))}
+    return {"batches": len(rows), "rows_mean": float(np.mean([r["rows"] or 0 for r in rows])) if rows else 0,
+            "agg": agg, "per_batch": rows, "spark_records_without_sink": len(empty)}
+
+
+def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_no: int, pyspy: bool) -> dict:
+    from logmesh.demo import Tally, reset_topics, wait_for_blocks_to_close, warm_up
+    from logmesh.ingest.producer import run_ingest
+    from logmesh.scorer.dataset import read_block_labels
+    tag = f"{run_no:02d}-{variant}"
+    work = Path(args.work) / tag
+    work.mkdir(parents=True, exist_ok=True)
+    prefix = f"lmab.{uuid.uuid4().hex[:8]}"
+    names = reset_topics(prefix)
+    out = work / "batches.jsonl"
+    load_before = load()
+    cmd = [PY, str(REPO / "bench/profile_sink.py"), "--out", str(out),
+           *([] if rev == "WORKTREE" else ["--code-rev", rev]),
+           "--topic", names["logs"], "--scores-topic", names["scores"], "--anomalies-topic", names["anomalies"],
+           "--dlq-topic", names["dlq"], "--embedder", servers.embed_addr, "--scorer", servers.score_addr,
+           "--qdrant-path", str(work / "qdrant"), "--checkpoint", str(work / "checkpoint"),
+           "--block-quiet-ms", str(QUIET_MS), "--log-level", "warning", *args.job_arg]
+    if pyspy:
+        cmd = [str(Path(PY).with_name("py-spy")), "record", "--subprocesses", "-r", "25", "-f", "raw",
+               "-o", str(work / "pyspy.txt"), "--", *cmd]
+    job = subprocess.Popen(cmd, cwd=REPO, stdout=open(work / "stream.log", "w"), stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    interrupted = threading.Event()
+    tally = Tally(dict(names))
+    result: dict = {"variant": variant, "rev": rev, "run": run_no, "rate": args.rate, "lines": args.lines,
+                    "load_before": load_before}
+    try:
+        warm_up(names["logs"], log, tally, interrupted)
+        produced: dict = {}
+        replay = threading.Thread(target=lambda: produced.update(summary=run_ingest(
+            log, "127.0.0.1:9092", names["logs"], rate=args.rate, labels_csv=labels, progress=False)), daemon=True)
+        cpu_parts0: dict = {}
+        cpu_job, cpu_servers = tree_cpu(job.pid, cpu_parts0), sum(tree_cpu(p.pid) for p in servers.procs)
+        mark, started = time.time(), time.monotonic()
+        replay.start()
+        total, last_change, last = None, time.monotonic(), 0
+        while True:
+            tally.poll(2.0)
+            if "summary" in produced:
+                total = produced["summary"].produced + 1
+            if tally.scored != last:
+                last_change, last = time.monotonic(), tally.scored
+            if total is not None and tally.scored >= total:
+                result["seconds_to_last_seen"] = time.monotonic() - started
+                # CPU the job and the servers used from replay start until every line was scored
+                cpu_parts1: dict = {}
+                result["cpu_job_s"] = tree_cpu(job.pid, cpu_parts1) - cpu_job
+                result["cpu_job_parts_s"] = {k: round(v - cpu_parts0.get(k, 0.0), 2) for k, v in cpu_parts1.items()}
+                result["cpu_servers_s"] = sum(tree_cpu(p.pid) for p in servers.procs) - cpu_servers
+                wait_for_blocks_to_close(tally, interrupted)
+                break
+            if job.poll() is not None or time.monotonic() - last_change > 120:
+                result["error"] = f"job exited or stalled; see {work / 'stream.log'}"
+                break
+        result["load_after"] = load()
+        # the replay's lines only (not the warm-up line, produced before `mark`)
+        replayed = {r: t for r, t in tally.produced_at.items() if t >= mark * 1000 - 50}
+        waits = [tally.scored_at[r] - t for r, t in replayed.items() if r in tally.scored_at]
+        p50, p99 = np.percentile(waits, [50, 99]) / 1000
+        replay_first = min(replayed.values())
+        result.update(scored=tally.scored, total=total, p50_s=float(p50), p99_s=float(p99),
+                      max_s=float(max(waits)) / 1000,
+                      # replay's first LogRecord to the last ScoreResult, on Kafka's clock
+                      lines_per_s=len(waits) / max((max(tally.scored_at.values()) - replay_first) / 1000, 1e-9),
+                      alerts=len(tally.alerts), finals=tally.finals, line_anomalies=tally.line_anomalies)
+        truth = read_block_labels(labels)
+        normal = {e for b, ls in tally.block_lines.items() if truth.get(b) == 0 for _, e in ls}
+        delays = []
+        for block, at in tally.alerted_at.items():
+            if truth.get(block) == 1:
+                first = next((t for t, e in sorted(tally.block_lines.get(block, [])) if e not in normal), None)
+                if first is not None:
+                    delays.append((at - first) / 1000)
+        if delays:
+            d50, d99 = np.percentile(delays, [50, 99])
+            result.update(ttd_p50_s=float(d50), ttd_p99_s=float(d99), ttd_blocks=len(delays))
+        result["profile"] = summarise_batches(out, mark)
+    finally:
+        tally.close()
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGINT)
+            try:
+                job.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(job.pid, signal.SIGKILL)
+        from logmesh.bench import delete_topics
+        delete_topics(prefix)
+    if pyspy and (work / "pyspy.txt").exists():
+        from logmesh.bench import pyspy_summary
+        result["pyspy"] = pyspy_summary(work / "pyspy.txt", top=25)
+    (work / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", action="append", required=True, help="NAME=REV (REV: git rev or WORKTREE)")
+    p.add_argument("--runs", type=int, default=3, help="runs per variant, interleaved")
+    p.add_argument("--rate", type=float, default=None, help="lines/s (default: full speed)")
+    p.add_argument("--lines", type=int, default=60_000)
+    p.add_argument("--work", default=f"/tmp/lmab-{os.getpid()}")
+    p.add_argument("--out", default=None, help="summary JSON (default: WORK/summary.json)")
+    p.add_argument("--pyspy", default="", help="comma-separated run numbers to record with py-spy")
+    p.add_argument("--job-arg", action="append", default=[], help="extra `logmesh stream` argument (repeatable)")
+    args = p.parse_args()
+    sys.path.insert(0, str(REPO / "clients/python"))
+    from logmesh.bench import Servers
+    from logmesh.ingest.generator import GeneratorConfig, write_generated
+    data = Path("/tmp/lmab-data") / f"replay{args.lines}"
+    log, labels = data / "HDFS_generated.log", data / "anomaly_label.csv"
+    if not log.exists():
+        data.mkdir(parents=True, exist_ok=True)
+        write_generated(GeneratorConfig(lines=args.lines, seed=7), log, labels)  # the demo's replay
+    variants = [v.split("=", 1) for v in args.variant]
+    pyspy_runs = {int(x) for x in args.pyspy.split(",") if x}
+    results = []
+    with Servers(free_port(), free_port()) as servers:
+        order = [(i * len(variants) + j, name, rev) for i in range(args.runs) for j, (name, rev) in enumerate(variants)]
+        for run_no, name, rev in order:
+            r = one_run(name, rev, args, servers, log, labels, run_no, run_no in pyspy_runs)
+            agg = r.get("profile", {}).get("agg", {})
+            print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
+                              if k not in ("profile", "pyspy")}), flush=True)
+            print("   per batch mean:", {k: round(v["mean"], 3) for k, v in agg.items()},
+                  "batches", r.get("profile", {}).get("batches"), "rows_mean",
+                  round(r.get("profile", {}).get("rows_mean", 0)), flush=True)
+            results.append(r)
+    out = Path(args.out or Path(args.work) / "summary.json")
+    out.write_text(json.dumps(results, indent=1))
+    for name, _ in variants:
+        rs = [r for r in results if r["variant"] == name and "p99_s" in r]
+        if rs:
+            print(name, "p50", [round(r["p50_s"], 2) for r in rs], "p99", [round(r["p99_s"], 2) for r in rs],
+                  "ttd_p99", [round(r.get("ttd_p99_s", -1), 2) for r in rs],
+                  "lines/s", [round(r["lines_per_s"]) for r in rs],
+                  "job cpu s", [round(r.get("cpu_job_s", -1), 1) for r in rs], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

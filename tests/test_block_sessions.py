@@ -1,0 +1,98 @@
+"""The block-state functions of streaming/block_sessions.py, called directly (no Spark): decoding, each
+block's events in log order, quiet blocks closed by the timer, and the worker-heap freeze left off
+outside pyspark workers."""
+from __future__ import annotations
+
+import gc
+import json
+
+import pandas as pd
+
+from logmesh.ingest.hdfs import parse_line
+from logmesh.streaming import block_sessions
+from logmesh.streaming.block_sessions import _template_and_time, track_blocks
+
+LINES = [
+    "081109 203518 143 INFO dfs.DataNode$DataXceiver: Receiving block blk_1 src: /10.250.19.102:54106 dest: /10.250.19.102:50010",
+    "081109 203518 35 INFO dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: /mnt/hadoop/mapred/system/job_1/job.jar. blk_1",
+    "081109 203519 145 INFO dfs.DataNode$PacketResponder: PacketResponder 0 for block blk_2 terminating",
+]
+
+
+class FakeState:
+    """The part of pyspark's GroupState the function uses, with a settable clock."""
+
+    def __init__(self, now: int, value: tuple | None = None, timed_out: bool = False) -> None:
+        self.now, self.value, self.hasTimedOut, self.timeout = now, value, timed_out, None
+
+    def getCurrentProcessingTimeMs(self) -> int:
+        return self.now
+
+    @property
+    def exists(self) -> bool:
+        return self.value is not None
+
+    @property
+    def get(self) -> tuple:
+        return self.value
+
+    def update(self, value: tuple) -> None:
+        self.value = value
+
+    def remove(self) -> None:
+        self.value = None
+
+    def setTimeoutDuration(self, ms: int) -> None:
+        self.timeout = ms
+
+
+def _facts(rows: list[tuple[int, int, int]]) -> pd.DataFrame:
+    """(line index, partition, offset) -> the stateful branch's rows, decoded as Spark's decode UDF does."""
+    records = [parse_line(LINES[i], "t", i) for i, _, _ in rows]
+    decoded = _template_and_time(pd.Series([r.SerializeToString() for r in records]))
+    return pd.DataFrame({"block_id": [r.block_ids[0] for r in records], "partition": [p for _, p, _ in rows],
+                         "offset": [o for _, _, o in rows], "template": decoded["template"],
+                         "event_time": decoded["event_time"], "bucket": 0})
+
+
+def test_decode_gives_template_and_time_and_nulls_for_junk():
+    out = _template_and_time(pd.Series([parse_line(LINES[0], "t", 0).SerializeToString(), b"junk", None]))
+    assert out["template"][0] == parse_line(LINES[0], "t", 0).template_id and out["event_time"][0]
+    assert out["template"][1:].isna().all()
+
+
+def test_blocks_keep_log_order_across_calls_and_close_when_quiet():
+    update = track_blocks(quiet_ms=1000)
+    t0, t1, t2 = (parse_line(line, "t", i).template_id for i, line in enumerate(LINES))
+    state = FakeState(now=1_000)
+    # offsets, not arrival order inside the call, give the order; chunks of one bucket are concatenated
+    chunks = [_facts([(1, 0, 11)]), _facts([(0, 0, 10), (2, 1, 5)])]
+    out = pd.concat(list(update((0,), iter(chunks), state)), ignore_index=True)
+    assert {b: (list(e), c) for b, e, c in zip(out["block_id"], out["events"], out["closed"])} == {
+        "blk_1": ([t0, t1], False), "blk_2": ([t2], False)}
+    assert state.timeout == 1000 and set(json.loads(state.value[0])) == {"blk_1", "blk_2"}
+
+    state.now = 1_500  # a later micro-batch extends blk_1 only; only blk_1 is reported
+    out = pd.concat(list(update((0,), iter([_facts([(1, 0, 12)])]), state)), ignore_index=True)
+    assert list(out["block_id"]) == ["blk_1"] and list(out["events"][0]) == [t0, t1, t1]
+
+    # timer calls (no data): blk_2 (last seen at 1,000) closes at 2,000, blk_1 (1,500) at 2,500; then no state
+    state.now, state.hasTimedOut = 2_000, True
+    closed = pd.concat(list(update((0,), iter([]), state)), ignore_index=True)
+    assert list(zip(closed["block_id"], closed["closed"])) == [("blk_2", True)] and state.exists
+    state.now = 2_500
+    closed = pd.concat(list(update((0,), iter([]), state)), ignore_index=True)
+    assert list(zip(closed["block_id"], closed["closed"])) == [("blk_1", True)] and not state.exists
+
+
+def test_heap_is_frozen_only_in_reused_pyspark_workers(monkeypatch):
+    calls = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append(1))
+    monkeypatch.setattr(block_sessions, "_heap_frozen", False)
+    monkeypatch.delenv("SPARK_REUSE_WORKER", raising=False)
+    block_sessions._freeze_worker_heap()
+    assert calls == []
+    monkeypatch.setenv("SPARK_REUSE_WORKER", "1")
+    block_sessions._freeze_worker_heap()
+    block_sessions._freeze_worker_heap()
+    assert calls == [1]  # once per process
