@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -178,13 +177,8 @@ def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_
         result["profile"] = summarise_batches(out, mark)
     finally:
         tally.close()
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGINT)
-            try:
-                job.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(job.pid, signal.SIGKILL)
-        from logmesh.bench import delete_topics
+        from logmesh.bench import delete_topics, stop_job
+        stop_job(job)
         delete_topics(prefix)
     if pyspy and (work / "pyspy.txt").exists():
         from logmesh.bench import pyspy_summary

@@ -21,6 +21,19 @@ def data_dir() -> Path:
     return DATA
 
 
+@pytest.fixture(scope="module")
+def admin():
+    """An admin client of the local Kafka broker (started by `make test`); fails with what to do when it is down."""
+    from confluent_kafka.admin import AdminClient
+    bootstrap = "127.0.0.1:9092"
+    client = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        client.list_topics(timeout=10)
+    except Exception as exc:
+        pytest.fail(f"no Kafka broker at {bootstrap} ({exc}); start it with `deploy/kafka/kafka.sh start`")
+    return client
+
+
 @pytest.fixture(scope="session")
 def encoder():
     from logmesh.embedder.encoder import SentenceEncoder

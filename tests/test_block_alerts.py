@@ -20,8 +20,9 @@ from logmesh.ingest.producer import run_ingest
 from logmesh.ingest.hdfs import parse_line
 from logmesh.scorer.dataset import read_block_labels, read_sessions
 from logmesh.v1 import score_pb2
+from waiting import wait_for
 
-from test_streaming import BOOTSTRAP, CommittedCount, _consume_all, _topics, admin  # noqa: F401,F811  (admin is a fixture)
+from test_streaming import BOOTSTRAP, CommittedCount, _consume_all, _topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.spark]
 LOGMESH = str(Path(sys.executable).with_name("logmesh"))
@@ -30,13 +31,6 @@ QUIET_MS = 4000
 # 20,000 (docs/evaluation.md), so within the file they look healthy and no detector can flag them. The
 # recall this test can justify is over the blocks whose failure is visible in the file: an event that
 # never occurs in a normal session (sessions_normal.txt). All of those must be alerted.
-
-
-def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +88,11 @@ def test_failing_blocks_are_alerted_once_across_a_restart(admin, embedder_server
     run_ingest(halves[0], BOOTSTRAP, config.topic, labels_csv=labels, progress=False)
     job = start_job(job_log)
     try:
-        _wait(lambda: scored() >= 10_000, 300, "the first half to be scored")
+        wait_for(lambda: scored() >= 10_000, 300, "the first half to be scored")
         stop_job(job)  # a restart mid-replay, with blocks open in Spark's state
         run_ingest(halves[1], BOOTSTRAP, config.topic, labels_csv=labels, progress=False)
         job = start_job(job_log)
-        _wait(lambda: scored() >= 20_000, 300, "the second half to be scored")
+        wait_for(lambda: scored() >= 20_000, 300, "the second half to be scored")
         settled = {"count": -1, "since": time.monotonic()}
 
         def quiet() -> bool:  # blocks close QUIET_MS after their last line; wait until alerts stop coming
@@ -106,7 +100,7 @@ def test_failing_blocks_are_alerted_once_across_a_restart(admin, embedder_server
             if count != settled["count"]:
                 settled.update(count=count, since=time.monotonic())
             return time.monotonic() - settled["since"] > 3 * QUIET_MS / 1000
-        _wait(quiet, 180, "blocks to close")
+        wait_for(quiet, 180, "blocks to close")
     finally:
         if job.poll() is None:
             stop_job(job)

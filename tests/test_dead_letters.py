@@ -17,11 +17,12 @@ from collections import Counter
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import NewTopic
 from google.protobuf.json_format import MessageToJson
 
 from logmesh.ingest.hdfs import parse_line
 from logmesh.v1 import score_pb2
+from waiting import wait_for
 
 pytestmark = [pytest.mark.kafka]
 BOOTSTRAP = "127.0.0.1:9092"
@@ -33,16 +34,6 @@ NORMAL_LINE = ("081109 204655 556 INFO dfs.DataNode$PacketResponder: Received bl
 
 
 # --- helpers: topics, producing with known coordinates, a read_committed reader that stops at EOF ---
-
-@pytest.fixture(scope="module")
-def admin():
-    client = AdminClient({"bootstrap.servers": BOOTSTRAP})
-    try:
-        client.list_topics(timeout=10)
-    except Exception as exc:
-        pytest.fail(f"no Kafka broker at {BOOTSTRAP} ({exc}); start it with `deploy/kafka/kafka.sh start`")
-    return client
-
 
 def _config(admin, logs_partitions: int = 2):  # type: ignore[no-untyped-def]
     from logmesh.streaming.job import StreamConfig
@@ -235,51 +226,34 @@ def _last_line(error: Exception) -> str:
 HUGE_LOGRECORD = parse_line(NORMAL_LINE + " " + "y" * 100_000, "huge", 1)
 
 
+BLOB = b"\xfe" * (BROKER_MAX - 64 * 1024)
+ONE_RUN_EACH = {  # case: (key, value, what the DLQ's error header must say)
+    f"LogRecord with a {len(HUGE_LOGRECORD.message):,}-byte message (limit 65,536)":
+        (b"bad-huge-record", HUGE_LOGRECORD.SerializeToString(), "65536"),
+    f"raw blob of {len(BLOB):,} bytes (broker max {BROKER_MAX:,})":
+        (b"bad-blob", BLOB, f"value is {len(BLOB)} bytes"),
+}
+
+
 @pytest.mark.spark
-def test_a_logrecord_over_the_max_line_length_is_dead_lettered(admin, embedder_server, scorer_server, tmp_path,
-                                                              reliability):
-    value = HUGE_LOGRECORD.SerializeToString()
+@pytest.mark.parametrize("case", list(ONE_RUN_EACH))
+def test_an_oversized_value_is_dead_lettered_and_the_job_goes_on(admin, embedder_server, scorer_server, tmp_path,
+                                                                reliability, case):
+    key, value, why = ONE_RUN_EACH[case]
     config, (partition, offset), dlq, scored, error = _run_with(
-        admin, embedder_server, scorer_server, tmp_path, b"bad-huge-record", value)
-    reliability("kafka", f"LogRecord with a {len(HUGE_LOGRECORD.message):,}-byte message (limit 65,536)",
+        admin, embedder_server, scorer_server, tmp_path, key, value)
+    reliability("kafka", case,
                 f"job failed: {_last_line(error)}" if error else f"{len(dlq)} DLQ message(s), {len(scored)} lines scored",
                 lost="the batch (the job stops; a restart replays the same batch)" if error else "nothing")
     assert error is None
     assert scored == {"good:1", "good:2"}
     [entry] = dlq
     headers = dict(entry.headers())
-    assert entry.value() == value and entry.key() == b"bad-huge-record"
-    assert headers["source.offset"] == str(offset).encode() and "65536" in headers["error"].decode()
-
-
-@pytest.mark.spark
-def test_a_blob_near_the_brokers_max_message_size_is_dead_lettered(admin, embedder_server, scorer_server, tmp_path,
-                                                                  reliability):
-    value = b"\xfe" * (BROKER_MAX - 64 * 1024)
-    config, (partition, offset), dlq, scored, error = _run_with(
-        admin, embedder_server, scorer_server, tmp_path, b"bad-blob", value)
-    reliability("kafka", f"raw blob of {len(value):,} bytes (broker max {BROKER_MAX:,})",
-                f"job failed: {_last_line(error)}" if error else f"{len(dlq)} DLQ message(s), {len(scored)} lines scored",
-                lost="the batch (the job stops; a restart replays the same batch)" if error else "nothing")
-    assert error is None
-    assert scored == {"good:1", "good:2"}
-    [entry] = dlq
-    headers = dict(entry.headers())
-    assert entry.value() == value and entry.key() == b"bad-blob"
-    assert headers["source.offset"] == str(offset).encode() and f"value is {len(value)} bytes" in headers["error"].decode()
+    assert entry.value() == value and entry.key() == key
+    assert headers["source.offset"] == str(offset).encode() and why in headers["error"].decode()
 
 
 # --- GetStats.dead_letters: the scorer reads the DLQ's count from Kafka ---
-
-def _until(condition, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.2)
-
 
 @pytest.fixture()
 def dlq_topic(admin) -> str:
@@ -298,10 +272,10 @@ def test_get_stats_counts_the_dead_letter_topic(dlq_topic, embedder_server, trai
     try:
         with ScorerClient(server.address) as client:
             client.wait_until_serving(30)
-            first = _until(lambda: (lambda s: s if s.HasField("dead_letters") else None)(client.stats()))
+            first = wait_for(lambda: (lambda s: s if s.HasField("dead_letters") else None)(client.stats()))
             assert first.dead_letters == 0
             _produce(dlq_topic, [(b"k", b"x", 0), (b"k", b"y", 1), (None, b"", 1)])
-            assert _until(lambda: client.stats().dead_letters == 3)
+            assert wait_for(lambda: client.stats().dead_letters == 3)
             # cached: many calls in a row cost no Kafka round trip each
             started = time.monotonic()
             for _ in range(50):
@@ -335,11 +309,11 @@ def test_the_count_is_of_committed_messages_not_offsets(dlq_topic):
     assert high - low == 5
     counter = DeadLetterCount(BOOTSTRAP, dlq_topic, ttl_s=0.2)
     try:
-        assert _until(lambda: counter.value() == 2)
+        assert wait_for(lambda: counter.value() == 2)
         producer.begin_transaction()  # more later: only the new ones are read
         producer.produce(dlq_topic, value=b"c", key=b"k", partition=1)
         producer.commit_transaction(30)
-        assert _until(lambda: counter.value() == 3)
+        assert wait_for(lambda: counter.value() == 3)
         time.sleep(1.0)
         assert counter.value() == 3
     finally:
@@ -359,7 +333,7 @@ def test_a_broker_that_goes_away_leaves_the_last_count_and_is_logged_once(dlq_to
     from logmesh.scorer.dead_letters import DeadLetterCount
     _produce(dlq_topic, [(b"k", b"x", 0), (b"k", b"y", 0)])
     counter = DeadLetterCount(BOOTSTRAP, dlq_topic, ttl_s=0.2, timeout_s=3.0)  # generous: a loaded box
-    assert _until(lambda: counter.value() == 2)
+    assert wait_for(lambda: counter.value() == 2)
     # "the broker goes away": the counter's client now talks to a port where nothing listens
     with counter._refreshing:
         counter._consumer.close()

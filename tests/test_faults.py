@@ -27,6 +27,7 @@ from logmesh.ingest.producer import run_ingest
 from logmesh.streaming.job import StreamConfig, run
 from logmesh.streaming.vector_store import open_store
 from logmesh.v1 import score_pb2
+from waiting import wait_for
 
 from test_streaming import BOOTSTRAP, CommittedCount, _consume_all
 
@@ -43,14 +44,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _wait(condition, timeout: float, what: str, every: float = 0.5):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
-        time.sleep(every)
-    return value
 
 
 def _slice(data_dir: Path, path: Path, start: int, count: int) -> list[str]:
@@ -228,7 +221,7 @@ def test_a_batch_past_its_retry_budget_fails_the_query_and_the_job_restarts_it(e
     with _Records("logmesh.stream") as logs:
         def restart_scorer_after_query_restarts() -> None:
             try:  # bring the scorer back only once the job has restarted its query twice
-                _wait(lambda: len(logs.matching("restarting it from its checkpoint")) >= 2, 300, "query restarts")
+                wait_for(lambda: len(logs.matching("restarting it from its checkpoint")) >= 2, 300, "query restarts")
             finally:
                 procs.append(_start_scorer(port, trained_models, embedder_server.address, scorer_log))
         helper = threading.Thread(target=restart_scorer_after_query_restarts, daemon=True)
@@ -285,7 +278,7 @@ def test_embedder_down_at_start_is_waited_for(encoder, trained_models, data_dir,
         thread = threading.Thread(target=job, daemon=True)
         thread.start()
         try:
-            _wait(lambda: [r for r in logs.matching("waiting for service")
+            wait_for(lambda: [r for r in logs.matching("waiting for service")
                            if getattr(r, "service", "") == EmbedderClient.service], 60, "the job to wait for the embedder")
             down_until = time.monotonic() + 8.0  # the outage: the job must hold, not fail and not write
             while time.monotonic() < down_until:
@@ -382,7 +375,7 @@ def test_spark_job_killed_mid_replay_resumes_with_nothing_lost_or_repeated(embed
         assert after2 > after1 + sum(written2.values())  # batch 2 redone once, and batch 4's commit is visible
         # 3: SIGKILLed from outside at whatever point it has reached once it writes again
         procs.append(_spawn(args, logs[2]))
-        _wait(lambda: scored() > after2 or procs[-1].poll() is not None, 600, "run 3 to commit a batch")
+        wait_for(lambda: scored() > after2 or procs[-1].poll() is not None, 600, "run 3 to commit a batch")
         _kill_group(procs[-1])
         after3 = scored()
         skipped = [e.get("batch_id") for e in _json_lines(logs[2]) if e.get("msg", "").startswith("batch already committed")]
@@ -464,7 +457,7 @@ def test_broker_restart_mid_replay_loses_nothing(embedder_server, job_scorer, da
         job_log, ingest_log = tmp_path / "stream.log", tmp_path / "ingest.log"
         procs.append(_spawn(_stream_args(config, embedder_server.address, job_scorer.address, tmp_path,
                                          "--max-offsets-per-trigger", "500"), job_log))
-        _wait(lambda: any(e.get("msg") == "stream started" for e in _json_lines(job_log)) or procs[0].poll() is not None,
+        wait_for(lambda: any(e.get("msg") == "stream started" for e in _json_lines(job_log)) or procs[0].poll() is not None,
               600, "the job to start")
         assert procs[0].poll() is None, job_log.read_text()[-3000:]
         # paced so the outage lands mid-replay; the producer keeps lines queued across the outage
@@ -474,12 +467,12 @@ def test_broker_restart_mid_replay_loses_nothing(embedder_server, job_scorer, da
              "--kafka-option", "message.timeout.ms=600000", str(tmp_path / "replay.log")],
             stdout=subprocess.PIPE, stderr=open(ingest_log, "w"), text=True))
         scored = CommittedCount(config.scores_topic, bootstrap)
-        before = _wait(lambda: scored() >= 400 and scored(), 600, "the job to score the first lines")
+        before = wait_for(lambda: scored() >= 400 and scored(), 600, "the job to score the first lines")
         scored.close()
         down = time.monotonic()
         broker_pid = int((tmp_path / "kafka" / "kafka.pid").read_text())
         os.kill(broker_pid, signal.SIGKILL)  # a crash, not a clean shutdown: the broker we started, by its pid
-        _wait(lambda: not Path(f"/proc/{broker_pid}").exists() or
+        wait_for(lambda: not Path(f"/proc/{broker_pid}").exists() or
               Path(f"/proc/{broker_pid}/stat").read_text().split()[2] == "Z", 60, "the broker to die")
         stopped = time.monotonic()
         time.sleep(OUTAGE_S)  # the outage itself (a condition cannot stand for "the broker stays down")
@@ -492,7 +485,7 @@ def test_broker_restart_mid_replay_loses_nothing(embedder_server, job_scorer, da
         assert summary["produced"] == len(lines) and summary["failed"] == 0
         scored = CommittedCount(config.scores_topic, bootstrap)
         try:
-            _wait(lambda: scored() >= len(lines), 600, "the job to score every line after the restart")
+            wait_for(lambda: scored() >= len(lines), 600, "the job to score every line after the restart")
         finally:
             scored.close()
         recovered = time.monotonic()

@@ -12,6 +12,7 @@ from logmesh import vectors
 from logmesh.client import ScorerClient
 from logmesh.ingest.hdfs import parse_line
 from logmesh.v1 import score_pb2, scorer_service_pb2 as spb
+from waiting import wait_for
 
 NORMAL_LINE = ("081109 204655 556 INFO dfs.DataNode$PacketResponder: Received block "
                "blk_3587508140051953248 of size 67108864 from /10.251.42.84")
@@ -116,13 +117,13 @@ def test_hot_reload_swaps_to_a_newer_artifact_and_keeps_the_last_good_one(tmp_pa
             newer = artifacts.new_version("ab" * 8)
             assert newer > old
             shutil.copytree(models / old, models / newer)
-            _until(lambda: client.stats().model_version == newer)
+            wait_for(lambda: client.stats().model_version == newer)
             assert client.score_line(NORMAL_LINE).model_version == newer
             # a corrupt artifact: the scorer keeps serving the last good one and says why
             corrupt = artifacts.new_version("cd" * 8, now=_later())
             shutil.copytree(models / old, models / corrupt)
             (models / corrupt / "model.joblib").write_bytes(b"not a model")
-            _until(lambda: "unreadable" in client.stats().model_status)
+            wait_for(lambda: "unreadable" in client.stats().model_status)
             stats = client.stats()
             assert stats.model_version == newer and "still serving" in stats.model_status
             assert client.health() == "SERVING"
@@ -134,7 +135,7 @@ def test_hot_reload_swaps_to_a_newer_artifact_and_keeps_the_last_good_one(tmp_pa
             missing = artifacts.new_version("ef" * 8, now=_later(10))
             shutil.copytree(models / old, models / missing)
             (models / missing / "model.joblib").unlink()
-            _until(lambda: missing in client.stats().model_status)
+            wait_for(lambda: missing in client.stats().model_status)
             stats = client.stats()
             assert stats.model_version == newer and "still serving" in stats.model_status
             assert client.health() == "SERVING" and client.score_line(NORMAL_LINE).model_version == newer
@@ -157,13 +158,6 @@ def test_embedder_down_gives_unavailable_per_item_not_a_dead_stream(tmp_path, tr
             assert client.stats().items_rejected == 2
     finally:
         server.stop(0)
-
-
-def _until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def _short(text: str, folder, limit: int = 200) -> str:  # type: ignore[no-untyped-def]
@@ -238,7 +232,7 @@ def test_watchers_receive_new_anomalies_live_with_filters(scorer, scorer_server)
         t.start()
     ready.wait(5)
     servicer = scorer_server.servicers["ScorerService"]
-    _until(lambda: servicer._watchers == 2)  # both subscriptions are live on the server
+    wait_for(lambda: servicer._watchers == 2)  # both subscriptions are live on the server
     scorer.score_line(EXCEPTION_LINE)  # an anomalous DataXceiver line
     scorer.score_line(NORMAL_LINE)  # normal: not an anomaly
     scorer.score_line("081109 214043 2561 INFO dfs.DataNode$PacketResponder: PacketResponder blk_-3102267849859399193 "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import NewTopic
 
 from logmesh.ingest.hdfs import block_ids, parse_line
 from logmesh.ingest.producer import run_ingest
@@ -20,16 +20,6 @@ from logmesh.v1 import score_pb2
 pytestmark = [pytest.mark.kafka, pytest.mark.spark]
 BOOTSTRAP = "127.0.0.1:9092"
 LINES = 3000
-
-
-@pytest.fixture(scope="module")
-def admin():
-    client = AdminClient({"bootstrap.servers": BOOTSTRAP})
-    try:
-        client.list_topics(timeout=10)
-    except Exception as exc:
-        pytest.fail(f"no Kafka broker at {BOOTSTRAP} ({exc}); start it with `deploy/kafka/kafka.sh start`")
-    return client
 
 
 def _topics(admin, prefix: str) -> StreamConfig:

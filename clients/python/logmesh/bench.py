@@ -352,6 +352,16 @@ def ensure_broker() -> bool:
     return started
 
 
+def stop_job(job: subprocess.Popen) -> None:
+    """Stops a `logmesh stream` started in its own process group: Ctrl-C, then SIGKILL after 60 s."""
+    if job.poll() is None:
+        os.killpg(job.pid, signal.SIGINT)
+        try:
+            job.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+
+
 def delete_topics(prefix: str) -> None:
     from confluent_kafka.admin import AdminClient
     admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
@@ -572,12 +582,8 @@ def section_profile(rate_: float = 2000, lines: int = 40_000, quick: bool = Fals
                 time.sleep(2)
             time.sleep(3)
     finally:
-        if job is not None and job.poll() is None:
-            os.killpg(job.pid, signal.SIGINT)
-            try:
-                job.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(job.pid, signal.SIGKILL)
+        if job is not None:
+            stop_job(job)
         delete_topics(prefix)
         if started:
             subprocess.run([str(KAFKA), "stop"], check=False)
