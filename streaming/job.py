@@ -15,6 +15,7 @@ from logmesh.streaming.sink import BatchSink
 from logmesh.streaming.vector_store import open_store
 
 log = logging.getLogger("logmesh.stream")
+FETCH_MAX_WAIT_MS = "10"  # Spark's Kafka consumers; --spark-kafka-option fetch.max.wait.ms=... overrides it
 
 
 @dataclasses.dataclass
@@ -113,14 +114,23 @@ def build_sink(config: StreamConfig, on_report=None) -> tuple[BatchSink, object]
                      retry_budget_s=config.retry_budget_s, on_report=on_report), store
 
 
+def kafka_source_options(config: StreamConfig) -> dict[str, str]:
+    """Options of Spark's Kafka source: ours, then the user's Kafka settings as kafka.KEY (they win)."""
+    options = {"kafka.bootstrap.servers": config.bootstrap, "subscribe": config.topic,
+               "startingOffsets": config.starting_offsets,
+               "maxOffsetsPerTrigger": str(config.max_offsets_per_trigger),
+               # A cached Kafka consumer keeps a fetch in flight past the last offset it read, and the broker
+               # holds such a fetch for fetch.max.wait.ms (500 ms by default) when the partition has nothing
+               # newer; the next micro-batch's read of that partition waits for it. With 8 partition reads per
+               # batch (two branches, 4 partitions) the batch after a lull, or the last of a replay, took
+               # 1.2-1.8 s instead of ~0.5 s (docs/benchmarks.md, "The Kafka fetch wait").
+               "kafka.fetch.max.wait.ms": FETCH_MAX_WAIT_MS}
+    options.update({f"kafka.{k}": v for k, v in {**config.kafka_options, **config.spark_kafka_options}.items()})
+    return options
+
+
 def _start_query(spark, config: StreamConfig, sink: BatchSink):  # type: ignore[no-untyped-def]
-    reader = (spark.readStream.format("kafka")
-              .option("kafka.bootstrap.servers", config.bootstrap)
-              .option("subscribe", config.topic)
-              .option("startingOffsets", config.starting_offsets)
-              .option("maxOffsetsPerTrigger", config.max_offsets_per_trigger))
-    for key, value in {**config.kafka_options, **config.spark_kafka_options}.items():
-        reader = reader.option(f"kafka.{key}", value)
+    reader = spark.readStream.format("kafka").options(**kafka_source_options(config))
     from logmesh.streaming.block_sessions import with_block_sessions
     stream = with_block_sessions(reader.load(), config.block_quiet_ms)
     writer = (stream.writeStream.foreachBatch(sink).outputMode("update")

@@ -34,6 +34,9 @@ def session(app: str = "logmesh-stream", master: str = "local[2]", driver_memory
              .config("spark.sql.streaming.checkpointFileManagerClass",
                      "org.apache.spark.sql.execution.streaming.checkpointing.FileSystemBasedCheckpointFileManager")
              .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+             # C1 only: on 2 cores, C2's compiler threads compete with the first minutes of micro-batches;
+             # interleaved at 2,000 lines/s, p99 3.3-4.1 s against 6.1-8.5 s with C2 (docs/benchmarks.md)
+             .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
              .getOrCreate())
     spark.sparkContext.setLogLevel("WARN")
     return spark

@@ -215,3 +215,14 @@ def test_kafka_options_reach_the_job_config():
     with pytest.raises(SystemExit):  # the set is checked as a whole: SASL without credentials is refused
         config_from_args(p.parse_args(["--kafka-option", "security.protocol=SASL_SSL",
                                        "--kafka-option", "sasl.mechanism=PLAIN"]))
+
+
+def test_spark_kafka_source_options_default_a_short_fetch_wait_that_the_user_can_override():
+    """The Kafka source waits at most 10 ms on an empty fetch (the broker's 500 ms default held up the
+    micro-batch after every lull); the user's Kafka settings reach the source as kafka.KEY and win."""
+    from logmesh.streaming.job import StreamConfig, kafka_source_options
+    options = kafka_source_options(StreamConfig(topic="t", kafka_options={"security.protocol": "SASL_SSL"}))
+    assert options["kafka.fetch.max.wait.ms"] == "10" and options["subscribe"] == "t"
+    assert options["kafka.security.protocol"] == "SASL_SSL" and options["maxOffsetsPerTrigger"] == "20000"
+    mine = kafka_source_options(StreamConfig(spark_kafka_options={"fetch.max.wait.ms": "250"}))
+    assert mine["kafka.fetch.max.wait.ms"] == "250"
