@@ -125,7 +125,8 @@ def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_
     result: dict = {"variant": variant, "rev": rev, "run": run_no, "rate": args.rate, "lines": args.lines,
                     "load_before": load_before}
     try:
-        warm_up(names["logs"], log, tally, interrupted)
+        warm_up(names["logs"], log, tally, interrupted, args.warm_up_lines, args.rate, work)
+        result["cold_start"] = tally.cold_start
         produced: dict = {}
         replay = threading.Thread(target=lambda: produced.update(summary=run_ingest(
             log, "127.0.0.1:9092", names["logs"], rate=args.rate, labels_csv=labels, progress=False)), daemon=True)
@@ -137,7 +138,7 @@ def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_
         while True:
             tally.poll(2.0)
             if "summary" in produced:
-                total = produced["summary"].produced + 1
+                total = produced["summary"].produced
             if tally.scored != last:
                 last_change, last = time.monotonic(), tally.scored
             if total is not None and tally.scored >= total:
@@ -196,6 +197,8 @@ def main() -> int:
     p.add_argument("--work", default=f"/tmp/lmab-{os.getpid()}")
     p.add_argument("--out", default=None, help="summary JSON (default: WORK/summary.json)")
     p.add_argument("--pyspy", default="", help="comma-separated run numbers to record with py-spy")
+    p.add_argument("--warm-up-lines", type=int, default=1,
+                   help="generated lines scored at --rate before the measured replay (default 1: just the job's start)")
     p.add_argument("--job-arg", action="append", default=[], help="extra `logmesh stream` argument (repeatable)")
     args = p.parse_args()
     sys.path.insert(0, str(REPO / "clients/python"))

@@ -7,6 +7,7 @@ and a final report. Ctrl-C stops everything cleanly; `make down` stops leftovers
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -70,11 +71,7 @@ def prepare_data(args: argparse.Namespace, work: Path) -> tuple[Path, Path | Non
     if args.logs:
         logs, labels = Path(args.logs), Path(args.labels) if args.labels else None
     else:
-        logs, labels = work / "replay/HDFS_generated.log", work / "replay/anomaly_label.csv"
-        if not logs.exists():
-            logs.parent.mkdir(parents=True, exist_ok=True)
-            summary = write_generated(GeneratorConfig(lines=args.lines, seed=7), logs, labels)
-            say(f"generated {summary.lines:,} HDFS lines in {summary.blocks:,} blocks -> {logs}")
+        logs, labels = generated_replay(work, args.lines, seed=7)
     train_dir = Path(args.data)
     if not (train_dir / "anomaly_label.csv").exists():
         train_dir = work / "train"
@@ -84,6 +81,20 @@ def prepare_data(args: argparse.Namespace, work: Path) -> tuple[Path, Path | Non
                             train_dir / "anomaly_label.csv")
             say(f"no labelled data at {args.data}; training on generated data in {train_dir}")
     return logs, labels, train_dir
+
+
+def generated_replay(work: Path, lines: int, seed: int) -> tuple[Path, Path]:
+    """A generated log of `lines` lines and its labels (made once per size and seed, then reused)."""
+    from logmesh.ingest.generator import GeneratorConfig, write_generated
+    suffix = "" if seed == 7 else f"-seed{seed}"  # seed 7: the file name earlier demos wrote
+    logs, labels = work / f"replay/HDFS_generated{suffix}.log", work / f"replay/anomaly_label{suffix}.csv"
+    stamp = logs.with_suffix(".lines")  # the size it was made with: another --lines makes it again
+    if not logs.exists() or not stamp.exists() or stamp.read_text() != str(lines):
+        logs.parent.mkdir(parents=True, exist_ok=True)
+        summary = write_generated(GeneratorConfig(lines=lines, seed=seed), logs, labels)
+        stamp.write_text(str(lines))
+        say(f"generated {summary.lines:,} HDFS lines in {summary.blocks:,} blocks -> {logs}")
+    return logs, labels
 
 
 def reset_topics(prefix: str) -> dict[str, str]:
@@ -121,6 +132,16 @@ class Tally:
         # time to detect: each block's lines as (produce time, event id), and when its alert was written
         self.block_lines: dict[str, list[tuple[int, str]]] = {}
         self.alerted_at: dict[str, int] = {}
+        self.warm_up_blocks: set[str] = set()  # blocks of the warm-up replay: kept out of every figure
+        self.cold_start: dict[str, float] = {}  # the warm-up's latency, when it replayed more than a line
+
+    def start_measuring(self, warm_up_blocks: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        """Forgets the warm-up: what it scored, and (for good) the verdicts of its blocks, which may still
+        close and alert while the measured replay runs."""
+        self.warm_up_blocks |= warm_up_blocks
+        self.scored = self.line_anomalies = self.finals = 0
+        for table in (self.alerts, self.lines, self.produced_at, self.scored_at, self.block_lines, self.alerted_at):
+            table.clear()
 
     def poll(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -143,6 +164,9 @@ class Tally:
                     self.scored_at[score_pb2.ScoreResult.FromString(msg.value()).record_id] = msg.timestamp()[1]
                     continue
                 anomaly = score_pb2.Anomaly.FromString(msg.value())
+                if self.warm_up_blocks and self.warm_up_blocks & (
+                        {anomaly.block.block_id} if anomaly.HasField("block") else set(anomaly.line.block_ids)):
+                    continue
                 if anomaly.HasField("block") and anomaly.block.kind == score_pb2.BLOCK_VERDICT_KIND_ALERT:
                     self.alerts.setdefault(anomaly.block.block_id, anomaly.block)
                     self.alerted_at.setdefault(anomaly.block.block_id, msg.timestamp()[1])
@@ -186,7 +210,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--secure", action="store_true", default=os.environ.get("SECURE") == "1",
                         help="mutual TLS and a bearer token between every part, with a local CA made by "
                              "deploy/tls/make-certs.sh (also: SECURE=1 make demo)")
+    parser.add_argument("--warm-up-lines", type=int, default=1,
+                        help="lines the job scores before the measured replay: 1 waits for Spark to be up; more "
+                             "replays that many generated lines at --rate first, so the figures are of a warm "
+                             "job, with the cold start reported apart (default %(default)s)")
+    parser.add_argument("--no-close-wait", action="store_true",
+                        help="report once every line is scored, without waiting for blocks to close (benchmarks)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="measured replays in a row against the same running job, each of a freshly "
+                             "generated log of --lines lines (benchmarks; not with --logs) (default %(default)s)")
     args = parser.parse_args(argv)
+    if args.runs > 1 and args.logs:
+        parser.error("--runs > 1 replays generated logs; it cannot be combined with --logs")
 
     work = Path(args.work)
     run_dir = work / "run"
@@ -222,45 +257,64 @@ def main(argv: list[str] | None = None) -> int:
                                "--checkpoint", str(work / "checkpoint"), "--log-level", "warning",
                                "--block-quiet-ms", str(QUIET_MS)])
         tally = Tally(dict(names))
-        warm_up(names["logs"], logs, tally, interrupted)
-        # the replay runs beside the job, as a producer would in production
-        from logmesh.ingest.producer import run_ingest
-        produced: dict[str, object] = {}
-        replay = threading.Thread(target=lambda: produced.update(summary=run_ingest(
-            logs, BOOTSTRAP, names["logs"], rate=args.rate, labels_csv=labels, progress=False)), daemon=True)
-        started = time.monotonic()
-        replay.start()
-        say(f"replaying {logs} into {names['logs']} ...")
-        total = None
-        scoring_seconds = None  # replay start to the last ScoreResult
-        last_change, last_scored = time.monotonic(), 0
-        while not interrupted.is_set():
-            tally.poll(2.0)
-            if "summary" in produced:
-                total = produced["summary"].produced + 1  # type: ignore[attr-defined]  # + the warm-up line
-            elapsed = time.monotonic() - started
-            say(f"{elapsed:5.0f}s  scored {tally.scored:>9,}{'/' + format(total, ',') if total else ''}  "
-                f"({tally.scored / elapsed:,.0f} lines/s)  line anomalies {tally.line_anomalies:,}  "
-                f"block alerts {len(tally.alerts):,}")
-            if tally.scored != last_scored:
-                last_change, last_scored = time.monotonic(), tally.scored
-            if total is not None and tally.scored >= total:
-                scoring_seconds = time.monotonic() - started
-                wait_for_blocks_to_close(tally, interrupted)
-                break
-            if any(p.poll() is not None for _, p in stack.procs):
-                dead = [n for n, p in stack.procs if p.poll() is not None]
-                say(f"{', '.join(dead)} stopped unexpectedly; see {run_dir}/{dead[0]}.log")
-                return 1
-            if time.monotonic() - last_change > 180:
-                say(f"no progress for 3 minutes; see the logs in {run_dir}")
-                return 1
-        report(tally, labels, scoring_seconds or time.monotonic() - started, interrupted.is_set())
+        warm_up(names["logs"], logs, tally, interrupted, args.warm_up_lines, args.rate, work / "replay")
+        for run in range(1, args.runs + 1):
+            if run > 1:  # a fresh generated log each time: new blocks, so each run has alerts of its own
+                logs, labels = generated_replay(work, args.lines, seed=6 + run)
+                tally.start_measuring(set(tally.block_lines) | set(tally.alerts))
+            if args.runs > 1:
+                say(f"run {run}/{args.runs}")
+            failed = measured_replay(args, run, logs, labels, names["logs"], tally, stack, interrupted)
+            if failed or interrupted.is_set():
+                return failed
         tally.close()
         return 0
     finally:
         say("stopping the job, the scorer, the embedder" + (" and the broker" if stack.started_broker else ""))
         stack.stop()
+
+
+def measured_replay(args: argparse.Namespace, run: int, logs: Path, labels: Path | None, topic: str,
+                    tally: Tally, stack: Stack, interrupted: threading.Event) -> int:
+    """Replays `logs` into the job beside it, as a producer would in production, prints progress and
+    the report; returns 1 when a part of the stack died or nothing moved for 3 minutes."""
+    from logmesh.ingest.producer import run_ingest
+    produced: dict[str, object] = {}
+    replay = threading.Thread(target=lambda: produced.update(summary=run_ingest(
+        logs, BOOTSTRAP, topic, rate=args.rate, labels_csv=labels, progress=False)), daemon=True)
+    started = time.monotonic()
+    replay.start()
+    say(f"replaying {logs} into {topic} ...")
+    total = None
+    scoring_seconds = None  # replay start to the last ScoreResult
+    last_change, last_scored = time.monotonic(), 0
+    while not interrupted.is_set():
+        tally.poll(2.0)
+        if "summary" in produced:
+            total = produced["summary"].produced  # type: ignore[attr-defined]
+        elapsed = time.monotonic() - started
+        say(f"{elapsed:5.0f}s  scored {tally.scored:>9,}{'/' + format(total, ',') if total else ''}  "
+            f"({tally.scored / elapsed:,.0f} lines/s)  line anomalies {tally.line_anomalies:,}  "
+            f"block alerts {len(tally.alerts):,}")
+        if tally.scored != last_scored:
+            last_change, last_scored = time.monotonic(), tally.scored
+        if total is not None and tally.scored >= total:
+            scoring_seconds = time.monotonic() - started
+            if not args.no_close_wait:
+                wait_for_blocks_to_close(tally, interrupted)
+            break
+        if any(p.poll() is not None for _, p in stack.procs):
+            dead = [n for n, p in stack.procs if p.poll() is not None]
+            say(f"{', '.join(dead)} stopped unexpectedly; see {stack.run_dir}/{dead[0]}.log")
+            return 1
+        if time.monotonic() - last_change > 180:
+            say(f"no progress for 3 minutes; see the logs in {stack.run_dir}")
+            return 1
+    figures = report(tally, labels, scoring_seconds or time.monotonic() - started, interrupted.is_set())
+    print("demo: result " + json.dumps({"run": run, "rate": args.rate, "lines": args.lines, **figures,
+                                         **({"cold_start": tally.cold_start} if run == 1 and tally.cold_start else {})}),
+          flush=True)
+    return 0
 
 
 def wait_for_blocks_to_close(tally: Tally, interrupted: threading.Event, limit_s: float = 90.0) -> None:
@@ -278,7 +332,7 @@ def wait_for_blocks_to_close(tally: Tally, interrupted: threading.Event, limit_s
             return
 
 
-def time_to_detect(tally: Tally, truth: dict[str, int]) -> None:
+def time_to_detect(tally: Tally, truth: dict[str, int]) -> dict[str, float]:
     """Seconds from a failing block's first anomalous line to its alert. A line is anomalous when its
     event never occurs in this replay's Normal blocks (an exception, a timeout); failing blocks without
     such a line (missing steps) can only be judged when they close, so they are counted apart."""
@@ -297,11 +351,18 @@ def time_to_detect(tally: Tally, truth: dict[str, int]) -> None:
         p50, p99 = np.percentile(delays, [50, 99])
         say(f"time to detect over {len(delays)} failing blocks with an anomalous line: p50 {p50:.2f} s, "
             f"p99 {p99:.2f} s ({closing_only} more were alerted when they closed)")
+        return {"ttd_blocks": len(delays), "ttd_p50_s": round(float(p50), 3), "ttd_p99_s": round(float(p99), 3)}
+    return {}
 
 
-def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event) -> None:
+def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event, lines: int = 1,
+            rate: float | None = None, folder: Path | None = None) -> None:
     """Sends the log's first line and waits for its verdict, so the replay starts once Spark is up and
-    the latency figures measure the pipeline, not the JVM's start."""
+    the latency figures measure the pipeline, not the JVM's start. With `lines` > 1, then replays that
+    many generated lines (other blocks than the replay's, seed 99) at `rate` and waits for their
+    verdicts too: a job that has just started is slow for its first micro-batches (JIT, Python workers,
+    the first batches' backlog), and a benchmark of a job that runs for days should measure it warm.
+    What the warm-up took is printed (the cold-start figures); the tally then forgets it."""
     from confluent_kafka import Producer
     from logmesh.ingest.hdfs import parse_line
     with open(log, encoding="utf-8", errors="replace") as f:
@@ -311,17 +372,45 @@ def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event) -
     producer.flush(30)
     say("waiting for the Spark job to score a first line ...")
     started = time.monotonic()
-    while tally.scored == 0 and not interrupted.is_set():
-        tally.poll(1.0)
-        if time.monotonic() - started > 300:
-            raise RuntimeError("the Spark job scored nothing in 5 minutes; see var/demo/run/stream.log")
+    _wait_for_scores(tally, 1, interrupted, started, 300, "the Spark job scored nothing in 5 minutes")
     say(f"the job is up ({time.monotonic() - started:.0f} s)")
+    if lines > 1:
+        from logmesh.ingest.generator import GeneratorConfig, write_generated
+        from logmesh.ingest.producer import run_ingest
+        warm_log = (folder or log.parent) / f"warm-up-{lines}.log"
+        if not warm_log.exists():
+            write_generated(GeneratorConfig(lines=lines, seed=99), warm_log, warm_log.with_suffix(".labels.csv"))
+        say(f"warming up: {lines:,} generated lines at {f'{rate:,.0f} lines/s' if rate else 'full speed'} ...")
+        started, before = time.monotonic(), set(tally.block_lines)
+        summary = run_ingest(warm_log, BOOTSTRAP, topic, rate=rate, labels_csv=None, progress=False)
+        _wait_for_scores(tally, 1 + summary.produced, interrupted, started, 300, "the warm-up was not scored in 5 minutes")
+        waits = [tally.scored_at[r] - t for r, t in tally.produced_at.items() if r in tally.scored_at]
+        import numpy as np
+        p50, p99 = np.percentile(waits, [50, 99]) / 1000
+        say(f"warm-up done in {time.monotonic() - started:.0f} s: cold-start producer->verdict p50 {p50:.2f} s, "
+            f"p99 {p99:.2f} s over {len(waits):,} lines")
+        tally.cold_start = {"lines": len(waits), "p50_s": round(float(p50), 3), "p99_s": round(float(p99), 3)}
+        tally.start_measuring(set(tally.block_lines) - before)
+    else:
+        tally.start_measuring()
 
 
-def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool) -> None:
+def _wait_for_scores(tally: Tally, count: int, interrupted: threading.Event, started: float, limit_s: float,
+                     failure: str) -> None:
+    while tally.scored < count and not interrupted.is_set():
+        tally.poll(1.0)
+        if time.monotonic() - started > limit_s:
+            raise RuntimeError(f"{failure}; see the job's log (var/demo/run/stream.log for the demo)")
+
+
+def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool) -> dict[str, float]:
+    """Prints the run's summary; returns its figures (for `logmesh bench`)."""
+    figures: dict[str, float] = {"scored": tally.scored, "seconds": round(seconds, 2),
+                                 "lines_per_s": round(tally.scored / max(seconds, 1e-9), 1),
+                                 "blocks_alerted": len(tally.alerts), "finals": tally.finals}
     say(("interrupted: " if interrupted else "done: ") +
-        f"{tally.scored:,} lines scored in {seconds:.1f} s ({tally.scored / max(seconds, 1e-9):,.0f} lines/s incl. "
-        f"start-up), {tally.line_anomalies:,} anomalous lines, {len(tally.alerts):,} blocks alerted, "
+        f"{tally.scored:,} lines scored in {seconds:.1f} s ({figures['lines_per_s']:,.0f} lines/s from the replay's "
+        f"start), {tally.line_anomalies:,} anomalous lines, {len(tally.alerts):,} blocks alerted, "
         f"{tally.finals:,} final anomalous verdicts")
     top = sorted(tally.alerts.values(), key=lambda v: -v.score)[:5]
     for v in top:
@@ -332,17 +421,20 @@ def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool)
     waits = [tally.scored_at[r] - t for r, t in tally.produced_at.items() if r in tally.scored_at]
     if waits:
         import numpy as np
-        p50, p99 = np.percentile(waits, [50, 99])
-        say(f"producer->verdict latency over {len(waits):,} lines: p50 {p50 / 1000:.2f} s, p99 {p99 / 1000:.2f} s")
+        p50, p99 = np.percentile(waits, [50, 99]) / 1000
+        figures.update(p50_s=round(float(p50), 3), p99_s=round(float(p99), 3), max_s=max(waits) / 1000)
+        say(f"producer->verdict latency over {len(waits):,} lines: p50 {p50:.2f} s, p99 {p99:.2f} s")
     if labels and labels.exists():
         from logmesh.scorer.dataset import read_block_labels
         truth = read_block_labels(labels)
-        time_to_detect(tally, truth)
+        figures.update(time_to_detect(tally, truth))
         anomalous = {b for b, y in truth.items() if y}
         hits = len(anomalous & set(tally.alerts))
+        figures.update(recall=round(hits / max(len(anomalous), 1), 3), false_alerts=len(set(tally.alerts) - anomalous))
         say(f"against {labels.name}: {hits}/{len(anomalous)} anomalous blocks alerted "
-            f"(recall {hits / max(len(anomalous), 1):.3f}), {len(set(tally.alerts) - anomalous)} false alerts "
+            f"(recall {figures['recall']:.3f}), {figures['false_alerts']} false alerts "
             "(blocks that closed were judged whole; alerts raised on open blocks count too)")
+    return figures
 
 
 if __name__ == "__main__":
