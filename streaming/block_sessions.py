@@ -3,8 +3,18 @@
 The stream is the union of two branches over the same Kafka source: every message passes through
 unchanged as a "line" row for the sink, and a stateful branch keeps each block's events (the block is the
 Kafka key, set by `logmesh ingest`) and emits one "block" summary row per block that changed in the
-micro-batch, or closed. A block closes after `quiet_ms` of processing time without a new line;
-the timeout fires even in a micro-batch without new data. Spark checkpoints the state, so a restart
+micro-batch, or closed. A block closes after `quiet_ms` without a new line, on one of two clocks:
+
+- processing time (the default): `quiet_ms` of wall-clock time after its last line arrived. Simple and
+  live, but a replay of old logs faster than they were written judges blocks by the replay's speed, and
+  the blocks a replay cuts off at its end close as if they had ended (missing steps: anomalous).
+- event time: `quiet_ms` of log time after its last line's timestamp, once the stream's watermark (the
+  newest line's time less `lateness_ms`) has passed it. Verdicts are the same at any replay speed, and
+  blocks still active at the end of a replay stay open until newer lines move the watermark. Lines later
+  than the watermark are still scored, but Spark drops them from the block state; lines without a
+  timestamp cannot be placed and are left out of it.
+
+The timeout fires even in a micro-batch without new data. Spark checkpoints the state, so a restart
 resumes each block's story where it was.
 
 The stateful branch sees only (block, template id, event time), decoded once per Arrow batch before the
@@ -19,6 +29,7 @@ a source in the offset log, and Spark refuses to restart a checkpoint of two sou
 """
 from __future__ import annotations
 
+import datetime as dt
 import gc
 import json
 import os
@@ -32,7 +43,9 @@ OUTPUT_SCHEMA = ("kind string, topic string, partition int, offset long, key bin
 SUMMARY_SCHEMA = "block_id string, events array<string>, closed boolean, first_time string, last_time string"
 # one JSON string: pyspark 4.3's worker fails to read an array type back from the state schema
 # (KeyError 'elementType' in ArrayType.fromJson)
-STATE_SCHEMA = "blocks string"  # JSON: block id -> [events, first time, last time, last seen (ms)]
+# JSON: block id -> [events, first time, last time, the block's last line on the closing clock (ms)]
+STATE_SCHEMA = "blocks string"
+CLOCKS = ("processing", "event")
 # Spark calls the state function once per key and micro-batch, and that call (an Arrow stream to a Python
 # worker) costs far more than the work inside it; keying by a bucket of blocks instead of the block
 # makes it a few dozen calls per micro-batch instead of one per block.
@@ -79,38 +92,52 @@ def _template_and_time(values: pd.Series) -> pd.DataFrame:
     return pd.DataFrame({"template": templates, "event_time": times})
 
 
-def track_blocks(quiet_ms: int):  # type: ignore[no-untyped-def]
+def _epoch_ms(when: str) -> int:
+    """Milliseconds since the epoch of an RFC 3339 time as LogRecord.event_time.ToJsonString() writes it."""
+    return int(dt.datetime.fromisoformat(when).timestamp() * 1000)
+
+
+def track_blocks(quiet_ms: int, clock: str = "processing"):  # type: ignore[no-untyped-def]
     """The state function for `applyInPandasWithState`, keyed by a bucket of blocks (see BUCKETS).
 
-    The bucket's state maps each open block to (events, first time, last time, last seen in processing
-    time). A call with new lines extends their blocks; every call (with data, or when the bucket's timer
-    fires) closes the blocks quiet for `quiet_ms` and emits one summary per changed or closed block."""
+    The bucket's state maps each open block to (events, first time, last time, and when its last line
+    was on the closing clock: arrival in processing time, or its own timestamp in event time). A call
+    with new lines extends their blocks; every call (with data, or when the bucket's timer fires) closes
+    the blocks quiet for `quiet_ms` on that clock and emits one summary per changed or closed block."""
+    if clock not in CLOCKS:
+        raise ValueError(f"block clock must be one of {CLOCKS}, not {clock!r}")
+    event_time = clock == "event"
 
     def update(key: tuple, frames: Iterator[pd.DataFrame], state) -> Iterator[pd.DataFrame]:  # type: ignore[no-untyped-def]
         _freeze_worker_heap()
-        now = state.getCurrentProcessingTimeMs()
+        now = state.getCurrentWatermarkMs() if event_time else state.getCurrentProcessingTimeMs()
         blocks: dict[str, list] = json.loads(state.get[0]) if state.exists else {}
         changed: set[str] = set()
         if not state.hasTimedOut:
             rows = pd.concat(list(frames), ignore_index=True).sort_values(["partition", "offset"])
             for block_id, template, when in zip(rows["block_id"], rows["template"], rows["event_time"]):
-                events, first, last, _ = blocks.get(block_id) or ([], "", "", now)
+                events, first, last, seen = blocks.get(block_id) or ([], "", "", 0)
                 events.append(template)
                 if when:
                     first, last = (min(first, when) if first else when), max(last, when)
-                blocks[block_id] = [events, first, last, now]
+                seen = (max(seen, _epoch_ms(when)) if when else seen) if event_time else now
+                blocks[block_id] = [events, first, last, seen]
                 changed.add(block_id)
         out = []
         for block_id in list(blocks):
             events, first, last, seen = blocks[block_id]
-            if now - seen >= quiet_ms:
+            # event time: nothing closes before the first watermark (0 until a batch has set one)
+            if (now > 0 or not event_time) and now - seen >= quiet_ms:
                 out.append((block_id, events, True, first, last))
                 del blocks[block_id]
             elif block_id in changed:
                 out.append((block_id, events, False, first, last))
         if blocks:
             state.update((json.dumps(blocks),))
-            state.setTimeoutDuration(quiet_ms)
+            if event_time:  # fires once the watermark passes the earliest close (always ahead of it here)
+                state.setTimeoutTimestamp(min(seen for _, _, _, seen in blocks.values()) + quiet_ms)
+            else:
+                state.setTimeoutDuration(quiet_ms)
         elif state.exists:
             state.remove()
         if out:
@@ -119,8 +146,9 @@ def track_blocks(quiet_ms: int):  # type: ignore[no-untyped-def]
     return update
 
 
-def with_block_sessions(source, quiet_ms: int):  # type: ignore[no-untyped-def]
-    """Kafka rows -> line rows plus block summary rows, keyed and stateful per block."""
+def with_block_sessions(source, quiet_ms: int, clock: str = "processing",  # type: ignore[no-untyped-def]
+                        lateness_ms: int = 10_000):
+    """Kafka rows -> line rows plus block summary rows, keyed and stateful per block, closed on `clock`."""
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
 
@@ -134,9 +162,15 @@ def with_block_sessions(source, quiet_ms: int):  # type: ignore[no-untyped-def]
                            decode("value").alias("d"))
              .where(F.col("block_id").isNotNull() & F.col("d.template").isNotNull())
              .select("block_id", "partition", "offset", "d.template", "d.event_time"))
+    timeout = "ProcessingTimeTimeout"
+    if clock == "event":
+        facts = (facts.withColumn("event_ts", F.col("event_time").cast("timestamp"))
+                 .where(F.col("event_ts").isNotNull())
+                 .withWatermark("event_ts", f"{lateness_ms} milliseconds"))
+        timeout = "EventTimeTimeout"
     buckets = facts.withColumn("bucket", F.pmod(F.hash("block_id"), F.lit(BUCKETS))).groupBy("bucket")
     summaries = buckets.applyInPandasWithState(
-        track_blocks(quiet_ms), SUMMARY_SCHEMA, STATE_SCHEMA, "Update", "ProcessingTimeTimeout")
+        track_blocks(quiet_ms, clock), SUMMARY_SCHEMA, STATE_SCHEMA, "Update", timeout)
     blocks = summaries.select(F.lit(BLOCK).alias("kind"), *(F.lit(None).cast(t).alias(c) for c, t in (
         ("topic", "string"), ("partition", "int"), ("offset", "long"), ("key", "binary"), ("value", "binary"))),
         "block_id", "events", "closed", "first_time", "last_time")

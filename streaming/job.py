@@ -36,6 +36,8 @@ class StreamConfig:
     trigger_ms: int = 500
     once: bool = False  # process what is there now, then stop (availableNow)
     block_quiet_ms: int = 30_000  # a block with no new line for this long is closed and judged final
+    block_clock: str = "processing"  # the clock block_quiet_ms runs on: processing (arrival) or event (log time)
+    event_lateness_ms: int = 10_000  # event clock: how far behind the newest line's time the watermark trails
     starting_offsets: str = "earliest"
     wait_for_services_s: float = 300.0
     master: str = "local[2]"
@@ -66,6 +68,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trigger-ms", type=int, default=d.trigger_ms, help="micro-batch interval (default %(default)s)")
     p.add_argument("--block-quiet-ms", type=int, default=d.block_quiet_ms,
                    help="close a block after this long without a new line (default %(default)s)")
+    p.add_argument("--block-clock", choices=["processing", "event"], default=d.block_clock,
+                   help="the clock --block-quiet-ms runs on. processing (default): time since the block's last "
+                        "line arrived. event: log time since its last line's timestamp, once the watermark "
+                        "(the newest line's time less --event-lateness-ms) passes it; verdicts then do not "
+                        "depend on replay speed, and blocks still active when a replay ends stay open instead "
+                        "of being judged cut off. Fixed per checkpoint")
+    p.add_argument("--event-lateness-ms", type=int, default=d.event_lateness_ms,
+                   help="with --block-clock event: how late (in log time) a line may arrive and still join "
+                        "its block's story; later lines are scored but left out of it (default %(default)s)")
     p.add_argument("--once", action="store_true", help="process everything in the topic now, then stop")
     p.add_argument("--master", default=d.master, help="Spark master (default %(default)s)")
     p.add_argument("--ledger-topic", default=d.ledger_topic,
@@ -88,7 +99,8 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
     values["spark_kafka_options"] = dict(values.get("spark_kafka_options") or {})
     try:
         check_kafka_options(values["kafka_options"])
-    except ValueError as exc:  # before Spark or any connection: librdkafka's own reason, argparse's exit code
+        check_block_clock(values["checkpoint"], values["block_clock"], record=False)
+    except ValueError as exc:  # before Spark or any connection: the reason, and argparse's exit code
         print(f"logmesh stream: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     return StreamConfig(**values)
@@ -114,6 +126,29 @@ def build_sink(config: StreamConfig, on_report=None) -> tuple[BatchSink, object]
                      retry_budget_s=config.retry_budget_s, on_report=on_report), store
 
 
+BLOCK_CLOCK_FILE = "block-clock"
+
+
+def check_block_clock(checkpoint: str | Path, clock: str, record: bool = True) -> None:
+    """The block clock is part of the checkpointed plan (a watermark and the state's timeout kind): a
+    checkpoint keeps the one it started with. Recorded at the first start (`record`); another one is
+    refused with ValueError."""
+    path = Path(checkpoint) / BLOCK_CLOCK_FILE
+    if path.exists():
+        kept = path.read_text().strip()
+        if kept != clock:
+            raise ValueError(f"checkpoint {checkpoint} closes blocks on the {kept} clock; it cannot switch to "
+                             f"--block-clock {clock}. Start it with --block-clock {kept}, or use a new --checkpoint "
+                             "(its offsets and block state start over)")
+        return
+    if (Path(checkpoint) / "spark").exists() and clock != "processing":
+        raise ValueError(f"checkpoint {checkpoint} was started before the block clock was recorded, on the "
+                         f"processing clock; use a new --checkpoint for --block-clock {clock}")
+    if record:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(clock + "\n")
+
+
 def kafka_source_options(config: StreamConfig) -> dict[str, str]:
     """Options of Spark's Kafka source: ours, then the user's Kafka settings as kafka.KEY (they win)."""
     options = {"kafka.bootstrap.servers": config.bootstrap, "subscribe": config.topic,
@@ -132,7 +167,7 @@ def kafka_source_options(config: StreamConfig) -> dict[str, str]:
 def _start_query(spark, config: StreamConfig, sink: BatchSink):  # type: ignore[no-untyped-def]
     reader = spark.readStream.format("kafka").options(**kafka_source_options(config))
     from logmesh.streaming.block_sessions import with_block_sessions
-    stream = with_block_sessions(reader.load(), config.block_quiet_ms)
+    stream = with_block_sessions(reader.load(), config.block_quiet_ms, config.block_clock, config.event_lateness_ms)
     writer = (stream.writeStream.foreachBatch(sink).outputMode("update")
               .option("checkpointLocation", str(Path(config.checkpoint) / "spark"))
               .queryName("logmesh-stream"))
@@ -154,6 +189,7 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
     the broker went away) is restarted from its checkpoint with backoff, up to max_query_restarts times
     in a row without a batch done in between; then the failure is raised."""
     from logmesh.streaming.spark import session
+    check_block_clock(config.checkpoint, config.block_clock)
     progress = {"batches": 0}
 
     def report(r) -> None:  # type: ignore[no-untyped-def]

@@ -137,3 +137,49 @@ def test_failing_blocks_are_alerted_once_across_a_restart(admin, embedder_server
 
     watched_alerts = {e.block.block_id for e in watched if e.block.kind == score_pb2.BLOCK_VERDICT_KIND_ALERT}
     assert watched_alerts == set(alerts)
+
+
+def test_the_event_clock_closes_blocks_by_log_time_and_leaves_the_replays_last_blocks_open(
+        admin, embedder_server, scorer_server, data_dir, tmp_path):  # noqa: F811
+    """--block-clock event on the real HDFS_20000.log (183 s of log time, replayed in seconds): a block
+    closes when the watermark has passed its last line's timestamp by the quiet gap, so the blocks still
+    active in the file's last seconds stay open instead of being judged cut off (missing steps)."""
+    from logmesh.ingest.hdfs import block_ids
+    from logmesh.streaming.block_sessions import _epoch_ms
+    from logmesh.streaming.job import run
+    from logmesh.streaming.vector_store import open_store
+    quiet_ms, lateness_ms = 20_000, 10_000
+    config = _topics(admin, f"e{uuid.uuid4().hex[:8]}")
+    config.embedder, config.scorer = embedder_server.address, scorer_server.address
+    config.qdrant_path, config.checkpoint = str(tmp_path / "qdrant"), str(tmp_path / "checkpoint")
+    config.block_clock, config.block_quiet_ms, config.event_lateness_ms = "event", quiet_ms, lateness_ms
+    config.max_offsets_per_trigger = 2_000  # ~10 micro-batches: the watermark moves between them
+    log = data_dir / "HDFS_20000.log"
+    run_ingest(log, BOOTSTRAP, config.topic, labels_csv=data_dir / "anomaly_label.csv", progress=False)
+    run(config)  # --once: drains the topic
+
+    last: dict[str, int] = {}  # each block's last line, in log time
+    times = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        times.append(_epoch_ms(parse_line(line).event_time.ToJsonString()))
+        for block in block_ids(line):
+            last[block] = max(last.get(block, 0), times[-1])
+    store = open_store(path=config.qdrant_path)
+    points = store.retrieve(list(last))
+    store.close()
+    assert len(points) == len(last)
+    closed = {b for b, p in points.items() if p.payload["closed"]}
+    newest = max(times)
+    # never before the log says so: the watermark cannot pass the newest line's time less the lateness
+    assert all(last[b] + quiet_ms <= newest - lateness_ms for b in closed)
+    # blocks quiet long enough by line 14,000's time were closed by a later micro-batch
+    due = {b for b, t in last.items() if t + quiet_ms <= max(times[:14_000]) - lateness_ms}
+    assert len(due) > 400 and due <= closed
+    # the blocks still active at the end of the file are open, with their story so far
+    active = {b for b, t in last.items() if t + quiet_ms > newest - lateness_ms}
+    assert len(active) > 100 and not active & closed
+    assert all(points[b].payload["events"] for b in active)
+
+    with pytest.raises(ValueError, match="cannot switch to --block-clock processing"):
+        config.block_clock = "processing"  # the checkpoint keeps the clock it started with
+        run(config)

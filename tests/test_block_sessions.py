@@ -7,6 +7,7 @@ import gc
 import json
 
 import pandas as pd
+import pytest
 
 from logmesh.ingest.hdfs import parse_line
 from logmesh.streaming import block_sessions
@@ -22,11 +23,19 @@ LINES = [
 class FakeState:
     """The part of pyspark's GroupState the function uses, with a settable clock."""
 
-    def __init__(self, now: int, value: tuple | None = None, timed_out: bool = False) -> None:
+    def __init__(self, now: int, value: tuple | None = None, timed_out: bool = False, watermark: int = 0) -> None:
         self.now, self.value, self.hasTimedOut, self.timeout = now, value, timed_out, None
+        self.watermark, self.timeout_at = watermark, None
 
     def getCurrentProcessingTimeMs(self) -> int:
         return self.now
+
+    def getCurrentWatermarkMs(self) -> int:
+        return self.watermark
+
+    def setTimeoutTimestamp(self, ms: int) -> None:
+        assert ms > self.watermark, "Spark refuses a timeout at or before the watermark"
+        self.timeout_at = ms
 
     @property
     def exists(self) -> bool:
@@ -96,3 +105,25 @@ def test_heap_is_frozen_only_in_reused_pyspark_workers(monkeypatch):
     block_sessions._freeze_worker_heap()
     block_sessions._freeze_worker_heap()
     assert calls == [1]  # once per process
+
+
+def test_event_clock_closes_blocks_by_log_time_once_the_watermark_passes():
+    """--block-clock event: a block closes when the watermark has passed its last line's own timestamp by
+    quiet_ms, whatever the wall clock does; the bucket's timer is set to the earliest such moment."""
+    update = track_blocks(quiet_ms=5_000, clock="event")
+    t18 = block_sessions._epoch_ms("2008-11-09T20:35:18Z")  # LINES[0..1] (blk_1); LINES[2] (blk_2) is 1 s later
+    state = FakeState(now=10**12, watermark=0)  # no watermark yet: nothing closes, however late the wall clock
+    out = pd.concat(list(update((0,), iter([_facts([(0, 0, 10), (1, 0, 11), (2, 1, 5)])]), state)))
+    assert not out["closed"].any() and state.timeout_at == t18 + 5_000
+
+    state.hasTimedOut, state.watermark = True, t18 + 4_999
+    assert list(update((0,), iter([]), state)) == []
+    state.watermark, state.now = t18 + 5_000, 0  # the wall clock going back changes nothing
+    closed = pd.concat(list(update((0,), iter([]), state)))
+    assert list(zip(closed["block_id"], closed["closed"])) == [("blk_1", True)]
+    assert set(json.loads(state.value[0])) == {"blk_2"} and state.timeout_at == t18 + 1_000 + 5_000
+
+
+def test_an_unknown_block_clock_is_refused():
+    with pytest.raises(ValueError, match="block clock"):
+        track_blocks(1000, clock="wall")

@@ -226,3 +226,25 @@ def test_spark_kafka_source_options_default_a_short_fetch_wait_that_the_user_can
     assert options["kafka.security.protocol"] == "SASL_SSL" and options["maxOffsetsPerTrigger"] == "20000"
     mine = kafka_source_options(StreamConfig(spark_kafka_options={"fetch.max.wait.ms": "250"}))
     assert mine["kafka.fetch.max.wait.ms"] == "250"
+
+
+def test_a_checkpoint_keeps_the_block_clock_it_started_with(tmp_path, capsys):
+    """The clock is part of the checkpointed plan (watermark, timeout kind): recorded at the first start,
+    another one refused up front with what to do; `logmesh stream` says it and exits 2 before Spark starts."""
+    import argparse
+    from logmesh.streaming.job import add_args, check_block_clock, config_from_args
+    checkpoint = tmp_path / "cp"
+    check_block_clock(checkpoint, "event")
+    check_block_clock(checkpoint, "event")  # the same clock again: fine
+    with pytest.raises(ValueError, match="--block-clock event, or use a new --checkpoint"):
+        check_block_clock(checkpoint, "processing")
+    p = argparse.ArgumentParser()
+    add_args(p)
+    with pytest.raises(SystemExit) as exit_:
+        config_from_args(p.parse_args(["--checkpoint", str(checkpoint)]))
+    assert exit_.value.code == 2 and "closes blocks on the event clock" in capsys.readouterr().err
+    older = tmp_path / "older"  # started before the clock was recorded: it ran on the processing clock
+    (older / "spark").mkdir(parents=True)
+    check_block_clock(older, "processing", record=False)
+    with pytest.raises(ValueError, match="processing clock"):
+        check_block_clock(older, "event")
