@@ -31,6 +31,7 @@ KAFKA = REPO / "deploy/kafka/kafka.sh"
 BOOTSTRAP = "127.0.0.1:9092"
 TOPICS = {"logs": 4, "scores": 4, "anomalies": 1, "dlq": 1}
 QUIET_MS = 5000  # a replay runs in seconds what took hours: close blocks after 5 s without a line
+EVENT_QUIET_MS = 30_000  # --block-clock event: the gap is log time, so the job's own default applies
 
 
 def say(message: str) -> None:
@@ -219,7 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1,
                         help="measured replays in a row against the same running job, each of a freshly "
                              "generated log of --lines lines (benchmarks; not with --logs) (default %(default)s)")
+    parser.add_argument("--block-clock", choices=["processing", "event"], default="processing",
+                        help="the job's --block-clock: processing closes blocks 5 s after their last line arrived; "
+                             "event closes them 30 s of log time after their last line, so blocks still active "
+                             "when the replay ends stay open (default %(default)s)")
     args = parser.parse_args(argv)
+    if args.block_clock == "event" and args.warm_up_lines > 1:
+        parser.error("--block-clock event follows the replay's own timeline; a generated warm-up would move the "
+                     "watermark past it: drop --warm-up-lines")
     if args.runs > 1 and args.logs:
         parser.error("--runs > 1 replays generated logs; it cannot be combined with --logs")
 
@@ -255,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                                "--anomalies-topic", names["anomalies"], "--dlq-topic", names["dlq"],
                                "--qdrant-path", str(work / "qdrant"),
                                "--checkpoint", str(work / "checkpoint"), "--log-level", "warning",
-                               "--block-quiet-ms", str(QUIET_MS)])
+                               "--block-clock", args.block_clock,
+                               "--block-quiet-ms", str(QUIET_MS if args.block_clock == "processing" else EVENT_QUIET_MS)])
         tally = Tally(dict(names))
         warm_up(names["logs"], logs, tally, interrupted, args.warm_up_lines, args.rate, work / "replay")
         for run in range(1, args.runs + 1):
@@ -311,7 +320,7 @@ def measured_replay(args: argparse.Namespace, run: int, logs: Path, labels: Path
             say(f"no progress for 3 minutes; see the logs in {stack.run_dir}")
             return 1
     figures = report(tally, labels, scoring_seconds or time.monotonic() - started, interrupted.is_set())
-    print("demo: result " + json.dumps({"run": run, "rate": args.rate, "lines": args.lines, **figures,
+    print("demo: result " + json.dumps({"run": run, "rate": args.rate, "log": str(logs), **figures,
                                          **({"cold_start": tally.cold_start} if run == 1 and tally.cold_start else {})}),
           flush=True)
     return 0
@@ -379,6 +388,7 @@ def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event, l
         from logmesh.ingest.producer import run_ingest
         warm_log = (folder or log.parent) / f"warm-up-{lines}.log"
         if not warm_log.exists():
+            warm_log.parent.mkdir(parents=True, exist_ok=True)
             write_generated(GeneratorConfig(lines=lines, seed=99), warm_log, warm_log.with_suffix(".labels.csv"))
         say(f"warming up: {lines:,} generated lines at {f'{rate:,.0f} lines/s' if rate else 'full speed'} ...")
         started, before = time.monotonic(), set(tally.block_lines)
