@@ -506,7 +506,7 @@ def run_demo(rate_: float | None, lines: int, runs: int, tag: str, timeout: floa
     # each run's progress ticks lie between its "run i/N" line and its result line
     for chunk, m in zip(re.split(DEMO_RESULT, text)[0::2], DEMO_RESULT.finditer(text)):
         r = {**common, **json.loads(m.group(1))}
-        r["replay_s"], r["scored"] = r.pop("seconds", None), r.get("scored")
+        r["replay_s"] = r.pop("seconds", None)
         ticks = [(int(a), int(b.replace(",", ""))) for a, b in DEMO_TICK.findall(chunk)]
         flowing = [(t_, s) for t_, s in ticks if s > 1]
         if len(flowing) >= 2 and flowing[-1][0] > flowing[0][0]:
@@ -781,7 +781,8 @@ def render(res: dict[str, Any]) -> str:
     if e and e.get("runs"):
         out += ["## End to end (`python -m logmesh.demo`: broker, embedder, scorer, Spark local[2] job, qdrant-edge)", "",
                 f"One demo per input rate: the stack starts, scores {WARM_UP_S} s of generated input at that rate "
-                "(its latency is the cold-start column), then replays 3 freshly generated logs (new blocks each) "
+                f"(its latency is the cold-start column), then replays {max(r.get('run', 1) for r in e['runs'])} "
+                "freshly generated logs (new blocks each) "
                 "back to back into the same running job; each replay is a run. Latency = Kafka CreateTime of each "
                 "ScoreResult minus that of its LogRecord. Time to detect = Kafka CreateTime of a failing block's "
                 "alert minus that of its first line whose event never occurs in the replay's Normal blocks (blocks "
@@ -943,8 +944,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="measured replays per rate, against one warm job per rate (default %(default)s)")
     p.add_argument("--profile-rate", type=float, default=2000)
     p.add_argument("--rates", default="full,500,2000,5000", help="e2e input rates, lines/s ('full' = as fast as possible)")
-    p.add_argument("--train-lines", type=int, default=250_000,
-                   help="generated lines to train on (default 250k to fit 15 min; 1M took ~6 min here)")
+    p.add_argument("--train-lines", type=int, default=1_000_000,
+                   help="generated lines to train on (default %(default)s; ~20 s here, plus ~15 s to generate once)")
     p.add_argument("--quick", action="store_true", help="smaller inputs (a smoke test, ~5 min)")
     p.add_argument("--keep", action="store_true", help="merge into the existing bench/results/all.json")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
