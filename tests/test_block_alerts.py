@@ -140,7 +140,7 @@ def test_failing_blocks_are_alerted_once_across_a_restart(admin, embedder_server
 
 
 def test_the_event_clock_closes_blocks_by_log_time_and_leaves_the_replays_last_blocks_open(
-        admin, embedder_server, scorer_server, data_dir, tmp_path):  # noqa: F811
+        admin, embedder_server, own_scorer, data_dir, tmp_path):  # noqa: F811
     """--block-clock event on the real HDFS_20000.log (183 s of log time, replayed in seconds): a block
     closes when the watermark has passed its last line's timestamp by the quiet gap, so the blocks still
     active in the file's last seconds stay open instead of being judged cut off (missing steps)."""
@@ -150,7 +150,8 @@ def test_the_event_clock_closes_blocks_by_log_time_and_leaves_the_replays_last_b
     from logmesh.streaming.vector_store import open_store
     quiet_ms, lateness_ms = 20_000, 10_000
     config = _topics(admin, f"e{uuid.uuid4().hex[:8]}")
-    config.embedder, config.scorer = embedder_server.address, scorer_server.address
+    # this module's scorer: the replay's anomalies must not land in the history other modules' tests read
+    config.embedder, config.scorer = embedder_server.address, own_scorer.address
     config.qdrant_path, config.checkpoint = str(tmp_path / "qdrant"), str(tmp_path / "checkpoint")
     config.block_clock, config.block_quiet_ms, config.event_lateness_ms = "event", quiet_ms, lateness_ms
     config.max_offsets_per_trigger = 2_000  # ~10 micro-batches: the watermark moves between them
