@@ -146,18 +146,28 @@ def test_the_event_clock_closes_blocks_by_log_time_and_leaves_the_replays_last_b
     active in the file's last seconds stay open instead of being judged cut off (missing steps)."""
     from logmesh.ingest.hdfs import block_ids
     from logmesh.streaming.block_sessions import _epoch_ms
-    from logmesh.streaming.job import run
     from logmesh.streaming.vector_store import open_store
     quiet_ms, lateness_ms = 20_000, 10_000
     config = _topics(admin, f"e{uuid.uuid4().hex[:8]}")
-    # this module's scorer: the replay's anomalies must not land in the history other modules' tests read
-    config.embedder, config.scorer = embedder_server.address, own_scorer.address
-    config.qdrant_path, config.checkpoint = str(tmp_path / "qdrant"), str(tmp_path / "checkpoint")
-    config.block_clock, config.block_quiet_ms, config.event_lateness_ms = "event", quiet_ms, lateness_ms
-    config.max_offsets_per_trigger = 2_000  # ~10 micro-batches: the watermark moves between them
     log = data_dir / "HDFS_20000.log"
     run_ingest(log, BOOTSTRAP, config.topic, labels_csv=data_dir / "anomaly_label.csv", progress=False)
-    run(config)  # --once: drains the topic
+
+    def stream(clock: str) -> subprocess.CompletedProcess:
+        """The job in its own process, as the first test runs it: launching Spark's JVM from this process
+        would fork it while this module's scorer has gRPC threads running (the JVM then dies at start).
+        This module's scorer, so the replay's anomalies stay out of the history other modules read."""
+        return subprocess.run(
+            [LOGMESH, "stream", "--bootstrap", BOOTSTRAP, "--topic", config.topic, "--scores-topic",
+             config.scores_topic, "--anomalies-topic", config.anomalies_topic, "--dlq-topic", config.dlq_topic,
+             "--embedder", embedder_server.address, "--scorer", own_scorer.address,
+             "--qdrant-path", str(tmp_path / "qdrant"), "--checkpoint", str(tmp_path / "checkpoint"),
+             "--block-clock", clock, "--block-quiet-ms", str(quiet_ms), "--event-lateness-ms", str(lateness_ms),
+             # ~10 micro-batches: the watermark moves between them
+             "--max-offsets-per-trigger", "2000", "--once", "--log-level", "warning"],
+            capture_output=True, text=True, timeout=600)
+
+    done = stream("event")  # --once: drains the topic and stops
+    assert done.returncode == 0, done.stderr[-3000:]
 
     last: dict[str, int] = {}  # each block's last line, in log time
     times = []
@@ -165,7 +175,7 @@ def test_the_event_clock_closes_blocks_by_log_time_and_leaves_the_replays_last_b
         times.append(_epoch_ms(parse_line(line).event_time.ToJsonString()))
         for block in block_ids(line):
             last[block] = max(last.get(block, 0), times[-1])
-    store = open_store(path=config.qdrant_path)
+    store = open_store(path=str(tmp_path / "qdrant"))
     points = store.retrieve(list(last))
     store.close()
     assert len(points) == len(last)
@@ -181,6 +191,5 @@ def test_the_event_clock_closes_blocks_by_log_time_and_leaves_the_replays_last_b
     assert len(active) > 100 and not active & closed
     assert all(points[b].payload["events"] for b in active)
 
-    with pytest.raises(ValueError, match="cannot switch to --block-clock processing"):
-        config.block_clock = "processing"  # the checkpoint keeps the clock it started with
-        run(config)
+    refused = stream("processing")  # the checkpoint keeps the clock it started with
+    assert refused.returncode == 2 and "cannot switch to --block-clock processing" in refused.stderr
