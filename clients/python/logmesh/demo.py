@@ -394,6 +394,8 @@ def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event, l
         started, before = time.monotonic(), set(tally.block_lines)
         summary = run_ingest(warm_log, BOOTSTRAP, topic, rate=rate, labels_csv=None, progress=False)
         _wait_for_scores(tally, 1 + summary.produced, interrupted, started, 300, "the warm-up was not scored in 5 minutes")
+        if interrupted.is_set():  # Ctrl-C: no figures to print; main stops the stack
+            return
         waits = [tally.scored_at[r] - t for r, t in tally.produced_at.items() if r in tally.scored_at]
         import numpy as np
         p50, p99 = np.percentile(waits, [50, 99]) / 1000
