@@ -268,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         tally = Tally(dict(names))
         warm_up(names["logs"], logs, tally, interrupted, args.warm_up_lines, args.rate, work / "replay")
         for run in range(1, args.runs + 1):
+            if interrupted.is_set():  # Ctrl-C during the warm-up
+                return 0
             if run > 1:  # a fresh generated log each time: new blocks, so each run has alerts of its own
                 logs, labels = generated_replay(work, args.lines, seed=6 + run)
                 tally.start_measuring(set(tally.block_lines) | set(tally.alerts))
