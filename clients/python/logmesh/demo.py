@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                        check=True)
 
     stack = Stack(run_dir)
+    tally: Tally | None = None
     interrupted = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     try:
@@ -278,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
             failed = measured_replay(args, run, logs, labels, names["logs"], tally, stack, interrupted)
             if failed or interrupted.is_set():
                 return failed
-        tally.close()
         return 0
     finally:
+        if tally is not None:  # before the broker goes: else librdkafka logs every failed reconnect
+            tally.close()
         say("stopping the job, the scorer, the embedder" + (" and the broker" if stack.started_broker else ""))
         stack.stop()
 
