@@ -72,6 +72,17 @@ def scorer_server(embedder_server, trained_models):
     server.stop(1)
 
 
+@pytest.fixture(scope="module")
+def own_scorer(embedder_server, trained_models):
+    """A scorer of the test module's own, so its anomaly history holds only what that module scored."""
+    from logmesh.client import ScorerClient
+    from logmesh.scorer.service import serve
+    server = serve(0, trained_models, embedder_server.address, reload_interval=60)
+    ScorerClient(server.address).wait_until_serving(30)
+    yield server
+    server.stop(1)
+
+
 @pytest.fixture()
 def scorer(scorer_server):
     from logmesh.client import ScorerClient

@@ -33,16 +33,6 @@ QUIET_MS = 4000
 # never occurs in a normal session (sessions_normal.txt). All of those must be alerted.
 
 
-@pytest.fixture(scope="module")
-def own_scorer(embedder_server, trained_models):
-    """A scorer of this module's own, so its anomaly history holds only this replay."""
-    from logmesh.scorer.service import serve
-    server = serve(0, trained_models, embedder_server.address, reload_interval=60)
-    ScorerClient(server.address).wait_until_serving(30)
-    yield server
-    server.stop(1)
-
-
 def test_failing_blocks_are_alerted_once_across_a_restart(admin, embedder_server, own_scorer, data_dir,  # noqa: F811
                                                           tmp_path):
     config = _topics(admin, f"t{uuid.uuid4().hex[:8]}")

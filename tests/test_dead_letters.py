@@ -36,16 +36,8 @@ NORMAL_LINE = ("081109 204655 556 INFO dfs.DataNode$PacketResponder: Received bl
 # --- helpers: topics, producing with known coordinates, a read_committed reader that stops at EOF ---
 
 def _config(admin, logs_partitions: int = 2):  # type: ignore[no-untyped-def]
-    from logmesh.streaming.job import StreamConfig
-    prefix = f"dl{uuid.uuid4().hex[:8]}"
-    names = {k: f"{prefix}.{k}" for k in ("logs", "scores", "anomalies", "dlq")}
-    futures = admin.create_topics([NewTopic(n, num_partitions=logs_partitions if k == "logs" else 1,
-                                            replication_factor=1) for k, n in names.items()])
-    for f in futures.values():
-        f.result(30)
-    return StreamConfig(bootstrap=BOOTSTRAP, topic=names["logs"], scores_topic=names["scores"],
-                        anomalies_topic=names["anomalies"], dlq_topic=names["dlq"], once=True,
-                        master="local[2]", max_offsets_per_trigger=1000)
+    from test_streaming import _topics
+    return _topics(admin, f"dl{uuid.uuid4().hex[:8]}", logs_partitions=logs_partitions, scores_partitions=1)
 
 
 def _produce(topic: str, messages: list[tuple[bytes | None, bytes | None, int]]) -> list[tuple[int, int]]:

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from logmesh.client import EmbedderClient, ScorerClient
 from logmesh.ingest.hdfs import block_ids
@@ -29,7 +29,7 @@ from logmesh.streaming.vector_store import open_store
 from logmesh.v1 import score_pb2
 from waiting import wait_for
 
-from test_streaming import BOOTSTRAP, CommittedCount, _consume_all
+from test_streaming import BOOTSTRAP, CommittedCount, _consume_all, _topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.spark]
 REPO = Path(__file__).resolve().parents[1]
@@ -51,17 +51,6 @@ def _slice(data_dir: Path, path: Path, start: int, count: int) -> list[str]:
         lines = src.read().splitlines(keepends=True)[start:start + count]
     path.write_text("".join(lines))
     return lines
-
-
-def _make_topics(prefix: str, bootstrap: str = BOOTSTRAP) -> StreamConfig:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    names = {k: f"{prefix}.{k}" for k in ("logs", "scores", "anomalies", "dlq")}
-    futures = admin.create_topics([NewTopic(n, num_partitions=4 if k in ("logs", "scores") else 1,
-                                            replication_factor=1) for k, n in names.items()])
-    for f in futures.values():
-        f.result(30)
-    return StreamConfig(bootstrap=bootstrap, topic=names["logs"], scores_topic=names["scores"],
-                        anomalies_topic=names["anomalies"], dlq_topic=names["dlq"])
 
 
 def _check_results(config: StreamConfig, lines: list[str], qdrant: Path, bootstrap: str = BOOTSTRAP) -> dict:
@@ -144,9 +133,9 @@ def _json_lines(path: Path) -> list[dict]:
 
 # ---- the scorer SIGKILLed mid-stream ------------------------------------------------------------
 
-def test_scorer_killed_mid_stream_is_retried_and_nothing_is_lost(embedder_server, trained_models, data_dir,
+def test_scorer_killed_mid_stream_is_retried_and_nothing_is_lost(admin, embedder_server, trained_models, data_dir,
                                                                    tmp_path, reliability):
-    config = _make_topics(f"f{uuid.uuid4().hex[:8]}")
+    config = _topics(admin, f"f{uuid.uuid4().hex[:8]}")
     lines = _slice(data_dir, tmp_path / "head.log", 5200, 2400)  # holds the writeBlock failure (line 6,336)
     port = _free_port()
     scorer_log = tmp_path / "scorer.log"
@@ -196,11 +185,11 @@ def test_scorer_killed_mid_stream_is_retried_and_nothing_is_lost(embedder_server
                 f"each exactly once", lost="nothing")
 
 
-def test_a_batch_past_its_retry_budget_fails_the_query_and_the_job_restarts_it(embedder_server, trained_models,
+def test_a_batch_past_its_retry_budget_fails_the_query_and_the_job_restarts_it(admin, embedder_server, trained_models,
                                                                                data_dir, tmp_path, reliability):
     """The scorer stays down longer than --retry-budget-s: the batch gives up, the query fails, and the job
     restarts it from its checkpoint with backoff (logged) until the scorer is back; the batch is replayed."""
-    config = _make_topics(f"f{uuid.uuid4().hex[:8]}")
+    config = _topics(admin, f"f{uuid.uuid4().hex[:8]}")
     lines = _slice(data_dir, tmp_path / "head.log", 12000, 1200)
     port = _free_port()
     scorer_log = tmp_path / "scorer.log"
@@ -248,11 +237,11 @@ def test_a_batch_past_its_retry_budget_fails_the_query_and_the_job_restarts_it(e
 
 # ---- the embedder down when the stream starts ---------------------------------------------------
 
-def test_embedder_down_at_start_is_waited_for(encoder, trained_models, data_dir, tmp_path, reliability):
+def test_embedder_down_at_start_is_waited_for(admin, encoder, trained_models, data_dir, tmp_path, reliability):
     from logmesh.embedder.service import serve as serve_embedder
     from logmesh.scorer.service import serve as serve_scorer
 
-    config = _make_topics(f"f{uuid.uuid4().hex[:8]}")
+    config = _topics(admin, f"f{uuid.uuid4().hex[:8]}")
     lines = _slice(data_dir, tmp_path / "head.log", 3000, 1000)
     embedder_port = _free_port()
     embedder_address = f"127.0.0.1:{embedder_port}"
@@ -307,15 +296,6 @@ def test_embedder_down_at_start_is_waited_for(encoder, trained_models, data_dir,
 
 # ---- the Spark job SIGKILLed mid-replay ---------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def job_scorer(embedder_server, trained_models):
-    from logmesh.scorer.service import serve
-    server = serve(0, trained_models, embedder_server.address, reload_interval=60)
-    ScorerClient(server.address).wait_until_serving(30)
-    yield server
-    server.stop(1)
-
-
 def _stream_args(config: StreamConfig, embedder: str, scorer: str, tmp_path: Path, *extra: str) -> list[str]:
     return [LOGMESH, "stream", "--bootstrap", config.bootstrap, "--topic", config.topic,
             "--scores-topic", config.scores_topic, "--anomalies-topic", config.anomalies_topic,
@@ -346,13 +326,13 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait(60)
 
 
-def test_spark_job_killed_mid_replay_resumes_with_nothing_lost_or_repeated(embedder_server, job_scorer, data_dir,
+def test_spark_job_killed_mid_replay_resumes_with_nothing_lost_or_repeated(admin, embedder_server, own_scorer, data_dir,
                                                                            tmp_path, reliability):
-    config = _make_topics(f"f{uuid.uuid4().hex[:8]}")
+    config = _topics(admin, f"f{uuid.uuid4().hex[:8]}")
     lines = _slice(data_dir, tmp_path / "replay.log", 5000, 4000)
     assert run_ingest(tmp_path / "replay.log", BOOTSTRAP, config.topic, labels_csv=data_dir / "anomaly_label.csv",
                       progress=False).produced == len(lines)
-    args = _stream_args(config, embedder_server.address, job_scorer.address, tmp_path,
+    args = _stream_args(config, embedder_server.address, own_scorer.address, tmp_path,
                         "--max-offsets-per-trigger", "400")
     scored = CommittedCount(config.scores_topic)
     rows: list[str] = []
@@ -435,7 +415,7 @@ def _free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
-def test_broker_restart_mid_replay_loses_nothing(embedder_server, job_scorer, data_dir, tmp_path, reliability):
+def test_broker_restart_mid_replay_loses_nothing(embedder_server, own_scorer, data_dir, tmp_path, reliability):
     port = _free_port_pair()
     bootstrap = f"127.0.0.1:{port}"
     env = {"LOGMESH_KAFKA_PORT": str(port), "LOGMESH_KAFKA_DIR": str(tmp_path / "kafka"),
@@ -455,7 +435,7 @@ def test_broker_restart_mid_replay_loses_nothing(embedder_server, job_scorer, da
         assert ledger_config["cleanup.policy"].value == "compact"
         config = StreamConfig(bootstrap=bootstrap)
         job_log, ingest_log = tmp_path / "stream.log", tmp_path / "ingest.log"
-        procs.append(_spawn(_stream_args(config, embedder_server.address, job_scorer.address, tmp_path,
+        procs.append(_spawn(_stream_args(config, embedder_server.address, own_scorer.address, tmp_path,
                                          "--max-offsets-per-trigger", "500"), job_log))
         wait_for(lambda: any(e.get("msg") == "stream started" for e in _json_lines(job_log)) or procs[0].poll() is not None,
               600, "the job to start")

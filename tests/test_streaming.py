@@ -22,10 +22,12 @@ BOOTSTRAP = "127.0.0.1:9092"
 LINES = 3000
 
 
-def _topics(admin, prefix: str) -> StreamConfig:
+def _topics(admin, prefix: str, logs_partitions: int = 4, scores_partitions: int = 4) -> StreamConfig:
+    """Fresh topics named after `prefix` and a --once job config reading them."""
     names = {k: f"{prefix}.{k}" for k in ("logs", "scores", "anomalies", "dlq")}
-    futures = admin.create_topics([NewTopic(n, num_partitions=4 if k in ("logs", "scores") else 1,
-                                            replication_factor=1) for k, n in names.items()])
+    partitions = {"logs": logs_partitions, "scores": scores_partitions}
+    futures = admin.create_topics([NewTopic(n, num_partitions=partitions.get(k, 1), replication_factor=1)
+                                   for k, n in names.items()])
     for f in futures.values():
         f.result(30)
     return StreamConfig(bootstrap=BOOTSTRAP, topic=names["logs"], scores_topic=names["scores"],
