@@ -99,7 +99,7 @@ def summarise_batches(path: Path, since: float) -> dict:
 
 
 def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_no: int, pyspy: bool) -> dict:
-    from logmesh.demo import Tally, reset_topics, wait_for_blocks_to_close, warm_up
+    from logmesh.demo import Tally, reset_topics, time_to_detect, wait_for_blocks_to_close, warm_up
     from logmesh.ingest.producer import run_ingest
     from logmesh.scorer.dataset import read_block_labels
     tag = f"{run_no:02d}-{variant}"
@@ -164,17 +164,7 @@ def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_
                       # replay's first LogRecord to the last ScoreResult, on Kafka's clock
                       lines_per_s=len(waits) / max((max(tally.scored_at.values()) - replay_first) / 1000, 1e-9),
                       alerts=len(tally.alerts), finals=tally.finals, line_anomalies=tally.line_anomalies)
-        truth = read_block_labels(labels)
-        normal = {e for b, ls in tally.block_lines.items() if truth.get(b) == 0 for _, e in ls}
-        delays = []
-        for block, at in tally.alerted_at.items():
-            if truth.get(block) == 1:
-                first = next((t for t, e in sorted(tally.block_lines.get(block, [])) if e not in normal), None)
-                if first is not None:
-                    delays.append((at - first) / 1000)
-        if delays:
-            d50, d99 = np.percentile(delays, [50, 99])
-            result.update(ttd_p50_s=float(d50), ttd_p99_s=float(d99), ttd_blocks=len(delays))
+        result.update(time_to_detect(tally, read_block_labels(labels)))  # the demo's own definition
         result["profile"] = summarise_batches(out, mark)
     finally:
         tally.close()
