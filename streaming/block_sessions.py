@@ -1,8 +1,7 @@
 """Per-block state in Spark: each block's events so far, kept by `applyInPandasWithState`.
 
-The stream is the union of two branches over the same Kafka source: every message passes through
-unchanged as a "line" row for the sink, and a stateful branch keeps each block's events (the block is the
-Kafka key, set by `logmesh ingest`) and emits one "block" summary row per block that changed in the
+Every Kafka message reaches the sink unchanged as a "line" row, and the block state (the block is the
+Kafka key, set by `logmesh ingest`) adds one "block" summary row per block that changed in the
 micro-batch, or closed. A block closes after `quiet_ms` without a new line, on one of two clocks:
 
 - processing time (the default): `quiet_ms` of wall-clock time after its last line arrived. Simple and
@@ -15,17 +14,23 @@ micro-batch, or closed. A block closes after `quiet_ms` without a new line, on o
   timestamp cannot be placed and are left out of it.
 
 The timeout fires even in a micro-batch without new data. Spark checkpoints the state, so a restart
-resumes each block's story where it was.
+resumes each block's story where it was. The state is keyed by a bucket of blocks, so the state function
+runs a few times per micro-batch rather than once per block.
 
-The stateful branch sees only (block, template id, event time), decoded once per Arrow batch before the
-shuffle, and the state is keyed by a bucket of blocks, so the state function runs a few dozen times per
-micro-batch rather than once per block. Both Python functions freeze their worker's heap once
-(_freeze_worker_heap): pyspark's per-task `gc.collect()` was half of the job's Python CPU.
+Two plans (PLANS), fixed per checkpoint (Spark refuses to restart a checkpoint with a different number
+of sources, and the state is keyed by the bucket count):
+- single-pass (processing clock, new checkpoints): one Kafka read; every message goes through the state
+  function, which decodes it, extends its block and passes it on as a line row. One Python stage per
+  micro-batch.
+- two-branch (the event clock, and checkpoints started before the single pass): the union of a
+  stateless branch of line rows and a stateful branch that sees only (block, template, event time),
+  decoded by a pandas UDF before the shuffle. The event clock needs it: with a watermark Spark drops
+  rows behind it before the state function, and those lines must still reach the sink. Two Kafka reads
+  and two Python stages per micro-batch: at 2,000 lines/s, 490-520 ms per micro-batch against 250 ms
+  for the single pass (docs/benchmarks.md, "One pass over Kafka").
 
-Why still two branches (measured in docs/benchmarks.md, "Where a micro-batch's time goes, after the
-worker GC fix"): a single pass through the state function (one Kafka read, one Python stage) was not
-clearly faster once the GC fix was in, and the union is what existing checkpoints hold: each branch is
-a source in the offset log, and Spark refuses to restart a checkpoint of two sources with a plan of one.
+Both Python functions freeze their worker's heap once (_freeze_worker_heap): pyspark's per-task
+`gc.collect()` was half of the job's Python CPU.
 """
 from __future__ import annotations
 
@@ -40,16 +45,23 @@ import pandas as pd
 LINE, BLOCK = "line", "block"
 OUTPUT_SCHEMA = ("kind string, topic string, partition int, offset long, key binary, value binary, "
                  "block_id string, events array<string>, closed boolean, first_time string, last_time string")
+OUTPUT_COLUMNS = [column.split()[0] for column in OUTPUT_SCHEMA.split(", ")]
 SUMMARY_SCHEMA = "block_id string, events array<string>, closed boolean, first_time string, last_time string"
 # one JSON string: pyspark 4.3's worker fails to read an array type back from the state schema
 # (KeyError 'elementType' in ArrayType.fromJson)
 # JSON: block id -> [events, first time, last time, the block's last line on the closing clock (ms)]
 STATE_SCHEMA = "blocks string"
 CLOCKS = ("processing", "event")
+PLANS = ("single-pass", "two-branch")
 # Spark calls the state function once per key and micro-batch, and that call (an Arrow stream to a Python
 # worker) costs far more than the work inside it; keying by a bucket of blocks instead of the block
 # makes it a few dozen calls per micro-batch instead of one per block.
 BUCKETS = 32
+# The single pass (below) runs the state function on every message, so each call also carries the lines
+# and the fewer calls the better: in one window at 2,000 lines/s (Spark's plan alone, no sink), 32 buckets
+# gave 320-390 ms per micro-batch, 2 buckets 240-255 ms (docs/benchmarks.md, "One pass over Kafka").
+# Fixed per checkpoint, like BUCKETS: the state is keyed by it.
+SINGLE_PASS_BUCKETS = 2
 _heap_frozen = False
 
 
@@ -97,8 +109,50 @@ def _epoch_ms(when: str) -> int:
     return int(dt.datetime.fromisoformat(when).timestamp() * 1000)
 
 
+def _close_and_report(blocks: dict[str, list], changed: set[str], now: int, quiet_ms: int, state,  # type: ignore[no-untyped-def]
+                      event_time: bool) -> list[tuple]:
+    """Closes the bucket's blocks quiet for `quiet_ms` on the clock, returns a summary per changed or closed
+    block, and stores what stays open (with the bucket's next timer)."""
+    out = []
+    for block_id in list(blocks):
+        events, first, last, seen = blocks[block_id]
+        # event time: nothing closes before the first watermark (0 until a batch has set one)
+        if (now > 0 or not event_time) and now - seen >= quiet_ms:
+            out.append((block_id, events, True, first, last))
+            del blocks[block_id]
+        elif block_id in changed:
+            out.append((block_id, events, False, first, last))
+    if blocks:
+        state.update((json.dumps(blocks),))
+        if event_time:  # fires once the watermark passes the earliest close (always ahead of it here)
+            state.setTimeoutTimestamp(min(seen for _, _, _, seen in blocks.values()) + quiet_ms)
+        else:
+            state.setTimeoutDuration(quiet_ms)
+    elif state.exists:
+        state.remove()
+    return out
+
+
+def _extend(blocks: dict[str, list], rows: pd.DataFrame, now: int, event_time: bool) -> set[str]:
+    """Appends each row's template to its block, in (partition, offset) order; returns the blocks touched.
+    `rows` has block_id, template, event_time; rows without a block or a template are not in any story."""
+    changed: set[str] = set()
+    for block_id, template, when in zip(rows["block_id"], rows["template"], rows["event_time"]):
+        if block_id is None or template is None:
+            continue
+        events, first, last, seen = blocks.get(block_id) or ([], "", "", 0)
+        events.append(template)
+        if when:
+            first, last = (min(first, when) if first else when), max(last, when)
+        seen = (max(seen, _epoch_ms(when)) if when else seen) if event_time else now
+        blocks[block_id] = [events, first, last, seen]
+        changed.add(block_id)
+    return changed
+
+
 def track_blocks(quiet_ms: int, clock: str = "processing"):  # type: ignore[no-untyped-def]
-    """The state function for `applyInPandasWithState`, keyed by a bucket of blocks (see BUCKETS).
+    """The state function of the two-branch plan, keyed by a bucket of blocks (see BUCKETS); its rows are
+    the decoded facts (block, template, event time) of the stateful branch.
 
     The bucket's state maps each open block to (events, first time, last time, and when its last line
     was on the closing clock: arrival in processing time, or its own timestamp in event time). A call
@@ -115,42 +169,58 @@ def track_blocks(quiet_ms: int, clock: str = "processing"):  # type: ignore[no-u
         changed: set[str] = set()
         if not state.hasTimedOut:
             rows = pd.concat(list(frames), ignore_index=True).sort_values(["partition", "offset"])
-            for block_id, template, when in zip(rows["block_id"], rows["template"], rows["event_time"]):
-                events, first, last, seen = blocks.get(block_id) or ([], "", "", 0)
-                events.append(template)
-                if when:
-                    first, last = (min(first, when) if first else when), max(last, when)
-                seen = (max(seen, _epoch_ms(when)) if when else seen) if event_time else now
-                blocks[block_id] = [events, first, last, seen]
-                changed.add(block_id)
-        out = []
-        for block_id in list(blocks):
-            events, first, last, seen = blocks[block_id]
-            # event time: nothing closes before the first watermark (0 until a batch has set one)
-            if (now > 0 or not event_time) and now - seen >= quiet_ms:
-                out.append((block_id, events, True, first, last))
-                del blocks[block_id]
-            elif block_id in changed:
-                out.append((block_id, events, False, first, last))
-        if blocks:
-            state.update((json.dumps(blocks),))
-            if event_time:  # fires once the watermark passes the earliest close (always ahead of it here)
-                state.setTimeoutTimestamp(min(seen for _, _, _, seen in blocks.values()) + quiet_ms)
-            else:
-                state.setTimeoutDuration(quiet_ms)
-        elif state.exists:
-            state.remove()
+            changed = _extend(blocks, rows, now, event_time)
+        out = _close_and_report(blocks, changed, now, quiet_ms, state, event_time)
         if out:
             yield pd.DataFrame(out, columns=["block_id", "events", "closed", "first_time", "last_time"])
 
     return update
 
 
+def track_lines_and_blocks(quiet_ms: int):  # type: ignore[no-untyped-def]
+    """The state function of the single-pass plan (processing clock), keyed by a bucket of blocks (see
+    SINGLE_PASS_BUCKETS); its rows are the Kafka messages themselves. It decodes each value once, extends
+    and closes blocks as `track_blocks` does, and emits every message unchanged as a line row (messages
+    that are not LogRecords too: the sink dead-letters them) followed by the block summaries."""
+    def update(key: tuple, frames: Iterator[pd.DataFrame], state) -> Iterator[pd.DataFrame]:  # type: ignore[no-untyped-def]
+        _freeze_worker_heap()
+        now = state.getCurrentProcessingTimeMs()
+        blocks: dict[str, list] = json.loads(state.get[0]) if state.exists else {}
+        out, changed = [], set()
+        if not state.hasTimedOut:
+            rows = pd.concat(list(frames), ignore_index=True).sort_values(["partition", "offset"])
+            facts = _template_and_time(rows["value"])
+            changed = _extend(blocks, pd.DataFrame({"block_id": rows["block_id"].to_numpy(),
+                                                    "template": facts["template"].to_numpy(),
+                                                    "event_time": facts["event_time"].to_numpy()}), now, False)
+            out = [(LINE, t, p, o, k, v, None, None, None, None, None) for t, p, o, k, v in zip(
+                rows["topic"], rows["partition"], rows["offset"], rows["key"], rows["value"])]
+        out += [(BLOCK, None, None, None, None, None, *summary)
+                for summary in _close_and_report(blocks, changed, now, quiet_ms, state, False)]
+        if out:
+            yield pd.DataFrame(out, columns=OUTPUT_COLUMNS, dtype=object)  # object: ints stay ints beside None
+
+    return update
+
+
 def with_block_sessions(source, quiet_ms: int, clock: str = "processing",  # type: ignore[no-untyped-def]
-                        lateness_ms: int = 10_000):
-    """Kafka rows -> line rows plus block summary rows, keyed and stateful per block, closed on `clock`."""
+                        lateness_ms: int = 10_000, plan: str = "two-branch"):
+    """Kafka rows -> line rows plus block summary rows, keyed and stateful per block, closed on `clock`,
+    by one of PLANS (the single pass needs the processing clock)."""
+    if plan not in PLANS:
+        raise ValueError(f"block plan must be one of {PLANS}, not {plan!r}")
+    if plan == "single-pass" and clock != "processing":
+        raise ValueError("the single-pass plan closes blocks on the processing clock only: with a watermark, "
+                         "Spark drops late rows before the state function, and late lines must still be scored")
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
+
+    if plan == "single-pass":
+        rows = source.select("topic", "partition", "offset", "key", "value",
+                             F.col("key").cast("string").alias("block_id"))
+        buckets = rows.withColumn("bucket", F.pmod(F.hash("block_id"), F.lit(SINGLE_PASS_BUCKETS))).groupBy("bucket")
+        return buckets.applyInPandasWithState(track_lines_and_blocks(quiet_ms), OUTPUT_SCHEMA, STATE_SCHEMA,
+                                              "Update", "ProcessingTimeTimeout")
 
     decode = pandas_udf(_template_and_time, "template string, event_time string")
     empty = {c: F.lit(None).cast(t) for c, t in (("block_id", "string"), ("events", "array<string>"),

@@ -149,6 +149,23 @@ def check_block_clock(checkpoint: str | Path, clock: str, record: bool = True) -
         path.write_text(clock + "\n")
 
 
+BLOCK_PLAN_FILE = "block-plan"
+
+
+def block_plan(checkpoint: str | Path, clock: str, record: bool = True) -> str:
+    """The block-state plan (block_sessions.PLANS) this checkpoint runs: the one it recorded at its first
+    start (`record`); two-branch for one started before plans were recorded (its offset log holds two
+    sources) or for the event clock; else the single pass."""
+    path = Path(checkpoint) / BLOCK_PLAN_FILE
+    if path.exists():
+        return path.read_text().strip()
+    plan = "two-branch" if clock == "event" or (Path(checkpoint) / "spark").exists() else "single-pass"
+    if record:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(plan + "\n")
+    return plan
+
+
 def kafka_source_options(config: StreamConfig) -> dict[str, str]:
     """Options of Spark's Kafka source: ours, then the user's Kafka settings as kafka.KEY (they win)."""
     options = {"kafka.bootstrap.servers": config.bootstrap, "subscribe": config.topic,
@@ -164,10 +181,11 @@ def kafka_source_options(config: StreamConfig) -> dict[str, str]:
     return options
 
 
-def _start_query(spark, config: StreamConfig, sink: BatchSink):  # type: ignore[no-untyped-def]
+def _start_query(spark, config: StreamConfig, sink: BatchSink, plan: str):  # type: ignore[no-untyped-def]
     reader = spark.readStream.format("kafka").options(**kafka_source_options(config))
     from logmesh.streaming.block_sessions import with_block_sessions
-    stream = with_block_sessions(reader.load(), config.block_quiet_ms, config.block_clock, config.event_lateness_ms)
+    stream = with_block_sessions(reader.load(), config.block_quiet_ms, config.block_clock, config.event_lateness_ms,
+                                 plan)
     writer = (stream.writeStream.foreachBatch(sink).outputMode("update")
               .option("checkpointLocation", str(Path(config.checkpoint) / "spark"))
               .queryName("logmesh-stream"))
@@ -190,6 +208,7 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
     in a row without a batch done in between; then the failure is raised."""
     from logmesh.streaming.spark import session
     check_block_clock(config.checkpoint, config.block_clock)
+    plan = block_plan(config.checkpoint, config.block_clock)
     progress = {"batches": 0}
 
     def report(r) -> None:  # type: ignore[no-untyped-def]
@@ -211,9 +230,9 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
     failures, delay, seen = 0, 2.0, 0
     try:
         while True:
-            query = _start_query(spark, config, sink)
+            query = _start_query(spark, config, sink, plan)
             log.info("stream started", extra={"topic": config.topic, "checkpoint": config.checkpoint,
-                                              "once": config.once, "restarts": failures})
+                                              "block_plan": plan, "once": config.once, "restarts": failures})
             try:
                 query.awaitTermination()
             except KeyboardInterrupt:

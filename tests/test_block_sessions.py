@@ -11,7 +11,7 @@ import pytest
 
 from logmesh.ingest.hdfs import parse_line
 from logmesh.streaming import block_sessions
-from logmesh.streaming.block_sessions import _template_and_time, track_blocks
+from logmesh.streaming.block_sessions import OUTPUT_COLUMNS, _template_and_time, track_blocks, track_lines_and_blocks
 
 LINES = [
     "081109 203518 143 INFO dfs.DataNode$DataXceiver: Receiving block blk_1 src: /10.250.19.102:54106 dest: /10.250.19.102:50010",
@@ -92,6 +92,43 @@ def test_blocks_keep_log_order_across_calls_and_close_when_quiet():
     state.now = 2_500
     closed = pd.concat(list(update((0,), iter([]), state)), ignore_index=True)
     assert list(zip(closed["block_id"], closed["closed"])) == [("blk_1", True)] and not state.exists
+
+
+def _messages(rows: list[tuple[int | None, int, int]]) -> pd.DataFrame:
+    """(line index or None for a message that is not a LogRecord, partition, offset) -> Kafka rows as the
+    single pass's state function gets them."""
+    records = [parse_line(LINES[i], "t", i) if i is not None else None for i, _, _ in rows]
+    return pd.DataFrame({
+        "topic": "logmesh.logs", "partition": [p for _, p, _ in rows], "offset": [o for _, _, o in rows],
+        "key": [r.block_ids[0].encode() if r else None for r in records],
+        "value": [r.SerializeToString() if r else b"junk" for r in records],
+        "block_id": [r.block_ids[0] if r else None for r in records], "bucket": 0})
+
+
+def test_single_pass_passes_every_message_on_and_keeps_the_same_block_story():
+    """The single pass's state function: every Kafka message comes out as a line row with its bytes
+    intact (junk too: the sink dead-letters it), and blocks are extended and closed as in the two-branch
+    plan's function."""
+    update, twin = track_lines_and_blocks(quiet_ms=1000), track_blocks(quiet_ms=1000)
+    state, twin_state = FakeState(now=1_000), FakeState(now=1_000)
+    chunks = [_messages([(1, 0, 11), (None, 2, 3)]), _messages([(0, 0, 10), (2, 1, 5)])]
+    out = pd.concat(list(update((0,), iter(chunks), state)), ignore_index=True)
+    assert list(out.columns) == OUTPUT_COLUMNS
+    lines, blocks = out[out["kind"] == "line"], out[out["kind"] == "block"]
+    assert list(zip(lines["partition"], lines["offset"])) == [(0, 10), (0, 11), (1, 5), (2, 3)]
+    sent = pd.concat(chunks).set_index("offset")
+    assert all(bytes(v) == sent.loc[o, "value"] for o, v in zip(lines["offset"], lines["value"]))
+    assert lines["key"].iloc[3] is None and lines["block_id"].isna().all()
+
+    expected = pd.concat(list(twin((0,), iter([_facts([(1, 0, 11)]), _facts([(0, 0, 10), (2, 1, 5)])]), twin_state)))
+    assert [(b, list(e), c) for b, e, c in zip(blocks["block_id"], blocks["events"], blocks["closed"])] == [
+        (b, list(e), c) for b, e, c in zip(expected["block_id"], expected["events"], expected["closed"])]
+    assert state.value == twin_state.value and state.timeout == 1000
+
+    state.now, state.hasTimedOut = 2_000, True  # a timer call: no lines, both blocks close
+    closed = pd.concat(list(update((0,), iter([]), state)), ignore_index=True)
+    assert set(closed["kind"]) == {"block"} and closed["closed"].all() and len(closed) == 2
+    assert not state.exists
 
 
 def test_heap_is_frozen_only_in_reused_pyspark_workers(monkeypatch):

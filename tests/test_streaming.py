@@ -90,11 +90,17 @@ def first_lines(data_dir, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.parametrize("plan", ["single-pass", "two-branch"])
 def test_replay_scores_every_line_once_and_restart_adds_nothing(admin, embedder_server, scorer_server, first_lines,
-                                                                data_dir, tmp_path):
+                                                                data_dir, tmp_path, plan):
+    """Both block-state plans: the single pass of a new checkpoint, and the two branches a checkpoint
+    started before the single pass keeps (its Spark folder exists but no plan is recorded)."""
+    from logmesh.streaming.job import block_plan
     config = _topics(admin, f"t{uuid.uuid4().hex[:8]}")
     config.embedder, config.scorer = embedder_server.address, scorer_server.address
     config.qdrant_path, config.checkpoint = str(tmp_path / "qdrant"), str(tmp_path / "checkpoint")
+    if plan == "two-branch":
+        (tmp_path / "checkpoint" / "spark").mkdir(parents=True)
     summary = run_ingest(first_lines, BOOTSTRAP, config.topic, labels_csv=data_dir / "anomaly_label.csv",
                          progress=False)
     assert summary.produced == LINES
@@ -106,6 +112,7 @@ def test_replay_scores_every_line_once_and_restart_adds_nothing(admin, embedder_
 
     reports = []
     run(config, on_report=reports.append)
+    assert block_plan(config.checkpoint, config.block_clock, record=False) == plan
 
     scores = _consume_all(config.scores_topic)
     ids = Counter(score_pb2.ScoreResult.FromString(m.value()).record_id for m in scores)
@@ -250,3 +257,21 @@ def test_a_checkpoint_keeps_the_block_clock_it_started_with(tmp_path, capsys):
     check_block_clock(older, "processing", record=False)
     with pytest.raises(ValueError, match="processing clock"):
         check_block_clock(older, "event")
+
+
+def test_a_checkpoint_keeps_the_block_plan_it_started_with(tmp_path):
+    """New checkpoints on the processing clock take the single pass, the event clock two branches, and a
+    checkpoint started before plans were recorded (two Kafka sources in its offset log) keeps two."""
+    from logmesh.streaming.block_sessions import with_block_sessions
+    from logmesh.streaming.job import block_plan
+    assert block_plan(tmp_path / "new", "processing") == "single-pass"
+    (tmp_path / "new" / "spark").mkdir()  # the query has run since: the recorded plan holds
+    assert block_plan(tmp_path / "new", "processing") == "single-pass"
+    assert block_plan(tmp_path / "event", "event") == "two-branch"
+    (tmp_path / "older" / "spark").mkdir(parents=True)
+    assert block_plan(tmp_path / "older", "processing") == "two-branch"
+    assert (tmp_path / "older" / "block-plan").read_text().strip() == "two-branch"
+    assert block_plan(tmp_path / "unrecorded", "processing", record=False) == "single-pass"
+    assert not (tmp_path / "unrecorded").exists()
+    with pytest.raises(ValueError, match="processing clock only"):
+        with_block_sessions(None, 1000, "event", plan="single-pass")
