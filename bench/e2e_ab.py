@@ -114,7 +114,8 @@ def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_
            "--topic", names["logs"], "--scores-topic", names["scores"], "--anomalies-topic", names["anomalies"],
            "--dlq-topic", names["dlq"], "--embedder", servers.embed_addr, "--scorer", servers.score_addr,
            "--qdrant-path", str(work / "qdrant"), "--checkpoint", str(work / "checkpoint"),
-           "--block-quiet-ms", str(QUIET_MS), "--log-level", "warning", *args.job_arg]
+           "--block-quiet-ms", str(QUIET_MS), "--log-level", "warning", *args.job_arg,
+           *(arg for name, arg in (a.split("=", 1) for a in args.variant_arg) if name == variant)]
     if pyspy:
         cmd = [str(Path(PY).with_name("py-spy")), "record", "--subprocesses", "-r", "25", "-f", "raw",
                "-o", str(work / "pyspy.txt"), "--", *cmd]
@@ -190,6 +191,8 @@ def main() -> int:
     p.add_argument("--warm-up-lines", type=int, default=1,
                    help="generated lines scored at --rate before the measured replay (default 1: just the job's start)")
     p.add_argument("--job-arg", action="append", default=[], help="extra `logmesh stream` argument (repeatable)")
+    p.add_argument("--variant-arg", action="append", default=[], metavar="NAME=ARG",
+                   help="extra `logmesh stream` argument for variant NAME only (repeatable), e.g. new=--trigger-ms=250")
     args = p.parse_args()
     sys.path.insert(0, str(REPO / "clients/python"))
     from logmesh.bench import Servers

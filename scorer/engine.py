@@ -94,6 +94,7 @@ class LineScorer:
         probabilities, unavailable = self._probabilities(wanted, given, timeout)
         scored_time = Timestamp()
         scored_time.GetCurrentTime()
+        verdicts = {shape: self._verdict(row) for shape, row in probabilities.items()}
         for record, shape, result in zip(records, shapes, results):
             if record is None:
                 continue
@@ -101,7 +102,7 @@ class LineScorer:
             if shape in unavailable:
                 result.error.CopyFrom(item_error(grpc.StatusCode.UNAVAILABLE, unavailable[shape]))
                 continue
-            self._fill(result.result, record, probabilities[shape], scored_time)
+            _fill(result.result, record, verdicts[shape], scored_time)
         return results
 
     def _probabilities(self, shapes: set[str], given: dict[str, np.ndarray],
@@ -141,27 +142,32 @@ class LineScorer:
         with self._lock:
             return {s: self._anomalous[s] for s in shapes if s in self._anomalous}
 
-    def _fill(self, out: score_pb2.ScoreResult, record: log_record_pb2.LogRecord, row: np.ndarray,
-              scored_time: Timestamp) -> None:
+    def _verdict(self, row: np.ndarray) -> score_pb2.ScoreResult:
+        """The part of a ScoreResult that depends only on the line's shape (the members' probabilities
+        `row`): built once per shape and call, then merged into each line's result. Building it per line
+        (numpy reductions on 5 numbers, 5 vote messages) was half of the scorer's CPU."""
         anomaly_votes = int((row >= THRESHOLD).sum())
         normal_votes = len(row) - anomaly_votes
-        anomalous = _anomalous(row)
-        out.record_id = record.id
-        out.verdict = ANOMALY if anomalous else NORMAL
-        out.score = float(row.mean())
-        out.confidence = max(anomaly_votes, normal_votes) / len(row)
-        out.anomaly_votes = anomaly_votes
-        out.normal_votes = normal_votes
+        out = score_pb2.ScoreResult(verdict=ANOMALY if _anomalous(row) else NORMAL, score=float(row.mean()),
+                                    confidence=max(anomaly_votes, normal_votes) / len(row),
+                                    anomaly_votes=anomaly_votes, normal_votes=normal_votes,
+                                    model_version=self.artifact.version)
         for name, p in zip(self.members, row):
             out.votes.add(model=name, verdict=ANOMALY if p >= THRESHOLD else NORMAL, score=float(p))
-        out.model_version = self.artifact.version
-        out.template_id = record.template_id
-        out.block_ids.extend(record.block_ids)
-        if record.HasField("event_time"):
-            out.event_time.CopyFrom(record.event_time)
-        out.scored_time.CopyFrom(scored_time)
-        out.message = record.message
-        out.component = record.component
+        return out
+
+
+def _fill(out: score_pb2.ScoreResult, record: log_record_pb2.LogRecord, verdict: score_pb2.ScoreResult,
+          scored_time: Timestamp) -> None:
+    out.MergeFrom(verdict)
+    out.record_id = record.id
+    out.template_id = record.template_id
+    out.block_ids.extend(record.block_ids)
+    if record.HasField("event_time"):
+        out.event_time.CopyFrom(record.event_time)
+    out.scored_time.CopyFrom(scored_time)
+    out.message = record.message
+    out.component = record.component
 
 
 def _anomalous(row: np.ndarray) -> bool:
