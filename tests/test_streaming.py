@@ -232,7 +232,7 @@ def test_spark_kafka_source_options_default_a_short_fetch_wait_that_the_user_can
     from logmesh.streaming.job import StreamConfig, kafka_source_options
     options = kafka_source_options(StreamConfig(topic="t", kafka_options={"security.protocol": "SASL_SSL"}))
     assert options["kafka.fetch.max.wait.ms"] == "10" and options["subscribe"] == "t"
-    assert options["kafka.security.protocol"] == "SASL_SSL" and options["maxOffsetsPerTrigger"] == "20000"
+    assert options["kafka.security.protocol"] == "SASL_SSL" and options["maxOffsetsPerTrigger"] == "40000"
     mine = kafka_source_options(StreamConfig(spark_kafka_options={"fetch.max.wait.ms": "250"}))
     assert mine["kafka.fetch.max.wait.ms"] == "250"
 
