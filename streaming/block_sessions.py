@@ -26,8 +26,8 @@ of sources, and the state is keyed by the bucket count):
   stateless branch of line rows and a stateful branch that sees only (block, template, event time),
   decoded by a pandas UDF before the shuffle. The event clock needs it: with a watermark Spark drops
   rows behind it before the state function, and those lines must still reach the sink. Two Kafka reads
-  and two Python stages per micro-batch: at 2,000 lines/s, 490-520 ms per micro-batch against 250 ms
-  for the single pass (docs/benchmarks.md, "One pass over Kafka").
+  and two Python stages per micro-batch: at 2,000 lines/s, 437-523 ms per micro-batch against 242-337 ms
+  for the single pass (Spark's part alone; docs/benchmarks.md, "One pass over Kafka").
 
 Both Python functions freeze their worker's heap once (_freeze_worker_heap): pyspark's per-task
 `gc.collect()` was half of the job's Python CPU.
@@ -58,8 +58,8 @@ PLANS = ("single-pass", "two-branch")
 # makes it a few dozen calls per micro-batch instead of one per block.
 BUCKETS = 32
 # The single pass (below) runs the state function on every message, so each call also carries the lines
-# and the fewer calls the better: in one window at 2,000 lines/s (Spark's plan alone, no sink), 32 buckets
-# gave 320-390 ms per micro-batch, 2 buckets 240-255 ms (docs/benchmarks.md, "One pass over Kafka").
+# and the fewer calls the better: at 2,000 lines/s (Spark's plan alone, no sink, four rounds), 32 buckets
+# gave 318-392 ms per micro-batch, 2 buckets 242-337 ms (docs/benchmarks.md, "One pass over Kafka").
 # Fixed per checkpoint, like BUCKETS: the state is keyed by it.
 SINGLE_PASS_BUCKETS = 2
 _heap_frozen = False
