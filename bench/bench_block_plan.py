@@ -10,6 +10,8 @@ CreateTime to the end of the `toPandas` that delivered it (p50/p99): the job's l
 Variants run interleaved (A, B, A, B ...) in one session, so the JVM and the Python workers are equally
 warm. A variant is a plan (block_sessions.PLANS), `single-pass:N` for the single pass with N buckets, or
 `lines` (no block state: the floor of a Kafka read and `toPandas`). Needs the broker (`make kafka-up`).
+Stopping each run's query interrupts the micro-batch in flight: Spark logs that (cancelled tasks, an
+interrupted task listener) on stderr; it does not touch the figures.
 Figures: docs/benchmarks.md, "One pass over Kafka".
 """
 from __future__ import annotations
@@ -36,12 +38,13 @@ def plan_stream(source, variant: str):  # type: ignore[no-untyped-def]
     if variant == "lines":
         return source.select(F.lit("line").alias("kind"), "topic", "partition", "offset", "key", "value")
     plan, _, buckets = variant.partition(":")
+    kept = block_sessions.SINGLE_PASS_BUCKETS
     if buckets:  # only the driver builds the bucket expression: setting it here is enough
         block_sessions.SINGLE_PASS_BUCKETS = int(buckets)
     try:
         return block_sessions.with_block_sessions(source, QUIET_MS, "processing", plan=plan)
     finally:
-        block_sessions.SINGLE_PASS_BUCKETS = 2
+        block_sessions.SINGLE_PASS_BUCKETS = kept
 
 
 def one_run(spark, variant: str, log: Path, args, work: Path) -> dict:  # type: ignore[no-untyped-def]
@@ -51,7 +54,6 @@ def one_run(spark, variant: str, log: Path, args, work: Path) -> dict:  # type: 
     run_ingest(str(log), topic=topic, limit=2000, progress=False, partitions=args.partitions)
     options = kafka_source_options(StreamConfig(bootstrap=args.bootstrap, topic=topic))
     stream = plan_stream(spark.readStream.format("kafka").options(**options).load(), variant)
-    timestamps = {}  # (partition, offset) -> Kafka CreateTime (s); only lines produced in the timed part
     batches = []
 
     def sink(df, batch_id: int) -> None:  # type: ignore[no-untyped-def]
@@ -68,7 +70,7 @@ def one_run(spark, variant: str, log: Path, args, work: Path) -> dict:  # type: 
     time.sleep(4)
     progress = list(query.recentProgress)
     query.stop()
-    timestamps.update(_create_times(args.bootstrap, topic))
+    timestamps = _create_times(args.bootstrap, topic)  # (partition, offset) -> Kafka CreateTime (s)
     from confluent_kafka.admin import AdminClient
     AdminClient({"bootstrap.servers": args.bootstrap}).delete_topics([topic])
     timed = [b for b in batches if b["end"] >= started + 2 and b["rows"]]

@@ -189,10 +189,8 @@ def track_lines_and_blocks(quiet_ms: int):  # type: ignore[no-untyped-def]
         out, changed = [], set()
         if not state.hasTimedOut:
             rows = pd.concat(list(frames), ignore_index=True).sort_values(["partition", "offset"])
-            facts = _template_and_time(rows["value"])
-            changed = _extend(blocks, pd.DataFrame({"block_id": rows["block_id"].to_numpy(),
-                                                    "template": facts["template"].to_numpy(),
-                                                    "event_time": facts["event_time"].to_numpy()}), now, False)
+            facts = _template_and_time(rows["value"]).assign(block_id=rows["block_id"].to_numpy())
+            changed = _extend(blocks, facts, now, False)
             out = [(LINE, t, p, o, k, v, None, None, None, None, None) for t, p, o, k, v in zip(
                 rows["topic"], rows["partition"], rows["offset"], rows["key"], rows["value"])]
         out += [(BLOCK, None, None, None, None, None, *summary)

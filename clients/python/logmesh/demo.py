@@ -144,6 +144,10 @@ class Tally:
         for table in (self.alerts, self.lines, self.produced_at, self.scored_at, self.block_lines, self.alerted_at):
             table.clear()
 
+    def latencies_s(self) -> list[float]:
+        """Producer->verdict seconds of every scored line: Kafka CreateTime of its ScoreResult less its LogRecord's."""
+        return [(self.scored_at[r] - t) / 1000 for r, t in self.produced_at.items() if r in self.scored_at]
+
     def poll(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -400,9 +404,9 @@ def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event, l
         _wait_for_scores(tally, 1 + summary.produced, interrupted, started, 300, "the warm-up was not scored in 5 minutes")
         if interrupted.is_set():  # Ctrl-C: no figures to print; main stops the stack
             return
-        waits = [tally.scored_at[r] - t for r, t in tally.produced_at.items() if r in tally.scored_at]
+        waits = tally.latencies_s()
         import numpy as np
-        p50, p99 = np.percentile(waits, [50, 99]) / 1000
+        p50, p99 = np.percentile(waits, [50, 99])
         say(f"warm-up done in {time.monotonic() - started:.0f} s: cold-start producer->verdict p50 {p50:.2f} s, "
             f"p99 {p99:.2f} s over {len(waits):,} lines")
         tally.cold_start = {"lines": len(waits), "p50_s": round(float(p50), 3), "p99_s": round(float(p99), 3)}
@@ -434,11 +438,11 @@ def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool)
             f"{' ...' if len(v.events) > 12 else ''}")
         for line in tally.lines.get(v.block_id, [])[:2]:
             say(f"        read: {line[:110]}")
-    waits = [tally.scored_at[r] - t for r, t in tally.produced_at.items() if r in tally.scored_at]
+    waits = tally.latencies_s()
     if waits:
         import numpy as np
-        p50, p99 = np.percentile(waits, [50, 99]) / 1000
-        figures.update(p50_s=round(float(p50), 3), p99_s=round(float(p99), 3), max_s=max(waits) / 1000)
+        p50, p99 = np.percentile(waits, [50, 99])
+        figures.update(p50_s=round(float(p50), 3), p99_s=round(float(p99), 3), max_s=max(waits))
         say(f"producer->verdict latency over {len(waits):,} lines: p50 {p50:.2f} s, p99 {p99:.2f} s")
     if labels and labels.exists():
         from logmesh.scorer.dataset import read_block_labels
