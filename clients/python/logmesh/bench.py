@@ -944,7 +944,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=3, help="repeats per micro-benchmark (default 3)")
     p.add_argument("--e2e-runs", type=int, default=3,
                    help="measured replays per rate, against one warm job per rate (default %(default)s)")
-    p.add_argument("--profile-rate", type=float, default=2000)
+    p.add_argument("--profile-rate", type=float, default=2000,
+                   help="input rate of the `profile` section, lines/s (default %(default)s)")
     p.add_argument("--rates", default="full,500,2000,5000", help="e2e input rates, lines/s ('full' = as fast as possible)")
     p.add_argument("--train-lines", type=int, default=1_000_000,
                    help="generated lines to train on (default %(default)s; ~20 s here, plus ~15 s to generate once)")
@@ -958,7 +959,8 @@ def add_bench_args(subparsers) -> argparse.ArgumentParser:  # type: ignore[no-un
     """Adds `logmesh bench` to the CLI: `logmesh bench [all|hops|onnx|kafka|e2e|profile|train] [options]`."""
     p = subparsers.add_parser("bench", help="benchmarks: every hop and the pipeline beside naive versions",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("section", nargs="?", default="all", choices=("all",) + SECTIONS)
+    p.add_argument("section", nargs="?", default="all", choices=("all",) + SECTIONS,
+                   help="one section, or all of them (default %(default)s)")
     p.add_argument("--only", default=None, help="comma-separated sections (with 'all')")
     add_common(p)
     p.set_defaults(func=run_bench_cli)

@@ -1,4 +1,10 @@
-"""The `logmesh` command line. Every subcommand has --help; servers log JSON lines to stderr."""
+"""The `logmesh` command line. Every subcommand has --help; servers log JSON lines to stderr.
+
+A user mistake (a missing file, a wrong folder, a store in use, a port taken) ends with one `error:` line
+that says what to do and exit code 2; a server that cannot be reached, exit code 1. LOGMESH_DEBUG=1 shows
+the traceback behind an error. Each subcommand's options are built only when that subcommand runs, so
+`logmesh score` imports neither Spark, pandas, Kafka nor torch.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import grpc
 
@@ -14,26 +21,61 @@ from logmesh.client import DEFAULT_EMBEDDER, DEFAULT_SCORER, EmbedderClient, Sco
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in a package; never reach for a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+HDFS_EXAMPLE = "081109 203615 148 INFO dfs.DataNode$PacketResponder: ..."
+
+
+class UserError(Exception):
+    """A mistake the user can fix: printed as one `error:` line (what is wrong, what to do), exit code 2."""
+
+
+class Unreachable(Exception):
+    """A service or broker the command needs did not answer: one `error:` line, exit code 1."""
+
+
+# --- argument types: a bad value is refused by argparse with its reason, not deep in a call ---
+
+def _number(kind: type, low: float | None = None, high: float | None = None, what: str = "") -> Callable:
+    def convert(text: str):  # type: ignore[no-untyped-def]
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {what}")
+        return value
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
+
+
+POSITIVE = _number(int, 1, what="give a whole number of at least 1")
+NON_NEGATIVE = _number(int, 0, what="give a whole number of at least 0")
+PORT = _number(int, 0, 65535, what="a TCP port is 0..65535 (0: the service's default)")
+SECONDS = _number(float, 0.0, what="give seconds as a number of at least 0")
+POSITIVE_SECONDS = _number(float, 0.001, what="give seconds as a number above 0")
+SCORE = _number(float, 0.0, 1.0, what="scores lie in [0, 1]")
+
 
 def _limits_args(p: argparse.ArgumentParser) -> None:
     from logmesh.grpc_server import Limits
     d = Limits()
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: loopback only)")
-    p.add_argument("--max-line-bytes", type=int, default=d.max_line_bytes, help="longest line accepted (default %(default)s)")
-    p.add_argument("--max-batch", type=int, default=d.max_batch_items, help="most items in one stream message (default %(default)s)")
-    p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes, help="largest request message (default %(default)s)")
-    p.add_argument("--max-concurrent-rpcs", type=int, default=d.max_concurrent_rpcs, help="RPCs served at once; more get RESOURCE_EXHAUSTED (default %(default)s)")
-    p.add_argument("--max-stream-items", type=int, default=d.max_stream_items, help="items over one stream; more end it with RESOURCE_EXHAUSTED (default %(default)s)")
-    p.add_argument("--max-streams-per-connection", type=int, default=d.max_streams_per_connection, help="streams one client connection may have open at once; more wait (default %(default)s)")
-    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight RPCs get to finish on SIGTERM (default %(default)s)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--max-line-bytes", type=POSITIVE, default=d.max_line_bytes, help="longest line accepted (default %(default)s)")
+    p.add_argument("--max-batch", type=POSITIVE, default=d.max_batch_items, help="most items in one stream message (default %(default)s)")
+    p.add_argument("--max-message-bytes", type=POSITIVE, default=d.max_message_bytes, help="largest request message (default %(default)s)")
+    p.add_argument("--max-concurrent-rpcs", type=POSITIVE, default=d.max_concurrent_rpcs, help="RPCs served at once; more get RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--max-stream-items", type=POSITIVE, default=d.max_stream_items, help="items over one stream; more end it with RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--max-streams-per-connection", type=POSITIVE, default=d.max_streams_per_connection, help="streams one client connection may have open at once; more wait (default %(default)s)")
+    p.add_argument("--grace", type=SECONDS, default=10.0, help="seconds in-flight RPCs get to finish on SIGTERM (default %(default)s)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="least severe server log lines written to stderr (default %(default)s)")
     g = p.add_argument_group("security", "TLS, mutual TLS and bearer tokens (README: Security). Plaintext is "
                                           "refused on a non-loopback --host unless --allow-plaintext.")
     g.add_argument("--tls-cert", help="server certificate (PEM); with --tls-key turns TLS on")
     g.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
     g.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
     g.add_argument("--token-file", help="accepted bearer tokens, one per line (also: LOGMESH_TOKENS=a,b); "
-                                        "calls without one get UNAUTHENTICATED; health stays open")
+                                        "calls without one get UNAUTHENTICATED; health stays open. Keep it "
+                                        "readable by its owner only (chmod 600): the server warns otherwise")
     g.add_argument("--allow-plaintext", action="store_true",
                    help="serve plaintext on a non-loopback --host (only behind a proxy or mesh that encrypts)")
 
@@ -56,8 +98,14 @@ def _client_security_args(p: argparse.ArgumentParser) -> None:
 
 def _channel_security(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from logmesh.security import ChannelSecurity
-    return ChannelSecurity.from_env(tls=args.tls, ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key,
-                                    token=args.token)
+    security = ChannelSecurity.from_env(tls=args.tls, ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key,
+                                        token=args.token)
+    for path, flag in ((security.ca, "--tls-ca / LOGMESH_TLS_CA"), (security.cert, "--tls-cert / LOGMESH_TLS_CERT"),
+                       (security.key, "--tls-key / LOGMESH_TLS_KEY")):
+        if path and not os.access(path, os.R_OK):
+            raise UserError(f"cannot read {path} ({flag}): give a readable PEM file "
+                            "(deploy/tls/make-certs.sh makes a local CA and certificates)")
+    return security
 
 
 def _limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -65,6 +113,25 @@ def _limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return Limits(max_message_bytes=args.max_message_bytes, max_line_bytes=args.max_line_bytes,
                   max_batch_items=args.max_batch, max_concurrent_rpcs=args.max_concurrent_rpcs,
                   max_stream_items=args.max_stream_items, max_streams_per_connection=args.max_streams_per_connection)
+
+
+def _target(args: argparse.Namespace, service: str, address: str) -> None:
+    """Names the server the next calls go to, so that an UNAVAILABLE names the right one."""
+    args.target = (service, address)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Binds the port once before gRPC does: a taken port is then one clear line, not gRPC's own log lines."""
+    import socket
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no obstacle
+            s.bind((host, port))
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror} (another `logmesh serve`?); stop "
+                        "the other server or pick another --port / --host") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -76,19 +143,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if security.tls:
             security.credentials()  # unreadable files fail here, with their names, not deep in grpc
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.service == "embedder":
-        from logmesh.embedder.service import serve
-        server = serve(args.port or 50051, args.host, _limits(args), threads=args.threads, cache_size=args.cache_size,
-                       security=security)
-    else:
-        from logmesh.scorer.service import serve
-        server = serve(args.port or 50052, Path(args.model_dir), args.embedder, args.host, _limits(args),
-                       reload_interval=args.reload_interval, security=security,
-                       kafka_bootstrap=args.kafka_bootstrap, dlq_topic=args.dlq_topic)
+        raise UserError(str(exc)) from None
+    port = args.port or (50051 if args.service == "embedder" else 50052)
+    _check_port(args.host, port)
+    try:
+        if args.service == "embedder":
+            from logmesh.embedder.service import serve
+            server = serve(port, args.host, _limits(args), threads=args.threads, cache_size=args.cache_size,
+                           security=security)
+        else:
+            from logmesh.scorer.service import serve
+            server = serve(port, Path(args.model_dir), args.embedder, args.host, _limits(args),
+                           reload_interval=args.reload_interval, security=security,
+                           kafka_bootstrap=args.kafka_bootstrap, dlq_topic=args.dlq_topic)
+    except RuntimeError as exc:
+        if "bind" not in str(exc).lower():
+            raise
+        raise UserError(f"cannot listen on {args.host}:{port}: the port is taken (another `logmesh serve`?) or "
+                        "the address is not one of this machine's; stop the other server or pick another --port") from None
     server.serve_until_signal(args.grace)
     return 0
+
+
+def _check_labels(path: Path, flag: str) -> None:
+    """A labels file the trainer and the evaluator can read: `BlockId,Label` rows."""
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: no such file; give the anomaly_label.csv (BlockId,Label) that labels "
+                        "the log's blocks (loghub HDFS_v1 ships one; `logmesh generate` writes one beside its log)")
+    try:
+        with open(path, newline="", errors="replace") as f:
+            header = f.readline()
+    except OSError as exc:
+        raise UserError(f"cannot read {flag} {path}: {exc.strerror}") from None
+    columns = [c.strip().strip('"') for c in header.split(",")]
+    if "BlockId" not in columns or "Label" not in columns:
+        raise UserError(f"{flag} {path} is not a labels file: its first line should be the header "
+                        f"'BlockId,Label' (found {header.strip()[:60]!r})")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -96,13 +186,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     logs.setup(args.log_level)
     data = Path(args.data)
     if not (data / "anomaly_label.csv").exists():
-        print(f"error: {data} has no anomaly_label.csv; point --data at a loghub HDFS_v1 folder "
-              "(raw *.log files plus anomaly_label.csv)", file=sys.stderr)
-        return 2
+        raise UserError(f"{data} has no anomaly_label.csv; point --data at a loghub HDFS_v1 folder "
+                        "(raw *.log files plus anomaly_label.csv)")
+    _check_labels(data / "anomaly_label.csv", "--data")
+    from logmesh.scorer.dataset import log_files
+    if not log_files(data):  # checked before the embedding model loads
+        raise UserError(f"{data} has anomaly_label.csv but no raw *.log file to train on: put the HDFS logs "
+                        "(e.g. HDFS.log) beside the labels (HDFS_2k.log alone does not count: it is unlabelled)")
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out {out}: {exc.strerror}; give a folder you can write to") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"cannot write to --out {out}: give a folder you can write to")
     from logmesh.embedder.encoder import SentenceEncoder
     from logmesh.scorer.train import train
     encoder = SentenceEncoder(threads=args.threads)
-    path = train(data, Path(args.out), encoder.encode, seed=args.seed, limit=args.limit)
+    try:
+        path = train(data, out, encoder.encode, seed=args.seed, limit=args.limit)
+    except FileNotFoundError as exc:  # e.g. logs whose blocks the labels do not name
+        raise UserError(f"{exc}; check that the logs and anomaly_label.csv belong together") from None
     meta = json.loads((path / "meta.json").read_text())
     ens = meta["metrics"]["line"]["ensemble"]
     print(f"saved {path}  (held-out line precision {ens['precision']:.3f} recall {ens['recall']:.3f} "
@@ -110,14 +214,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    if not Path(args.logs).exists():
+        raise UserError(f"--logs {args.logs}: no such file or folder; give a raw HDFS log file or a folder of them")
+    _check_labels(Path(args.labels), "--labels")
+    from logmesh.scorer.evaluate import run_evaluate
+    return run_evaluate(args)
+
+
 def _verdict(v: int) -> str:
     from logmesh.v1 import score_pb2
     return score_pb2.Verdict.Name(v).removeprefix("VERDICT_")
 
 
+def _unparsed_warning(r) -> str | None:  # type: ignore[no-untyped-def]
+    """Why a result's verdict deserves doubt: the line is not HDFS, or no HDFS_v1 template matches it."""
+    if r.template_id != "unknown":
+        return None
+    text = r.message if len(r.message) <= 60 else r.message[:59] + "…"
+    if not r.component:
+        return (f"warning: {text!r} did not parse as an HDFS log line (template unknown): its verdict is a guess "
+                f"from the text alone; logmesh scores loghub HDFS lines like '{HDFS_EXAMPLE}'")
+    return (f"warning: {text!r} matches none of HDFS_v1's templates (template unknown): its verdict rests on "
+            "the text alone")
+
+
 def cmd_score(args: argparse.Namespace) -> int:
-    lines = args.line or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    with ScorerClient(args.scorer, timeout=args.timeout, security=_channel_security(args)) as scorer:
+    if args.line:
+        lines = list(args.line)
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                raise UserError(f"line argument {n} is empty: give raw HDFS log lines ('{HDFS_EXAMPLE}')")
+    else:
+        if sys.stdin.isatty():
+            print("reading log lines from stdin, one per line (Ctrl-D ends; or give lines as arguments) ...",
+                  file=sys.stderr)
+        lines = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        if not lines:
+            raise UserError("no log lines to score: give them as arguments or one per line on stdin")
+    security = _channel_security(args)
+    _target(args, "scorer", args.scorer)
+    with ScorerClient(args.scorer, timeout=args.timeout, security=security) as scorer:
         results = [scorer.score_line(lines[0])] if len(lines) == 1 else None
         if results is None:
             items = list(scorer.score_lines(lines))
@@ -126,9 +263,12 @@ def cmd_score(args: argparse.Namespace) -> int:
                 print(f"error: {item.record_id}: {item.error.message}", file=sys.stderr)
             results = [i.result for i in items if i.HasField("result")]
     for r in results:
+        warning = _unparsed_warning(r)
+        if warning:
+            print(warning, file=sys.stderr)
         if args.json:
             from google.protobuf.json_format import MessageToDict
-            print(json.dumps(MessageToDict(r)))
+            print(json.dumps(MessageToDict(r, preserving_proto_field_name=True)))
             continue
         votes = " ".join(f"{v.model}={v.score:.2f}" for v in r.votes)
         print(f"{_verdict(r.verdict)}  score={r.score:.3f}  confidence={r.confidence:.2f}  "
@@ -195,41 +335,93 @@ def cmd_stats(args: argparse.Namespace) -> int:
     with ScorerClient(args.scorer, timeout=args.timeout, security=_channel_security(args)) as scorer:
         stats = scorer.stats()
     from google.protobuf.json_format import MessageToDict
-    print(json.dumps(MessageToDict(stats, always_print_fields_with_no_presence=True), indent=2))
+    # the proto's own field names, as grpcurl prints them
+    print(json.dumps(MessageToDict(stats, always_print_fields_with_no_presence=True,
+                                   preserving_proto_field_name=True), indent=2))
     return 0
 
 
+def _embedder_of(stats) -> tuple[str | None, str]:  # type: ignore[no-untyped-def]
+    """The embedder a scorer says it calls (GetStats.embedder_address) and why it cannot reach it, if so;
+    (None, "") from a scorer too old to say."""
+    fields = stats.DESCRIPTOR.fields_by_name
+    address = stats.embedder_address if "embedder_address" in fields else ""
+    status = stats.embedder_status if "embedder_status" in fields else ""
+    return address or None, status
+
+
+def _state(client) -> str:  # type: ignore[no-untyped-def]
+    try:
+        return client.health()
+    except grpc.RpcError as exc:
+        return f"DOWN ({exc.code().name})"
+
+
 def cmd_health(args: argparse.Namespace) -> int:
-    status = 0
+    """The scorer first: unless --embedder is given, the embedder checked is the one the scorer says it uses."""
     security = _channel_security(args)
-    for name, client in (("embedder", EmbedderClient(args.embedder, security=security)),
-                         ("scorer", ScorerClient(args.scorer, security=security))):
-        with client:
+    with ScorerClient(args.scorer, timeout=5.0, security=security) as scorer:
+        scorer_state = _state(scorer)
+        embedder, why, problem = args.embedder, "--embedder", ""
+        if embedder is None and not scorer_state.startswith("DOWN"):
             try:
-                state = client.health()
-            except grpc.RpcError as exc:
-                state = f"DOWN ({exc.code().name})"
-            print(f"{name:9} {client.address:22} {state}")
-            status |= state != "SERVING"
-    return status
+                embedder, problem = _embedder_of(scorer.stats())
+                why = "the scorer's embedder"
+            except grpc.RpcError:  # e.g. UNAUTHENTICATED without a token: health is open, GetStats is not
+                embedder = None
+        if embedder is None:
+            embedder, why = DEFAULT_EMBEDDER, ("the default: the scorer did not say which embedder it uses; "
+                                               "give --embedder")
+    print(f"{'scorer':9} {args.scorer:22} {scorer_state}" + (f"  ({problem})" if problem else ""))
+    with EmbedderClient(embedder, security=security) as client:
+        embedder_state = _state(client)
+    print(f"{'embedder':9} {embedder:22} {embedder_state}  ({why})")
+    return int(scorer_state != "SERVING" or embedder_state != "SERVING")
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
     from logmesh import logs
     from logmesh.streaming.job import config_from_args, run
     logs.setup(args.log_level)
-    run(config_from_args(args))
+    config = config_from_args(args)
+    try:
+        run(config)
+    except TimeoutError as exc:  # a service never became SERVING within the wait
+        raise Unreachable(f"{exc}; start it, or point --embedder/--scorer at the running one") from None
+    except RuntimeError as exc:
+        if "already open" in str(exc):
+            raise UserError(f"{exc}; the embedded vector store opens in one process at a time: stop the other "
+                            "job or `logmesh similar`, or use a Qdrant server (--qdrant-url)") from None
+        raise
     return 0
+
+
+def _open_similar_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from logmesh.streaming.vector_store import DEFAULT_COLLECTION, StoreUnavailableError, open_store
+    if not args.qdrant_url:
+        folder = Path(args.qdrant_path)
+        if not (folder / DEFAULT_COLLECTION).is_dir():
+            raise UserError(f"no vector store at {folder} yet: `logmesh stream` creates it as it stores blocks "
+                            "and anomalous lines; run the job first, or give --qdrant-path / --qdrant-url of one")
+    try:
+        return open_store(url=args.qdrant_url, path=args.qdrant_path, api_key=args.qdrant_api_key, ensure=False)
+    except RuntimeError as exc:
+        if "already open" not in str(exc) and "WouldBlock" not in str(exc):
+            raise
+        raise UserError(f"the vector store at {args.qdrant_path} is in use by another process (a running "
+                        "`logmesh stream`?); the embedded store opens in one process at a time: stop the job "
+                        "first, or run the job and `similar` against a Qdrant server (--qdrant-url)") from None
+    except StoreUnavailableError as exc:
+        raise Unreachable(f"{exc}; is the Qdrant server at {args.qdrant_url} running?") from None
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
     from logmesh.ingest.hdfs import parse_line
     from logmesh.ingest.masking import line_shape
-    from logmesh.streaming.vector_store import open_store
     if bool(args.line) == bool(args.block):
-        print("error: give a log line or --block BLOCK_ID (one of them)", file=sys.stderr)
-        return 2
-    store = open_store(url=args.qdrant_url, path=args.qdrant_path, api_key=args.qdrant_api_key, ensure=False)
+        raise UserError("give a log line or --block BLOCK_ID (one of them)")
+    security = _channel_security(args)
+    store = _open_similar_store(args)  # before the embedder: a missing store is found without a round trip
     try:
         if args.block:
             found = store.retrieve([args.block])
@@ -240,7 +432,11 @@ def cmd_similar(args: argparse.Namespace) -> int:
             vector, wanted = found[args.block].vector, {"kind": "block"}
         else:
             record = parse_line(args.line)
-            with EmbedderClient(args.embedder, security=_channel_security(args)) as embedder:
+            if not record.component:
+                print(f"warning: the line did not parse as an HDFS log line (template unknown); searching with "
+                      f"its whole text", file=sys.stderr)
+            _target(args, "embedder", args.embedder)
+            with EmbedderClient(args.embedder, security=security) as embedder:
                 vector = embedder.embed(line_shape(record.component, record.message))
             wanted = {"kind": "line"}
         hits = store.search(vector, limit=args.limit + bool(args.block), filter=wanted)
@@ -261,130 +457,245 @@ def cmd_similar(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="logmesh", description="Real-time anomaly detection for HDFS logs over gRPC.",
-        epilog="Start with: logmesh serve embedder & logmesh serve scorer --model-dir models & logmesh score LINE")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# --- the parser: each subcommand's options are added only when it is the one that runs ---
 
-    p = sub.add_parser("serve", help="run the embedder or the scorer gRPC server",
-                       description="Run a gRPC server with health checking and reflection. It reports NOT_SERVING "
-                                   "until its model is loaded; SIGTERM stops it gracefully.")
-    p.add_argument("service", choices=["embedder", "scorer"])
-    p.add_argument("--port", type=int, default=0, help="port (default 50051 for the embedder, 50052 for the scorer)")
-    p.add_argument("--threads", type=int, default=1, help="embedder: torch threads (default 1: safe on a shared 2-core box)")
-    p.add_argument("--cache-size", type=int, default=50_000, help="embedder: line shapes kept in the embedding cache")
-    p.add_argument("--model-dir", default="models", help="scorer: folder of model artifacts; the newest is served (default %(default)s)")
-    p.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="scorer: embedder address (default %(default)s)")
-    p.add_argument("--reload-interval", type=float, default=5.0, help="scorer: seconds between checks for a newer artifact")
-    p.add_argument("--kafka-bootstrap", default=None,
-                   help="scorer: Kafka broker HOST:PORT; with --dlq-topic, `logmesh stats` reports the DLQ's message count")
-    p.add_argument("--dlq-topic", default=None, help="scorer: the streaming job's dead-letter topic, e.g. logmesh.dlq")
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scorer", default=DEFAULT_SCORER, help="scorer address HOST:PORT (default %(default)s)")
+    p.add_argument("--timeout", type=POSITIVE_SECONDS, default=30.0, help="seconds per call (default %(default)s)")
+    _client_security_args(p)
+
+
+def _serve_common(p: argparse.ArgumentParser, port: int) -> None:
+    p.add_argument("--port", type=PORT, default=0, help=f"port to listen on (default {port})")
     _limits_args(p)
-    p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("train", help="train a model artifact from labelled HDFS logs",
-                       description="Fit the line ensemble on a loghub HDFS_v1 folder (*.log + anomaly_label.csv) and "
-                                   "save a versioned artifact with its metrics under --out.")
+
+def _setup_serve(p: argparse.ArgumentParser) -> None:
+    services = p.add_subparsers(dest="service", required=True, metavar="SERVICE")
+    e = services.add_parser("embedder", help="the embedding server (all-MiniLM-L6-v2), default port 50051",
+                            description="Serve EmbedderService: 384-d all-MiniLM-L6-v2 embeddings of masked line "
+                                        "shapes, cached. NOT_SERVING until the model has loaded.")
+    _serve_common(e, 50051)
+    e.add_argument("--threads", type=POSITIVE, default=1,
+                   help="torch threads (default %(default)s: safe on a shared 2-core box)")
+    e.add_argument("--cache-size", type=NON_NEGATIVE, default=50_000,
+                   help="line shapes kept in the embedding cache (default %(default)s)")
+    s = services.add_parser("scorer", help="the scoring server (line ensemble, block model, history), port 50052",
+                            description="Serve ScorerService with the newest artifact in --model-dir (hot reload); "
+                                        "it calls the embedder for shapes it has not seen. NOT_SERVING until an "
+                                        "artifact is loaded (GetStats.model_status says why).")
+    _serve_common(s, 50052)
+    s.add_argument("--model-dir", default="models", help="folder of model artifacts; the newest is served (default %(default)s)")
+    s.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="embedder address HOST:PORT (default %(default)s)")
+    s.add_argument("--reload-interval", type=POSITIVE_SECONDS, default=5.0,
+                   help="seconds between checks for a newer artifact (default %(default)s)")
+    s.add_argument("--kafka-bootstrap", default=None,
+                   help="Kafka broker HOST:PORT; with --dlq-topic, `logmesh stats` reports the DLQ's message count")
+    s.add_argument("--dlq-topic", default=None, help="the streaming job's dead-letter topic, e.g. logmesh.dlq")
+    for q in (e, s):
+        q.set_defaults(func=cmd_serve)
+
+
+def _setup_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="folder with raw HDFS *.log files and anomaly_label.csv")
     p.add_argument("--out", default="models", help="model dir to add the artifact to (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="use at most this many lines")
-    p.add_argument("--threads", type=int, default=2, help="torch threads for embedding (default %(default)s)")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the split and the models; same data and seed, same artifact (default %(default)s)")
+    p.add_argument("--limit", type=POSITIVE, default=None, help="use at most this many lines")
+    p.add_argument("--threads", type=POSITIVE, default=2, help="torch threads for embedding (default %(default)s)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="least severe log lines written to stderr (default %(default)s)")
     p.set_defaults(func=cmd_train)
 
-    def client_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--scorer", default=DEFAULT_SCORER, help="scorer address (default %(default)s)")
-        p.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default %(default)s)")
-        _client_security_args(p)
 
-    p = sub.add_parser("score", help="score raw log lines and print verdict, score and votes",
-                       description="Score raw HDFS lines given as arguments, or one per line on stdin.")
+def _setup_score(p: argparse.ArgumentParser) -> None:
     p.add_argument("line", nargs="*", help="raw HDFS log line(s); read stdin when none")
-    p.add_argument("--json", action="store_true", help="print each ScoreResult as JSON")
-    client_args(p)
+    p.add_argument("--json", action="store_true", help="print each ScoreResult as JSON (the proto's field names)")
+    _client_args(p)
     p.set_defaults(func=cmd_score)
 
-    from logmesh.scorer.evaluate import add_evaluate_args, run_evaluate
-    p = sub.add_parser("evaluate", help="block-level precision/recall/F1/FPR of the newest artifact on a labelled log")
-    add_evaluate_args(p)
-    p.set_defaults(func=run_evaluate)
 
-    p = sub.add_parser("anomalies", help="list recorded anomalies, newest first")
-    p.add_argument("--limit", type=int, default=20, help="entries per page (default %(default)s)")
-    p.add_argument("--page-token", default="", help="continue from a previous page")
-    p.add_argument("--min-score", type=float, default=0.0)
+def _setup_evaluate(p: argparse.ArgumentParser) -> None:
+    from logmesh.scorer.evaluate import add_evaluate_args
+    add_evaluate_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _setup_anomalies(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", type=_number(int, 1, 1000, what="a page holds 1..1000 entries"), default=20,
+                   help="entries per page, 1..1000 (default %(default)s)")
+    p.add_argument("--page-token", default="", help="continue from a previous page (the token it printed)")
+    p.add_argument("--min-score", type=SCORE, default=0.0,
+                   help="only anomalies scored at least this high, 0..1 (default %(default)s: all)")
     p.add_argument("--block", default="", help="only this block id")
-    client_args(p)
+    _client_args(p)
     p.set_defaults(func=cmd_anomalies)
 
-    p = sub.add_parser("tail", help="show anomalies live as the scorer records them",
-                       description="Subscribe to WatchAnomalies and print each new anomalous line or block alert.")
-    p.add_argument("--min-score", type=float, default=0.0)
+
+def _setup_tail(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-score", type=SCORE, default=0.0,
+                   help="only anomalies scored at least this high, 0..1 (default %(default)s: all)")
     p.add_argument("--block", default="", help="only this block id")
     p.add_argument("--component", default="", help="only lines of this component")
     p.add_argument("--blocks-only", action="store_true", help="only block alerts and final verdicts")
-    p.add_argument("--scorer", default=DEFAULT_SCORER, help="scorer address (default %(default)s)")
+    p.add_argument("--scorer", default=DEFAULT_SCORER, help="scorer address HOST:PORT (default %(default)s)")
     _client_security_args(p)
     p.set_defaults(func=cmd_tail)
 
-    p = sub.add_parser("stats", help="print the scorer's counters, latencies and model as JSON")
-    client_args(p)
+
+def _setup_stats(p: argparse.ArgumentParser) -> None:
+    _client_args(p)
     p.set_defaults(func=cmd_stats)
 
-    from logmesh.ingest.generator import add_generate_args
-    from logmesh.ingest.producer import add_ingest_args
-    add_ingest_args(sub.add_parser("ingest", help="produce raw HDFS logs to Kafka as LogRecords"))
-    add_generate_args(sub.add_parser("generate", help="write realistic HDFS logs with labelled anomalous blocks"))
 
-    p = sub.add_parser("stream", help="run the Spark Structured Streaming job (Kafka -> scorer -> Kafka, Qdrant)",
-                       description="Read LogRecords from Kafka with Spark's Kafka source; in a foreachBatch sink "
-                                   "embed and score each micro-batch over gRPC streams, write results to Kafka and "
-                                   "blocks and anomalous lines to the vector store. Checkpointed: a restart resumes.")
-    from logmesh.streaming.job import add_args as add_stream_args
-    add_stream_args(p)
-    p.add_argument("--log-level", default="info")
+def _setup_ingest(p: argparse.ArgumentParser) -> None:
+    from logmesh.ingest.producer import add_ingest_args
+    add_ingest_args(p)
+
+
+def _setup_generate(p: argparse.ArgumentParser) -> None:
+    from logmesh.ingest.generator import add_generate_args
+    add_generate_args(p)
+
+
+def _setup_stream(p: argparse.ArgumentParser) -> None:
+    from logmesh.streaming.job import add_args
+    add_args(p)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="least severe log lines written to stderr (default %(default)s)")
     p.set_defaults(func=cmd_stream)
 
-    p = sub.add_parser("similar", help="show the stored lines or blocks most similar to a line or a block",
-                       description="Nearest neighbours in the vector store: for a raw log line, the most similar "
-                                   "stored (anomalous) lines; with --block, the most similar stored blocks.")
+
+def _setup_similar(p: argparse.ArgumentParser) -> None:
     p.add_argument("line", nargs="?", help="a raw HDFS log line")
     p.add_argument("--block", help="a block id whose stored session vector to search with")
-    p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--limit", type=POSITIVE, default=10, help="most neighbours to print (default %(default)s)")
     p.add_argument("--qdrant-url", default=None, help="Qdrant server; default: the embedded store at --qdrant-path")
     p.add_argument("--qdrant-api-key", default=os.environ.get("QDRANT_API_KEY"),
                    help="API key for --qdrant-url (default: QDRANT_API_KEY)")
     p.add_argument("--qdrant-path", default="var/qdrant", help="embedded store folder (default %(default)s)")
-    p.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="embedder used to embed the line")
+    p.add_argument("--embedder", default=DEFAULT_EMBEDDER,
+                   help="embedder address HOST:PORT that embeds the line (default %(default)s)")
     _client_security_args(p)
     p.set_defaults(func=cmd_similar)
 
-    from logmesh.bench import add_bench_args
-    add_bench_args(sub)
 
-    p = sub.add_parser("health", help="check both servers' gRPC health (exit 0 when both are SERVING)")
-    p.add_argument("--embedder", default=DEFAULT_EMBEDDER)
-    p.add_argument("--scorer", default=DEFAULT_SCORER)
+def _setup_health(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scorer", default=DEFAULT_SCORER, help="scorer address HOST:PORT (default %(default)s)")
+    p.add_argument("--embedder", default=None,
+                   help="embedder address HOST:PORT (default: the one the scorer says it uses, else "
+                        f"{DEFAULT_EMBEDDER})")
     _client_security_args(p)
     p.set_defaults(func=cmd_health)
+
+
+# name: (help in `logmesh --help`, description in `logmesh NAME --help`, adds the options)
+COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], None]]] = {
+    "serve": ("run the embedder or the scorer gRPC server",
+              "Run a gRPC server with health checking and reflection: `logmesh serve embedder` or `logmesh serve "
+              "scorer` (each has its own --help). It reports NOT_SERVING until its model is loaded; SIGTERM "
+              "stops it gracefully.", _setup_serve),
+    "train": ("train a model artifact from labelled HDFS logs",
+              "Fit the line ensemble on a loghub HDFS_v1 folder (*.log + anomaly_label.csv) and "
+              "save a versioned artifact with its metrics under --out.", _setup_train),
+    "score": ("score raw log lines and print verdict, score and votes",
+              "Score raw HDFS lines given as arguments, or one per line on stdin. A line that is not in HDFS "
+              "format (template unknown) is scored on its text alone, with a warning.", _setup_score),
+    "evaluate": ("block-level precision/recall/F1/FPR of the newest artifact on a labelled log",
+                 "Judge every labelled block of a raw HDFS log with the newest artifact in --model-dir and print "
+                 "precision, recall, F1 and false-positive rate for the block model, each line member and the "
+                 "ensemble (docs/evaluation.md). Runs locally; no server needed.", _setup_evaluate),
+    "anomalies": ("list recorded anomalies, newest first",
+                  "Page through the scorer's anomaly history (ListAnomalies), newest first: flagged lines with "
+                  "their votes, block alerts and final verdicts, each with its most similar past cases.",
+                  _setup_anomalies),
+    "tail": ("show anomalies live as the scorer records them",
+             "Subscribe to WatchAnomalies and print each new anomalous line or block alert.", _setup_tail),
+    "stats": ("print the scorer's counters, latencies and model as JSON",
+              "Print the scorer's GetStats as JSON with the proto's field names (as grpcurl does): lines and "
+              "blocks scored, anomalies, rejected items, latency p50/p99, the loaded model and why none is.",
+              _setup_stats),
+    "ingest": ("produce raw HDFS logs to Kafka as LogRecords", None, _setup_ingest),
+    "generate": ("write realistic HDFS logs with labelled anomalous blocks", None, _setup_generate),
+    "stream": ("run the Spark Structured Streaming job (Kafka -> scorer -> Kafka, Qdrant)",
+               "Read LogRecords from Kafka with Spark's Kafka source; in a foreachBatch sink "
+               "embed and score each micro-batch over gRPC streams, write results to Kafka and "
+               "blocks and anomalous lines to the vector store. Checkpointed: a restart resumes.", _setup_stream),
+    "similar": ("show the stored lines or blocks most similar to a line or a block",
+                "Nearest neighbours in the vector store: for a raw log line, the most similar "
+                "stored (anomalous) lines; with --block, the most similar stored blocks.", _setup_similar),
+    "bench": ("benchmarks: every hop and the pipeline beside naive versions", None, lambda p: None),
+    "health": ("check both servers' gRPC health (exit 0 when both are SERVING)",
+               "Check grpc.health.v1 of the scorer and of the embedder it uses (it names it in GetStats; "
+               "--embedder checks another). Exit 0 when both are SERVING, 1 otherwise.", _setup_health),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI (command None), or one whose only complete subcommand is `command` (what main uses)."""
+    parser = argparse.ArgumentParser(
+        prog="logmesh", description="Real-time anomaly detection for HDFS logs over gRPC.",
+        epilog="Start with: logmesh serve embedder & logmesh serve scorer --model-dir models & logmesh score LINE")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, description, setup) in COMMANDS.items():
+        if name == "bench" and command in (None, "bench"):
+            from logmesh.bench import add_bench_args
+            add_bench_args(sub)
+            continue
+        p = sub.add_parser(name, help=help_text, description=description or help_text[0].upper() + help_text[1:] + ".")
+        if command is None or command == name:
+            setup(p)
     return parser
 
 
+def _command_of(argv: list[str]) -> str:
+    """The subcommand named on the command line (the first word that is not an option), or ""."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_command_of(argv)).parse_args(argv)
     try:
         return args.func(args)
+    except UserError as exc:
+        return _fail(str(exc), 2)
+    except Unreachable as exc:
+        return _fail(str(exc), 1)
     except grpc.RpcError as exc:
-        target = getattr(args, "scorer", "")
+        service, address = getattr(args, "target", None) or ("scorer", getattr(args, "scorer", ""))
         hint = {
-            grpc.StatusCode.UNAVAILABLE: f"is the scorer running at {target}? start it with `logmesh serve scorer` "
-                                         "(a TLS server also answers UNAVAILABLE to a plaintext client: --tls-ca)",
+            grpc.StatusCode.UNAVAILABLE: f"is the {service} running at {address}? start it with `logmesh serve "
+                                         f"{service}` (a TLS server also answers UNAVAILABLE to a plaintext "
+                                         "client: --tls-ca)",
             grpc.StatusCode.UNAUTHENTICATED: "give a token the server accepts: --token or LOGMESH_TOKEN",
         }.get(exc.code(), "")
         print(f"error: {exc.code().name}: {exc.details()}" + (f"\n  {hint}" if hint else ""), file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `logmesh anomalies | head`: the reader left; nothing to report
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except (ValueError, OSError) as exc:
+        # configuration and environment problems raised below the CLI (unreadable files, bad settings):
+        # their message, without the stack; LOGMESH_DEBUG=1 shows where they came from
+        if os.environ.get("LOGMESH_DEBUG"):
+            raise
+        if isinstance(exc, OSError) and exc.filename:
+            return _fail(f"{exc.filename}: {exc.strerror or exc}; check the path and its permissions", 2)
+        return _fail(f"{exc} (LOGMESH_DEBUG=1 shows where)", 2)
+    except Exception as exc:
+        if type(exc).__module__.startswith("confluent_kafka") and not os.environ.get("LOGMESH_DEBUG"):
+            return _fail(f"Kafka: {exc}; is the broker at --bootstrap up, and do the Kafka options (credentials) "
+                         "match it?", 1)
+        raise
 
 
 if __name__ == "__main__":
