@@ -61,10 +61,44 @@ def services(trained_models, tmp_path_factory):
             p.wait(30)
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["train"], ["score"], ["anomalies"], ["stats"], ["health"]])
+@pytest.mark.parametrize("command", [[], ["serve"], ["serve", "embedder"], ["serve", "scorer"], ["train"], ["score"],
+                                     ["evaluate"], ["anomalies"], ["tail"], ["stats"], ["health"], ["similar"],
+                                     ["ingest"], ["generate"], ["stream"], ["bench"]])
 def test_every_subcommand_explains_itself(command):
     out = run(*command, "--help").stdout
     assert out.startswith("usage: logmesh") and len(out.splitlines()) > 3
+
+
+def _parsers(parser, path=("logmesh",)):
+    """Every (sub)parser of the CLI with its command path."""
+    import argparse
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_command_and_option_has_help_text():
+    import argparse
+    from logmesh.cli import build_parser
+    missing = []
+    for path, parser in _parsers(build_parser()):
+        if len(path) > 1 and not parser.description:
+            missing.append(" ".join(path))
+        missing += [f"{' '.join(path)} {a.option_strings or a.dest}" for a in parser._actions
+                    if not isinstance(a, argparse._HelpAction) and (not a.help or a.help == argparse.SUPPRESS)]
+    assert not missing, missing
+
+
+def test_serve_embedder_help_lists_only_embedder_options():
+    embedder, scorer = run("serve", "embedder", "--help").stdout, run("serve", "scorer", "--help").stdout
+    for option in ("--model-dir", "--embedder", "--reload-interval", "--kafka-bootstrap", "--dlq-topic"):
+        assert option not in embedder and option in scorer, option
+    for option in ("--threads",):
+        assert option in embedder and option not in scorer, option
+    for both in ("--port", "--host", "--max-batch", "--token-file", "--grace"):
+        assert both in embedder and both in scorer, both
 
 
 def test_score_prints_verdict_score_and_votes(services):
@@ -85,9 +119,27 @@ def test_anomalies_stats_and_health(services):
     listed = run("anomalies", "--scorer", services["scorer"]).stdout
     assert "blk_-3102267849859399193" in listed and "writeBlock" in listed
     stats = json.loads(run("stats", "--scorer", services["scorer"]).stdout)
-    assert int(stats["linesScored"]) >= 1 and int(stats["lineAnomalies"]) >= 1 and stats["modelVersion"]
+    # the proto's own field names, as grpcurl prints them
+    assert int(stats["lines_scored"]) >= 1 and int(stats["line_anomalies"]) >= 1 and stats["model_version"]
+    assert "latency_p99_ms" in stats and "linesScored" not in stats
     health = run("health", "--scorer", services["scorer"], "--embedder", services["embedder"]).stdout
-    assert health.count("SERVING") == 2
+    assert health.count(" SERVING") == 2
+
+
+def test_health_checks_the_embedder_the_scorer_uses(services):
+    """The services' embedder is not on the default port: without --embedder, health asks the scorer."""
+    assert services["embedder"] != "127.0.0.1:50051"
+    health = run("health", "--scorer", services["scorer"]).stdout.splitlines()
+    (line,) = [x for x in health if x.startswith("embedder")]
+    assert services["embedder"] in line and " SERVING" in line and "the scorer's embedder" in line, health
+
+
+def test_score_warns_about_a_line_that_is_not_hdfs(services):
+    syslog = "Dec  1 08:00:00 myhost sshd[123]: Accepted publickey for root from 10.0.0.1 port 22 ssh2"
+    done = run("score", "--scorer", services["scorer"], syslog)
+    assert "template=unknown" in done.stdout
+    assert "did not parse as an HDFS log line (template unknown)" in done.stderr, done.stderr
+    assert "warning" not in run("score", "--scorer", services["scorer"], LINE).stderr
 
 
 def test_a_client_error_says_what_to_do():

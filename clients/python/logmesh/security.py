@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import hmac
 import ipaddress
+import logging
 import os
 import socket
 from pathlib import Path
@@ -47,12 +48,25 @@ def is_loopback(host: str) -> bool:
     return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
+def warn_if_shared(path: str, what: str) -> bool:
+    """Logs a warning when a secret file is readable or writable by its group or by everyone (its tokens
+    then let any local user call the server). True if it is."""
+    mode = os.stat(path).st_mode & 0o777
+    if not mode & 0o066:
+        return False
+    logging.getLogger("logmesh.security").warning(
+        f"{what} can be read or changed by other users", extra={"path": str(path), "mode": oct(mode),
+                                                    "fix": f"chmod 600 {path} (create it under umask 077)"})
+    return True
+
+
 def load_tokens(token_file: str | None, env: str | None = None) -> frozenset[str]:
     """Accepted tokens: one per line of `token_file` (blank lines and # comments skipped), plus the
     comma-separated LOGMESH_TOKENS. Empty means no token is required."""
     tokens = set()
     data = _read(token_file, "token file")
     if data is not None:
+        warn_if_shared(token_file, "token file")
         tokens.update(t.strip() for t in data.decode().splitlines() if t.strip() and not t.lstrip().startswith("#"))
         if not tokens:
             raise ValueError(f"token file {token_file} holds no token; put one token per line")
