@@ -1,0 +1,142 @@
+"""A model of normal behaviour, learnt from complete normal sessions only.
+
+It answers one question for the session model: does this session carry *evidence* of a failure,
+or is it merely unfamiliar? Evidence is
+- an event that no complete normal session ever held (an exception, a timeout), or a template no
+  training line had at all ("new template");
+- for a session that has ended, a broken invariant: a count relation that every normal session keeps
+  (invariant mining, Lou et al., USENIX ATC 2010: each "Receiving block" has its "Received block",
+  each replica stored is acknowledged, each block put in an invalidSet is deleted). A write that never
+  finished breaks them; a normal session with hundreds of reads does not.
+
+The relations are mined from the data (pairs and triples of event counts with small integer
+weights), so a new log family needs no hand-written rules. Open sessions (still being written, or cut
+by the end of a log) are judged on evidence events only: a missing step is not missing yet.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+#: Weights tried for each event of a candidate relation (sum(w_i * count_i) == 0).
+_WEIGHTS = (1, 2, -1, -2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Invariant:
+    """sum(weight * count(event)) == 0 in (nearly) every complete normal session."""
+    terms: tuple[tuple[str, int], ...]
+    support: float  # share of the normal sessions touching these events that keep the relation
+    sessions: int  # how many normal sessions touched these events
+
+    def residual(self, counts: Counter) -> int:
+        return sum(w * counts[e] for e, w in self.terms)
+
+    def describe(self) -> str:
+        left = " + ".join(f"{w}*{e}" if w != 1 else e for e, w in self.terms if w > 0)
+        right = " + ".join(f"{-w}*{e}" if w != -1 else e for e, w in self.terms if w < 0)
+        return f"{left} = {right}"
+
+
+def mine_invariants(sessions: Sequence[Counter], events: Sequence[str], support: float = 0.995,
+                    min_sessions: int = 20, max_terms: int = 3) -> list[Invariant]:
+    """Sparse integer relations between event counts that hold in at least `support` of the normal
+    sessions in which any of their events occurs. A relation over three events is kept only when it
+    explains more sessions than every relation already found among its events (E5 = E9 + E6 beside
+    E5 = E9 when re-replication adds a receive)."""
+    events = list(events)
+    if not sessions or not events:
+        return []
+    m = np.array([[c[e] for e in events] for c in sessions], np.int64)
+    found: list[Invariant] = []
+    for k in range(2, max_terms + 1):
+        for combo in itertools.combinations(range(len(events)), k):
+            sub = m[:, combo]
+            active = (sub > 0).any(axis=1)
+            n = int(active.sum())
+            if n < min_sessions:
+                continue
+            sub = sub[active]
+            best: tuple[float, tuple[int, ...]] | None = None
+            for w in itertools.product(_WEIGHTS, repeat=k):
+                if w[0] < 0 or all(x > 0 for x in w) or np.gcd.reduce(np.abs(w)) != 1:
+                    continue
+                ok = float(((sub @ np.asarray(w)) == 0).mean())
+                if ok >= support and (best is None or ok > best[0]):
+                    best = (ok, w)
+            if best is None:
+                continue
+            names = {events[i] for i in combo}
+            inner = [f for f in found if {e for e, _ in f.terms} <= names]
+            if inner and best[0] <= max(f.support for f in inner):
+                continue
+            # the wider relation explains the exceptions of the narrower ones it contains: keep it alone
+            found = [f for f in found if f not in inner]
+            found.append(Invariant(tuple((events[i], int(x)) for i, x in zip(combo, best[1])), best[0], n))
+    return found
+
+
+@dataclasses.dataclass
+class Evidence:
+    """Why a session looks like a failure; empty when it does not."""
+    events: list[str]  # events never seen in a complete normal session (first occurrence order)
+    broken: list[tuple[Invariant, int]]  # invariants the (ended) session breaks, with the residual
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.broken)
+
+    def reasons(self, known: Iterable[str] = ()) -> list[str]:
+        known = set(known)
+        out = [f"new template {e}" if e not in known else f"event {e} never seen in a normal session"
+               for e in self.events]
+        out += [f"missing step: {inv.describe()} broken by {r:+d}" for inv, r in self.broken]
+        return out
+
+    @property
+    def kind(self) -> str:
+        """The incident kind an analyst reads first: exception/new template beats a missing step."""
+        if self.events:
+            return "evidence_event"
+        return "missing_step" if self.broken else "none"
+
+
+class NormalProfile:
+    """Fitted on complete normal sessions (event id lists). `known_events` are every event the
+    training data held (both classes): an event outside it is a new template."""
+
+    def __init__(self, support: float = 0.995, min_sessions: int = 20) -> None:
+        self.support = support
+        self.min_sessions = min_sessions
+        self.normal_events: set[str] = set()
+        self.known_events: set[str] = set()
+        self.invariants: list[Invariant] = []
+
+    def fit(self, normal_complete: Sequence[Sequence[str]], known_events: Iterable[str] = ()) -> "NormalProfile":
+        counts = [Counter(s) for s in normal_complete]
+        seen = Counter(e for c in counts for e in c)
+        self.normal_events = set(seen)
+        self.known_events = set(known_events) | self.normal_events
+        events = sorted(seen, key=lambda e: (-seen[e], e))
+        self.invariants = mine_invariants(counts, events, self.support, self.min_sessions)
+        return self
+
+    def evidence(self, events: Sequence[str], closed: bool) -> Evidence:
+        normal = self.normal_events
+        odd = list(dict.fromkeys(e for e in events if e not in normal))
+        broken: list[tuple[Invariant, int]] = []
+        if closed:
+            counts = Counter(events)
+            for inv in self.invariants:
+                r = inv.residual(counts)
+                if r:
+                    broken.append((inv, r))
+        return Evidence(odd, broken)
+
+    def unfinished(self, events: Sequence[str]) -> bool:
+        """Would this session break an invariant if it ended now? (A write still in progress does.)"""
+        counts = Counter(events)
+        return any(inv.residual(counts) for inv in self.invariants)

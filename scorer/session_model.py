@@ -1,0 +1,199 @@
+"""The session (block) model: a supervised forest gated by a model of normal behaviour.
+
+Why two parts. A forest on event counts learns the dev data well and the rest of the world badly:
+trained on the first hours of HDFS.log it called later normal traffic (hundreds of reads, retried
+reads, a replica deleted after re-replication) failures, because "unlike the normal sessions I saw"
+and "failing" were the same thing to it. So:
+- the forest (`RandomForestClassifier`) reads features that extrapolate safely: which events occur,
+  their counts capped at what a normal session reaches (300 reads look like the most reads seen), and
+  the residuals of the invariants of normal sessions; no raw lengths or counts to extrapolate;
+- the gate (`NormalProfile`) lets it call a session anomalous only when the session carries evidence
+  of a failure (an event no normal session holds, a new template, or, once ended, a broken
+  invariant), or when it holds two events that co-occur in many failing sessions and almost never in
+  a normal one (a re-replication followed by a delete of the file). An unfamiliar session without evidence stays normal, with a
+  score held below the threshold, and says so.
+
+A stream judges a session before it ends, so training also shows open prefixes: a prefix of a normal
+session is normal; a prefix of a failing one counts as failing only once it holds an evidence event.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.ensemble import RandomForestClassifier
+
+from logmesh.scorer.normal_profile import Evidence, NormalProfile
+
+#: Score given at most to a session the gate holds back (no evidence, not a known failure pattern).
+UNFAMILIAR_CAP = 0.25
+#: Two events form a failure pattern when they co-occur in at least this many failing sessions ...
+MIN_PATTERN_SUPPORT = 20
+#: ... and in at most this share of normal sessions (re-replication followed by a delete of the file).
+MAX_PATTERN_NORMAL_SHARE = 0.001
+
+
+@dataclasses.dataclass
+class Judgement:
+    """One session's verdict with its reasons (what an analyst reads)."""
+    score: float
+    anomalous: bool
+    reasons: list[str]
+    kind: str  # "evidence_event", "missing_step", "failure_pattern", "unfamiliar", "none"
+
+
+class SessionModel:
+    """`fit(sessions, labels, closed)`, then `probabilities(sessions, closed)` (gated scores in [0, 1],
+    anomalous at >= `threshold`) and `judge(...)` for the reasons."""
+
+    version = 2  # BlockModel (scorer/block_model.py) was 1
+
+    def __init__(self, seed: int = 0, n_estimators: int = 200) -> None:
+        self.seed = seed
+        self.n_estimators = n_estimators
+        self.threshold = 0.5
+        self.profile = NormalProfile()
+        self.vocab: dict[str, int] = {}
+        self.caps: dict[str, int] = {}
+        self.failure_patterns: set[tuple[str, str]] = set()
+        self.classifier = RandomForestClassifier(n_estimators=n_estimators, max_features=0.3, min_samples_leaf=1,
+                                                 bootstrap=False, n_jobs=1, random_state=seed)
+
+    # -- features -------------------------------------------------------------------------------
+    def features(self, sessions: Sequence[Sequence[str]], closed: Sequence[bool]) -> np.ndarray:
+        nv = len(self.vocab)
+        invariants = self.profile.invariants
+        normal = self.profile.normal_events
+        base = 2 * nv + 1
+        x = np.zeros((len(sessions), base + len(invariants) + 3), np.float32)
+        for row, (events, done) in enumerate(zip(sessions, closed)):
+            counts = Counter(events)
+            xr = x[row]
+            for e, n in counts.items():
+                i = self.vocab.get(e)
+                if i is None:
+                    xr[2 * nv] += 1  # events training never saw
+                    continue
+                xr[i] = 1.0
+                xr[nv + i] = np.log1p(min(n, self.caps[e]))
+            broken = 0
+            for k, inv in enumerate(invariants):
+                r = inv.residual(counts)
+                xr[base + k] = max(-3, min(3, r))
+                broken += r != 0
+            xr[-3] = sum(1 for e in counts if e not in normal)
+            xr[-2] = broken if done else 0
+            xr[-1] = float(done)
+        return x
+
+    # -- fit ------------------------------------------------------------------------------------
+    def fit(self, sessions: Sequence[Sequence[str]], labels: Sequence[int],
+            closed: Sequence[bool] | None = None) -> "SessionModel":
+        closed = [True] * len(sessions) if closed is None else list(closed)
+        labels = [int(y) for y in labels]
+        known = {e for s in sessions for e in s}
+        self.profile.fit([s for s, y, d in zip(sessions, labels, closed) if y == 0 and d], known)
+        self.vocab = {e: i for i, e in enumerate(sorted(known))}
+        self.caps = _caps(sessions, labels)
+        rows = self._training_rows(sessions, labels, closed)
+        keys = list(rows)
+        x = self.features([k[0] for k in keys], [k[1] for k in keys])
+        y = np.asarray([k[2] for k in keys])
+        self.classifier.fit(x, y, sample_weight=np.asarray([rows[k] for k in keys], np.float64))
+        self.failure_patterns = _pair_patterns(sessions, labels, self.profile.normal_events)
+        return self
+
+    def _training_rows(self, sessions, labels, closed) -> Counter:
+        """(events, closed, label) -> weight. Each session trains as it is and as one random open
+        prefix; identical rows train once with their count as weight (HDFS repeats sequences a lot)."""
+        rng = np.random.default_rng(self.seed)
+        evidence_events = lambda s: any(e not in self.profile.normal_events for e in s)
+        rows: Counter = Counter()
+        for s, y, done in zip(sessions, labels, closed):
+            s = tuple(s)
+            rows[(s, done, int(y == 1 and (done or evidence_events(s))))] += 1
+            if len(s) >= 2:
+                prefix = s[: int(rng.integers(1, len(s)))]
+                rows[(prefix, False, int(y == 1 and evidence_events(prefix)))] += 1
+        return rows
+
+    # -- judge ----------------------------------------------------------------------------------
+    def _raw(self, sessions, closed) -> np.ndarray:
+        proba = self.classifier.predict_proba(self.features(sessions, closed))
+        if proba.shape[1] == 1:
+            return np.full(len(sessions), float(self.classifier.classes_[0]), np.float32)
+        return proba[:, 1].astype(np.float32)
+
+    def _gate(self, events: Sequence[str], done: bool) -> tuple[Evidence, bool]:
+        evidence = self.profile.evidence(events, done)
+        present = set(events)
+        pattern = next((p for p in self.failure_patterns if p[0] in present and p[1] in present), None)
+        return evidence, pattern
+
+    def probabilities(self, sessions: Sequence[Sequence[str]], closed: Sequence[bool]) -> np.ndarray:
+        if not len(sessions):
+            return np.zeros(0, np.float32)
+        p = self._raw(sessions, closed)
+        for i, (events, done) in enumerate(zip(sessions, closed)):
+            evidence, pattern = self._gate(events, done)
+            if not evidence and not pattern:
+                p[i] = min(p[i], UNFAMILIAR_CAP)
+        return p
+
+    def judge(self, sessions: Sequence[Sequence[str]], closed: Sequence[bool]) -> list[Judgement]:
+        if not len(sessions):
+            return []
+        raw = self._raw(sessions, closed)
+        out = []
+        for events, done, p in zip(sessions, closed, raw):
+            evidence, pattern = self._gate(events, done)
+            reasons = evidence.reasons(self.profile.known_events)
+            if evidence:
+                kind, score = evidence.kind, float(p)
+            elif pattern:
+                kind, score = "failure_pattern", float(p)
+                reasons.append(f"{pattern[0]} with {pattern[1]}: together in failing sessions, almost never in normal ones")
+            else:
+                score = float(min(p, UNFAMILIAR_CAP))
+                kind = "unfamiliar" if p >= self.threshold else "none"
+                if kind == "unfamiliar":
+                    reasons.append("unlike the normal sessions seen in training, but without failure evidence")
+            out.append(Judgement(score, score >= self.threshold, reasons, kind))
+        return out
+
+
+def _caps(sessions, labels) -> dict[str, int]:
+    """Per event, the count that counts as "many": the 99th percentile over the normal sessions that
+    hold it (over all sessions holding it for events normal sessions never have)."""
+    per_event: dict[str, list[int]] = {}
+    per_event_any: dict[str, list[int]] = {}
+    for s, y in zip(sessions, labels):
+        for e, n in Counter(s).items():
+            per_event_any.setdefault(e, []).append(n)
+            if y == 0:
+                per_event.setdefault(e, []).append(n)
+    return {e: max(1, int(np.percentile(per_event.get(e) or v, 99))) for e, v in per_event_any.items()}
+
+
+def _pair_patterns(sessions, labels, normal_events: set[str]) -> set[tuple[str, str]]:
+    """Pairs of events that normal sessions hold separately but almost never together, while many
+    failing sessions hold both (association rules with confidence >= 0.99)."""
+    together_normal: Counter = Counter()
+    together_failing: Counter = Counter()
+    normal_total = 0
+    for s, y in zip(sessions, labels):
+        present = sorted(set(s) & normal_events)
+        pairs = [(a, b) for i, a in enumerate(present) for b in present[i + 1:]]
+        if y == 0:
+            normal_total += 1
+            together_normal.update(pairs)
+        else:
+            together_failing.update(pairs)
+    out = set()
+    for pair, n in together_failing.items():
+        m = together_normal[pair]
+        if n >= MIN_PATTERN_SUPPORT and m <= MAX_PATTERN_NORMAL_SHARE * normal_total and n / (n + m) >= 0.99:
+            out.add(pair)
+    return out

@@ -1,0 +1,44 @@
+"""`logmesh train`'s detection options (kept beside the trainer; the CLI builds them only when `train` runs)."""
+from __future__ import annotations
+
+import argparse
+
+from logmesh.scorer.completeness import MODES, QUIET_SECONDS
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a share such as 0.0005") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1); give a share such as 0.0005 (0.05%)")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0 seconds")
+    return value
+
+
+def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--sessions", choices=MODES, default="auto",
+                   help="which blocks of each raw log have ended: 'cut' (the log was cut: blocks active near its end "
+                        "are open prefixes), 'complete' (every block's whole session is in the file), or 'auto' "
+                        "(decided from where unfinished writes sit; default %(default)s)")
+    p.add_argument("--quiet-seconds", type=_seconds, default=QUIET_SECONDS,
+                   help="in a cut log, a block has ended once the log went on this long (log time) after its last "
+                        "line (default %(default)s)")
+    p.add_argument("--validation", choices=["full", "quick", "none"], default="full",
+                   help="validation run before the final fit: 'full' = grouped 5-fold x 2 shuffles, held-out "
+                        "behaviour families and a chronological split, each beside the baselines (about a minute "
+                        "on the shared data); 'quick' = 3 folds x 1; 'none' skips it (default %(default)s)")
+    p.add_argument("--target-fpr", type=_share, default=0.0005,
+                   help="the session model's threshold is the lowest whose out-of-fold false-positive rate on "
+                        "complete sessions is at most this share (default %(default)s = 0.05%%)")
+    return p
