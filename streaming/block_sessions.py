@@ -2,20 +2,30 @@
 
 Every Kafka message reaches the sink unchanged as a "line" row, and the block state (the block is the
 Kafka key, set by `logmesh ingest`) adds one "block" summary row per block that changed in the
-micro-batch, or closed. A block closes after `quiet_ms` without a new line, on one of two clocks:
+micro-batch, or ended. Quiet is relative to the stream: a block closes as complete only once the
+stream went on for `quiet_ms` after its last line, on one of two clocks:
 
-- processing time (the default): `quiet_ms` of wall-clock time after its last line arrived. Simple and
-  live, but a replay of old logs faster than they were written judges blocks by the replay's speed, and
-  the blocks a replay cuts off at its end close as if they had ended (missing steps: anomalous).
+- processing (the default): the stream's clock is the newest Kafka record time the job has read (a
+  watermark on the messages' `timestamp`, the time `logmesh ingest` produced them). A block closes
+  (rule "quiet", judged as a whole session) once lines produced `quiet_ms` after its last line have
+  been read. When the whole input stops (a replay ended, ingest is down) that clock stands still and
+  no block closes as complete: a write pipeline the end of a replay cut off is not a session with
+  missing steps. If the clock stands still for `stall_ms` of wall time, the blocks still open are
+  finalized as cut prefixes (rule "stream-stopped", closed=False: judged without missing-step
+  evidence). They stay in the state: if the stream comes back, their story goes on, and they can
+  close as complete once the stream has run `quiet_ms` past its return.
 - event time: `quiet_ms` of log time after its last line's timestamp, once the stream's watermark (the
   newest line's time less `lateness_ms`) has passed it. Verdicts are the same at any replay speed, and
   blocks still active at the end of a replay stay open until newer lines move the watermark. Lines later
   than the watermark are still scored, but Spark drops them from the block state; lines without a
   timestamp cannot be placed and are left out of it.
 
-The timeout fires even in a micro-batch without new data. Spark checkpoints the state, so a restart
-resumes each block's story where it was. The state is keyed by a bucket of blocks, so the state function
-runs a few times per micro-batch rather than once per block.
+Each summary says which rule ended the block (`ended`: "" while open, "quiet", "stream-stopped"). On
+the processing clock the timers run on wall time (ProcessingTimeTimeout), so Spark drops no late rows
+before the state function (it filters by the watermark only for EventTimeTimeout); they fire in
+micro-batches without new data too. Spark checkpoints the state and the watermark, so a restart resumes
+each block's story where it was. The state is keyed by a bucket of blocks, so the state function runs a
+few times per micro-batch rather than once per block.
 
 Two plans (PLANS), fixed per checkpoint (Spark refuses to restart a checkpoint with a different number
 of sources, and the state is keyed by the bucket count):
@@ -23,11 +33,12 @@ of sources, and the state is keyed by the bucket count):
   function, which decodes it, extends its block and passes it on as a line row. One Python stage per
   micro-batch.
 - two-branch (the event clock, and checkpoints started before the single pass): the union of a
-  stateless branch of line rows and a stateful branch that sees only (block, template, event time),
-  decoded by a pandas UDF before the shuffle. The event clock needs it: with a watermark Spark drops
-  rows behind it before the state function, and those lines must still reach the sink. Two Kafka reads
-  and two Python stages per micro-batch: at 2,000 lines/s, 437-523 ms per micro-batch against 242-337 ms
-  for the single pass (Spark's part alone; docs/benchmarks.md, "One pass over Kafka").
+  stateless branch of line rows and a stateful branch that sees only (block, template, event time,
+  record time), decoded by a pandas UDF before the shuffle. The event clock needs it: with a watermark
+  and EventTimeTimeout Spark drops rows behind it before the state function, and those lines must still
+  reach the sink. Two Kafka reads and two Python stages per micro-batch: at 2,000 lines/s, 437-523 ms per
+  micro-batch against 242-337 ms for the single pass (Spark's part alone; docs/benchmarks.md, "One pass
+  over Kafka").
 
 Both Python functions freeze their worker's heap once (_freeze_worker_heap): pyspark's per-task
 `gc.collect()` was half of the job's Python CPU.
@@ -43,13 +54,18 @@ from typing import Iterator
 import pandas as pd
 
 LINE, BLOCK = "line", "block"
+# Which rule ended a block (the summaries' `ended`; "" while it is open).
+QUIET = "quiet"  # the stream went on for quiet_ms without the block: its whole story, judged closed
+STREAM_STOPPED = "stream-stopped"  # the stream's clock stood still for stall_ms: judged as a cut prefix
 OUTPUT_SCHEMA = ("kind string, topic string, partition int, offset long, key binary, value binary, "
-                 "block_id string, events array<string>, closed boolean, first_time string, last_time string")
+                 "block_id string, events array<string>, closed boolean, first_time string, last_time string, "
+                 "ended string")
 OUTPUT_COLUMNS = [column.split()[0] for column in OUTPUT_SCHEMA.split(", ")]
-SUMMARY_SCHEMA = "block_id string, events array<string>, closed boolean, first_time string, last_time string"
+SUMMARY_SCHEMA = ("block_id string, events array<string>, closed boolean, first_time string, last_time string, "
+                  "ended string")
+SUMMARY_COLUMNS = [column.split()[0] for column in SUMMARY_SCHEMA.split(", ")]
 # one JSON string: pyspark 4.3's worker fails to read an array type back from the state schema
-# (KeyError 'elementType' in ArrayType.fromJson)
-# JSON: block id -> [events, first time, last time, the block's last line on the closing clock (ms)]
+# (KeyError 'elementType' in ArrayType.fromJson). See _load for what it holds.
 STATE_SCHEMA = "blocks string"
 CLOCKS = ("processing", "event")
 PLANS = ("single-pass", "two-branch")
@@ -109,24 +125,68 @@ def _epoch_ms(when: str) -> int:
     return int(dt.datetime.fromisoformat(when).timestamp() * 1000)
 
 
+def _load(state) -> tuple[dict[str, list], list | None]:  # type: ignore[no-untyped-def]
+    """The bucket's blocks and its view of the stream's clock from the state's JSON.
+
+    Blocks: block id -> [events, first time, last time, its last line on the closing clock (ms), the
+    stream clock when it was finalized as cut (None: not cut)]. Clock (processing clock only): [the
+    stream clock this bucket last saw, the wall time it first saw it], to tell a stopped stream. State
+    written before the stream clock was kept is a bare {block id: [events, first, last, seen]}."""
+    if not state.exists:
+        return {}, None
+    data = json.loads(state.get[0])
+    if isinstance(data.get("v"), int):
+        return data["blocks"], data.get("clock")
+    return {b: [*entry[:4], None] for b, entry in data.items()}, None
+
+
+def _store(state, blocks: dict[str, list], clock: list | None) -> None:  # type: ignore[no-untyped-def]
+    state.update((json.dumps({"v": 2, "blocks": blocks, "clock": clock}),))
+
+
 def _close_and_report(blocks: dict[str, list], changed: set[str], now: int, quiet_ms: int, state,  # type: ignore[no-untyped-def]
-                      event_time: bool) -> list[tuple]:
-    """Closes the bucket's blocks quiet for `quiet_ms` on the clock, returns a summary per changed or closed
-    block, and stores what stays open (with the bucket's next timer)."""
+                      event_time: bool, stream_ms: int = 0, stall_ms: int | None = None,
+                      clock: list | None = None) -> list[tuple]:
+    """Ends the bucket's blocks that a rule ends, returns a summary per changed or ended block, and stores
+    what stays (with the bucket's next timer).
+
+    Event clock: `now` is the watermark; a block closes when it passed the block's last line by quiet_ms.
+    Processing clock: `stream_ms` is the stream's clock (the watermark on the Kafka record time) and
+    `now` the wall clock; a block closes when the stream's clock passed its last line by quiet_ms, and
+    when that clock has stood still for `stall_ms` of wall time, the open blocks are finalized as cut."""
     out = []
-    for block_id in list(blocks):
-        events, first, last, seen = blocks[block_id]
-        # event time: nothing closes before the first watermark (0 until a batch has set one)
-        if (now > 0 or not event_time) and now - seen >= quiet_ms:
-            out.append((block_id, events, True, first, last))
-            del blocks[block_id]
-        elif block_id in changed:
-            out.append((block_id, events, False, first, last))
+    if event_time:
+        for block_id in list(blocks):
+            events, first, last, seen = blocks[block_id][:4]
+            if now > 0 and now - seen >= quiet_ms:  # nothing closes before the first watermark (0)
+                out.append((block_id, events, True, first, last, QUIET))
+                del blocks[block_id]
+            elif block_id in changed:
+                out.append((block_id, events, False, first, last, ""))
+    else:
+        if clock is None or stream_ms > clock[0]:
+            clock = [stream_ms, now]
+        stalled = stall_ms is not None and now - clock[1] >= stall_ms
+        for block_id in list(blocks):
+            entry = blocks[block_id]
+            events, first, last, seen, cut_at = entry
+            if cut_at is not None and stream_ms > cut_at:
+                # the stream came back: the block is open again, quiet counted from the stream's return
+                entry[3] = seen = max(seen, stream_ms)
+                entry[4] = cut_at = None
+            if stream_ms > 0 and stream_ms - seen >= quiet_ms:
+                out.append((block_id, events, True, first, last, QUIET))
+                del blocks[block_id]
+            elif stalled and cut_at is None:
+                out.append((block_id, events, False, first, last, STREAM_STOPPED))
+                entry[4] = stream_ms
+            elif block_id in changed:
+                out.append((block_id, events, False, first, last, ""))
     if blocks:
-        state.update((json.dumps(blocks),))
+        _store(state, blocks, None if event_time else clock)
         if event_time:  # fires once the watermark passes the earliest close (always ahead of it here)
-            state.setTimeoutTimestamp(min(seen for _, _, _, seen in blocks.values()) + quiet_ms)
-        else:
+            state.setTimeoutTimestamp(min(entry[3] for entry in blocks.values()) + quiet_ms)
+        else:  # the wall clock: to see the stream's clock move (or stand still) without data here
             state.setTimeoutDuration(quiet_ms)
     elif state.exists:
         state.remove()
@@ -135,29 +195,30 @@ def _close_and_report(blocks: dict[str, list], changed: set[str], now: int, quie
 
 def _extend(blocks: dict[str, list], rows: pd.DataFrame, now: int, event_time: bool) -> set[str]:
     """Appends each row's template to its block, in (partition, offset) order; returns the blocks touched.
-    `rows` has block_id, template, event_time; rows without a block or a template are not in any story."""
+    `rows` has block_id, template, event_time and (processing clock) record_ms, the Kafka record time;
+    rows without a block or a template are not in any story."""
     changed: set[str] = set()
-    for block_id, template, when in zip(rows["block_id"], rows["template"], rows["event_time"]):
+    records = rows["record_ms"] if "record_ms" in rows else [now] * len(rows)
+    for block_id, template, when, record_ms in zip(rows["block_id"], rows["template"], rows["event_time"], records):
         if block_id is None or template is None:
             continue
-        events, first, last, seen = blocks.get(block_id) or ([], "", "", 0)
+        events, first, last, seen, _ = blocks.get(block_id) or ([], "", "", 0, None)
         events.append(template)
         if when:
             first, last = (min(first, when) if first else when), max(last, when)
-        seen = (max(seen, _epoch_ms(when)) if when else seen) if event_time else now
-        blocks[block_id] = [events, first, last, seen]
+        seen = (max(seen, _epoch_ms(when)) if when else seen) if event_time else max(seen, int(record_ms))
+        blocks[block_id] = [events, first, last, seen, None]
         changed.add(block_id)
     return changed
 
 
-def track_blocks(quiet_ms: int, clock: str = "processing"):  # type: ignore[no-untyped-def]
+def track_blocks(quiet_ms: int, clock: str = "processing", stall_ms: int | None = None):  # type: ignore[no-untyped-def]
     """The state function of the two-branch plan, keyed by a bucket of blocks (see BUCKETS); its rows are
-    the decoded facts (block, template, event time) of the stateful branch.
+    the decoded facts (block, template, event time, record time) of the stateful branch.
 
-    The bucket's state maps each open block to (events, first time, last time, and when its last line
-    was on the closing clock: arrival in processing time, or its own timestamp in event time). A call
-    with new lines extends their blocks; every call (with data, or when the bucket's timer fires) closes
-    the blocks quiet for `quiet_ms` on that clock and emits one summary per changed or closed block."""
+    The bucket's state maps each open block to its story (see _load). A call with new lines extends their
+    blocks; every call (with data, or when the bucket's timer fires) ends the blocks a rule ends (see
+    _close_and_report) and emits one summary per changed or ended block."""
     if clock not in CLOCKS:
         raise ValueError(f"block clock must be one of {CLOCKS}, not {clock!r}")
     event_time = clock == "event"
@@ -165,45 +226,56 @@ def track_blocks(quiet_ms: int, clock: str = "processing"):  # type: ignore[no-u
     def update(key: tuple, frames: Iterator[pd.DataFrame], state) -> Iterator[pd.DataFrame]:  # type: ignore[no-untyped-def]
         _freeze_worker_heap()
         now = state.getCurrentWatermarkMs() if event_time else state.getCurrentProcessingTimeMs()
-        blocks: dict[str, list] = json.loads(state.get[0]) if state.exists else {}
+        stream_ms = 0 if event_time else state.getCurrentWatermarkMs()
+        blocks, bucket_clock = _load(state)
         changed: set[str] = set()
         if not state.hasTimedOut:
             rows = pd.concat(list(frames), ignore_index=True).sort_values(["partition", "offset"])
             changed = _extend(blocks, rows, now, event_time)
-        out = _close_and_report(blocks, changed, now, quiet_ms, state, event_time)
+        out = _close_and_report(blocks, changed, now, quiet_ms, state, event_time, stream_ms, stall_ms, bucket_clock)
         if out:
-            yield pd.DataFrame(out, columns=["block_id", "events", "closed", "first_time", "last_time"])
+            yield pd.DataFrame(out, columns=SUMMARY_COLUMNS)
 
     return update
 
 
-def track_lines_and_blocks(quiet_ms: int):  # type: ignore[no-untyped-def]
+def track_lines_and_blocks(quiet_ms: int, stall_ms: int | None = None):  # type: ignore[no-untyped-def]
     """The state function of the single-pass plan (processing clock), keyed by a bucket of blocks (see
     SINGLE_PASS_BUCKETS); its rows are the Kafka messages themselves. It decodes each value once, extends
-    and closes blocks as `track_blocks` does, and emits every message unchanged as a line row (messages
+    and ends blocks as `track_blocks` does, and emits every message unchanged as a line row (messages
     that are not LogRecords too: the sink dead-letters them) followed by the block summaries."""
     def update(key: tuple, frames: Iterator[pd.DataFrame], state) -> Iterator[pd.DataFrame]:  # type: ignore[no-untyped-def]
         _freeze_worker_heap()
-        now = state.getCurrentProcessingTimeMs()
-        blocks: dict[str, list] = json.loads(state.get[0]) if state.exists else {}
+        now, stream_ms = state.getCurrentProcessingTimeMs(), state.getCurrentWatermarkMs()
+        blocks, bucket_clock = _load(state)
         out, changed = [], set()
         if not state.hasTimedOut:
             rows = pd.concat(list(frames), ignore_index=True).sort_values(["partition", "offset"])
-            facts = _template_and_time(rows["value"]).assign(block_id=rows["block_id"].to_numpy())
+            facts = _template_and_time(rows["value"]).assign(block_id=rows["block_id"].to_numpy(),
+                                                             record_ms=rows["record_ms"].to_numpy())
             changed = _extend(blocks, facts, now, False)
-            out = [(LINE, t, p, o, k, v, None, None, None, None, None) for t, p, o, k, v in zip(
+            out = [(LINE, t, p, o, k, v, None, None, None, None, None, None) for t, p, o, k, v in zip(
                 rows["topic"], rows["partition"], rows["offset"], rows["key"], rows["value"])]
-        out += [(BLOCK, None, None, None, None, None, *summary)
-                for summary in _close_and_report(blocks, changed, now, quiet_ms, state, False)]
+        out += [(BLOCK, None, None, None, None, None, *summary) for summary in _close_and_report(
+            blocks, changed, now, quiet_ms, state, False, stream_ms, stall_ms, bucket_clock)]
         if out:
             yield pd.DataFrame(out, columns=OUTPUT_COLUMNS, dtype=object)  # object: ints stay ints beside None
 
     return update
 
 
+def _record_time(source):  # type: ignore[no-untyped-def]
+    """The Kafka rows with the stream's clock: a watermark on each message's record time (the time ingest
+    produced it), delay 0, plus that time as epoch ms for the state function (record_ms). The watermark
+    column must stay in the rows the state function sees, else Spark hides the watermark from it."""
+    from pyspark.sql import functions as F
+    return source.withWatermark("timestamp", "0 milliseconds").withColumn("record_ms", F.unix_millis("timestamp"))
+
+
 def with_block_sessions(source, quiet_ms: int, clock: str = "processing",  # type: ignore[no-untyped-def]
-                        lateness_ms: int = 10_000, plan: str = "two-branch"):
-    """Kafka rows -> line rows plus block summary rows, keyed and stateful per block, closed on `clock`,
+                        lateness_ms: int = 10_000, plan: str = "two-branch", stall_ms: int | None = None):
+    """Kafka rows -> line rows plus block summary rows, keyed and stateful per block, ended on `clock`
+    (and, on the processing clock, finalized as cut after `stall_ms` of a stopped stream; None: never),
     by one of PLANS (the single pass needs the processing clock)."""
     if plan not in PLANS:
         raise ValueError(f"block plan must be one of {PLANS}, not {plan!r}")
@@ -214,22 +286,24 @@ def with_block_sessions(source, quiet_ms: int, clock: str = "processing",  # typ
     from pyspark.sql.functions import pandas_udf
 
     if plan == "single-pass":
-        rows = source.select("topic", "partition", "offset", "key", "value",
-                             F.col("key").cast("string").alias("block_id"))
+        rows = _record_time(source).select("topic", "partition", "offset", "key", "value", "timestamp", "record_ms",
+                                           F.col("key").cast("string").alias("block_id"))
         buckets = rows.withColumn("bucket", F.pmod(F.hash("block_id"), F.lit(SINGLE_PASS_BUCKETS))).groupBy("bucket")
-        return buckets.applyInPandasWithState(track_lines_and_blocks(quiet_ms), OUTPUT_SCHEMA, STATE_SCHEMA,
+        return buckets.applyInPandasWithState(track_lines_and_blocks(quiet_ms, stall_ms), OUTPUT_SCHEMA, STATE_SCHEMA,
                                               "Update", "ProcessingTimeTimeout")
 
     decode = pandas_udf(_template_and_time, "template string, event_time string")
     empty = {c: F.lit(None).cast(t) for c, t in (("block_id", "string"), ("events", "array<string>"),
                                                   ("closed", "boolean"), ("first_time", "string"),
-                                                  ("last_time", "string"))}
+                                                  ("last_time", "string"), ("ended", "string"))}
     lines = source.select(F.lit(LINE).alias("kind"), "topic", "partition", "offset", "key", "value",
                           *(v.alias(c) for c, v in empty.items()))
-    facts = (source.select(F.col("key").cast("string").alias("block_id"), "partition", "offset",
-                           decode("value").alias("d"))
+    timed = source if clock == "event" else _record_time(source)
+    facts = (timed.select(F.col("key").cast("string").alias("block_id"), "partition", "offset",
+                          decode("value").alias("d"), *(() if clock == "event" else ("timestamp", "record_ms")))
              .where(F.col("block_id").isNotNull() & F.col("d.template").isNotNull())
-             .select("block_id", "partition", "offset", "d.template", "d.event_time"))
+             .select("block_id", "partition", "offset", "d.template", "d.event_time",
+                     *(() if clock == "event" else ("timestamp", "record_ms"))))
     timeout = "ProcessingTimeTimeout"
     if clock == "event":
         facts = (facts.withColumn("event_ts", F.col("event_time").cast("timestamp"))
@@ -238,8 +312,8 @@ def with_block_sessions(source, quiet_ms: int, clock: str = "processing",  # typ
         timeout = "EventTimeTimeout"
     buckets = facts.withColumn("bucket", F.pmod(F.hash("block_id"), F.lit(BUCKETS))).groupBy("bucket")
     summaries = buckets.applyInPandasWithState(
-        track_blocks(quiet_ms, clock), SUMMARY_SCHEMA, STATE_SCHEMA, "Update", timeout)
+        track_blocks(quiet_ms, clock, stall_ms), SUMMARY_SCHEMA, STATE_SCHEMA, "Update", timeout)
     blocks = summaries.select(F.lit(BLOCK).alias("kind"), *(F.lit(None).cast(t).alias(c) for c, t in (
         ("topic", "string"), ("partition", "int"), ("offset", "long"), ("key", "binary"), ("value", "binary"))),
-        "block_id", "events", "closed", "first_time", "last_time")
+        "block_id", "events", "closed", "first_time", "last_time", "ended")
     return lines.unionByName(blocks)

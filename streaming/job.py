@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,7 +44,10 @@ class StreamConfig:
     # timers: ~0.37 of a core against ~0.2 (docs/benchmarks.md, "One pass over Kafka").
     trigger_ms: int = 250
     once: bool = False  # process what is there now, then stop (availableNow)
-    block_quiet_ms: int = 30_000  # a block with no new line for this long is closed and judged final
+    block_quiet_ms: int = 30_000  # a block closes as complete once the stream went on this long without it
+    # processing clock: blocks still open when the stream's clock has stood still this long (a replay ended,
+    # ingest is down) get a final verdict as cut prefixes; 0: never
+    block_stall_ms: int = 300_000
     block_clock: str = "processing"  # the clock block_quiet_ms runs on: processing (arrival) or event (log time)
     event_lateness_ms: int = 10_000  # event clock: how far behind the newest line's time the watermark trails
     starting_offsets: str = "earliest"
@@ -76,13 +81,20 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="micro-batch interval (default %(default)s): shorter answers sooner; an idle job runs an "
                         "empty micro-batch this often (block timers), ~0.37 of a core here at 250 ms, ~0.2 at 500")
     p.add_argument("--block-quiet-ms", type=int, default=d.block_quiet_ms,
-                   help="close a block after this long without a new line (default %(default)s)")
+                   help="close a block as complete once the stream went on this long without a line of it: on "
+                        "the processing clock, once lines produced this long after its last line were read; a "
+                        "stream that stops (a replay ended, ingest down) closes nothing (default %(default)s)")
+    p.add_argument("--block-stall-ms", type=int, default=d.block_stall_ms,
+                   help="processing clock: when no new line has come for this long (wall time), give the blocks "
+                        "still open a final verdict as cut prefixes, without missing-step evidence; they stay "
+                        "open in case the stream comes back. 0: never (default %(default)s)")
     p.add_argument("--block-clock", choices=["processing", "event"], default=d.block_clock,
-                   help="the clock --block-quiet-ms runs on. processing (default): time since the block's last "
-                        "line arrived. event: log time since its last line's timestamp, once the watermark "
-                        "(the newest line's time less --event-lateness-ms) passes it; verdicts then do not "
-                        "depend on replay speed, and blocks still active when a replay ends stay open instead "
-                        "of being judged cut off. Fixed per checkpoint")
+                   help="the clock --block-quiet-ms runs on. processing (default): the Kafka record time (when "
+                        "ingest produced the line) of the newest line read, against the block's last line's. "
+                        "event: log time since its last line's timestamp, once the watermark (the newest line's "
+                        "time less --event-lateness-ms) passes it; verdicts then do not depend on replay speed. "
+                        "On either clock, blocks still active when a replay ends stay open instead of being "
+                        "judged cut off. Fixed per checkpoint")
     p.add_argument("--event-lateness-ms", type=int, default=d.event_lateness_ms,
                    help="with --block-clock event: how late (in log time) a line may arrive and still join "
                         "its block's story; later lines are scored but left out of it (default %(default)s)")
@@ -109,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
     try:
         check_kafka_options(values["kafka_options"])
         check_block_clock(values["checkpoint"], values["block_clock"], record=False)
+        check_block_timing(values["block_quiet_ms"], values["block_stall_ms"], values["block_clock"])
     except ValueError as exc:  # before Spark or any connection: the reason, and argparse's exit code
         print(f"logmesh stream: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -133,6 +146,17 @@ def build_sink(config: StreamConfig, on_report=None) -> tuple[BatchSink, object]
     store.ensure_collection()
     return BatchSink(embedder, scorer, outputs, store, ledger, config.store_lines,
                      retry_budget_s=config.retry_budget_s, on_report=on_report), store
+
+
+def check_block_timing(quiet_ms: int, stall_ms: int, clock: str = "processing") -> None:
+    """--block-stall-ms (processing clock only) finalizes blocks the quiet rule could not close: it must be longer."""
+    if quiet_ms <= 0:
+        raise ValueError(f"--block-quiet-ms must be positive, not {quiet_ms}")
+    if stall_ms < 0:
+        raise ValueError(f"--block-stall-ms must be 0 (never) or positive, not {stall_ms}")
+    if clock == "processing" and stall_ms and stall_ms <= quiet_ms:
+        raise ValueError(f"--block-stall-ms ({stall_ms}) must be longer than --block-quiet-ms ({quiet_ms}), "
+                         "or 0 to never finalize the blocks of a stopped stream")
 
 
 BLOCK_CLOCK_FILE = "block-clock"
@@ -194,7 +218,7 @@ def _start_query(spark, config: StreamConfig, sink: BatchSink, plan: str):  # ty
     reader = spark.readStream.format("kafka").options(**kafka_source_options(config))
     from logmesh.streaming.block_sessions import with_block_sessions
     stream = with_block_sessions(reader.load(), config.block_quiet_ms, config.block_clock, config.event_lateness_ms,
-                                 plan)
+                                 plan, config.block_stall_ms or None)
     writer = (stream.writeStream.foreachBatch(sink).outputMode("update")
               .option("checkpointLocation", str(Path(config.checkpoint) / "spark"))
               .queryName("logmesh-stream"))
@@ -209,6 +233,41 @@ def _cause(text: str) -> str:
     import re
     found = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception|GaveUp|Aborted)\b:.*)$", text, re.M)
     return (found[-1] if found else text)[:500]
+
+
+def _stop_between_batches(query, limit_s: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    """Stops the query once no micro-batch is running (waiting at most `limit_s`). Stopping it mid-batch
+    cancels the batch's Spark job under the Python sink and state function: the job then logged a
+    StackOverflowError (Spark matching the long Python error) and "Python worker exited unexpectedly";
+    the batch was replayed on the next start anyway, so waiting loses nothing."""
+    deadline = time.monotonic() + limit_s
+    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    query.stop()
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM -> a flag the run loop checks, instead of pyspark's SIGINT handler, which cancels
+    every running Spark job at once (see _stop_between_batches). A second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:  # type: ignore[no-untyped-def]
+        if self.requested.is_set():
+            raise KeyboardInterrupt
+        self.requested.set()
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untyped-def]
@@ -237,15 +296,22 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
     # (--once, availableNow) must not keep running such batches forever.
     spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", str(not config.once).lower())
     failures, delay, seen = 0, 2.0, 0
+    stop = _StopRequest()
     try:
+        stop.__enter__()
         while True:
             query = _start_query(spark, config, sink, plan)
             log.info("stream started", extra={"topic": config.topic, "checkpoint": config.checkpoint,
                                               "block_plan": plan, "once": config.once, "restarts": failures})
             try:
-                query.awaitTermination()
+                while not stop.requested.is_set() and not query.awaitTermination(1):
+                    pass
+                if stop.requested.is_set():
+                    log.info("stopping stream (signal): after the running micro-batch")
+                    _stop_between_batches(query)
+                    return
             except KeyboardInterrupt:
-                log.info("stopping stream (Ctrl-C)")
+                log.info("stopping stream (second signal): now")
                 query.stop()
                 return
             except Exception:  # StreamingQueryException: read it from the query below
@@ -265,8 +331,10 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
                 sink.outputs.abort()  # a batch cut short by the failure leaves no open transaction
             except Exception:  # noqa: BLE001 - cannot abort: a fresh producer fences the old one
                 sink.outputs.recover()
-            time.sleep(delay)
+            if stop.requested.wait(delay):
+                return
             delay = min(delay * 2, 60.0)
     finally:
+        stop.__exit__()
         store.close()
         spark.stop()

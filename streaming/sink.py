@@ -29,7 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from logmesh.client import EmbedderClient, ScorerClient
 from logmesh.ingest.masking import line_shape
 from logmesh.streaming import blocks as block_state
-from logmesh.streaming.block_sessions import BLOCK, LINE
+from logmesh.streaming.block_sessions import BLOCK, LINE, QUIET, STREAM_STOPPED
 from logmesh.streaming.decode import KafkaRow, Rejected, decode
 from logmesh.streaming.outputs import Ledger, ResultProducer, TransactionAborted
 from logmesh.streaming.retry import GaveUp, RetryItems, with_retry
@@ -63,9 +63,10 @@ class BlockSummary:
 
     block_id: str
     events: list[str]
-    closed: bool
+    closed: bool  # its whole story: judged with missing-step evidence
     first_time: str
     last_time: str
+    ended: str = ""  # the rule that ended it: block_sessions.QUIET, STREAM_STOPPED, or "" (still open)
 
 
 @dataclasses.dataclass
@@ -77,6 +78,8 @@ class BatchReport:
     line_anomalies: int = 0
     blocks: int = 0
     block_alerts: int = 0
+    blocks_closed: int = 0  # closed as complete: the stream went on without them (rule "quiet")
+    blocks_cut: int = 0  # finalized as cut prefixes: the stream stopped (rule "stream-stopped")
     seconds: float = 0.0
     skipped: bool = False
     write_attempts: int = 0
@@ -106,8 +109,9 @@ class BatchSink:
         lines, blocks = frame[frame["kind"] == LINE], frame[frame["kind"] == BLOCK]
         rows = [KafkaRow(t, int(p), int(o), None if k is None else bytes(k), None if v is None else bytes(v))
                 for t, p, o, k, v in zip(lines["topic"], lines["partition"], lines["offset"], lines["key"], lines["value"])]
-        sessions = [BlockSummary(b, list(e), bool(c), f or "", l or "") for b, e, c, f, l in zip(
-            blocks["block_id"], blocks["events"], blocks["closed"], blocks["first_time"], blocks["last_time"])]
+        sessions = [BlockSummary(b, list(e), bool(c), f or "", l or "", n or "") for b, e, c, f, l, n in zip(
+            blocks["block_id"], blocks["events"], blocks["closed"], blocks["first_time"], blocks["last_time"],
+            blocks["ended"])]
         report = self.process(rows, batch_id, sessions)
         self.on_report(report)
 
@@ -143,8 +147,15 @@ class BatchSink:
 
         report.scored, report.dead_letters, report.line_anomalies = len(good), len(rejected), len(flagged)
         report.blocks, report.block_alerts = len(block_points), len(alerts)
+        report.blocks_closed = sum(s.ended == QUIET for s in sessions)
+        report.blocks_cut = sum(s.ended == STREAM_STOPPED for s in sessions)
         report.seconds = time.perf_counter() - started
-        log.info("batch written", extra=dataclasses.asdict(report))
+        # an idle job runs an empty micro-batch every trigger: those stay below info
+        log.log(logging.INFO if rows or sessions else logging.DEBUG, "batch written", extra=dataclasses.asdict(report))
+        if report.blocks_cut:
+            log.info("no new line for --block-stall-ms: the blocks still open are judged as cut prefixes "
+                     "(no missing-step evidence) and stay open in case the stream comes back",
+                     extra={"batch_id": batch_id, "blocks_cut": report.blocks_cut})
         return report
 
     def _write(self, batch_id: int, rejected: list[Rejected], results: list[score_pb2.ScoreResult],
@@ -258,7 +269,7 @@ class BatchSink:
             payload, vector = block_state.merge(old.payload if old else None, old.vector if old else None,
                                                 lines_by_block.get(session.block_id, []))
             payload.update(kind="block", block_id=session.block_id, events=session.events, closed=session.closed,
-                           first_time=session.first_time, last_time=session.last_time)
+                           ended=session.ended, first_time=session.first_time, last_time=session.last_time)
             if session.block_id in labels:
                 payload["label"] = log_record_pb2.Label.Name(labels[session.block_id]).removeprefix("LABEL_").lower()
             merged.append((session, payload, vector))

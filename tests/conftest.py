@@ -23,15 +23,32 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def admin():
-    """An admin client of the local Kafka broker (started by `make test`); fails with what to do when it is down."""
+    """An admin client of the local Kafka broker (started by `make test`); fails with what to do when it is down.
+    The topics a module creates through it are deleted when the module ends: the broker is shared."""
     from confluent_kafka.admin import AdminClient
     bootstrap = "127.0.0.1:9092"
-    client = AdminClient({"bootstrap.servers": bootstrap})
+
+    class CleaningAdmin(AdminClient):
+        created: list[str] = []
+
+        def create_topics(self, new_topics, **kwargs):  # type: ignore[no-untyped-def]
+            futures = super().create_topics(new_topics, **kwargs)
+            self.created.extend(futures)
+            return futures
+
+    client = CleaningAdmin({"bootstrap.servers": bootstrap})
+    client.created = []
     try:
         client.list_topics(timeout=10)
     except Exception as exc:
         pytest.fail(f"no Kafka broker at {bootstrap} ({exc}); start it with `deploy/kafka/kafka.sh start`")
-    return client
+    yield client
+    if client.created:
+        for future in client.delete_topics(client.created, operation_timeout=30).values():
+            try:
+                future.result(60)
+            except Exception:  # noqa: BLE001 - cleanup only (already gone); the tests have their answer
+                pass
 
 
 @pytest.fixture(scope="session")

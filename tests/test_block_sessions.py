@@ -1,6 +1,7 @@
 """The block-state functions of streaming/block_sessions.py, called directly (no Spark): decoding, each
-block's events in log order, quiet blocks closed by the timer, and the worker-heap freeze left off
-outside pyspark workers."""
+block's events in log order, blocks closed once the stream went on without them, blocks of a stopped
+stream finalized as cut prefixes (never as complete), and the worker-heap freeze left off outside
+pyspark workers."""
 from __future__ import annotations
 
 import gc
@@ -55,13 +56,22 @@ class FakeState:
         self.timeout = ms
 
 
-def _facts(rows: list[tuple[int, int, int]]) -> pd.DataFrame:
-    """(line index, partition, offset) -> the stateful branch's rows, decoded as Spark's decode UDF does."""
+def _facts(rows: list[tuple[int, int, int]], record_ms: int = 0) -> pd.DataFrame:
+    """(line index, partition, offset) -> the stateful branch's rows, decoded as Spark's decode UDF does,
+    all with Kafka record time `record_ms`."""
     records = [parse_line(LINES[i], "t", i) for i, _, _ in rows]
     decoded = _template_and_time(pd.Series([r.SerializeToString() for r in records]))
     return pd.DataFrame({"block_id": [r.block_ids[0] for r in records], "partition": [p for _, p, _ in rows],
                          "offset": [o for _, _, o in rows], "template": decoded["template"],
-                         "event_time": decoded["event_time"], "bucket": 0})
+                         "event_time": decoded["event_time"], "record_ms": record_ms, "bucket": 0})
+
+
+def _ended(frame: pd.DataFrame) -> list[tuple]:
+    return [(b, bool(c), e) for b, c, e in zip(frame["block_id"], frame["closed"], frame["ended"]) if e]
+
+
+def _blocks_in(state: "FakeState") -> set[str]:
+    return set(json.loads(state.value[0])["blocks"])
 
 
 def test_decode_gives_template_and_time_and_nulls_for_junk():
@@ -70,39 +80,86 @@ def test_decode_gives_template_and_time_and_nulls_for_junk():
     assert out["template"][1:].isna().all()
 
 
-def test_blocks_keep_log_order_across_calls_and_close_when_quiet():
+def test_blocks_keep_log_order_across_calls_and_close_when_the_stream_went_on():
+    """Processing clock: the stream's clock is the watermark on Kafka record time (state.watermark here);
+    a block closes as complete once that clock passed its last line by quiet_ms."""
     update = track_blocks(quiet_ms=1000)
     t0, t1, t2 = (parse_line(line, "t", i).template_id for i, line in enumerate(LINES))
-    state = FakeState(now=1_000)
+    state = FakeState(now=1_000, watermark=0)
     # offsets, not arrival order inside the call, give the order; chunks of one bucket are concatenated
-    chunks = [_facts([(1, 0, 11)]), _facts([(0, 0, 10), (2, 1, 5)])]
+    chunks = [_facts([(1, 0, 11)], 1_000), _facts([(0, 0, 10), (2, 1, 5)], 1_000)]
     out = pd.concat(list(update((0,), iter(chunks), state)), ignore_index=True)
     assert {b: (list(e), c) for b, e, c in zip(out["block_id"], out["events"], out["closed"])} == {
         "blk_1": ([t0, t1], False), "blk_2": ([t2], False)}
-    assert state.timeout == 1000 and set(json.loads(state.value[0])) == {"blk_1", "blk_2"}
+    assert state.timeout == 1000 and _blocks_in(state) == {"blk_1", "blk_2"}
 
-    state.now = 1_500  # a later micro-batch extends blk_1 only; only blk_1 is reported
-    out = pd.concat(list(update((0,), iter([_facts([(1, 0, 12)])]), state)), ignore_index=True)
+    state.now = state.watermark = 1_500  # a later micro-batch extends blk_1 only; only blk_1 is reported
+    out = pd.concat(list(update((0,), iter([_facts([(1, 0, 12)], 1_500)]), state)), ignore_index=True)
     assert list(out["block_id"]) == ["blk_1"] and list(out["events"][0]) == [t0, t1, t1]
 
-    # timer calls (no data): blk_2 (last seen at 1,000) closes at 2,000, blk_1 (1,500) at 2,500; then no state
-    state.now, state.hasTimedOut = 2_000, True
+    # timer calls (no data here) while the stream goes on elsewhere: blk_2 (last line at 1,000) closes
+    # when the stream's clock reaches 2,000, blk_1 (1,500) at 2,500; then no state
+    state.now, state.watermark, state.hasTimedOut = 2_000, 2_000, True
     closed = pd.concat(list(update((0,), iter([]), state)), ignore_index=True)
-    assert list(zip(closed["block_id"], closed["closed"])) == [("blk_2", True)] and state.exists
-    state.now = 2_500
+    assert _ended(closed) == [("blk_2", True, "quiet")] and state.exists
+    state.now = state.watermark = 2_500
     closed = pd.concat(list(update((0,), iter([]), state)), ignore_index=True)
-    assert list(zip(closed["block_id"], closed["closed"])) == [("blk_1", True)] and not state.exists
+    assert _ended(closed) == [("blk_1", True, "quiet")] and not state.exists
 
 
-def _messages(rows: list[tuple[int | None, int, int]]) -> pd.DataFrame:
+def test_a_stream_that_stops_closes_nothing_as_complete_and_finalizes_open_blocks_as_cut():
+    """The end of a replay: the stream's clock stands still, however long the wall clock runs, so no block
+    is judged as a whole session (a cut write pipeline looks like missing steps). After stall_ms of a
+    still clock the open blocks are finalized once as cut prefixes (closed=False, "stream-stopped") and
+    kept: when the stream comes back their story goes on, and one that gets no more lines closes as
+    complete only after the stream has run quiet_ms past its return."""
+    update = track_blocks(quiet_ms=1000, stall_ms=10_000)
+    state = FakeState(now=5_000, watermark=4_000)
+    list(update((0,), iter([_facts([(0, 0, 10), (1, 0, 11), (2, 1, 5)], 4_900)]), state))
+    state.hasTimedOut = True
+    for now in (6_000, 9_000, 14_000):  # the wall clock runs on, the stream's does not: nothing ends
+        state.now = now
+        assert list(update((0,), iter([]), state)) == []
+    state.now = 15_000  # 10 s after this bucket first saw the clock at 4,000: the stream stopped
+    cut = pd.concat(list(update((0,), iter([]), state)), ignore_index=True)
+    assert sorted(_ended(cut)) == [("blk_1", False, "stream-stopped"), ("blk_2", False, "stream-stopped")]
+    assert _blocks_in(state) == {"blk_1", "blk_2"} and state.timeout == 1000
+    state.now = 60_000  # finalized once, not again on every timer
+    assert list(update((0,), iter([]), state)) == []
+
+    # the stream comes back (its clock jumps past both blocks' last lines): blk_1 gets a line and goes on,
+    # blk_2 stays open and is quiet-counted from the return, not from its last line before the stop
+    state.hasTimedOut, state.now, state.watermark = False, 61_000, 60_500
+    out = pd.concat(list(update((0,), iter([_facts([(1, 0, 12)], 60_900)]), state)), ignore_index=True)
+    assert list(zip(out["block_id"], out["closed"], out["ended"])) == [("blk_1", False, "")]
+    assert len(out["events"][0]) == 3  # its whole story, the lines before the stop included
+    state.hasTimedOut, state.now, state.watermark = True, 62_000, 61_400
+    assert list(update((0,), iter([]), state)) == []
+    state.now, state.watermark = 62_500, 61_500  # 1,000 past the return for blk_2; 600 past blk_1's line
+    closed = pd.concat(list(update((0,), iter([]), state)), ignore_index=True)
+    assert _ended(closed) == [("blk_2", True, "quiet")] and _blocks_in(state) == {"blk_1"}
+
+
+def test_state_written_before_the_stream_clock_is_read():
+    """A bucket's state from before (a bare {block: [events, first, last, seen]}) goes on as open blocks."""
+    update = track_blocks(quiet_ms=1000)
+    t0 = parse_line(LINES[0], "t", 0).template_id
+    state = FakeState(now=9_000, value=(json.dumps({"blk_1": [[t0], "", "", 1_000]}),), timed_out=True, watermark=1_500)
+    assert list(update((0,), iter([]), state)) == [] and _blocks_in(state) == {"blk_1"}
+    state.watermark = 2_000
+    closed = pd.concat(list(update((0,), iter([]), state)), ignore_index=True)
+    assert _ended(closed) == [("blk_1", True, "quiet")] and list(closed["events"][0]) == [t0]
+
+
+def _messages(rows: list[tuple[int | None, int, int]], record_ms: int = 0) -> pd.DataFrame:
     """(line index or None for a message that is not a LogRecord, partition, offset) -> Kafka rows as the
-    single pass's state function gets them."""
+    single pass's state function gets them, all with Kafka record time `record_ms`."""
     records = [parse_line(LINES[i], "t", i) if i is not None else None for i, _, _ in rows]
     return pd.DataFrame({
         "topic": "logmesh.logs", "partition": [p for _, p, _ in rows], "offset": [o for _, _, o in rows],
         "key": [r.block_ids[0].encode() if r else None for r in records],
         "value": [r.SerializeToString() if r else b"junk" for r in records],
-        "block_id": [r.block_ids[0] if r else None for r in records], "bucket": 0})
+        "block_id": [r.block_ids[0] if r else None for r in records], "record_ms": record_ms, "bucket": 0})
 
 
 def test_single_pass_passes_every_message_on_and_keeps_the_same_block_story():
@@ -111,7 +168,7 @@ def test_single_pass_passes_every_message_on_and_keeps_the_same_block_story():
     plan's function."""
     update, twin = track_lines_and_blocks(quiet_ms=1000), track_blocks(quiet_ms=1000)
     state, twin_state = FakeState(now=1_000), FakeState(now=1_000)
-    chunks = [_messages([(1, 0, 11), (None, 2, 3)]), _messages([(0, 0, 10), (2, 1, 5)])]
+    chunks = [_messages([(1, 0, 11), (None, 2, 3)], 1_000), _messages([(0, 0, 10), (2, 1, 5)], 1_000)]
     out = pd.concat(list(update((0,), iter(chunks), state)), ignore_index=True)
     assert list(out.columns) == OUTPUT_COLUMNS
     lines, blocks = out[out["kind"] == "line"], out[out["kind"] == "block"]
@@ -120,15 +177,18 @@ def test_single_pass_passes_every_message_on_and_keeps_the_same_block_story():
     assert all(bytes(v) == sent.loc[o, "value"] for o, v in zip(lines["offset"], lines["value"]))
     assert lines["key"].iloc[3] is None and lines["block_id"].isna().all()
 
-    expected = pd.concat(list(twin((0,), iter([_facts([(1, 0, 11)]), _facts([(0, 0, 10), (2, 1, 5)])]), twin_state)))
+    expected = pd.concat(list(twin((0,), iter([_facts([(1, 0, 11)], 1_000), _facts([(0, 0, 10), (2, 1, 5)], 1_000)]),
+                                   twin_state)))
     assert [(b, list(e), c) for b, e, c in zip(blocks["block_id"], blocks["events"], blocks["closed"])] == [
         (b, list(e), c) for b, e, c in zip(expected["block_id"], expected["events"], expected["closed"])]
     assert state.value == twin_state.value and state.timeout == 1000
 
-    state.now, state.hasTimedOut = 2_000, True  # a timer call: no lines, both blocks close
+    state.now, state.hasTimedOut = 60_000, True  # a timer call long after, the stream stopped: nothing closes
+    assert list(update((0,), iter([]), state)) == [] and state.exists
+    state.watermark = 2_000  # the stream went on (elsewhere) past both blocks: both close as complete
     closed = pd.concat(list(update((0,), iter([]), state)), ignore_index=True)
     assert set(closed["kind"]) == {"block"} and closed["closed"].all() and len(closed) == 2
-    assert not state.exists
+    assert set(closed["ended"]) == {"quiet"} and not state.exists
 
 
 def test_heap_is_frozen_only_in_reused_pyspark_workers(monkeypatch):
@@ -158,7 +218,7 @@ def test_event_clock_closes_blocks_by_log_time_once_the_watermark_passes():
     state.watermark, state.now = t18 + 5_000, 0  # the wall clock going back changes nothing
     closed = pd.concat(list(update((0,), iter([]), state)))
     assert list(zip(closed["block_id"], closed["closed"])) == [("blk_1", True)]
-    assert set(json.loads(state.value[0])) == {"blk_2"} and state.timeout_at == t18 + 1_000 + 5_000
+    assert _blocks_in(state) == {"blk_2"} and state.timeout_at == t18 + 1_000 + 5_000
 
 
 def test_an_unknown_block_clock_is_refused():

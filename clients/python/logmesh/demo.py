@@ -7,6 +7,7 @@ and a final report. Ctrl-C stops everything cleanly; `make down` stops leftovers
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -30,7 +31,11 @@ REPO = Path(__file__).resolve().parents[3]
 KAFKA = REPO / "deploy/kafka/kafka.sh"
 BOOTSTRAP = "127.0.0.1:9092"
 TOPICS = {"logs": 4, "scores": 4, "anomalies": 1, "dlq": 1}
-QUIET_MS = 5000  # a replay runs in seconds what took hours: close blocks after 5 s without a line
+QUIET_MS = 5000  # a replay runs in seconds what took hours: close blocks once the stream went on 5 s without them
+# When the replay ends the stream stops: blocks still being written stay open (a cut write pipeline is not a
+# block with missing steps); after 10 s of a stopped stream the job judges them as cut prefixes.
+STALL_MS = 10_000
+WARM_UP_BLOCK = "warm-up"  # the block of the line that waits for Spark to be up
 EVENT_QUIET_MS = 30_000  # --block-clock event: the gap is log time, so the job's own default applies
 
 
@@ -53,15 +58,20 @@ class Stack:
         self.procs.append((name, proc))
         return proc
 
-    def stop(self) -> None:
-        for name, proc in reversed(self.procs):
-            if proc.poll() is None:
+    def stop_one(self, name: str) -> None:
+        for known, proc in self.procs:
+            if known == name and proc.poll() is None:
                 proc.send_signal(signal.SIGINT if name == "stream" else signal.SIGTERM)
                 try:
-                    proc.wait(40)
+                    proc.wait(60)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-            (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
+            if known == name:
+                (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        for name, _ in reversed(self.procs):
+            self.stop_one(name)
         if self.started_broker:
             subprocess.run([str(KAFKA), "stop"], check=False)
 
@@ -135,14 +145,31 @@ class Tally:
         self.alerted_at: dict[str, int] = {}
         self.warm_up_blocks: set[str] = set()  # blocks of the warm-up replay: kept out of every figure
         self.cold_start: dict[str, float] = {}  # the warm-up's latency, when it replayed more than a line
+        # the live view: blocks with a scored line (an alert shows once its block's lines have), and the
+        # lines in the order they were produced, to find the oldest one not scored yet (the lag)
+        self.scored_blocks: set[str] = set()
+        self._unscored: collections.deque[tuple[int, str]] = collections.deque()
 
     def start_measuring(self, warm_up_blocks: set[str] = frozenset()) -> None:  # type: ignore[assignment]
         """Forgets the warm-up: what it scored, and (for good) the verdicts of its blocks, which may still
         close and alert while the measured replay runs."""
         self.warm_up_blocks |= warm_up_blocks
         self.scored = self.line_anomalies = self.finals = 0
-        for table in (self.alerts, self.lines, self.produced_at, self.scored_at, self.block_lines, self.alerted_at):
+        for table in (self.alerts, self.lines, self.produced_at, self.scored_at, self.block_lines, self.alerted_at,
+                      self.scored_blocks, self._unscored):
             table.clear()
+
+    def shown_alerts(self) -> int:
+        """Block alerts whose block has a scored line here: the anomalies topic can be read before the
+        scores written in the same transaction, and a view should not alert on lines it has not shown."""
+        return sum(1 for b in self.alerts if b in self.scored_blocks)
+
+    def lag(self) -> tuple[int, float]:
+        """(lines produced but not scored yet, seconds the oldest of them has waited)."""
+        while self._unscored and self._unscored[0][1] in self.scored_at:
+            self._unscored.popleft()
+        waited = (time.time() * 1000 - self._unscored[0][0]) / 1000 if self._unscored else 0.0
+        return len(self.produced_at) - len(self.scored_at.keys() & self.produced_at.keys()), max(waited, 0.0)
 
     def latencies_s(self) -> list[float]:
         """Producer->verdict seconds of every scored line: Kafka CreateTime of its ScoreResult less its LogRecord's."""
@@ -160,13 +187,16 @@ class Tally:
                     except Exception:
                         continue  # not a LogRecord: the job sends it to the DLQ
                     self.produced_at[record.id] = msg.timestamp()[1]
+                    self._unscored.append((msg.timestamp()[1], record.id))
                     if record.block_ids:
                         self.block_lines.setdefault(record.block_ids[0], []).append(
                             (msg.timestamp()[1], record.template_id))
                     continue
                 if msg.topic() == self._scores:
                     self.scored += 1
-                    self.scored_at[score_pb2.ScoreResult.FromString(msg.value()).record_id] = msg.timestamp()[1]
+                    result = score_pb2.ScoreResult.FromString(msg.value())
+                    self.scored_at[result.record_id] = msg.timestamp()[1]
+                    self.scored_blocks.update(result.block_ids)
                     continue
                 anomaly = score_pb2.Anomaly.FromString(msg.value())
                 if self.warm_up_blocks and self.warm_up_blocks & (
@@ -225,9 +255,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="measured replays in a row against the same running job, each of a freshly "
                              "generated log of --lines lines (benchmarks; not with --logs) (default %(default)s)")
     parser.add_argument("--block-clock", choices=["processing", "event"], default="processing",
-                        help="the job's --block-clock: processing closes blocks 5 s after their last line arrived; "
+                        help="the job's --block-clock: processing closes a block once lines produced 5 s after its last "
+                             "line were read, and judges the blocks still open 10 s after the replay stopped as cut "
+                             "prefixes; "
                              "event closes them 30 s of log time after their last line, so blocks still active "
                              "when the replay ends stay open (default %(default)s)")
+    parser.add_argument("--embedder-port", type=int, default=50051, help="the embedder's port (default %(default)s)")
+    parser.add_argument("--scorer-port", type=int, default=50052, help="the scorer's port (default %(default)s)")
+    parser.add_argument("--topic-prefix", default="logmesh.demo",
+                        help="the run's topics are PREFIX.logs, .scores, .anomalies, .dlq, made afresh (default %(default)s)")
     args = parser.parse_args(argv)
     if args.block_clock == "event" and args.warm_up_lines > 1:
         parser.error("--block-clock event follows the replay's own timeline; a generated warm-up would move the "
@@ -257,18 +293,22 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([str(KAFKA), "start"], check=True, stdout=subprocess.DEVNULL)
             stack.started_broker = True
         subprocess.run([str(KAFKA), "wait"], check=True, stdout=subprocess.DEVNULL)
-        names = reset_topics("logmesh.demo")
+        names = reset_topics(args.topic_prefix)
         secured = secure(work / "tls") if args.secure else []
-        say("starting embedder :50051, scorer :50052 and the Spark job; logs in " + str(run_dir))
-        stack.start("embedder", ["serve", "embedder", *secured])
-        stack.start("scorer", ["serve", "scorer", "--model-dir", str(models), *secured])
-        EmbedderClient().wait_until_serving(180)
-        ScorerClient().wait_until_serving(60)
-        stack.start("stream", ["stream", "--topic", names["logs"], "--scores-topic", names["scores"],
+        embedder, scorer = f"127.0.0.1:{args.embedder_port}", f"127.0.0.1:{args.scorer_port}"
+        say(f"starting embedder :{args.embedder_port}, scorer :{args.scorer_port} and the Spark job; logs in {run_dir}")
+        stack.start("embedder", ["serve", "embedder", "--port", str(args.embedder_port), *secured])
+        stack.start("scorer", ["serve", "scorer", "--port", str(args.scorer_port), "--embedder", embedder,
+                               "--model-dir", str(models), *secured])
+        EmbedderClient(embedder).wait_until_serving(180)
+        ScorerClient(scorer).wait_until_serving(60)
+        stack.start("stream", ["stream", "--embedder", embedder, "--scorer", scorer,
+                               "--topic", names["logs"], "--scores-topic", names["scores"],
                                "--anomalies-topic", names["anomalies"], "--dlq-topic", names["dlq"],
                                "--qdrant-path", str(work / "qdrant"),
                                "--checkpoint", str(work / "checkpoint"), "--log-level", "warning",
                                "--block-clock", args.block_clock,
+                               *(["--block-stall-ms", str(STALL_MS)] if args.block_clock == "processing" else []),
                                "--block-quiet-ms", str(QUIET_MS if args.block_clock == "processing" else EVENT_QUIET_MS)])
         tally = Tally(dict(names))
         warm_up(names["logs"], logs, tally, interrupted, args.warm_up_lines, args.rate, work / "replay")
@@ -283,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
             failed = measured_replay(args, run, logs, labels, names["logs"], tally, stack, interrupted)
             if failed or interrupted.is_set():
                 return failed
+        stack.stop_one("stream")  # the job holds the embedded store; its block points say how each block ended
+        report_block_endings(work / "qdrant", warm_up=args.warm_up_lines > 1)
         return 0
     finally:
         if tally is not None:  # before the broker goes: else librdkafka logs every failed reconnect
@@ -306,19 +348,17 @@ def measured_replay(args: argparse.Namespace, run: int, logs: Path, labels: Path
     scoring_seconds = None  # replay start to the last ScoreResult
     last_change, last_scored = time.monotonic(), 0
     while not interrupted.is_set():
-        tally.poll(2.0)
+        tally.poll(1.0)
         if "summary" in produced:
             total = produced["summary"].produced  # type: ignore[attr-defined]
         elapsed = time.monotonic() - started
-        say(f"{elapsed:5.0f}s  scored {tally.scored:>9,}{'/' + format(total, ',') if total else ''}  "
-            f"({tally.scored / elapsed:,.0f} lines/s)  line anomalies {tally.line_anomalies:,}  "
-            f"block alerts {len(tally.alerts):,}")
+        progress_line(tally, elapsed, tally.scored - last_scored, total)
         if tally.scored != last_scored:
             last_change, last_scored = time.monotonic(), tally.scored
         if total is not None and tally.scored >= total:
             scoring_seconds = time.monotonic() - started
             if not args.no_close_wait:
-                wait_for_blocks_to_close(tally, interrupted)
+                wait_for_blocks_to_close(tally, interrupted, args.block_clock)
             break
         if any(p.poll() is not None for _, p in stack.procs):
             dead = [n for n, p in stack.procs if p.poll() is not None]
@@ -334,19 +374,75 @@ def measured_replay(args: argparse.Namespace, run: int, logs: Path, labels: Path
     return 0
 
 
-def wait_for_blocks_to_close(tally: Tally, interrupted: threading.Event, limit_s: float = 90.0) -> None:
-    """Every line is scored; blocks close QUIET_MS after their last line and get their final verdicts.
-    Waits until no new alert or final verdict has come for three quiet periods (at most `limit_s`)."""
-    say(f"all lines scored; waiting for blocks to go quiet ({QUIET_MS / 1000:.0f} s) and close ...")
+def progress_line(tally: Tally, elapsed: float, new: int, total: int | None) -> None:
+    """One line a second: what was produced and scored, what the job is doing, and how far behind it is.
+    Results land a micro-batch at a time (each batch is one Kafka transaction), so `scored` moves in steps
+    of a batch; the lag says how much is waiting meanwhile."""
+    behind, waited = tally.lag()
+    produced = len(tally.produced_at)
+    if not produced:
+        doing = "waiting for the replay's first lines"
+    elif not tally.scored:
+        doing = f"the job is reading and scoring its first micro-batch (oldest line waiting {waited:.1f} s)"
+    elif behind:
+        doing = f"{behind:,} lines waiting, the oldest for {waited:.1f} s"
+    else:
+        doing = "caught up"
+    say(f"{elapsed:5.0f}s  produced {produced:>7,}{'/' + format(total, ',') if total else ''}  scored "
+        f"{tally.scored:>7,} (+{new:,})  line anomalies {tally.line_anomalies:,}  block alerts "
+        f"{tally.shown_alerts():,}  | {doing}")
+
+
+def wait_for_blocks_to_close(tally: Tally, interrupted: threading.Event, clock: str = "processing",
+                             limit_s: float = 90.0) -> None:
+    """Every line is scored and the replay is over, so the stream has stopped: blocks that the stream went
+    on without for QUIET_MS have closed (or close now), the others stay open, and after STALL_MS of a
+    stopped stream the job judges them as cut prefixes. Waits for that, and until no new alert or final
+    verdict has come for three quiet periods (at most `limit_s`)."""
+    at_least = (STALL_MS + 2 * QUIET_MS) / 1000 if clock == "processing" else 0
+    say("all lines scored and the replay is over: blocks still being written stay open (the stream stopped, "
+        "they did not go quiet)" + (f"; waiting {at_least:.0f} s for the job to judge them as cut prefixes ..."
+                                    if at_least else " ..."))
     started = last_change = time.monotonic()
     seen = (len(tally.alerts), tally.finals)
-    while not interrupted.is_set() and time.monotonic() - last_change < 3 * QUIET_MS / 1000:
+    while not interrupted.is_set() and (time.monotonic() - last_change < 3 * QUIET_MS / 1000
+                                        or time.monotonic() - started < at_least):
         tally.poll(1.0)
         if (len(tally.alerts), tally.finals) != seen:
             seen, last_change = (len(tally.alerts), tally.finals), time.monotonic()
         if time.monotonic() - started > limit_s:
             say("blocks still closing; reporting what has arrived")
             return
+
+
+def report_block_endings(store_path: Path, warm_up: bool) -> dict[str, int]:
+    """How each block of the run ended, from the job's block points (read once the job has stopped):
+    closed as complete because the stream went on without it ("quiet"), judged as a cut prefix because
+    the stream stopped ("stream-stopped"), or still open. Prints them and a `demo: blocks {json}` line."""
+    from logmesh.streaming.block_sessions import QUIET, STREAM_STOPPED
+    from logmesh.streaming.vector_store import open_store
+    try:
+        store = open_store(path=str(store_path))
+    except Exception as exc:  # noqa: BLE001 - the figures are a report; the run itself is done
+        say(f"could not read the block points in {store_path} ({exc}); no block endings to report")
+        return {}
+    try:
+        counts = {"blocks": store.count({"kind": "block"}), QUIET: store.count({"kind": "block", "ended": QUIET}),
+                  STREAM_STOPPED: store.count({"kind": "block", "ended": STREAM_STOPPED})}
+        warm = store.retrieve([WARM_UP_BLOCK]).get(WARM_UP_BLOCK)  # the warm-up line's block: not the replay's
+    finally:
+        store.close()
+    if warm is not None:
+        counts["blocks"] -= 1
+        if warm.payload.get("ended") in (QUIET, STREAM_STOPPED):
+            counts[warm.payload["ended"]] -= 1
+    counts["open"] = counts["blocks"] - counts[QUIET] - counts[STREAM_STOPPED]
+    say(f"how the {counts['blocks']:,} blocks{' (warm-up blocks included)' if warm_up else ''} ended: "
+        f"{counts[QUIET]:,} closed as complete (the stream went on {QUIET_MS / 1000:.0f} s without them), "
+        f"{counts[STREAM_STOPPED]:,} judged as cut prefixes (the stream stopped with them open), "
+        f"{counts['open']:,} still open")
+    print("demo: blocks " + json.dumps(counts), flush=True)
+    return counts
 
 
 def time_to_detect(tally: Tally, truth: dict[str, int]) -> dict[str, float]:
@@ -384,8 +480,11 @@ def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event, l
     from logmesh.ingest.hdfs import parse_line
     with open(log, encoding="utf-8", errors="replace") as f:
         record = parse_line(next(f), "warm-up", 0)
+    # a block of its own, kept out of every figure: the replay's first block must not get an extra line
+    del record.block_ids[:]
+    record.block_ids.append(WARM_UP_BLOCK)
     producer = Producer({"bootstrap.servers": BOOTSTRAP})
-    producer.produce(topic, value=record.SerializeToString(), key=b"warm-up")
+    producer.produce(topic, value=record.SerializeToString(), key=WARM_UP_BLOCK.encode())
     producer.flush(30)
     say("waiting for the Spark job to score a first line ...")
     started = time.monotonic()
@@ -410,9 +509,9 @@ def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event, l
         say(f"warm-up done in {time.monotonic() - started:.0f} s: cold-start producer->verdict p50 {p50:.2f} s, "
             f"p99 {p99:.2f} s over {len(waits):,} lines")
         tally.cold_start = {"lines": len(waits), "p50_s": round(float(p50), 3), "p99_s": round(float(p99), 3)}
-        tally.start_measuring(set(tally.block_lines) - before)
+        tally.start_measuring(set(tally.block_lines) - before | {WARM_UP_BLOCK})
     else:
-        tally.start_measuring()
+        tally.start_measuring({WARM_UP_BLOCK})
 
 
 def _wait_for_scores(tally: Tally, count: int, interrupted: threading.Event, started: float, limit_s: float,
@@ -453,7 +552,7 @@ def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool)
         figures.update(recall=round(hits / max(len(anomalous), 1), 3), false_alerts=len(set(tally.alerts) - anomalous))
         say(f"against {labels.name}: {hits}/{len(anomalous)} anomalous blocks alerted "
             f"(recall {figures['recall']:.3f}), {figures['false_alerts']} false alerts "
-            "(blocks that closed were judged whole; alerts raised on open blocks count too)")
+            "(alerts raised on open blocks count too)")
     return figures
 
 
