@@ -10,6 +10,7 @@ from typing import Iterator
 import grpc
 import numpy as np
 
+from logmesh.call_events import CallEvents
 from logmesh.client import EmbedderClient
 from logmesh.grpc_server import (Limits, Server, ServerSecurity, Undecodable, batch_problem, item_error,
                                  reject_undecodable, status_code, time_left)
@@ -18,8 +19,9 @@ from logmesh.scorer.block_scorer import BlockScorer
 from logmesh.scorer.engine import ANOMALY, LineScorer
 from logmesh.scorer.history import AnomalyHistory
 from logmesh.scorer.model_manager import ModelManager
+from logmesh.scorer.readiness import EmbedderProbe, EmbedderUnreachable
 from logmesh.scorer.stats import ScorerStats
-from logmesh.v1 import score_pb2, scorer_service_pb2 as spb
+from logmesh.v1 import common_pb2, score_pb2, scorer_service_pb2 as spb
 
 log = logging.getLogger("logmesh.scorer")
 SERVICE = spb.DESCRIPTOR.services_by_name["ScorerService"]
@@ -33,6 +35,8 @@ class ScorerServicer:
         self.history = AnomalyHistory()
         self.stats = ScorerStats()
         self.max_watchers = max(1, limits.workers // 2)  # each watcher holds a worker thread
+        self.embedder_probe: EmbedderProbe | None = None  # set by serve(); GetStats reports it
+        self.call_events: CallEvents | None = None  # the server's refused/cancelled/... counts, set by serve()
         self._watchers = 0
         self._watch_lock = threading.Lock()
         self._alerted: dict[str, None] = {}  # blocks already in the history as anomalous (bounded, insertion order)
@@ -185,6 +189,10 @@ class ScorerServicer:
         dead_letters = self.stats.dead_letter_count()
         if dead_letters is not None:
             reply.dead_letters = dead_letters
+        if self.embedder_probe is not None:
+            reply.embedder_address, reply.embedder_status = self.embedder_probe.address, self.embedder_probe.status
+        if self.call_events is not None:
+            reply.calls.CopyFrom(common_pb2.CallCounts(**self.call_events.counts()))
         return reply
 
 
@@ -204,22 +212,36 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     """Starts the scorer; it stays NOT_SERVING (and says why) until an artifact loads. With both
     `kafka_bootstrap` and `dlq_topic`, GetStats also reports the dead-letter topic's message count."""
     client = EmbedderClient(embedder, timeout=30.0)
+    holder: dict[str, Server] = {}
+
+    def ready() -> None:  # SERVING: a model is loaded and the embedder answers SERVING (scorer/readiness.py)
+        if "server" in holder:
+            holder["server"].set_serving(models.scorer is not None and probe.reachable)
+
+    probe = EmbedderProbe(client, ready)
 
     def embed(shapes: list[str], timeout: float | None) -> np.ndarray:
-        return client.embed_many(shapes, timeout=timeout)  # the caller's deadline bounds the embedder too
+        try:
+            return client.embed_many(shapes, timeout=timeout)  # the caller's deadline bounds the embedder too
+        except grpc.RpcError as exc:
+            probe.poke()
+            raise EmbedderUnreachable(embedder, exc) from exc
 
-    holder: dict[str, Server] = {}
-    models = ModelManager(model_dir, embed, limits, on_change=lambda ok: holder["server"].set_serving(ok))
+    models = ModelManager(model_dir, embed, limits, on_change=lambda ok: ready())
     servicer = ScorerServicer(models, limits)
+    servicer.embedder_probe = probe
     if kafka_bootstrap and dlq_topic:
         from logmesh.scorer.dead_letters import DeadLetterCount
         servicer.stats.dead_letters = DeadLetterCount(kafka_bootstrap, dlq_topic)
     server = holder["server"] = Server([(SERVICE, servicer)], port, host, limits, security)
+    servicer.call_events = server.events
     models.refresh()
     if models.scorer is None:
         log.warning("scorer NOT_SERVING", extra={"reason": models.status})
     models.watch(reload_interval)
     server.start()
+    server.on_stop(probe.stop)
+    probe.start()
     log.info("scorer listening", extra={"address": server.address, "model_dir": str(model_dir),
                                         "embedder": embedder, "model": models.scorer and models.scorer.artifact.version})
     return server

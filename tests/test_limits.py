@@ -77,8 +77,10 @@ def test_one_connection_cannot_take_every_slot(limited_embedder, reliability):
                 "its third call waited (DEADLINE_EXCEEDED after 2 s); another client was served at once")
 
 
-def test_calls_past_the_server_wide_limit_are_refused_not_queued(limited_embedder, reliability):
-    server = limited_embedder(max_concurrent_rpcs=2)
+def test_streams_past_the_server_wide_limit_are_refused_not_queued(limited_embedder, reliability):
+    """Open streams hold a thread each, so past --max-open-streams a new one is refused; short calls have
+    capacity of their own and are still served."""
+    server = limited_embedder(max_open_streams=2)
     release = threading.Event()
 
     def held_open():
@@ -92,8 +94,9 @@ def test_calls_past_the_server_wide_limit_are_refused_not_queued(limited_embedde
             next(call)
         with EmbedderClient(server.address) as third:
             with pytest.raises(grpc.RpcError) as caught:
-                third.embed("over the limit")
-        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                third.embed_many(["a third stream, over the limit"])
+            assert third.embed("a unary call is still served").shape == (384,)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-open-streams" in caught.value.details()
     finally:
         release.set()
         for call in calls:
@@ -101,6 +104,7 @@ def test_calls_past_the_server_wide_limit_are_refused_not_queued(limited_embedde
         for channel in channels:
             channel.close()
     with EmbedderClient(server.address) as client:
-        assert client.embed("served again once the streams end").shape == (384,)
-    reliability("grpc", "more concurrent calls than --max-concurrent-rpcs (2)",
-                f"the extra call: RESOURCE_EXHAUSTED ({caught.value.details()}); served again once streams ended")
+        assert client.embed_many(["served again once the streams end"]).shape == (1, 384)
+    reliability("grpc", "more open streams than --max-open-streams (2)",
+                f"the extra stream: RESOURCE_EXHAUSTED ({caught.value.details()}); a unary call was still served; "
+                "streams served again once the others ended")

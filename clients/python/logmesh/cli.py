@@ -62,9 +62,12 @@ def _limits_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-line-bytes", type=POSITIVE, default=d.max_line_bytes, help="longest line accepted (default %(default)s)")
     p.add_argument("--max-batch", type=POSITIVE, default=d.max_batch_items, help="most items in one stream message (default %(default)s)")
     p.add_argument("--max-message-bytes", type=POSITIVE, default=d.max_message_bytes, help="largest request message (default %(default)s)")
-    p.add_argument("--max-concurrent-rpcs", type=POSITIVE, default=d.max_concurrent_rpcs, help="RPCs served at once; more get RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--max-concurrent-rpcs", type=POSITIVE, default=d.max_concurrent_rpcs, help="unary calls in the server at once, working or waiting their turn; more get RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--max-open-streams", type=POSITIVE, default=d.max_open_streams, help="streaming calls open at once; more get RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--workers", type=POSITIVE, default=d.workers, help="calls worked on at once (and as many stream messages); the rest wait their turn, round-robin per connection (default %(default)s)")
+    p.add_argument("--stream-idle-timeout", type=POSITIVE_SECONDS, default=d.stream_idle_timeout, help="seconds a client stream may send nothing before the server ends it with DEADLINE_EXCEEDED (default %(default)s)")
     p.add_argument("--max-stream-items", type=POSITIVE, default=d.max_stream_items, help="items over one stream; more end it with RESOURCE_EXHAUSTED (default %(default)s)")
-    p.add_argument("--max-streams-per-connection", type=POSITIVE, default=d.max_streams_per_connection, help="streams one client connection may have open at once; more wait (default %(default)s)")
+    p.add_argument("--max-streams-per-connection", type=POSITIVE, default=d.max_streams_per_connection, help="HTTP/2 streams one client connection may have open at once; more wait in the client (default %(default)s)")
     p.add_argument("--grace", type=SECONDS, default=10.0, help="seconds in-flight RPCs get to finish on SIGTERM (default %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="least severe server log lines written to stderr (default %(default)s)")
@@ -112,7 +115,9 @@ def _limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from logmesh.grpc_server import Limits
     return Limits(max_message_bytes=args.max_message_bytes, max_line_bytes=args.max_line_bytes,
                   max_batch_items=args.max_batch, max_concurrent_rpcs=args.max_concurrent_rpcs,
-                  max_stream_items=args.max_stream_items, max_streams_per_connection=args.max_streams_per_connection)
+                  max_stream_items=args.max_stream_items, max_streams_per_connection=args.max_streams_per_connection,
+                  max_open_streams=args.max_open_streams, workers=args.workers,
+                  stream_idle_timeout=args.stream_idle_timeout)
 
 
 def _target(args: argparse.Namespace, service: str, address: str) -> None:

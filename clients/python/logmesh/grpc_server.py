@@ -1,4 +1,5 @@
-"""What both gRPC servers share: tolerant request decoding, health, reflection, limits, graceful stop.
+"""What both gRPC servers share: tolerant request decoding, health, reflection, limits, admission
+(admission.py: who is served when), graceful stop.
 
 Requests are decoded by our own deserializer so that undecodable bytes (e.g. invalid UTF-8 in a
 string field) reach the handler as `Undecodable` and get INVALID_ARGUMENT with a reason, instead
@@ -10,7 +11,6 @@ import dataclasses
 import logging
 import signal
 import threading
-from concurrent import futures
 from typing import Any, Callable
 
 import grpc
@@ -18,8 +18,10 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from logmesh import reflection
+from logmesh.admission import Admission, abort_noted, note
+from logmesh.call_events import CallEvents
 from logmesh.security import ServerSecurity
 from logmesh.v1 import common_pb2
 
@@ -36,9 +38,15 @@ class Limits:
     max_line_bytes: int = 64 * 1024  # one log line's text
     max_batch_items: int = 1024  # items in one stream message
     max_stream_items: int = 5_000_000  # items over a whole stream; a client then opens a new one
-    max_concurrent_rpcs: int = 64  # server-wide; beyond it calls get RESOURCE_EXHAUSTED at once
-    max_streams_per_connection: int = 16  # HTTP/2 streams one connection may have open; more wait their turn
-    workers: int = 16
+    # Unary calls in the server at once (working or waiting their turn), server-wide; beyond, RESOURCE_EXHAUSTED
+    # at once. Each holds a thread, so this bounds threads, far above what clients use.
+    max_concurrent_rpcs: int = 512
+    max_open_streams: int = 256  # streaming calls open at once, server-wide; beyond, RESOURCE_EXHAUSTED at once
+    # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection: above the two limits, so the transport never
+    # refuses (REFUSED_STREAM) a call the server would queue.
+    max_streams_per_connection: int = 1024
+    workers: int = 16  # unary calls working at once, and stream messages being worked on; others wait, fairly
+    stream_idle_timeout: float = 60.0  # a client stream that sends nothing this long ends (DEADLINE_EXCEEDED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +83,9 @@ def _capped(behaviour: Callable, limit: int) -> Callable:
             for request in requests:
                 total += _items(request)
                 if total > limit:
-                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  f"stream carried more than {limit} items (--max-stream-items); open a new stream")
+                    problem = f"stream carried more than {limit} items (--max-stream-items); open a new stream"
+                    note("oversized", problem)
+                    abort_noted(context, grpc.StatusCode.RESOURCE_EXHAUSTED, problem)
                 yield request
         return behaviour(counted(), context)
     return handle
@@ -118,9 +127,11 @@ def status_code(number: int) -> grpc.StatusCode:
 
 
 def batch_problem(items: int, limits: Limits, noun: str = "items") -> str | None:
-    """Why a stream message with `items` entries is refused as a whole, or None."""
+    """Why a stream message with `items` entries is refused as a whole, or None (and counts it)."""
     if items > limits.max_batch_items:
-        return f"batch has {items} {noun}; the limit is {limits.max_batch_items} (--max-batch); split it"
+        problem = f"batch has {items} {noun}; the limit is {limits.max_batch_items} (--max-batch); split it"
+        note("oversized", problem)
+        return problem
     return None
 
 
@@ -138,35 +149,37 @@ def reject_undecodable(request: Any, context: grpc.ServicerContext) -> None:
 
 
 class Server:
-    """A gRPC server with health checking, reflection, optional TLS / mutual TLS / bearer tokens
-    (security.py) and a graceful SIGTERM stop.
+    """A gRPC server with health checking, reflection (v1 and v1alpha), admission (admission.py), optional
+    TLS / mutual TLS / bearer tokens (security.py) and a graceful SIGTERM stop.
 
-    Health starts NOT_SERVING; the owner calls `set_serving(True)` once its model is loaded.
+    Health starts NOT_SERVING; the owner calls `set_serving(True)` once it can do its job.
     """
 
     def __init__(self, services: list[tuple[ServiceDescriptor, object]], port: int, host: str = "127.0.0.1",
-                 limits: Limits = Limits(), security: ServerSecurity | None = None) -> None:
+                 limits: Limits = Limits(), security: ServerSecurity | None = None,
+                 events: CallEvents | None = None) -> None:
         self.limits = limits
         self.security = security = security or ServerSecurity()
         security.check_bind(host)
+        self.events = events or CallEvents(", ".join(s.name for s, _ in services))
         options = [
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
             ("grpc.so_reuseport", 0),
             ("grpc.max_concurrent_streams", limits.max_streams_per_connection),
         ]
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.workers), options=options,
-                                   maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
-                                   interceptors=security.interceptors())
+        self.admission = Admission(limits.workers, limits.max_concurrent_rpcs, limits.max_open_streams,
+                                   limits.stream_idle_timeout, self.events)
+        # No maximum_concurrent_rpcs: grpcio would refuse health checks too; admission bounds calls instead.
+        self._server = grpc.server(self.admission.call_pool, options=options,
+                                   interceptors=[self.admission, *security.interceptors()])  # admission sees auth refusals
         self._names = [s.full_name for s, _ in services]
         self.servicers = {s.name: servicer for s, servicer in services}  # for in-process callers and tests
         for descriptor, servicer in services:
             self._server.add_generic_rpc_handlers((generic_handler(descriptor, servicer, limits),))
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            self._names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self._server)
+        reflection.enable(self._server, self._names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.port = (self._server.add_secure_port(bind, security.credentials()) if security.tls
                      else self._server.add_insecure_port(bind))
@@ -174,7 +187,12 @@ class Server:
             raise OSError(f"cannot listen on {host}:{port}: the port is taken or not allowed; pick another with --port")
         self.address = f"{host}:{self.port}"
         self._stopped = threading.Event()
+        self._on_stop: list[Callable[[], None]] = []
         self.set_serving(False)
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Calls `callback` once the server has stopped (e.g. to end the owner's background checks)."""
+        self._on_stop.append(callback)
 
     def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -189,6 +207,9 @@ class Server:
         """Stops taking new RPCs, lets in-flight ones finish for up to `grace` seconds."""
         self.health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
+        self.admission.shutdown()
+        for callback in self._on_stop:
+            callback()
         self._stopped.set()
 
     def serve_until_signal(self, grace: float = 10.0) -> None:
