@@ -151,3 +151,187 @@ def test_envoy_balances_grpc_over_http2_with_active_health_checks():
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
     assert {r["route"]["cluster"] for r in routes} == {cluster["name"]}
     assert any(r["match"]["prefix"] == "/logmesh.v1.ScorerService/" for r in routes)
+
+
+# --- the secured broker of compose.yaml and k8s/kafka.yaml (deploy/k8s/kafka/*.sh), run for real here from the
+# jars of deploy/kafka/fetch.sh: SASL/SCRAM for every client, ACLs that deny by default ---
+
+KAFKA_LIBS = REPO / ".cache/kafka/libs"
+KAFKA_SCRIPTS = K8S / "kafka"
+TOOL_JAVA = f"java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp {KAFKA_LIBS}/*"
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    import socket
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _client_file(path: Path) -> dict[str, str]:
+    """A librdkafka client file of make-secrets.sh (what kcat -F and --kafka-option take)."""
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+
+
+@pytest.fixture(scope="module")
+def secure_kafka(tmp_path_factory):
+    """SLOW (~30-60 s here: a broker JVM and a dozen admin-tool JVMs)."""
+    import time
+    if not list(KAFKA_LIBS.glob("kafka_2.13-*.jar")):
+        subprocess.run([str(DEPLOY / "kafka/fetch.sh")], check=True, timeout=900)
+    tmp = tmp_path_factory.mktemp("secure-kafka")
+    secrets = tmp / "secrets"
+    subprocess.run([str(KAFKA_SCRIPTS / "make-secrets.sh"), str(secrets)], check=True, capture_output=True, timeout=60)
+    port, cport = _free_port(), _free_port()
+    env = {**os.environ, "LOGMESH_KAFKA_SECRETS": str(secrets), "LOGMESH_KAFKA_DATA": str(tmp / "data"),
+           "LOGMESH_KAFKA_CONF": str(tmp / "conf"), "LOGMESH_KAFKA_LISTEN": f"127.0.0.1:{port}",
+           "LOGMESH_KAFKA_ADVERTISE": f"127.0.0.1:{port}", "LOGMESH_KAFKA_CONTROLLER_PORT": str(cport),
+           "LOGMESH_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"}
+    log = open(tmp / "broker.log", "w")
+    broker = subprocess.Popen([str(KAFKA_SCRIPTS / "broker.sh")], stdout=log, stderr=subprocess.STDOUT,
+                              env={**env, "LOGMESH_KAFKA_RUN": f"java -Xmx384m -cp {KAFKA_LIBS}/*"},
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _port_open(port):
+            assert broker.poll() is None, (tmp / "broker.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "secured broker did not listen within 120 s"
+            time.sleep(0.5)
+        acls = subprocess.run([str(KAFKA_SCRIPTS / "acls.sh")], env={**env, "LOGMESH_KAFKA_RUN": TOOL_JAVA},
+                              capture_output=True, text=True, timeout=300)
+        assert acls.returncode == 0, acls.stdout + acls.stderr
+        yield {"bootstrap": f"127.0.0.1:{port}", "secrets": secrets, "dir": tmp}
+    finally:
+        broker.terminate()
+        try:
+            broker.wait(30)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+            broker.wait(10)
+
+
+def _conf(kafka, user: str, **extra) -> dict:
+    return {"bootstrap.servers": kafka["bootstrap"], **_client_file(kafka["secrets"] / f"{user}.properties"), **extra}
+
+
+def _produce(kafka, user: str, topic: str):  # type: ignore[no-untyped-def]
+    """The delivery error of one message (None: written)."""
+    from confluent_kafka import Producer
+    outcome = []
+    producer = Producer(_conf(kafka, user, **{"message.timeout.ms": 15000}))
+    producer.produce(topic, b"forged", b"key", on_delivery=lambda err, _msg: outcome.append(err))
+    producer.flush(30)
+    assert outcome, f"no delivery report for {user} -> {topic}"
+    return outcome[0]
+
+
+def test_secret_files_are_readable_by_their_owner_only(secure_kafka):
+    secrets = secure_kafka["secrets"]
+    assert secrets.stat().st_mode & 0o777 == 0o700
+    files = sorted(secrets.iterdir())
+    assert {f.name for f in files} >= {"admin", "ingest", "stream", "reader", "reader.properties",
+                                       "reader-java.properties"}
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files), [(f.name, oct(f.stat().st_mode)) for f in files]
+    assert (secure_kafka["dir"] / "conf/server.properties").stat().st_mode & 0o077 == 0  # holds admin's password
+
+
+def test_a_client_without_valid_credentials_gets_nothing(secure_kafka):
+    import logging
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+    quiet = logging.getLogger("test.rdkafka")  # librdkafka's retry lines, kept off the terminal
+    assert "logmesh.anomalies" in AdminClient(_conf(secure_kafka, "reader")).list_topics(timeout=30).topics
+    for conf in ({"bootstrap.servers": secure_kafka["bootstrap"]},  # plaintext, no SASL
+                 _conf(secure_kafka, "reader", **{"sasl.password": "not-the-password-at-all"})):
+        with pytest.raises(KafkaException):
+            AdminClient({**conf, "logger": quiet}).list_topics(timeout=5)
+
+
+def test_ingest_alone_writes_logs_and_cannot_forge_results(secure_kafka, tmp_path):
+    """`logmesh ingest` with the ingest principal's file as --kafka-options, as README's recipe runs it."""
+    log = tmp_path / "HDFS.log"
+    log.write_text("081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block "
+                   "blk_38865049064139660 terminating\n")
+    options = [a for k, v in _client_file(secure_kafka["secrets"] / "ingest.properties").items()
+               for a in ("--kafka-option", f"{k}={v}")]
+    done = subprocess.run([str(Path(os.sys.executable).with_name("logmesh")), "ingest", "--bootstrap",
+                           secure_kafka["bootstrap"], *options, str(log)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for topic in ("logmesh.anomalies", "logmesh.scores", "logmesh.dlq", "logmesh.sink-ledger"):
+        err = _produce(secure_kafka, "ingest", topic)
+        assert err is not None and err.name() == "TOPIC_AUTHORIZATION_FAILED", (topic, err)
+
+
+def test_nobody_but_admin_reconfigures_or_deletes_a_topic(secure_kafka):
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+    for user in ("ingest", "stream", "reader"):
+        admin = AdminClient(_conf(secure_kafka, user))
+        shorter = ConfigResource("topic", "logmesh.dlq", incremental_configs=[
+            ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)])
+        with pytest.raises(KafkaException, match="AUTHORIZATION_FAILED"):
+            admin.incremental_alter_configs([shorter])[shorter].result(30)
+        with pytest.raises(KafkaException, match="AUTHORIZATION_FAILED"):
+            admin.delete_topics(["logmesh.anomalies"], operation_timeout=10)["logmesh.anomalies"].result(30)
+
+
+def test_the_job_alone_writes_results_and_the_ledger_and_readers_read_them(secure_kafka):
+    """The job's own Kafka code (transactional ResultProducer, the ledger) with the stream principal."""
+    from confluent_kafka import Consumer
+    from logmesh.streaming.outputs import ResultProducer, ensure_ledger_topic, read_ledger
+    from logmesh.v1 import score_pb2
+    options = _client_file(secure_kafka["secrets"] / "stream.properties")
+    assert not ensure_ledger_topic(secure_kafka["bootstrap"], extra=options)  # acls.sh made it; DESCRIBE sees it
+    outputs = ResultProducer(secure_kafka["bootstrap"], extra=options, transactional_id="logmesh-stream-deploytest",
+                             init_budget_s=60)
+    anomaly = score_pb2.Anomaly(id=7, block=score_pb2.BlockVerdict(block_id="blk_7", score=0.9, kind=2))
+    outputs.begin()
+    outputs.scores([score_pb2.ScoreResult(record_id="r1", score=0.9)])
+    outputs.anomalies([anomaly], key_of=lambda a: a.block.block_id)
+    outputs.ledger_record("logmesh.sink-ledger", "deploytest", 41)
+    outputs.commit(60)
+    assert read_ledger(secure_kafka["bootstrap"], "logmesh.sink-ledger", "deploytest", options, 60) == 41
+    assert _produce(secure_kafka, "stream", "logmesh.logs").name() == "TOPIC_AUTHORIZATION_FAILED"
+    for topic in ("logmesh.anomalies", "logmesh.sink-ledger"):
+        assert _produce(secure_kafka, "reader", topic).name() == "TOPIC_AUTHORIZATION_FAILED", topic
+
+    def read(group: str):  # type: ignore[no-untyped-def]
+        consumer = Consumer(_conf(secure_kafka, "reader", **{"group.id": group, "auto.offset.reset": "earliest"}))
+        consumer.subscribe(["logmesh.anomalies"])
+        try:
+            import time
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                msg = consumer.poll(1.0)
+                if msg is not None:
+                    return msg
+        finally:
+            consumer.close()
+
+    msg = read("logmesh-reader-deploytest")
+    assert msg.error() is None and score_pb2.Anomaly.FromString(msg.value()) == anomaly
+    msg = read("someone-elses-group")  # outside the reader's group prefix
+    assert msg is not None and msg.error() is not None and msg.error().name() == "GROUP_AUTHORIZATION_FAILED"
+
+
+def test_the_readme_console_consumer_and_protoc_recipe_decodes_an_anomaly(secure_kafka):
+    """deploy/README.md's recipe with Kafka's own console consumer (no kcat here), piped into protoc --decode."""
+    consume = subprocess.run(
+        [*TOOL_JAVA.split(), "org.apache.kafka.tools.consumer.ConsoleConsumer", "--bootstrap-server",
+         secure_kafka["bootstrap"], "--command-config", str(secure_kafka["secrets"] / "reader-java.properties"),
+         "--topic", "logmesh.anomalies", "--group", "logmesh-reader-recipe", "--from-beginning", "--max-messages", "1",
+         "--formatter-property", "line.separator=", "--timeout-ms", "60000"],
+        capture_output=True, timeout=120)
+    assert consume.returncode == 0 and consume.stdout, consume.stderr.decode()[-2000:]
+    decoded = subprocess.run([os.sys.executable, "-m", "grpc_tools.protoc", "--decode", "logmesh.v1.Anomaly",
+                              "-I", str(REPO / "protos"), "logmesh/v1/score.proto"],
+                             input=consume.stdout, capture_output=True, timeout=60)
+    assert decoded.returncode == 0, decoded.stderr.decode()
+    assert 'block_id: "blk_' in decoded.stdout.decode()

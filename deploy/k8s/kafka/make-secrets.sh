@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Writes one random password per Kafka principal (admin ingest stream reader) into DIR, and two client files
+# per principal: DIR/<name>.properties for librdkafka (kcat -F; its lines are `logmesh ingest/stream
+# --kafka-option`s) and DIR/<name>-java.properties for Java clients (kafka-console-consumer
+# --consumer.config, Kafka's CLI tools). All readable by their owner only; existing files are kept.
+#
+#   deploy/k8s/kafka/make-secrets.sh var/kafka-secrets
+#   kubectl create secret generic logmesh-kafka-users --from-file=var/kafka-secrets   # Kubernetes
+set -euo pipefail
+DIR="${1:?usage: make-secrets.sh DIR}"
+umask 077  # every file below: owner only
+mkdir -p "$DIR"
+chmod 700 "$DIR"
+for user in admin ingest stream reader; do
+  [[ -s "$DIR/$user" ]] || openssl rand -hex 24 >"$DIR/$user"
+  [[ -s "$DIR/$user.properties" ]] || cat >"$DIR/$user.properties" <<PROPS
+security.protocol=SASL_PLAINTEXT
+sasl.mechanism=SCRAM-SHA-512
+sasl.username=$user
+sasl.password=$(cat "$DIR/$user")
+PROPS
+  [[ -s "$DIR/$user-java.properties" ]] || cat >"$DIR/$user-java.properties" <<PROPS
+security.protocol=SASL_PLAINTEXT
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$user" password="$(cat "$DIR/$user")";
+PROPS
+done
+echo "make-secrets: passwords and client files for admin ingest stream reader in $DIR (mode 600)"
