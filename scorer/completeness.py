@@ -49,10 +49,13 @@ class Decision:
 def decide(sessions: Sequence[Sequence[str]], last_time: Sequence[float | None], end_time: float | None,
            unfinished: Callable[[Sequence[str]], bool], mode: str = "auto",
            quiet_seconds: float = QUIET_SECONDS, last_line: Sequence[int] | None = None,
-           end_line: int = 0, open_tail_lines: int = 2000) -> Decision:
+           end_line: int = 0, open_tail_lines: int = 2000,
+           timeout: Callable[[Sequence[str]], float] | None = None) -> Decision:
     """Ended-or-open for each block of one raw log. `last_time` is each block's last event time in
     seconds (None when its lines carry no time); `end_time` the log's last time. Without times the
-    tail is the last `open_tail_lines` lines (`last_line`, `end_line`)."""
+    tail is the last `open_tail_lines` lines (`last_line`, `end_line`). `timeout(events)` (learnt
+    stall times, scorer/stall_times.py) says how long a block in its state must have been quiet to
+    have ended in a cut log; without it every block needs `quiet_seconds`."""
     if mode not in MODES:
         raise ValueError(f"--sessions must be one of {', '.join(MODES)}, not {mode!r}")
     n = len(sessions)
@@ -61,13 +64,19 @@ def decide(sessions: Sequence[Sequence[str]], last_time: Sequence[float | None],
     timed = end_time is not None and all(t is not None for t in last_time)
     if timed:
         in_tail = [end_time - t < quiet_seconds for t in last_time]
-        tail_desc = f"quiet for {quiet_seconds:g} s of log time before the end"
+        if timeout is not None:
+            ended = [end_time - t >= timeout(s) for s, t in zip(sessions, last_time)]
+            tail_desc = "quiet before the end for longer than normal sessions ever pause in its state (learnt stall times)"
+        else:
+            ended = [not x for x in in_tail]
+            tail_desc = f"quiet for {quiet_seconds:g} s of log time before the end"
     else:
         lines = last_line or [0] * n
         in_tail = [end_line - k < open_tail_lines for k in lines]
-        tail_desc = f"last line within {open_tail_lines} lines of the end (the log has no timestamps)"
+        ended = [not x for x in in_tail]
+        tail_desc = f"its last line is over {open_tail_lines} lines before the end (the log has no timestamps)"
     if mode == "cut":
-        return Decision(mode, "cut", [not t for t in in_tail], f"asked for: a block has ended when {tail_desc}")
+        return Decision(mode, "cut", ended, f"asked for: a block has ended when {tail_desc}")
     flags = [unfinished(s) for s in sessions]
     tail_n = sum(in_tail)
     tail_u = sum(f for f, t in zip(flags, in_tail) if t)
@@ -80,7 +89,7 @@ def decide(sessions: Sequence[Sequence[str]], last_time: Sequence[float | None],
     body_text = f"{body_u}/{body_n} before it" if body_n else "no blocks before it"
     evidence = f"unfinished writes: {tail_u}/{tail_n} among the blocks ending in the tail, {body_text}"
     if cut:
-        return Decision(mode, "cut", [not t for t in in_tail],
+        return Decision(mode, "cut", ended,
                         f"a cut log ({evidence}): a block has ended when {tail_desc}",
                         tail_n, tail_u, body_n, body_u)
     return Decision(mode, "complete", [True] * n, f"a file of complete sessions ({evidence})",

@@ -2,6 +2,8 @@
 
 Lines come from every ``*.log`` that has its blocks in ``anomaly_label.csv``; a line's label is its
 block's (HDFS_v1 labels blocks, not lines). Lines are kept in file order, which is time order.
+`read_corpus` streams a folder once into block sessions (with their first/last line and log time,
+so that scorer/completeness.py can decide which have ended) and a small table of line shapes.
 """
 from __future__ import annotations
 
@@ -82,17 +84,9 @@ def read_sessions(path: Path) -> list[list[str]]:
         return [[f"E{k}" for k in line.split()] for line in f if line.strip()]
 
 
-@dataclasses.dataclass
-class LabelledBlocks:
-    sessions: list[list[str]]  # event ids in log order
-    labels: list[int]
-    origin: list[str]  # which file each block came from
-    closed: list[bool] = dataclasses.field(default_factory=list)  # False: cut short by the end of its log
 
-
-#: Blocks whose last line lies within this many lines of the end of a raw log are "open at the cut":
-#: the file ends mid-session (HDFS_20000.log is the first 20,000 lines of HDFS.log), so they are
-#: judged, and trained, as open prefixes. docs/evaluation.md explains the choice.
+#: Without timestamps, blocks whose last line lies within this many lines of the end of a raw log
+#: are in its tail (scorer/completeness.py); with timestamps the tail is measured in log time.
 OPEN_TAIL = 2000
 
 
@@ -102,17 +96,6 @@ def count_lines(path: Path) -> int:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             n += chunk.count(b"\n")
     return n
-
-
-@dataclasses.dataclass
-class LineCounts:
-    """Lines aggregated by (masked shape, label): HDFS has a few dozen shapes, so 11M lines fit in a
-    small table. `train`/`test` map (shape, label) -> number of lines in each chronological part."""
-    train: Counter
-    test: Counter
-    lines: int = 0
-    anomalous_lines: int = 0
-    blocks: int = 0
 
 
 _LINE = re.compile(r"^(\d{6}) (\d{6}) (\d+) ([A-Z]+) ([^\s:]+): ?(.*)$", re.S)  # as logmesh.ingest.hdfs
@@ -128,12 +111,25 @@ class FastRecord:
     template_id: str
     block_ids: list[str]
     shape: str
+    time: float | None = None  # seconds since the epoch (UTC), None when the line has no timestamp
+
+
+_DAYS: dict[str, float] = {}
+
+
+def _seconds(date: str, clock: str) -> float:
+    """HDFS's `yymmdd HHMMSS` as epoch seconds; one datetime per distinct day, plain arithmetic after."""
+    day = _DAYS.get(date)
+    if day is None:
+        import datetime as dt
+        day = _DAYS[date] = dt.datetime.strptime(date, "%y%m%d").replace(tzinfo=dt.timezone.utc).timestamp()
+    return day + int(clock[:2]) * 3600 + int(clock[2:4]) * 60 + int(clock[4:6])
 
 
 def iter_fast(path, stats=None) -> "Iterator[FastRecord]":
-    """Streams a raw log as FastRecords, ~2x parse_line's speed: no timestamp or protobuf, and the
-    template id is matched once per masked shape (a shape masks only numbers, addresses and block
-    ids, so all lines of one shape share a template). Same template ids and shapes as parse_line."""
+    """Streams a raw log as FastRecords, ~2x parse_line's speed: no protobuf, and the template id is
+    matched once per masked shape (a shape masks only numbers, addresses and block ids, so all lines
+    of one shape share a template). Same template ids and shapes as parse_line."""
     from logmesh.ingest.reader import iter_lines
     templates: dict[str, str] = {}
     for _, number, text in iter_lines(path, stats):
@@ -147,80 +143,103 @@ def iter_fast(path, stats=None) -> "Iterator[FastRecord]":
             template = (match_template(message) or UNKNOWN_TEMPLATE) if m else UNKNOWN_TEMPLATE
             templates[shape] = template
             shape = sys.intern(shape)
+        when = _seconds(m.group(1), m.group(2)) if m else None
         yield FastRecord(number, component, message, template,
-                         list(dict.fromkeys(_BLOCK_ID.findall(message))), shape)
+                         list(dict.fromkeys(_BLOCK_ID.findall(message))), shape, when)
 
 
-def scan(data_dir: Path, drain=None, test_share: float = 0.2, limit: int | None = None,
-         open_tail: int = OPEN_TAIL, progress=None) -> tuple[LineCounts, LabelledBlocks, LabelledBlocks]:
-    """One streaming pass over a data folder: line counts for the line ensemble and block sessions
-    (train, test) for the block model, both split chronologically per source (the first 1-test_share
-    of each file's lines / blocks trains). Memory: one event list per labelled block, never a file.
-    `drain` (DrainTemplates) names the lines no loghub template matches."""
+@dataclasses.dataclass
+class RawLog:
+    """The labelled blocks of one raw log, in order of first appearance (time order)."""
+    name: str
+    sessions: list[list[str]]
+    labels: list[int]
+    first_line: list[int]
+    last_line: list[int]
+    last_time: list[float | None]
+    end_line: int
+    end_time: float | None
+    closed: list[bool] = dataclasses.field(default_factory=list)  # set by scorer/completeness.py
+    decision: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class SessionFile:
+    """A DeepLog-style file of complete sessions (event numbers), all of one label."""
+    name: str
+    sessions: list[list[str]]
+    labels: list[int]
+
+
+@dataclasses.dataclass
+class Corpus:
+    logs: list[RawLog]
+    session_files: list[SessionFile]
+    #: (masked shape, template id) -> [lines in normal blocks, lines in anomalous blocks]
+    shapes: dict[tuple[str, str], list[int]]
+    lines: int = 0
+    anomalous_lines: int = 0
+
+    @property
+    def blocks(self) -> int:
+        return sum(len(g.sessions) for g in self.logs)
+
+
+def read_corpus(data_dir: Path, limit: int | None = None, progress=None, stall_times=None) -> Corpus:
+    """One streaming pass over a data folder. Memory: one event list per labelled block and one row
+    per distinct line shape, never a file. A block's events are loghub ids; lines no template matches
+    are "unknown" here exactly as parse_line makes them when served (no train/serve skew).
+    `stall_times` (scorer/stall_times.StallTimes) learns the pauses of normal blocks on the way."""
     labels = read_block_labels(data_dir / "anomaly_label.csv")
-    counts = LineCounts(Counter(), Counter())
-    sources: list[tuple[str, list[list[str]], list[int], list[bool]]] = []
-    shapes: dict[str, str] = {}
-    seen_blocks: set[str] = set()
+    corpus = Corpus([], [], {})
     for path in log_files(data_dir):
-        total = count_lines(path)
-        cut = int(total * (1 - test_share))
+        total = count_lines(path) if progress else 0
         blocks: dict[str, list[str]] = {}
+        first: dict[str, int] = {}
         last: dict[str, int] = {}
+        last_time: dict[str, float | None] = {}
+        end_line, end_time = 0, None
         for record in iter_fast(path):
-            number = record.line_number
-            if limit and counts.lines >= limit:
+            if limit and corpus.lines >= limit:
                 break
-            if not record.block_ids:
+            end_line = record.line_number
+            if record.time is not None:
+                end_time = record.time
+            if progress and record.line_number % 1_000_000 == 0:
+                progress(path.name, record.line_number, total)
+            labelled = [b for b in record.block_ids if b in labels]
+            if not labelled:
                 continue
-            event = drain.event(record) if drain is not None else record.template_id
-            first = record.block_ids[0]
-            if first in labels:
-                shape = shapes.setdefault(record.shape, record.shape)
-                y = labels[first]
-                (counts.train if number <= cut else counts.test)[(shape, y)] += 1
-                counts.lines += 1
-                counts.anomalous_lines += y
-            for block in record.block_ids:
-                if block in labels:
-                    blocks.setdefault(block, []).append(sys.intern(event))
-                    last[block] = number
-            if progress and number % 1_000_000 == 0:
-                progress(path.name, number, total)
-        end = max(last.values(), default=0) if limit else total
-        seen_blocks.update(blocks)
-        sources.append((path.name, list(blocks.values()), [labels[b] for b in blocks],
-                        [last[b] <= end - open_tail for b in blocks]))
-        if limit and counts.lines >= limit:
+            row = corpus.shapes.setdefault((record.shape, record.template_id), [0, 0])
+            y = labels[labelled[0]]
+            row[y] += 1
+            corpus.lines += 1
+            corpus.anomalous_lines += y
+            event = sys.intern(record.template_id)
+            for block in labelled:
+                if block not in blocks:
+                    blocks[block] = []
+                    first[block] = record.line_number
+                elif stall_times is not None and labels[block] == 0 and record.time is not None \
+                        and last_time[block] is not None:
+                    stall_times.observe(blocks[block], record.time - last_time[block])
+                blocks[block].append(event)
+                last[block] = record.line_number
+                last_time[block] = record.time
+        if blocks:
+            names = list(blocks)
+            corpus.logs.append(RawLog(path.name, [blocks[b] for b in names], [labels[b] for b in names],
+                                      [first[b] for b in names], [last[b] for b in names],
+                                      [last_time[b] for b in names], end_line, end_time))
+        if limit and corpus.lines >= limit:
             break
-    counts.blocks = len(seen_blocks)
-    if not counts.lines:
-        raise FileNotFoundError(f"no labelled HDFS lines in {data_dir}: it needs *.log files and anomaly_label.csv")
+    if not corpus.lines:
+        found = [p.name for p in log_files(data_dir)]
+        raise FileNotFoundError(
+            f"no labelled HDFS lines in {data_dir}: it needs raw *.log files whose blocks are in anomaly_label.csv"
+            + (f" (found {', '.join(found)}, none naming a labelled block)" if found else " (found no *.log file)"))
     for name, label in (("sessions_normal.txt", 0), ("sessions_anomalous.txt", 1)):
         if (data_dir / name).exists() and not limit:
             sessions = read_sessions(data_dir / name)
-            sources.append((name, sessions, [label] * len(sessions), [True] * len(sessions)))
-    return (counts, *_split(sources, test_share))
-
-
-def _split(sources, test_share: float) -> tuple[LabelledBlocks, LabelledBlocks]:
-    train, test = LabelledBlocks([], [], [], []), LabelledBlocks([], [], [], [])
-    for name, sessions, ys, closed in sources:
-        cut = int(len(sessions) * (1 - test_share))
-        for part, lo, hi in ((train, 0, cut), (test, cut, len(sessions))):
-            part.sessions.extend(sessions[lo:hi])
-            part.labels.extend(ys[lo:hi])
-            part.origin.extend([name] * (hi - lo))
-            part.closed.extend(closed[lo:hi])
-    return train, test
-
-
-def load_blocks(data_dir: Path, drain=None, open_tail: int = OPEN_TAIL) -> tuple[LabelledBlocks, LabelledBlocks]:
-    """(train, test) block sessions, split chronologically: the first 80% of each source trains.
-
-    Sources: blocks grouped from the raw logs (in order of first appearance; streamed) and the
-    DeepLog session files. Each source is split on its own so that test blocks come after train
-    blocks in every one. Blocks cut short by the end of a raw log have closed=False.
-    """
-    _, train, test = scan(data_dir, drain, open_tail=open_tail)
-    return train, test
+            corpus.session_files.append(SessionFile(name, sessions, [label] * len(sessions)))
+    return corpus

@@ -1,21 +1,25 @@
-"""`logmesh evaluate`: block-level precision, recall, F1 and false-positive rate of a model artifact
-on a labelled raw HDFS log, for the block model, each line member, the line ensemble and a combined
-verdict.
+"""`logmesh evaluate`: how the newest artifact does on a labelled raw HDFS log it may never have seen.
 
-The log is streamed (one event list per labelled block, never the file). Verdicts:
-- block model: the block's event sequence judged as closed, except blocks "open at the cut" (their
-  last line lies within `open_tail` lines of the end of the log: the file ends mid-session), which
-  are judged as open prefixes, as a stream would judge them at that moment;
-- line member / line ensemble, lifted to blocks: a block is anomalous if any of its lines is flagged;
-- combined: the block model's verdict (the line models only point at lines; see docs/evaluation.md).
+The log is streamed (one event list per labelled block, never the file). For each block:
+- whether it has ended is decided as in training (scorer/completeness.py, `--sessions`): a cut log's
+  blocks are open prefixes until they have been quiet longer than a normal session pauses in their
+  state; a file of complete sessions is judged whole. The output says which rule applied to how many;
+- the session model's verdict, with its kind (evidence event, missing step, failure pattern) and the
+  baselines stored in the artifact (`--baselines`: a decision tree and a logistic regression on event
+  counts, fitted on the same training data) scored beside it;
+- the line members and the line ensemble, lifted to blocks (a block is flagged if any of its lines
+  is), and how often the line the ensemble flags is one that carries the block's evidence.
+Rates come with exact 95% intervals and F1 is also quoted at HDFS_v1's 2.93% anomaly prevalence.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
+from logmesh.scorer.completeness import MODES, QUIET_SECONDS
 from logmesh.scorer.dataset import OPEN_TAIL
 
 # numpy, sklearn and joblib load inside evaluate(), so that building the CLI parser stays cheap
@@ -27,183 +31,232 @@ def _encoder_embed():
     return encoder.encode
 
 
+class _Reader:
+    """Streams the log into block sessions and the distinct line shapes of each block."""
+
+    def __init__(self, truth_by_block: dict[str, int], from_line: int, until_line: int) -> None:
+        self.truth = truth_by_block
+        self.from_line, self.until_line = from_line, until_line
+        self.sessions: dict[str, list[str]] = {}
+        self.last_line: dict[str, int] = {}
+        self.last_time: dict[str, float | None] = {}
+        self.block_shapes: dict[str, dict[int, str]] = {}  # block -> shape id -> its template
+        self.shape_ids: dict[str, int] = {}
+        self.shapes: list[str] = []
+        self.skipped: set[str] = set()
+        self.unlabelled_lines = 0
+        self.position = 0
+        self.end_time: float | None = None
+
+    def add(self, record) -> None:
+        self.position += 1
+        if record.time is not None:
+            self.end_time = record.time
+        labelled = [b for b in record.block_ids if b in self.truth and b not in self.skipped]
+        if (self.from_line and self.position <= self.from_line) or (self.until_line and self.position > self.until_line):
+            self.skipped.update(b for b in labelled if b not in self.sessions)
+            labelled = [b for b in labelled if b in self.sessions]
+        if not labelled:
+            self.unlabelled_lines += 1
+            return
+        sid = self.shape_ids.get(record.shape)
+        if sid is None:
+            sid = self.shape_ids[record.shape] = len(self.shapes)
+            self.shapes.append(record.shape)
+        event = sys.intern(record.template_id)
+        for block in labelled:
+            self.sessions.setdefault(block, []).append(event)
+            self.last_line[block] = self.position
+            self.last_time[block] = record.time
+            self.block_shapes.setdefault(block, {})[sid] = record.template_id
+
+
 def evaluate(model_dir, logs, labels, open_tail: int = OPEN_TAIL, embed=None, from_line: int = 0,
-             until_line: int = 0) -> dict:
+             until_line: int = 0, sessions: str = "auto", quiet_seconds: float = QUIET_SECONDS,
+             baselines: bool = True) -> dict:
     """Metrics of the newest artifact in `model_dir` on the raw log(s) `logs` with block labels
     `labels` (anomaly_label.csv). `embed` (texts -> vectors) defaults to an in-process MiniLM.
-    `from_line` > 0: a chronological hold-out inside one log: only blocks whose first line comes after
-    line `from_line` (counted over all the logs read) are judged; earlier blocks are skipped whole.
-    `until_line` > 0: blocks first seen after it are skipped too, so the judged blocks have the rest of
-    the log to finish their life cycle (deletes come minutes to hours after a write)."""
+    `from_line` > 0 judges only blocks first seen after that line (a chronological hold-out inside one
+    log); `until_line` > 0 skips blocks first seen after it, so judged blocks can finish their life."""
     import numpy as np
 
-    from logmesh.scorer import artifacts
-    from logmesh.scorer.block_model import THRESHOLD as BLOCK_THRESHOLD
+    from logmesh.ingest.reader import ReadStats, expand_paths
+    from logmesh.scorer import artifacts, completeness
     from logmesh.scorer.dataset import iter_fast, read_block_labels
     from logmesh.scorer.ensemble import THRESHOLD as LINE_THRESHOLD
-    from logmesh.scorer.metrics import binary_metrics
-    from logmesh.ingest.reader import ReadStats, expand_paths
+    from logmesh.scorer.session_model import SessionModel
     from logmesh.scorer.train import file_digest
+    from logmesh.scorer.validation import summarize
 
     model_dir = Path(model_dir)
     version = artifacts.newest(model_dir)
     if version is None:
         raise artifacts.ArtifactError(f"no model artifact in {model_dir}; make one with `logmesh train`")
     artifact = artifacts.load(model_dir, version)
-    ensemble, block_model = artifact.models["line"], artifact.models["block"]
-    drain = artifact.models.get("drain")
+    ensemble, model = artifact.models["line"], artifact.models["block"]
+    if not isinstance(model, SessionModel):
+        raise artifacts.ArtifactError(f"artifact {version} was made by an older logmesh (no session model); "
+                                      f"retrain with `logmesh train --out {model_dir}`")
     truth_by_block = read_block_labels(Path(labels))
-    names = list(ensemble.names)
-
-    shape_ids: dict[str, int] = {}
-    shape_flags: list[int] = []  # per distinct shape: bit i = member i flags it, bit len(names) = ensemble
-    pending: list[str] = []
-    sessions: dict[str, list[str]] = {}
-    last_line: dict[str, int] = {}
-    flags: dict[str, int] = {}
     stats = ReadStats()
-    unlabelled_lines = 0
-    position = 0
-    skipped: set[str] = set()
+    reader = _Reader(truth_by_block, from_line, until_line)
+    paths = expand_paths(logs)
+    for path in paths:
+        for record in iter_fast(path, stats):
+            reader.add(record)
+    if not reader.sessions:
+        raise ValueError(f"no line of {', '.join(map(str, paths))} names a block in {labels}; "
+                         "check that the log and the labels file belong together")
 
-    def judge_pending() -> None:
-        nonlocal embed
-        if not pending:
-            return
-        if embed is None:
-            embed = _encoder_embed()
-        p = ensemble.probabilities(pending, np.asarray(embed(pending), np.float32))
-        votes = p >= LINE_THRESHOLD
-        for row in votes:
-            bits = sum(1 << i for i, v in enumerate(row) if v)
-            if row.sum() * 2 > len(row):
-                bits |= 1 << len(names)
-            shape_flags.append(bits)
-        pending.clear()
-
-    line_shapes: dict[str, list[int]] = {}  # block -> distinct shape ids (resolved after embedding)
-    records = (r for path in expand_paths(logs) for r in iter_fast(path, stats))
-    for record in records:
-        position += 1
-        labelled = [b for b in record.block_ids if b in truth_by_block and b not in skipped]
-        if (from_line and position <= from_line) or (until_line and position > until_line):
-            skipped.update(b for b in labelled if b not in sessions)
-            labelled = [b for b in labelled if b in sessions]
-        if not labelled:
-            unlabelled_lines += 1
-            continue
-        event = drain.event(record) if drain is not None else record.template_id
-        shape = record.shape
-        sid = shape_ids.get(shape)
-        if sid is None:
-            sid = shape_ids[shape] = len(shape_ids)
-            pending.append(shape)
-            if len(pending) >= 64:
-                judge_pending()
-        for block in labelled:
-            sessions.setdefault(block, []).append(sys.intern(event))
-            last_line[block] = position
-            ids = line_shapes.setdefault(block, [])
-            if sid not in ids:
-                ids.append(sid)
-    judge_pending()
-    for block, ids in line_shapes.items():
-        bits = 0
-        for sid in ids:
-            bits |= shape_flags[sid]
-        flags[block] = bits
-
-    blocks = list(sessions)
+    blocks = list(reader.sessions)
+    events = [reader.sessions[b] for b in blocks]
     truth = np.asarray([truth_by_block[b] for b in blocks], bool)
-    closed = np.asarray([last_line[b] <= position - open_tail for b in blocks], bool)
-    p = np.zeros(len(blocks), np.float32)
+    stall = getattr(model, "stall_times", None)
+    decision = completeness.decide(events, [reader.last_time[b] for b in blocks], reader.end_time,
+                                   model.profile.unfinished, sessions, quiet_seconds,
+                                   [reader.last_line[b] for b in blocks], reader.position, open_tail,
+                                   stall.timeout if stall is not None and stall.timeouts else None)
+    closed = np.asarray(decision.closed, bool)
+    judgements = []
     for lo in range(0, len(blocks), 50_000):
-        chunk = blocks[lo:lo + 50_000]
-        p[lo:lo + len(chunk)] = block_model.probabilities([sessions[b] for b in chunk], closed[lo:lo + len(chunk)].tolist())
-    block_pred = p >= BLOCK_THRESHOLD
-    bits = np.asarray([flags[b] for b in blocks], np.int64)
+        judgements += model.judge(events[lo:lo + 50_000], closed[lo:lo + 50_000].tolist())
+    block_pred = np.asarray([j.anomalous for j in judgements], bool)
+
+    # line members on each distinct shape, lifted to blocks
+    names = list(ensemble.names)
+    if embed is None:
+        embed = _encoder_embed()
+    shape_votes = np.zeros((len(reader.shapes), len(names) + 1), bool)
+    for lo in range(0, len(reader.shapes), 256):
+        chunk = reader.shapes[lo:lo + 256]
+        p = ensemble.probabilities(chunk, np.asarray(embed(chunk), np.float32))
+        votes = p >= LINE_THRESHOLD
+        shape_votes[lo:lo + len(chunk), :-1] = votes
+        shape_votes[lo:lo + len(chunk), -1] = votes.sum(axis=1) * 2 > len(names)
+    lifted = np.zeros((len(blocks), len(names) + 1), bool)
+    points_at_evidence = Counter()
+    for i, b in enumerate(blocks):
+        ids = list(reader.block_shapes[b])
+        lifted[i] = shape_votes[ids].any(axis=0)
+        if block_pred[i] and truth[i]:
+            evidence = {e for e in events[i] if e not in model.profile.normal_events}
+            flagged = {reader.block_shapes[b][s] for s in ids if shape_votes[s, -1]}
+            if not evidence:
+                points_at_evidence["no_evidence_line"] += 1  # a missing step or a pattern: no single line to point at
+            elif flagged & evidence:
+                points_at_evidence["flagged_evidence_line"] += 1
+            else:
+                points_at_evidence["missed_evidence_line"] += 1
 
     def section(pred, mask=None) -> dict:
         t, q = (truth, pred) if mask is None else (truth[mask], pred[mask])
-        m = binary_metrics(t, q)
-        m.update(blocks=int(len(t)), anomalies=int(t.sum()),
-                 confusion={"labels": ["normal", "anomaly"], "matrix": [[m["tn"], m["fp"]], [m["fn"], m["tp"]]]})
+        m = summarize(t, q)
+        m.update(blocks=int(len(t)), confusion={"labels": ["normal", "anomaly"],
+                                                "matrix": [[m["tn"], m["fp"]], [m["fn"], m["tp"]]]})
         return m
 
-    lines_lifted = {name: section((bits >> i) & 1 == 1) for i, name in enumerate(names)}
-    lines_lifted["ensemble"] = section((bits >> len(names)) & 1 == 1)
-    digests = {}
-    overlap = []
+    result_baselines = {}
+    stored = artifact.models.get("baselines") or {}
+    if baselines and stored:
+        for name, b in stored.items():
+            result_baselines[name] = section(b.probabilities(events) >= b.threshold)
+    kinds = Counter(j.kind for j, p in zip(judgements, block_pred) if p)
+    digests, overlap = {}, []
     trained_on = artifact.meta.get("data", {}).get("files", {})
-    for path in expand_paths(logs):
+    for path in paths:
         if str(path) != "-":
             digests[Path(path).name] = d = file_digest(Path(path))
             overlap += [name for name, digest in trained_on.items() if digest == d]
     result = {
-        "model": {"version": version, "dir": str(model_dir),
+        "model": {"version": version, "dir": str(model_dir), "threshold": model.threshold,
                   "trained_on": artifact.meta.get("data", {}).get("dir"),
                   "fingerprint": artifact.meta.get("data", {}).get("fingerprint")},
-        "logs": {"paths": [str(p) for p in expand_paths(logs)], "lines": stats.lines,
-                 "lines_without_labelled_block": unlabelled_lines, "sha256": digests},
+        "logs": {"paths": [str(p) for p in paths], "lines": stats.lines,
+                 "lines_without_labelled_block": reader.unlabelled_lines, "sha256": digests},
         "overlaps_training_data": bool(overlap),
         "overlap_files": overlap,
-        "from_line": from_line, "until_line": until_line, "skipped_blocks": len(skipped),
-        "truncation": {"open_tail_lines": open_tail, "open_at_cut_blocks": int((~closed).sum()),
-                       "open_at_cut_anomalies": int(truth[~closed].sum()),
-                       "rule": f"blocks whose last line is within {open_tail} lines of the end of the log are "
-                               "judged as open prefixes (closed=False); all others as closed"},
+        "from_line": from_line, "until_line": until_line, "skipped_blocks": len(reader.skipped),
+        "sessions": decision.summary(),
         "block": section(block_pred),
-        "block_closed_only": section(block_pred, closed),
-        "block_open_at_cut": section(block_pred, ~closed),
-        "lines_lifted": lines_lifted,
-        "combined": {**section(block_pred), "rule": "the block model's verdict"},
+        "block_ended": section(block_pred, closed),
+        "block_open": section(block_pred, ~closed),
+        "verdict_kinds": dict(kinds),
+        "baselines": result_baselines,
+        "lines_lifted": {name: section(lifted[:, i]) for i, name in enumerate(names)} | {
+            "ensemble": section(lifted[:, -1])},
+        "line_points_at_evidence": dict(points_at_evidence),
+        "combined": {**section(block_pred), "rule": "the session model's verdict"},
     }
     if overlap:
         result["warning"] = (f"the log overlaps the model's training data ({', '.join(overlap)}): these figures are "
-                             f"in-sample; see the artifact's chronological held-out metrics in meta.json")
-        result["held_out_block_metrics"] = artifact.meta.get("metrics", {}).get("block")
+                             f"in-sample; see the artifact's validation in meta.json")
+        result["validation"] = artifact.meta.get("validation", {}).get("grouped_kfold", {}).get("logmesh", {}).get("worst")
     return result
 
 
+def _share_arg(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
 def add_evaluate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--model-dir", default="models", help="folder of model artifacts; the newest is used")
+    p.add_argument("--model-dir", default="models", help="folder of model artifacts; the newest is used (default %(default)s)")
     p.add_argument("--logs", required=True, help="raw HDFS log file or folder (streamed)")
     p.add_argument("--labels", required=True, help="anomaly_label.csv (BlockId,Label)")
+    p.add_argument("--sessions", choices=MODES, default="auto",
+                   help="which blocks have ended: 'cut' (the log was cut: blocks still active at its end are open "
+                        "prefixes), 'complete' (the file holds whole sessions), 'auto' (decided from where "
+                        "unfinished writes sit; default %(default)s). The output says which rule applied")
+    p.add_argument("--quiet-seconds", type=_share_arg, default=QUIET_SECONDS,
+                   help="the tail that --sessions auto compares with the rest, in log time (default %(default)s)")
     p.add_argument("--open-tail", type=int, default=OPEN_TAIL,
-                   help="blocks whose last line is within this many lines of the end are judged as open "
-                        "prefixes (default %(default)s; 0 judges every block as closed)")
+                   help="for logs without timestamps: the tail is the last this many lines (default %(default)s)")
     p.add_argument("--from-line", type=int, default=0,
                    help="chronological hold-out: judge only blocks first seen after this line (e.g. the line "
                         "where the model's training data ended); earlier blocks are skipped")
     p.add_argument("--until-line", type=int, default=0,
                    help="judge only blocks first seen up to this line, so that they can finish in the rest of the log")
+    p.add_argument("--no-baselines", dest="baselines", action="store_false",
+                   help="do not score the decision-tree and logistic-regression baselines stored in the artifact")
+    p.add_argument("--baselines", dest="baselines", action="store_true", default=True,
+                   help="score the artifact's baselines (decision tree, logistic regression on event counts, "
+                        "fitted on the same training data) beside logmesh (the default)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
 
 def _row(name: str, m: dict) -> str:
-    return (f"{name:<24} {m['precision']:>9.4f} {m['recall']:>7.4f} {m['f1']:>7.4f} {m['fpr'] * 100:>8.3f}% "
-            f"{m['tp']:>6} {m['fp']:>6} {m['fn']:>6} {m['tn']:>7}")
+    hi = m["fpr_ci95"][1] * 100
+    return (f"{name:<28} {m['precision']:>9.4f} {m['recall']:>7.4f} {m['f1']:>7.4f} {m['fpr'] * 100:>8.3f}% "
+            f"{hi:>8.3f}% {m['f1_at_prevalence']:>8.4f} {m['tp']:>6} {m['fp']:>6} {m['fn']:>6} {m['tn']:>7}")
 
 
 def format_table(r: dict) -> str:
-    out = [f"model {r['model']['version']}   logs {', '.join(r['logs']['paths'])}   "
+    out = [f"model {r['model']['version']} (threshold {r['model']['threshold']:.2f})   logs {', '.join(r['logs']['paths'])}   "
            f"{r['block']['blocks']} blocks, {r['block']['anomalies']} anomalous"]
     if r["overlaps_training_data"]:
         out.append("WARNING: " + r["warning"])
-    t = r["truncation"]
-    out.append(f"truncation: {t['open_at_cut_blocks']} blocks open at the cut ({t['open_at_cut_anomalies']} anomalous), "
-               f"judged as open prefixes")
-    out.append(f"{'model (block level)':<24} {'precision':>9} {'recall':>7} {'f1':>7} {'fpr':>9} "
-               f"{'tp':>6} {'fp':>6} {'fn':>6} {'tn':>7}")
-    out.append(_row("block model", r["block"]))
-    out.append(_row("  closed blocks only", r["block_closed_only"]))
-    out.append(_row("  open at the cut", r["block_open_at_cut"]))
+    s = r["sessions"]
+    out.append(f"sessions: {s['rule']} rule ({s['why']}); {s['judged_ended']} blocks judged as ended, "
+               f"{s['judged_open']} as open prefixes")
+    out.append(f"{'model (block level)':<28} {'precision':>9} {'recall':>7} {'f1':>7} {'fpr':>9} {'fpr<=95%':>9} "
+               f"{'f1@2.93%':>8} {'tp':>6} {'fp':>6} {'fn':>6} {'tn':>7}")
+    out.append(_row("logmesh", r["block"]))
+    out.append(_row("  ended blocks", r["block_ended"]))
+    out.append(_row("  open blocks", r["block_open"]))
+    for name, m in r["baselines"].items():
+        out.append(_row(f"baseline: {name}", m))
     for name, m in r["lines_lifted"].items():
         out.append(_row(f"lines: {name}", m))
-    out.append(_row("combined", r["combined"]))
+    if r["verdict_kinds"]:
+        out.append("why blocks were flagged: " + ", ".join(f"{k} {v}" for k, v in sorted(r["verdict_kinds"].items())))
+    if r["line_points_at_evidence"]:
+        out.append("detected failing blocks, the flagged line: " +
+                   ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(r["line_points_at_evidence"].items())))
     c = r["block"]["confusion"]["matrix"]
-    out.append(f"block model confusion (rows truth, cols predicted; normal, anomaly): {c}")
+    out.append(f"logmesh confusion (rows truth, cols predicted; normal, anomaly): {c}")
     return "\n".join(out)
 
 
@@ -211,7 +264,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from logmesh.scorer import artifacts
     try:
         result = evaluate(args.model_dir, args.logs, args.labels, open_tail=args.open_tail,
-                          from_line=args.from_line, until_line=args.until_line)
+                          from_line=args.from_line, until_line=args.until_line, sessions=args.sessions,
+                          quiet_seconds=args.quiet_seconds, baselines=args.baselines)
     except (artifacts.ArtifactError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

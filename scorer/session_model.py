@@ -58,6 +58,7 @@ class SessionModel:
         self.vocab: dict[str, int] = {}
         self.caps: dict[str, int] = {}
         self.failure_patterns: set[tuple[str, str]] = set()
+        self.stall_times = None  # scorer/stall_times.StallTimes, set by training when raw logs have times
         self.classifier = RandomForestClassifier(n_estimators=n_estimators, max_features=0.3, min_samples_leaf=1,
                                                  bootstrap=False, n_jobs=1, random_state=seed)
 

@@ -1,10 +1,14 @@
-"""`logmesh train`: fit the line ensemble and the block model on a labelled HDFS folder; save an artifact.
+"""`logmesh train`: fit the session model, the baselines and the line ensemble on a labelled HDFS
+folder; validate them honestly; save one artifact that records how it was validated.
 
-One streaming pass reads every raw log (never a whole file in memory): lines are aggregated into
-(masked shape, label) counts, blocks into event sessions (loghub ids, Drain3-mined "D<k>" ids for
-lines no loghub template matches). Metrics come from a chronological split per source (first 80%
-trains, last 20% tests; random splits leak the future, Le & Zhang ICSE 2022); the shipped models are
-then refit on everything.
+1. One streaming pass reads every raw log and session file (scorer/dataset.py `read_corpus`).
+2. Which raw-log sessions have ended is decided from the data (scorer/completeness.py): a cut log's
+   unfinished writes are open prefixes, a file of complete sessions is judged whole.
+3. Validation (scorer/validation.py), logmesh beside a decision tree and a logistic regression on
+   event counts, on the same splits: grouped k-fold by distinct sequence (repeated), held-out
+   behaviour families, and chronological per raw log. The session model's threshold is the lowest
+   one whose out-of-fold FPR on complete sessions meets `target_fpr`.
+4. The shipped models are refit on everything; the line ensemble learns which lines carry evidence.
 """
 from __future__ import annotations
 
@@ -17,22 +21,21 @@ from typing import Callable
 
 import numpy as np
 
-from logmesh.scorer import artifacts
-from logmesh.scorer.block_model import THRESHOLD as BLOCK_THRESHOLD, BlockModel
-from logmesh.scorer.dataset import OPEN_TAIL, fingerprint, log_files, scan
-from logmesh.scorer.ensemble import LineEnsemble, combine
-from logmesh.scorer.metrics import binary_metrics
+from logmesh.scorer import artifacts, completeness
+from logmesh.scorer.baselines import EventCountBaseline, make_baselines
+from logmesh.scorer.dataset import OPEN_TAIL, Corpus, fingerprint, log_files, read_corpus
+from logmesh.scorer.ensemble import LineEnsemble, combine, evidence_labels
+from logmesh.scorer.normal_profile import NormalProfile
+from logmesh.scorer.session_model import SessionModel
+from logmesh.scorer.stall_times import StallTimes
 from logmesh.scorer.templates_drain import DrainTemplates
+from logmesh.scorer import validation as val
 
 log = logging.getLogger("logmesh.train")
 Embed = Callable[[list[str]], np.ndarray]
-
-
-def embed_shapes(shapes: list[str], embed: Embed) -> np.ndarray:
-    """Embeds each distinct shape once (HDFS has ~30) and spreads the vectors over the lines."""
-    distinct = list(dict.fromkeys(shapes))
-    table = dict(zip(distinct, embed(distinct)))
-    return np.stack([table[s] for s in shapes])
+#: Validation effort: (folds, repeats, run the family hold-outs and the chronological split)
+VALIDATION = {"full": (5, 2, True), "quick": (3, 1, True), "none": (0, 0, False)}
+TARGET_FPR = 0.0005
 
 
 def file_digest(path: Path) -> str:
@@ -43,83 +46,171 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _rows(counts) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Distinct (shape, label) rows and how many lines each stands for."""
-    keys = sorted(counts)
-    return [k[0] for k in keys], np.asarray([k[1] for k in keys]), np.asarray([counts[k] for k in keys])
+def decide_completeness(corpus: Corpus, mode: str = "auto", quiet_seconds: float = completeness.QUIET_SECONDS,
+                        open_tail: int = OPEN_TAIL, stall: StallTimes | None = None) -> NormalProfile:
+    """Sets `closed` on every raw log's blocks. The "unfinished" test needs a model of normal
+    sessions before any model exists: the session files' normal sessions, else the raw logs' normal
+    blocks that were quiet for the whole quiet period."""
+    normal = [s for f in corpus.session_files for s, y in zip(f.sessions, f.labels) if y == 0]
+    if not normal:
+        for g in corpus.logs:
+            cut = completeness.decide(g.sessions, g.last_time, g.end_time, lambda s: False, "cut",
+                                      quiet_seconds, g.last_line, g.end_line, open_tail)
+            normal += [s for s, y, c in zip(g.sessions, g.labels, cut.closed) if y == 0 and c]
+    profile = NormalProfile().fit(normal)
+    timeout = stall.timeout if stall is not None and stall.timeouts else None
+    for g in corpus.logs:
+        d = completeness.decide(g.sessions, g.last_time, g.end_time, profile.unfinished, mode, quiet_seconds,
+                                g.last_line, g.end_line, open_tail, timeout)
+        g.closed, g.decision = d.closed, d.summary()
+        log.info("sessions", extra={"file": g.name, **g.decision})
+    return profile
 
 
-def shape_weights(shapes: list[str], counts: np.ndarray) -> np.ndarray:
-    """Training weight of each (shape, label) row: its share of its shape's lines. Every shape then
-    weighs the same and the members learn P(block anomalous | shape), however rare the shape: a
-    line seen twice, both times in failing blocks, is as anomalous as one seen a million times."""
-    totals: dict[str, int] = {}
-    for s, c in zip(shapes, counts):
-        totals[s] = totals.get(s, 0) + int(c)
-    return np.asarray([c / totals[s] for s, c in zip(shapes, counts)], np.float64)
+def corpus_blocks(corpus: Corpus) -> val.Blocks:
+    sessions, labels, closed, part, source, order = [], [], [], [], [], []
+    for f in corpus.session_files:
+        n = len(f.sessions)
+        sessions += f.sessions
+        labels += f.labels
+        closed += [True] * n
+        part += ["complete"] * n
+        source += [f.name] * n
+        order += list(range(n))
+    for g in corpus.logs:
+        n = len(g.sessions)
+        sessions += g.sessions
+        labels += g.labels
+        closed += g.closed
+        part += [g.decision.get("rule", "cut")] * n
+        source += [g.name] * n
+        order += list(range(n))
+    return val.Blocks(sessions, np.asarray(labels), np.asarray(closed, bool), np.asarray(part), np.asarray(source),
+                      np.asarray(order))
 
 
-def train(data_dir: Path, out_dir: Path, embed: Embed, seed: int = 0, test_share: float = 0.2,
-          limit: int | None = None) -> Path:
+def model_factories() -> dict[str, Callable[[int], object]]:
+    return {"logmesh": lambda seed: SessionModel(seed),
+            "decision_tree": lambda seed: EventCountBaseline("decision_tree", seed),
+            "logistic_regression": lambda seed: EventCountBaseline("logistic_regression", seed)}
+
+
+def validate(blocks: val.Blocks, effort: str = "full", seed: int = 0, target_fpr: float = TARGET_FPR) -> tuple[dict, float]:
+    """The validation section of the artifact's meta, and the session model's threshold."""
+    folds, repeats, extra = VALIDATION[effort]
+    if not folds:
+        return {"protocol": "none: not validated (--validation none)"}, 0.5
+    progress = lambda what: log.info("validating", extra={"step": what})
+    factories = model_factories()
+    grouped, oof = val.grouped_kfold(factories, blocks, folds, repeats, seed, progress)
+    threshold, choice = val.choose_threshold(oof["logmesh"], blocks.labels, blocks.part == "complete", target_fpr)
+    out = {
+        "protocol": {
+            "grouped_kfold": f"StratifiedGroupKFold, {folds} folds x {repeats} shuffles, groups = distinct "
+                             "(event sequence, ended); no sequence on both sides",
+            "families": "each behaviour family's normal sessions held out of training, then judged",
+            "chronological": "per raw log: first 80% of blocks (by first line) + session files train, last 20% test",
+            "intervals": "exact Clopper-Pearson 95%",
+            "threshold": f"lowest threshold >= 0.5 with out-of-fold FPR on complete sessions <= {target_fpr:.4%}",
+        },
+        "distinct_sequences": int(len(set(val.sequence_groups(blocks).tolist()))),
+        "sessions": len(blocks),
+        "grouped_kfold": grouped,
+        "threshold": {"value": threshold, **choice},
+    }
+    if extra:
+        out["families"] = val.family_holdout(factories, blocks, seed, progress)
+        out["chronological"] = val.chronological(factories, blocks, seed=seed)
+    return out, threshold
+
+
+def _line_validation(ensemble_seed: int, shapes: list[str], templates: list[str], y: np.ndarray,
+                     vectors: np.ndarray) -> dict:
+    """Leave one template out: can the members tell evidence lines of a kind they never saw?"""
+    flagged = np.zeros(len(shapes), bool)
+    distinct = sorted(set(templates))
+    if len(set(y.tolist())) < 2 or len(distinct) < 3:
+        return {"protocol": "leave one template out", "note": "too few templates or one class only"}
+    for t in distinct:
+        held = np.asarray([x == t for x in templates])
+        if len(set(y[~held].tolist())) < 2:
+            continue
+        idx = np.flatnonzero(~held)
+        m = LineEnsemble(ensemble_seed).fit([shapes[i] for i in idx], vectors[idx], y[idx])
+        verdict, _, _ = combine(m.probabilities([shapes[i] for i in np.flatnonzero(held)], vectors[held]))
+        flagged[held] = verdict
+    s = val.summarize(y, flagged)
+    return {"protocol": "leave one template out (shapes of the held-out template are judged by members "
+                        "trained on the others)", "shapes": len(shapes), "evidence_shapes": int(y.sum()),
+            "recall": s["recall"], "fpr": s["fpr"], "tp": s["tp"], "fp": s["fp"], "fn": s["fn"], "tn": s["tn"]}
+
+
+def train(data_dir: Path, out_dir: Path, embed: Embed, seed: int = 0, limit: int | None = None,
+          sessions: str = "auto", quiet_seconds: float = completeness.QUIET_SECONDS, validation: str = "full",
+          target_fpr: float = TARGET_FPR) -> Path:
+    if validation not in VALIDATION:
+        raise ValueError(f"--validation must be one of {', '.join(VALIDATION)}, not {validation!r}")
     started = time.perf_counter()
-    drain = DrainTemplates()
     progress = lambda name, n, total: log.info("reading", extra={"file": name, "line": n, "of": total})
-    lines, train_blocks, test_blocks = scan(data_dir, drain, test_share, limit, progress=progress)
-    drain.freeze()
+    stall = StallTimes(fallback=quiet_seconds)
+    corpus = read_corpus(data_dir, limit, progress=progress, stall_times=stall)
+    stall.freeze()
     read_s = time.perf_counter() - started
-    log.info("loaded lines", extra={"lines": lines.lines, "anomalous_lines": lines.anomalous_lines,
-                                    "blocks": lines.blocks, "seconds": round(read_s, 1)})
+    log.info("loaded", extra={"lines": corpus.lines, "anomalous_lines": corpus.anomalous_lines,
+                              "blocks": corpus.blocks, "session_files": len(corpus.session_files),
+                              "seconds": round(read_s, 1)})
+    decide_completeness(corpus, sessions, quiet_seconds, stall=stall)
+    blocks = corpus_blocks(corpus)
+    metrics, threshold = validate(blocks, validation, seed, target_fpr)
 
-    train_shapes, train_y, train_w = _rows(lines.train)
-    test_shapes, test_y, test_w = _rows(lines.test)
-    table = dict(zip(*(lambda d: (d, embed(d)))(list(dict.fromkeys(train_shapes + test_shapes)))))
-    vec = lambda shapes: np.stack([table[s] for s in shapes]) if shapes else np.zeros((0, 384), np.float32)
-    metrics: dict = {"split": {"kind": "chronological", "train_lines": int(train_w.sum()),
-                               "test_lines": int(test_w.sum())}, "line": {}}
-    if len(set(train_y.tolist())) == 2 and len(test_shapes):
-        held_out = LineEnsemble(seed).fit(train_shapes, vec(train_shapes), train_y,
-                                         shape_weights(train_shapes, train_w))
-        probabilities = held_out.probabilities(test_shapes, vec(test_shapes))
-        verdict, _, _ = combine(probabilities)
-        metrics["line"]["ensemble"] = binary_metrics(test_y, verdict, test_w)
-        for i, name in enumerate(held_out.names):
-            metrics["line"][name] = binary_metrics(test_y, probabilities[:, i] >= 0.5, test_w)
-        log.info("held-out line metrics", extra={"ensemble": metrics["line"]["ensemble"]})
+    session_model = SessionModel(seed).fit(blocks.sessions, blocks.labels.tolist(), blocks.closed.tolist())
+    session_model.threshold = threshold
+    session_model.stall_times = stall
+    baselines = make_baselines(seed)
+    for b in baselines.values():
+        b.fit(blocks.sessions, blocks.labels.tolist())
 
-    held_out_blocks = BlockModel(seed).fit(train_blocks.sessions, train_blocks.labels, train_blocks.closed)
-    block_p = held_out_blocks.probabilities(test_blocks.sessions, test_blocks.closed)
-    truth = np.asarray(test_blocks.labels)
-    metrics["block"] = {**binary_metrics(truth, block_p >= BLOCK_THRESHOLD), "blocks": len(truth),
-                        "anomalies": int(truth.sum())}
-    origin = np.asarray(test_blocks.origin)
-    metrics["block_by_source"] = {
-        name: {**binary_metrics(truth[origin == name], block_p[origin == name] >= BLOCK_THRESHOLD),
-               "blocks": int((origin == name).sum()), "anomalies": int(truth[origin == name].sum())}
-        for name in dict.fromkeys(test_blocks.origin)}
-    metrics["split"].update(train_blocks=len(train_blocks.sessions), test_blocks=len(truth),
-                            open_at_cut_test_blocks=int((~np.asarray(test_blocks.closed, bool)).sum()))
-    log.info("held-out block metrics", extra={"block": metrics["block"]})
+    keys = sorted(corpus.shapes)
+    shapes, templates = [k[0] for k in keys], [k[1] for k in keys]
+    y = evidence_labels(templates, session_model.profile.normal_events)
+    vectors = np.asarray(embed(shapes), np.float32) if shapes else np.zeros((0, 384), np.float32)
+    if len(set(y.tolist())) < 2:
+        raise ValueError(f"the lines of {data_dir} hold only {'evidence' if y.any() else 'ordinary'} templates; "
+                         "the line ensemble needs both (add failing and healthy blocks)")
+    ensemble = LineEnsemble(seed).fit(shapes, vectors, y)
+    ensemble.templates = set(templates) - {"unknown"}  # what the scorer does not flag as a new template
+    if validation != "none":
+        metrics["line"] = _line_validation(seed, shapes, templates, y, vectors)
 
-    all_shapes, all_y, all_w = _rows(lines.train + lines.test)
-    ensemble = LineEnsemble(seed).fit(all_shapes, vec(all_shapes), all_y, shape_weights(all_shapes, all_w))
-    block_model = BlockModel(seed).fit(train_blocks.sessions + test_blocks.sessions,
-                                       train_blocks.labels + test_blocks.labels,
-                                       train_blocks.closed + test_blocks.closed)
+    drain = DrainTemplates()
+    for shape, template in keys:
+        if template == "unknown":
+            drain.miner.add_log_message(shape)
+    drain.freeze()
     fp = fingerprint(data_dir)
     version = artifacts.new_version(fp)
+    profile = session_model.profile
     meta = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(),
         "members": ensemble.names,
         "embedding_model": "all-MiniLM-L6-v2",
-        "data": {"dir": str(data_dir), "fingerprint": fp, "lines": lines.lines, "blocks": lines.blocks,
+        "data": {"dir": str(data_dir), "fingerprint": fp, "lines": corpus.lines, "blocks": corpus.blocks,
                  "files": {p.name: file_digest(p) for p in log_files(data_dir)},
+                 "sessions": {g.name: g.decision for g in corpus.logs}, "quiet_seconds": quiet_seconds,
                  "open_tail_lines": OPEN_TAIL, "limit": limit},
+        "session_model": {"threshold": threshold, "stall_seconds": stall.table(), "invariants": [i.describe() for i in profile.invariants],
+                          "evidence_events": sorted(profile.known_events - profile.normal_events),
+                          "failure_patterns": sorted(map(list, session_model.failure_patterns))},
+        "line_labels": "a shape is evidence when its template occurs in no complete normal session",
+        "evidence_templates": sorted({t for t, v in zip(templates, y) if v}),
         "drain_templates": drain.templates,
-        "metrics": metrics,
+        "validation": metrics,
+        "metrics": {"block": metrics.get("grouped_kfold", {}).get("logmesh", {}).get("worst", {}).get("all", {})},
         "read_seconds": round(read_s, 2),
         "train_seconds": round(time.perf_counter() - started, 2),
-        "line_verdict": "majority of members voting P(block anomalous | line shape) >= 0.5",
+        "line_verdict": "majority of members voting P(line carries failure evidence) >= 0.5",
     }
-    path = artifacts.save(out_dir, version, {"line": ensemble, "block": block_model, "drain": drain}, meta)
+    models = {"line": ensemble, "block": session_model, "drain": drain, "baselines": baselines}
+    path = artifacts.save(out_dir, version, models, meta)
     log.info("saved artifact", extra={"path": str(path), "seconds": meta["train_seconds"]})
     return path

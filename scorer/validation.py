@@ -89,6 +89,18 @@ def sequence_groups(blocks: Blocks) -> np.ndarray:
     return np.asarray([ids.setdefault((tuple(s), bool(c)), len(ids)) for s, c in zip(blocks.sessions, blocks.closed)])
 
 
+def grouped_splits(blocks: Blocks, folds: int, seed: int):
+    """(train indices, test indices) per fold; no (sequence, ended) group is on both sides."""
+    from sklearn.model_selection import StratifiedGroupKFold
+    groups = sequence_groups(blocks)
+    folds = min(folds, len(set(groups.tolist())))
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for train_idx, test_idx in splitter.split(np.zeros(len(blocks)), blocks.labels, groups):
+        if set(groups[train_idx]) & set(groups[test_idx]):
+            raise AssertionError("a sequence landed on both sides of a grouped split")
+        yield train_idx, test_idx
+
+
 def _fit_score(factory: Factory, seed: int, train: Blocks, test: Blocks):
     model = factory(seed)
     model.fit(train.sessions, train.labels.tolist(), train.closed.tolist())
@@ -110,16 +122,12 @@ def grouped_kfold(models: dict[str, Factory], blocks: Blocks, folds: int = 5, re
     """Out-of-fold verdicts of each model, `repeats` times with other shuffles. Returns the metrics per
     model (each repeat, and the repeat with most false positives as `worst`) and logmesh's out-of-fold
     scores of the first repeat (for choosing its threshold)."""
-    from sklearn.model_selection import StratifiedGroupKFold
-    groups = sequence_groups(blocks)
     result: dict = {name: {"repeats": []} for name in models}
     first_scores = None
     for r in range(repeats):
-        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + r)
         scores = {name: np.zeros(len(blocks), np.float32) for name in models}
         thresholds = {name: np.zeros(len(blocks), np.float32) for name in models}
-        for k, (train_idx, test_idx) in enumerate(splitter.split(np.zeros(len(blocks)), blocks.labels, groups)):
-            assert not set(groups[train_idx]) & set(groups[test_idx])  # no sequence on both sides
+        for k, (train_idx, test_idx) in enumerate(grouped_splits(blocks, folds, seed + r)):
             train, test = blocks.take(np.isin(np.arange(len(blocks)), train_idx)), blocks.take(
                 np.isin(np.arange(len(blocks)), test_idx))
             for name, factory in models.items():

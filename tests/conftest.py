@@ -62,7 +62,7 @@ def trained_models(tmp_path_factory, data_dir, encoder) -> Path:
     """A model dir holding one artifact trained on the real data (seconds)."""
     from logmesh.scorer.train import train
     out = tmp_path_factory.mktemp("models")
-    train(data_dir, out, encoder.encode)
+    train(data_dir, out, encoder.encode, validation="quick")
     return out
 
 

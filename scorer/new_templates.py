@@ -1,0 +1,45 @@
+"""Names the kinds of line a model has never seen, so a verdict can say "new template: ...".
+
+A line whose template is not among those its model was trained on (no loghub template matches, and
+no Drain3 cluster mined at training does either) is novel evidence in itself: the next failure is
+the one nobody labelled. A live Drain3 miner, separate from the artifact's frozen one, groups those
+lines so that a thousand lines of one new kind show as one template, not a thousand.
+"""
+from __future__ import annotations
+
+import threading
+
+from drain3 import TemplateMiner
+from drain3.template_miner_config import TemplateMinerConfig
+
+from logmesh.ingest.hdfs import UNKNOWN_TEMPLATE
+
+MAX_CLUSTERS = 1000
+
+
+class NewTemplates:
+    def __init__(self, known: set[str] | None, frozen_drain=None) -> None:
+        """`known`: the template ids the model was trained on (None: an artifact from before they were
+        recorded, which flags nothing as new). `frozen_drain`: the artifact's DrainTemplates."""
+        self.known = known
+        self.frozen = frozen_drain
+        config = TemplateMinerConfig()
+        config.profiling_enabled = False
+        config.parametrize_numeric_tokens = True
+        config.drain_max_clusters = MAX_CLUSTERS
+        self._miner = TemplateMiner(config=config)
+        self._lock = threading.Lock()
+
+    def is_new(self, template_id: str, shape: str) -> bool:
+        if self.known is None:
+            return False
+        if template_id != UNKNOWN_TEMPLATE:
+            return template_id not in self.known
+        # a line no loghub template matches is new unless training mined a cluster it falls in
+        return not (self.frozen is not None and self.frozen.templates and self.frozen.miner.match(shape) is not None)
+
+    def name(self, shape: str) -> str:
+        """"N<k>: <template>" for a new line's masked shape, mined as it comes."""
+        with self._lock:
+            result = self._miner.add_log_message(shape)
+        return f"N{result['cluster_id']}: {result['template_mined']}"
