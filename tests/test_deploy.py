@@ -4,6 +4,7 @@ builds an image or starts a container: Docker has no engine here (see deploy/REA
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 PORTS = {"logmesh-embedder": 50051, "logmesh-scorer": 50052}
+KAFKA_LIBS = REPO / ".cache/kafka/libs"
+KAFKA_SCRIPTS = K8S / "kafka"
+TOOL_JAVA = f"java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp {KAFKA_LIBS}/*"
 
 
 def _docs(path: Path) -> list[dict]:
@@ -104,7 +108,7 @@ def test_compose_services_and_health_checks(compose):
     services = compose["services"]
     assert {"kafka", "qdrant", "embedder", "scorer", "stream"} <= services.keys()
     assert services["kafka"]["image"].startswith("apache/kafka:")
-    assert "broker,controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft
+    assert "process.roles=broker,controller" in (KAFKA_SCRIPTS / "broker.sh").read_text()  # KRaft, its entrypoint
     assert services["qdrant"]["image"].startswith("qdrant/qdrant:")
     for name in ("kafka", "qdrant", "embedder", "scorer", "stream"):
         assert services[name]["healthcheck"]["test"], name
@@ -114,7 +118,87 @@ def test_compose_services_and_health_checks(compose):
         assert services[name]["build"]["target"] == name
         assert (REPO / services[name]["build"]["context"].replace("..", ".", 1)).exists()
     assert services["scorer"]["depends_on"]["embedder"]["condition"] == "service_healthy"
-    assert services["stream"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert services["stream"]["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+    assert services["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def _stream_options(argv: list[str]) -> tuple[dict, dict]:
+    """(--kafka-option, --spark-kafka-option) as the real `logmesh stream` parser reads them."""
+    from logmesh.cli import build_parser
+    assert argv[0] == "stream", argv
+    args = build_parser("stream").parse_args(argv)
+    return args.kafka_options, args.spark_kafka_options
+
+
+def test_compose_kafka_requires_credentials_and_is_published_on_loopback_only(compose):
+    services = compose["services"]
+    kafka, init = services["kafka"], services["kafka-init"]
+    assert kafka["entrypoint"] == ["bash", "/opt/logmesh/broker.sh"] and init["entrypoint"] == ["bash", "/opt/logmesh/acls.sh"]
+    for service in (kafka, init):
+        assert "./k8s/kafka:/opt/logmesh:ro" in service["volumes"]  # the scripts tests/test_deploy.py runs
+        assert service["env_file"] == ["../var/kafka-secrets/kafka.env"]  # make-secrets.sh; no password in here
+    assert kafka["ports"] == ["127.0.0.1:19092:19092"]  # not 0.0.0.0: the Docker host's other users' networks
+    assert "PLAINTEXT://" not in yaml.safe_dump(compose).replace("SASL_PLAINTEXT://", "")
+    # the job's command, as compose ($$ -> $) and sh hand it over, parsed by the real CLI
+    stream = services["stream"]
+    assert stream["entrypoint"] == ["/bin/sh", "-c"] and stream["env_file"] == ["../var/kafka-secrets/stream.env"]
+    script = stream["command"][0].replace("$$", "$").replace("exec logmesh", "printf '%s\\0'", 1)
+    argv = subprocess.run(["sh", "-c", script], env={"LOGMESH_KAFKA_PASSWORD": "pw-123"}, capture_output=True,
+                          text=True, timeout=30, check=True).stdout.split("\0")[:-1]
+    kafka_options, spark_options = _stream_options(argv)
+    assert kafka_options == {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512",
+                             "sasl.username": "stream", "sasl.password": "pw-123"}
+    assert spark_options["sasl.jaas.config"] == ('org.apache.kafka.common.security.scram.ScramLoginModule required '
+                                                 'username="stream" password="pw-123";')
+
+
+def test_k8s_kafka_requires_credentials_and_the_job_uses_its_own(k8s):
+    kafka = _find(k8s, "StatefulSet", "logmesh-kafka")["spec"]["template"]["spec"]
+    (broker,) = kafka["containers"]
+    assert broker["command"] == ["bash", "/opt/logmesh/broker.sh"]
+    volumes = {v["name"]: v for v in kafka["volumes"]}
+    assert volumes["scripts"]["configMap"]["name"] == "logmesh-kafka-scripts"
+    assert {i["key"] for i in volumes["users"]["secret"]["items"]} == {"admin", "ingest", "stream", "reader"}
+    init = _find(k8s, "Job", "logmesh-kafka-init")["spec"]["template"]["spec"]
+    assert init["containers"][0]["command"] == ["bash", "/opt/logmesh/acls.sh"]
+    assert [i["key"] for v in init["volumes"] if "secret" in v for i in v["secret"]["items"]] == ["admin"]
+    assert _find(k8s, "Service", "kafka")["spec"]["ports"][0]["port"] == 9092  # ConfigMap's KAFKA_BOOTSTRAP
+    (job,) = _find(k8s, "Deployment", "logmesh-stream")["spec"]["template"]["spec"]["containers"]
+    (password,) = [e for e in job["env"] if e["name"] == "KAFKA_PASSWORD"]
+    assert password["valueFrom"]["secretKeyRef"] == {"name": "logmesh-kafka-users", "key": "stream"}
+    env = {**_find(k8s, "ConfigMap", "logmesh-config")["data"], "KAFKA_PASSWORD": "pw-123"}
+    expand = lambda arg: re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg)  # noqa: E731 - as the kubelet does
+    kafka_options, spark_options = _stream_options([expand(a) for a in job["args"]])
+    assert kafka_options["security.protocol"] == "SASL_PLAINTEXT" and kafka_options["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert kafka_options["sasl.username"] == "stream" and kafka_options["sasl.password"] == "pw-123"
+    assert 'username="stream" password="pw-123";' in spark_options["sasl.jaas.config"]
+
+
+def test_kustomize_builds_and_the_built_manifests_decode_strictly(validator, tmp_path):
+    """kubectl's built-in kustomize, offline: the scripts' ConfigMap is generated from deploy/k8s/kafka/ and
+    its hashed name replaces every reference."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl not installed (its built-in kustomize builds deploy/k8s)"
+    built = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    (tmp_path / "built.yaml").write_text(built.stdout)
+    proc = subprocess.run([str(validator), str(tmp_path / "built.yaml")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and " 0 errors" in proc.stdout, proc.stdout
+    docs = [d for d in yaml.safe_load_all(built.stdout) if d]
+    (scripts,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("logmesh-kafka-scripts")]
+    assert scripts["data"]["broker.sh"] == (KAFKA_SCRIPTS / "broker.sh").read_text()
+    refs = {v["configMap"]["name"] for d in docs if d["kind"] in ("StatefulSet", "Job")
+            for v in d["spec"]["template"]["spec"]["volumes"] if "configMap" in v}
+    assert refs == {scripts["metadata"]["name"]}
+
+
+def test_the_local_dev_broker_listens_on_loopback_only():
+    """deploy/kafka/kafka.sh (make kafka-up, the tests' broker): plaintext, no ACLs, so bound to 127.0.0.1."""
+    text = (DEPLOY / "kafka/kafka.sh").read_text()
+    assert "\nHOST=127.0.0.1\n" in text
+    (listeners,) = [line for line in text.splitlines() if line.startswith("listeners=")]
+    assert listeners == "listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT"
+    assert "controller.quorum.voters=1@$HOST:$CPORT" in text
 
 
 def test_docker_compose_config():
@@ -122,6 +206,8 @@ def test_docker_compose_config():
     docker = shutil.which("docker")
     if not docker or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
         pytest.skip("docker compose plugin not installed (docker CLI only): compose.yaml checked structurally")
+    if not (REPO / "var/kafka-secrets/kafka.env").exists():  # compose.yaml's env_file: what a user makes first
+        subprocess.run([str(KAFKA_SCRIPTS / "make-secrets.sh"), str(REPO / "var/kafka-secrets")], check=True, timeout=60)
     proc = subprocess.run([docker, "compose", "-f", str(DEPLOY / "compose.yaml"), "config", "--quiet"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -156,9 +242,6 @@ def test_envoy_balances_grpc_over_http2_with_active_health_checks():
 # --- the secured broker of compose.yaml and k8s/kafka.yaml (deploy/k8s/kafka/*.sh), run for real here from the
 # jars of deploy/kafka/fetch.sh: SASL/SCRAM for every client, ACLs that deny by default ---
 
-KAFKA_LIBS = REPO / ".cache/kafka/libs"
-KAFKA_SCRIPTS = K8S / "kafka"
-TOOL_JAVA = f"java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp {KAFKA_LIBS}/*"
 
 
 def _free_port() -> int:

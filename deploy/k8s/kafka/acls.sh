@@ -8,8 +8,8 @@
 #   reader  reads logmesh.scores, logmesh.anomalies and logmesh.dlq (consumer groups logmesh-reader*)
 # Nobody but admin may create, delete or reconfigure a topic (e.g. shorten the DLQ's retention).
 #
-# env: LOGMESH_KAFKA_BOOTSTRAP (kafka:9092), LOGMESH_KAFKA_SECRETS, LOGMESH_KAFKA_CONF, LOGMESH_KAFKA_RUN
-#      (as broker.sh).
+# env: LOGMESH_KAFKA_BOOTSTRAP (kafka:9092), LOGMESH_KAFKA_SECRETS or LOGMESH_KAFKA_PASSWORD_ADMIN,
+#      LOGMESH_KAFKA_CONF, LOGMESH_KAFKA_RUN (as broker.sh).
 set -euo pipefail
 
 BOOTSTRAP="${LOGMESH_KAFKA_BOOTSTRAP:-kafka:9092}"
@@ -19,11 +19,15 @@ read -r -a RUN <<<"${LOGMESH_KAFKA_RUN:-/opt/kafka/bin/kafka-run-class.sh}"
 
 umask 077
 mkdir -p "$CONF"
-[[ -r "$SECRETS/admin" ]] || { echo "kafka-acls: error: no $SECRETS/admin (make-secrets.sh)" >&2; exit 1; }
+ADMIN="${LOGMESH_KAFKA_PASSWORD_ADMIN:-}"
+if [[ -z "$ADMIN" ]]; then
+  [[ -r "$SECRETS/admin" ]] || { echo "kafka-acls: error: no LOGMESH_KAFKA_PASSWORD_ADMIN and no $SECRETS/admin (make-secrets.sh)" >&2; exit 1; }
+  ADMIN="$(tr -d '\r\n' <"$SECRETS/admin")"
+fi
 cat >"$CONF/admin-client.properties" <<PROPS
 security.protocol=SASL_PLAINTEXT
 sasl.mechanism=SCRAM-SHA-512
-sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$(tr -d '\r\n' <"$SECRETS/admin")";
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$ADMIN";
 request.timeout.ms=15000
 default.api.timeout.ms=30000
 PROPS

@@ -7,7 +7,8 @@
 # are files in $LOGMESH_KAFKA_SECRETS (deploy/k8s/kafka/make-secrets.sh writes them, mode 600). What each
 # may do is set by acls.sh. The controller listener is bound to 127.0.0.1 and authenticated too (PLAIN, admin).
 #
-# env: LOGMESH_KAFKA_SECRETS (/run/secrets/logmesh-kafka), LOGMESH_KAFKA_DATA (/var/lib/kafka/data),
+# env: LOGMESH_KAFKA_SECRETS (/run/secrets/logmesh-kafka) or LOGMESH_KAFKA_PASSWORD_ADMIN/_INGEST/_STREAM/_READER
+#      (compose passes them from make-secrets.sh's kafka.env), LOGMESH_KAFKA_DATA (/var/lib/kafka/data),
 #      LOGMESH_KAFKA_CONF (/tmp/logmesh-kafka: the generated server.properties, mode 600),
 #      LOGMESH_KAFKA_LISTEN (0.0.0.0:9092) and LOGMESH_KAFKA_ADVERTISE (kafka:9092): the SASL listener,
 #      LOGMESH_KAFKA_EXTERNAL_LISTEN / _EXTERNAL_ADVERTISE (unset: none): a second SASL listener, e.g. for
@@ -27,10 +28,15 @@ USERS=(admin ingest stream reader)
 
 die() { echo "kafka-broker: error: $*" >&2; exit 1; }
 
-password() {  # the password of principal $1, checked: it goes into a JAAS line and a --add-scram argument
-  local file="$SECRETS/$1" value
-  [[ -r "$file" ]] || die "no password file $file: make them with deploy/k8s/kafka/make-secrets.sh"
-  value="$(tr -d '\r\n' <"$file")"
+password() {  # the password of principal $1 (LOGMESH_KAFKA_PASSWORD_<NAME>, else the file $SECRETS/<name>),
+  # checked: it goes into a JAAS line and a --add-scram argument
+  local file="$SECRETS/$1" var="LOGMESH_KAFKA_PASSWORD_${1^^}" value
+  if [[ -n "${!var:-}" ]]; then
+    value="${!var}"
+  else
+    [[ -r "$file" ]] || die "no $var and no password file $file: make them with deploy/k8s/kafka/make-secrets.sh"
+    value="$(tr -d '\r\n' <"$file")"
+  fi
   [[ "$value" =~ ^[A-Za-z0-9_-]{16,}$ ]] || die "$file: a password is 16+ characters of [A-Za-z0-9_-] (make-secrets.sh)"
   printf '%s' "$value"
 }

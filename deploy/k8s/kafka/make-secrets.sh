@@ -2,7 +2,8 @@
 # Writes one random password per Kafka principal (admin ingest stream reader) into DIR, and two client files
 # per principal: DIR/<name>.properties for librdkafka (kcat -F; its lines are `logmesh ingest/stream
 # --kafka-option`s) and DIR/<name>-java.properties for Java clients (kafka-console-consumer
-# --consumer.config, Kafka's CLI tools). All readable by their owner only; existing files are kept.
+# --consumer.config, Kafka's CLI tools); kafka.env and stream.env for compose's env_file. All readable by
+# their owner only; existing files are kept.
 #
 #   deploy/k8s/kafka/make-secrets.sh var/kafka-secrets
 #   kubectl create secret generic logmesh-kafka-users --from-file=var/kafka-secrets   # Kubernetes
@@ -25,4 +26,9 @@ sasl.mechanism=SCRAM-SHA-512
 sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$user" password="$(cat "$DIR/$user")";
 PROPS
 done
+# for compose (env_file, read by the compose CLI as you, so containers need no access to these files)
+[[ -s "$DIR/kafka.env" ]] || for user in admin ingest stream reader; do
+  echo "LOGMESH_KAFKA_PASSWORD_${user^^}=$(cat "$DIR/$user")"
+done >"$DIR/kafka.env"
+[[ -s "$DIR/stream.env" ]] || echo "LOGMESH_KAFKA_PASSWORD=$(cat "$DIR/stream")" >"$DIR/stream.env"
 echo "make-secrets: passwords and client files for admin ingest stream reader in $DIR (mode 600)"

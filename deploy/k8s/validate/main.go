@@ -13,6 +13,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
@@ -22,6 +23,10 @@ func newObject(apiVersion, kind string) any {
 	switch apiVersion + "/" + kind {
 	case "apps/v1/Deployment":
 		return &appsv1.Deployment{}
+	case "apps/v1/StatefulSet":
+		return &appsv1.StatefulSet{}
+	case "batch/v1/Job":
+		return &batchv1.Job{}
 	case "v1/Service":
 		return &corev1.Service{}
 	case "v1/ConfigMap":
