@@ -476,7 +476,8 @@ def _serve_common(p: argparse.ArgumentParser, port: int) -> None:
 
 
 def _setup_serve(p: argparse.ArgumentParser) -> None:
-    services = p.add_subparsers(dest="service", required=True, metavar="SERVICE")
+    services = p.add_subparsers(dest="service", required=True, metavar="SERVICE",
+                                help="which server (`logmesh serve SERVICE --help` lists its options)")
     e = services.add_parser("embedder", help="the embedding server (all-MiniLM-L6-v2), default port 50051",
                             description="Serve EmbedderService: 384-d all-MiniLM-L6-v2 embeddings of masked line "
                                         "shapes, cached. NOT_SERVING until the model has loaded.")
@@ -641,7 +642,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="logmesh", description="Real-time anomaly detection for HDFS logs over gRPC.",
         epilog="Start with: logmesh serve embedder & logmesh serve scorer --model-dir models & logmesh score LINE")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do (`logmesh COMMAND --help` explains each)")
     for name, (help_text, description, setup) in COMMANDS.items():
         if name == "bench" and command in (None, "bench"):
             from logmesh.bench import add_bench_args
