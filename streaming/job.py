@@ -284,6 +284,10 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
         if on_report is not None:
             on_report(r)
 
+    # py4j logs each call from the JVM into Python (every micro-batch's foreachBatch, 4 a second on an idle
+    # job) at info: protocol chatter, kept for --log-level debug
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("py4j").setLevel(logging.WARNING)
     # Spark first: launching its JVM forks this process, which must not happen while gRPC channels have
     # threads running (seen once: the forked child died before exec, "Java gateway process exited").
     spark = session(master=config.master)

@@ -39,4 +39,12 @@ def session(app: str = "logmesh-stream", master: str = "local[2]", driver_memory
              .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
              .getOrCreate())
     spark.sparkContext.setLogLevel("WARN")
+    # Two WARNs an idle job repeats: "Current batch is falling behind" whenever a micro-batch outlasts the
+    # trigger interval (a minimum here: an empty batch takes about the 250 ms trigger on this box, so about
+    # once a second), and, every 5 min, state stores "lagging" on snapshot uploads while the maintenance
+    # thread has made none in this run yet. Real trouble (failed batches, restarts) the job logs itself.
+    jvm = spark.sparkContext._jvm
+    for noisy in ("org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor",
+                  "org.apache.spark.sql.execution.streaming.state.StateStoreCoordinator"):
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(noisy, jvm.org.apache.logging.log4j.Level.ERROR)
     return spark

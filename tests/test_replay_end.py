@@ -3,9 +3,10 @@ settings, against the real stack (the shared Kafka broker, the embedder and scor
 embedded vector store), with the model `logmesh train` makes from the real data.
 
 When the replay ends the stream stops, and the blocks still being written must not be judged as whole
-sessions (their cut write pipeline looks like missing steps): before, 13 normal blocks were alerted that
-way. Now at most one false alert, every block whose failure shows in the file (an event no normal
-session has) is alerted, and the blocks the file's end cut off are judged as cut prefixes."""
+sessions (their cut write pipeline looks like missing steps): before, 12 normal blocks were alerted that
+way (13 in issue 14's run). Now at most one false alert, every block whose failure shows in the file (an
+event no normal session has) is alerted, and the blocks the file's end cut off are judged as cut prefixes.
+The demo's own block (its warm-up line) is left out, as the demo's figures leave it out."""
 from __future__ import annotations
 
 import json
@@ -51,7 +52,7 @@ def test_the_demo_replay_of_hdfs_20000_raises_at_most_one_false_alert(admin, tra
     names = [f"{prefix}.{k}" for k in ("logs", "scores", "anomalies", "dlq")]
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "logmesh.demo", "--logs", str(log), "--labels", str(labels),
+            [sys.executable, "-m", "logmesh.demo", "--logs", str(log), "--labels", str(labels), "--data", str(data_dir),
              "--models", str(trained_models), "--work", str(tmp_path / "demo"), "--topic-prefix", prefix,
              "--embedder-port", str(embedder_port), "--scorer-port", str(scorer_port)],
             capture_output=True, text=True, timeout=1500)

@@ -306,12 +306,13 @@ def main(argv: list[str] | None = None) -> int:
                                "--topic", names["logs"], "--scores-topic", names["scores"],
                                "--anomalies-topic", names["anomalies"], "--dlq-topic", names["dlq"],
                                "--qdrant-path", str(work / "qdrant"),
-                               "--checkpoint", str(work / "checkpoint"), "--log-level", "warning",
+                               "--checkpoint", str(work / "checkpoint"), "--log-level", "info",
                                "--block-clock", args.block_clock,
                                *(["--block-stall-ms", str(STALL_MS)] if args.block_clock == "processing" else []),
                                "--block-quiet-ms", str(QUIET_MS if args.block_clock == "processing" else EVENT_QUIET_MS)])
         tally = Tally(dict(names))
-        warm_up(names["logs"], logs, tally, interrupted, args.warm_up_lines, args.rate, work / "replay")
+        warm_up(names["logs"], logs, tally, interrupted, args.warm_up_lines, args.rate, work / "replay",
+                run_dir / "stream.log")
         for run in range(1, args.runs + 1):
             if interrupted.is_set():  # Ctrl-C during the warm-up
                 return 0
@@ -367,7 +368,7 @@ def measured_replay(args: argparse.Namespace, run: int, logs: Path, labels: Path
         if time.monotonic() - last_change > 180:
             say(f"no progress for 3 minutes; see the logs in {stack.run_dir}")
             return 1
-    figures = report(tally, labels, scoring_seconds or time.monotonic() - started, interrupted.is_set())
+    figures = report(tally, labels, scoring_seconds or time.monotonic() - started, interrupted.is_set(), args.rate)
     print("demo: result " + json.dumps({"run": run, "rate": args.rate, "log": str(logs), **figures,
                                          **({"cold_start": tally.cold_start} if run == 1 and tally.cold_start else {})}),
           flush=True)
@@ -469,7 +470,7 @@ def time_to_detect(tally: Tally, truth: dict[str, int]) -> dict[str, float]:
 
 
 def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event, lines: int = 1,
-            rate: float | None = None, folder: Path | None = None) -> None:
+            rate: float | None = None, folder: Path | None = None, job_log: Path | None = None) -> None:
     """Sends the log's first line and waits for its verdict, so the replay starts once Spark is up and
     the latency figures measure the pipeline, not the JVM's start. With `lines` > 1, then replays that
     many generated lines (other blocks than the replay's, seed 99) at `rate` and waits for their
@@ -488,7 +489,7 @@ def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event, l
     producer.flush(30)
     say("waiting for the Spark job to score a first line ...")
     started = time.monotonic()
-    _wait_for_scores(tally, 1, interrupted, started, 300, "the Spark job scored nothing in 5 minutes")
+    _wait_for_scores(tally, 1, interrupted, started, 300, "the Spark job scored nothing in 5 minutes", job_log)
     say(f"the job is up ({time.monotonic() - started:.0f} s)")
     if lines > 1:
         from logmesh.ingest.generator import GeneratorConfig, write_generated
@@ -514,15 +515,46 @@ def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event, l
         tally.start_measuring({WARM_UP_BLOCK})
 
 
+JOB_PHASES = {  # the job's own log lines (JSON, info) -> what the live view says it is doing
+    "waiting for service": "waiting for the {service} at {address}",
+    "service serving": "the {service} at {address} is serving",
+    "stream started": "the query has started: planning and reading its first micro-batch",
+    "batch written": "micro-batch {batch_id} written",
+}
+
+
+def job_phase(job_log: Path) -> str:
+    """What the starting job did last, from its log: Spark's start first, then the services, the query."""
+    try:
+        lines = job_log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "starting"
+    for line in reversed(lines):
+        if not line.startswith("{"):
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("msg") in JOB_PHASES:
+            return JOB_PHASES[entry["msg"]].format_map(collections.defaultdict(str, entry))
+    return "starting Spark (its JVM and session)"
+
+
 def _wait_for_scores(tally: Tally, count: int, interrupted: threading.Event, started: float, limit_s: float,
-                     failure: str) -> None:
+                     failure: str, job_log: Path | None = None) -> None:
+    shown = ""
     while tally.scored < count and not interrupted.is_set():
         tally.poll(1.0)
+        if job_log is not None and (phase := job_phase(job_log)) != shown:
+            say(f"  {time.monotonic() - started:4.0f}s  job: {phase}")
+            shown = phase
         if time.monotonic() - started > limit_s:
             raise RuntimeError(f"{failure}; see the job's log (var/demo/run/stream.log for the demo)")
 
 
-def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool) -> dict[str, float]:
+def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool,
+           rate: float | None = None) -> dict[str, float]:
     """Prints the run's summary; returns its figures (for `logmesh bench`)."""
     figures: dict[str, float] = {"scored": tally.scored, "seconds": round(seconds, 2),
                                  "lines_per_s": round(tally.scored / max(seconds, 1e-9), 1),
@@ -543,6 +575,17 @@ def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool)
         p50, p99 = np.percentile(waits, [50, 99])
         figures.update(p50_s=round(float(p50), 3), p99_s=round(float(p99), 3), max_s=max(waits))
         say(f"producer->verdict latency over {len(waits):,} lines: p50 {p50:.2f} s, p99 {p99:.2f} s")
+        produced = [t for r, t in tally.produced_at.items() if r in tally.scored_at]
+        results = [tally.scored_at[r] for r in tally.produced_at if r in tally.scored_at]
+        produced_s, first_s = (max(produced) - min(produced)) / 1000, (min(results) - min(produced)) / 1000
+        after_s = (max(results) - min(results)) / 1000
+        figures.update(produced_s=round(produced_s, 2), first_result_s=round(first_s, 2))
+        if rate is None:
+            # a full-speed replay is a backlog: a line's wait is mostly the lines queued before it
+            say(f"  at full speed the replay was produced in {produced_s:.1f} s; the first results came {first_s:.1f} s "
+                f"after its first line and the last {after_s:.1f} s after those, so lines queued: this latency is "
+                "mostly the wait behind earlier lines. A live feed's latency: --rate 2000 (`make bench` measures "
+                "it on a warm job)")
     if labels and labels.exists():
         from logmesh.scorer.dataset import read_block_labels
         truth = read_block_labels(labels)
