@@ -73,17 +73,19 @@ class _Reader:
 
 def evaluate(model_dir, logs, labels, open_tail: int = OPEN_TAIL, embed=None, from_line: int = 0,
              until_line: int = 0, sessions: str = "auto", quiet_seconds: float = QUIET_SECONDS,
-             baselines: bool = True) -> dict:
+             baselines: bool = True, kinds=None) -> dict:
     """Metrics of the newest artifact in `model_dir` on the raw log(s) `logs` with block labels
     `labels` (anomaly_label.csv). `embed` (texts -> vectors) defaults to an in-process MiniLM.
     `from_line` > 0 judges only blocks first seen after that line (a chronological hold-out inside one
-    log); `until_line` > 0 skips blocks first seen after it, so judged blocks can finish their life."""
+    log); `until_line` > 0 skips blocks first seen after it, so judged blocks can finish their life.
+    `kinds` (a BlockId,Kind CSV, as `logmesh generate` writes) adds the recall on each failure kind."""
     import numpy as np
 
     from logmesh.ingest.reader import ReadStats, expand_paths
     from logmesh.scorer import artifacts, completeness
     from logmesh.scorer.dataset import iter_fast, read_block_labels
     from logmesh.scorer.ensemble import THRESHOLD as LINE_THRESHOLD
+    from logmesh.scorer.new_templates import NewTemplates
     from logmesh.scorer.session_model import SessionModel
     from logmesh.scorer.train import file_digest
     from logmesh.scorer.validation import summarize
@@ -126,20 +128,24 @@ def evaluate(model_dir, logs, labels, open_tail: int = OPEN_TAIL, embed=None, fr
     names = list(ensemble.names)
     if embed is None:
         embed = _encoder_embed()
+    # the ensemble's verdict as the scorer gives it: a majority of members, or a template new to the model
+    novel = NewTemplates(getattr(ensemble, "templates", None), artifact.models.get("drain"))
+    shape_template = {sid: t for per_block in reader.block_shapes.values() for sid, t in per_block.items()}
     shape_votes = np.zeros((len(reader.shapes), len(names) + 1), bool)
     for lo in range(0, len(reader.shapes), 256):
         chunk = reader.shapes[lo:lo + 256]
         p = ensemble.probabilities(chunk, np.asarray(embed(chunk), np.float32))
         votes = p >= LINE_THRESHOLD
         shape_votes[lo:lo + len(chunk), :-1] = votes
-        shape_votes[lo:lo + len(chunk), -1] = votes.sum(axis=1) * 2 > len(names)
+        shape_votes[lo:lo + len(chunk), -1] = (votes.sum(axis=1) * 2 > len(names)) | np.asarray(
+            [novel.is_new(shape_template[lo + k], s) for k, s in enumerate(chunk)], bool)
     lifted = np.zeros((len(blocks), len(names) + 1), bool)
     points_at_evidence = Counter()
     for i, b in enumerate(blocks):
         ids = list(reader.block_shapes[b])
         lifted[i] = shape_votes[ids].any(axis=0)
         if block_pred[i] and truth[i]:
-            evidence = {e for e in events[i] if e not in model.profile.normal_events}
+            evidence = {e for e in events[i] if e not in model.profile.normal_events}  # "unknown" included
             flagged = {reader.block_shapes[b][s] for s in ids if shape_votes[s, -1]}
             if not evidence:
                 points_at_evidence["no_evidence_line"] += 1  # a missing step or a pattern: no single line to point at
@@ -160,7 +166,7 @@ def evaluate(model_dir, logs, labels, open_tail: int = OPEN_TAIL, embed=None, fr
     if baselines and stored:
         for name, b in stored.items():
             result_baselines[name] = section(b.probabilities(events) >= b.threshold)
-    kinds = Counter(j.kind for j, p in zip(judgements, block_pred) if p)
+    flagged_kinds = Counter(j.kind for j, p in zip(judgements, block_pred) if p)
     digests, overlap = {}, []
     trained_on = artifact.meta.get("data", {}).get("files", {})
     for path in paths:
@@ -180,13 +186,28 @@ def evaluate(model_dir, logs, labels, open_tail: int = OPEN_TAIL, embed=None, fr
         "block": section(block_pred),
         "block_ended": section(block_pred, closed),
         "block_open": section(block_pred, ~closed),
-        "verdict_kinds": dict(kinds),
+        "verdict_kinds": dict(flagged_kinds),
         "baselines": result_baselines,
         "lines_lifted": {name: section(lifted[:, i]) for i, name in enumerate(names)} | {
             "ensemble": section(lifted[:, -1])},
         "line_points_at_evidence": dict(points_at_evidence),
         "combined": {**section(block_pred), "rule": "the session model's verdict"},
     }
+    if kinds:
+        from logmesh.ingest.failure_kinds import load_block_kinds
+        kind_of = load_block_kinds(Path(kinds))
+        by_kind: dict = {}
+        for b, flagged, bl in zip(blocks, block_pred, lifted[:, -1]):
+            k = kind_of.get(b)
+            if k is None:
+                continue
+            row = by_kind.setdefault(k, {"blocks": 0, "detected": 0, "line_flagged": 0})
+            row["blocks"] += 1
+            row["detected"] += int(flagged)
+            row["line_flagged"] += int(bl)
+        for row in by_kind.values():
+            row["recall"] = row["detected"] / row["blocks"]
+        result["by_kind"] = dict(sorted(by_kind.items()))
     if overlap:
         result["warning"] = (f"the log overlaps the model's training data ({', '.join(overlap)}): these figures are "
                              f"in-sample; see the artifact's validation in meta.json")
@@ -223,6 +244,9 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--baselines", dest="baselines", action="store_true", default=True,
                    help="score the artifact's baselines (decision tree, logistic regression on event counts, "
                         "fitted on the same training data) beside logmesh (the default)")
+    p.add_argument("--kinds", default=None,
+                   help="BlockId,Kind CSV (as `logmesh generate` writes beside its log): add the recall on each "
+                        "failure kind")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -255,6 +279,9 @@ def format_table(r: dict) -> str:
     if r["line_points_at_evidence"]:
         out.append("detected failing blocks, the flagged line: " +
                    ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(r["line_points_at_evidence"].items())))
+    for kind, row in r.get("by_kind", {}).items():
+        out.append(f"failure kind {kind:<22} {row['detected']:>6}/{row['blocks']:<6} detected (recall {row['recall']:.3f}); "
+                   f"a line flagged in {row['line_flagged']}")
     c = r["block"]["confusion"]["matrix"]
     out.append(f"logmesh confusion (rows truth, cols predicted; normal, anomaly): {c}")
     return "\n".join(out)
@@ -265,7 +292,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         result = evaluate(args.model_dir, args.logs, args.labels, open_tail=args.open_tail,
                           from_line=args.from_line, until_line=args.until_line, sessions=args.sessions,
-                          quiet_seconds=args.quiet_seconds, baselines=args.baselines)
+                          quiet_seconds=args.quiet_seconds, baselines=args.baselines, kinds=args.kinds)
     except (artifacts.ArtifactError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,10 +8,11 @@ and "failing" were the same thing to it. So:
   their counts capped at what a normal session reaches (300 reads look like the most reads seen), and
   the residuals of the invariants of normal sessions; no raw lengths or counts to extrapolate;
 - the gate (`NormalProfile`) lets it call a session anomalous only when the session carries evidence
-  of a failure (an event no normal session holds, a new template, or, once ended, a broken
+  of a failure (an event no normal session holds, or, once ended, a broken
   invariant), or when it holds two events that co-occur in many failing sessions and almost never in
   a normal one (a re-replication followed by a delete of the file). An unfamiliar session without evidence stays normal, with a
-  score held below the threshold, and says so.
+  score held below the threshold, and says so. A template training never saw at all is novel
+  evidence the forest cannot weigh: such a session is anomalous ("new template") whatever it says.
 
 A stream judges a session before it ends, so training also shows open prefixes: a prefix of a normal
 session is normal; a prefix of a failing one counts as failing only once it holds an evidence event.
@@ -41,7 +42,7 @@ class Judgement:
     score: float
     anomalous: bool
     reasons: list[str]
-    kind: str  # "evidence_event", "missing_step", "failure_pattern", "unfamiliar", "none"
+    kind: str  # "new_template", "evidence_event", "missing_step", "failure_pattern", "unfamiliar", "none"
 
 
 class SessionModel:
@@ -136,12 +137,7 @@ class SessionModel:
     def probabilities(self, sessions: Sequence[Sequence[str]], closed: Sequence[bool]) -> np.ndarray:
         if not len(sessions):
             return np.zeros(0, np.float32)
-        p = self._raw(sessions, closed)
-        for i, (events, done) in enumerate(zip(sessions, closed)):
-            evidence, pattern = self._gate(events, done)
-            if not evidence and not pattern:
-                p[i] = min(p[i], UNFAMILIAR_CAP)
-        return p
+        return np.asarray([j.score for j in self.judge(sessions, closed)], np.float32)
 
     def judge(self, sessions: Sequence[Sequence[str]], closed: Sequence[bool]) -> list[Judgement]:
         if not len(sessions):
@@ -151,7 +147,10 @@ class SessionModel:
         for events, done, p in zip(sessions, closed, raw):
             evidence, pattern = self._gate(events, done)
             reasons = evidence.reasons(self.profile.known_events)
-            if evidence:
+            if any(e not in self.profile.known_events for e in evidence.events):
+                # a template training never saw: the forest cannot know it, the gate does; novel evidence
+                kind, score = "new_template", max(float(p), self.threshold)
+            elif evidence:
                 kind, score = evidence.kind, float(p)
             elif pattern:
                 kind, score = "failure_pattern", float(p)

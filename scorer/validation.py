@@ -120,10 +120,10 @@ def _parts(blocks: Blocks, predicted: np.ndarray) -> dict:
 def grouped_kfold(models: dict[str, Factory], blocks: Blocks, folds: int = 5, repeats: int = 2,
                   seed: int = 0, progress=None) -> tuple[dict, np.ndarray]:
     """Out-of-fold verdicts of each model, `repeats` times with other shuffles. Returns the metrics per
-    model (each repeat, and the repeat with most false positives as `worst`) and logmesh's out-of-fold
-    scores of the first repeat (for choosing its threshold)."""
+    model (each repeat, and the repeat with most false positives as `worst`) and each model's
+    out-of-fold scores, one array per repeat (for choosing a threshold and judging at it)."""
     result: dict = {name: {"repeats": []} for name in models}
-    first_scores = None
+    all_scores: dict[str, list[np.ndarray]] = {name: [] for name in models}
     for r in range(repeats):
         scores = {name: np.zeros(len(blocks), np.float32) for name in models}
         thresholds = {name: np.zeros(len(blocks), np.float32) for name in models}
@@ -138,12 +138,20 @@ def grouped_kfold(models: dict[str, Factory], blocks: Blocks, folds: int = 5, re
                 progress(f"grouped k-fold, repeat {r + 1}/{repeats}, fold {k + 1}/{folds}")
         for name in models:
             result[name]["repeats"].append(_parts(blocks, scores[name] >= thresholds[name]))
-        if first_scores is None:
-            first_scores = scores
+            all_scores[name].append(scores[name])
     for name in models:
-        reps = result[name]["repeats"]
-        result[name]["worst"] = max(reps, key=lambda p: (p["all"]["fp"], p["all"]["fn"]))
-    return result, first_scores
+        result[name]["worst"] = worst(result[name]["repeats"])
+    return result, all_scores
+
+
+def worst(repeats: list[dict]) -> dict:
+    return max(repeats, key=lambda p: (p["all"]["fp"], p["all"]["fn"]))
+
+
+def at_threshold(blocks: Blocks, scores: list[np.ndarray], threshold: float) -> dict:
+    """The repeats' out-of-fold verdicts at one threshold."""
+    repeats = [_parts(blocks, s >= threshold) for s in scores]
+    return {"threshold": threshold, "repeats": repeats, "worst": worst(repeats)}
 
 
 def behaviour_families(blocks: Blocks, heavy_events: int = 3, rare_share: float = 0.02,
