@@ -214,9 +214,10 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     client = EmbedderClient(embedder, timeout=30.0)
     holder: dict[str, Server] = {}
 
-    def ready() -> None:  # SERVING: a model is loaded and the embedder answers SERVING (scorer/readiness.py)
-        if "server" in holder:
-            holder["server"].set_serving(models.scorer is not None and probe.reachable)
+    def ready() -> None:  # SERVING: a model is loaded and the embedder answers SERVING (scorer/readiness.py);
+        if "server" in holder:  # the server-wide status (liveness) follows the model alone
+            loaded = models.scorer is not None
+            holder["server"].set_serving(loaded and probe.reachable, live=loaded)
 
     probe = EmbedderProbe(client, ready)
 

@@ -36,6 +36,7 @@ def test_not_serving_while_the_embedder_is_unreachable_serving_once_it_is_back(t
                              10, "the probe to find the embedder unreachable")
             assert stats.model_version, "a model is loaded: the embedder alone is missing"
             assert client.health() == "NOT_SERVING"
+            assert client.health(service="") == "SERVING"  # liveness: a restart would not bring the embedder
             assert stats.embedder_address == embedder_address and embedder_address in stats.embedder_status
             down = _score(client, NEW_SHAPE.format(1))
             assert down.error.code == grpc.StatusCode.UNAVAILABLE.value[0]

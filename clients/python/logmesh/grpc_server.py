@@ -194,10 +194,15 @@ class Server:
         """Calls `callback` once the server has stopped (e.g. to end the owner's background checks)."""
         self._on_stop.append(callback)
 
-    def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ["", *self._names]:
-            self.health.set(name, status)
+    def set_serving(self, serving: bool, live: bool | None = None) -> None:
+        """Health of the named services (readiness probes ask for one); `live` (default: `serving`) is the
+        server-wide status "" that liveness probes ask for, which a dependency's outage must not fail (a
+        restart would not bring the dependency back)."""
+        def status(up: bool) -> int:
+            return health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        self.health.set("", status(serving if live is None else live))
+        for name in self._names:
+            self.health.set(name, status(serving))
 
     def start(self) -> "Server":
         self._server.start()
