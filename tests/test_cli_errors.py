@@ -168,3 +168,13 @@ def test_score_loads_no_spark_pandas_kafka_or_torch():
             "'qdrant_edge') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_an_unreachable_qdrant_server_is_one_line_and_exit_1():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    done = _run(["similar", "--qdrant-url", f"http://127.0.0.1:{port}", "--block", "blk_1"])
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("error: ") and "unreachable" in line and "is it running" in line

@@ -707,3 +707,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+    except ConnectionError as exc:  # e.g. a Qdrant server that does not answer
+        return _fail(f"{exc}; is it running, and is the address right?", 1)
