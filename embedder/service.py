@@ -95,7 +95,7 @@ def serve(port: int, host: str = "127.0.0.1", limits: Limits = Limits(), threads
             else:
                 encoder = encoder_factory()
             engine = CachedEmbedder(encoder, EmbeddingCache(cache_size))
-            engine.embed(["warm-up line"])  # first call pays torch's lazy init, not a client
+            engine.embed(["warm-up line"])  # first call pays the runtime's lazy init, not a client
         except Exception as exc:  # any failure is reported through health and UNAVAILABLE
             servicer.load_error = f"model failed to load: {exc}"
             log.exception("model failed to load")
@@ -103,6 +103,7 @@ def serve(port: int, host: str = "127.0.0.1", limits: Limits = Limits(), threads
         servicer.engine = engine
         server.set_serving(True)
         log.info("embedder serving", extra={"model": MODEL_NAME, "dim": engine.dim,
+                                            "backend": getattr(encoder, "backend", type(encoder).__name__),
                                             "load_s": round(time.perf_counter() - started, 2)})
 
     threading.Thread(target=load, name="model-loader", daemon=True).start()

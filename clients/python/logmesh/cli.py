@@ -483,7 +483,7 @@ def _setup_serve(p: argparse.ArgumentParser) -> None:
                                         "shapes, cached. NOT_SERVING until the model has loaded.")
     _serve_common(e, 50051)
     e.add_argument("--threads", type=POSITIVE, default=1,
-                   help="torch threads (default %(default)s: safe on a shared 2-core box)")
+                   help="model threads, ONNX Runtime or torch (default %(default)s: safe on a shared 2-core box)")
     e.add_argument("--cache-size", type=NON_NEGATIVE, default=50_000,
                    help="line shapes kept in the embedding cache (default %(default)s)")
     s = services.add_parser("scorer", help="the scoring server (line ensemble, block model, history), port 50052",
@@ -508,7 +508,7 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the split and the models; same data and seed, same artifact (default %(default)s)")
     p.add_argument("--limit", type=POSITIVE, default=None, help="use at most this many lines")
-    p.add_argument("--threads", type=POSITIVE, default=2, help="torch threads for embedding (default %(default)s)")
+    p.add_argument("--threads", type=POSITIVE, default=2, help="model threads for embedding, ONNX Runtime or torch (default %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="least severe log lines written to stderr (default %(default)s)")
     p.set_defaults(func=cmd_train)
