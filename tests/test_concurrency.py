@@ -13,6 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from go_tools import load_client
+from waiting import wait_for
 from logmesh.client import EmbedderClient, ScorerClient
 from logmesh.grpc_server import Limits
 from logmesh.v1 import embedder_service_pb2 as epb, embedder_service_pb2_grpc as egrpc
@@ -154,7 +155,7 @@ def test_health_and_short_calls_answer_while_64_idle_streams_and_8_watchers_are_
         watch_channel.close()
     with ScorerClient(scorer_server.address) as client:
         # the watchers were cancelled while the server still served them: counted
-        after = __import__("waiting").wait_for(lambda: (lambda c: c if c >= before + 8 else None)(
+        after = wait_for(lambda: (lambda c: c if c >= before + 8 else None)(
             client.stats().calls.cancelled), 10, "the cancelled watchers to be counted")
         assert after >= before + 8
     latencies.sort()
@@ -255,7 +256,7 @@ def test_calls_cancelled_or_past_their_deadline_are_counted(own_embedder):
         future = stub.Embed.future(epb.EmbedRequest(text="a line the caller gives up on"), timeout=30)
         time.sleep(0.2)
         future.cancel()
-    counts = __import__("waiting").wait_for(
+    counts = wait_for(
         lambda: (lambda c: c if c["deadline_exceeded"] and c["cancelled"] else None)(server.events.counts()), 10,
         "the deadline and the cancel to be counted")
     assert counts["deadline_exceeded"] == 1 and counts["cancelled"] == 1

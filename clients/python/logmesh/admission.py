@@ -26,7 +26,6 @@ import contextvars
 import functools
 import queue
 import threading
-import time
 from concurrent import futures
 from typing import Any, Callable, Iterator
 
