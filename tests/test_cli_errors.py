@@ -51,6 +51,12 @@ def _empty_token_file(tmp: Path) -> list[str]:
     return ["serve", "embedder", "--port", "0", "--token-file", str(tmp / "tokens")]
 
 
+def _bad_kafka_config(tmp: Path) -> list[str]:
+    (tmp / "ingest.properties").write_text("security.protocol=SASL_PLAINTEXT\nsasl.username ingest\n")
+    (tmp / "ingest.properties").chmod(0o600)
+    return ["ingest", "--kafka-config", str(tmp / "ingest.properties"), _log(tmp)]
+
+
 # id: (argv builder, stdin, what the one error line must say: the problem and the way out)
 CASES = {
     "train: labels but no logs": (_labels_only, "", ["no raw *.log file", "put the HDFS logs"]),
@@ -78,6 +84,9 @@ CASES = {
     "serve: missing token file": (lambda t: ["serve", "scorer", "--token-file", str(t / "tokens")], "",
                                   ["cannot read token file", "tokens"]),
     "serve: token file without tokens": (_empty_token_file, "", ["holds no token", "one token per line"]),
+    "ingest: unreadable --kafka-config": (lambda t: ["ingest", "--kafka-config", str(t / "ingest.properties"),
+                                                     _log(t)], "", ["cannot read --kafka-config", "make-secrets.sh"]),
+    "ingest: a --kafka-config line without =": (_bad_kafka_config, "", ["line 2", "expected KEY=VALUE"]),
 }
 
 

@@ -388,6 +388,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from logmesh import logs
     from logmesh.streaming.job import config_from_args, run
     logs.setup(args.log_level)
+    _read_kafka_config(args, spark=True)
     config = config_from_args(args)
     try:
         run(config)
@@ -554,9 +555,59 @@ def _setup_stats(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_stats)
 
 
+def _kafka_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kafka-config", metavar="FILE", default=None,
+                   help="librdkafka properties, one KEY=VALUE per line (kcat -F's format, e.g. "
+                        "deploy/k8s/kafka/make-secrets.sh's <principal>.properties): credentials stay off the "
+                        "command line; --kafka-option wins over it. Keep it owner-only (chmod 600)")
+
+
+SPARK_JAAS = {"SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+              "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+              "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule"}
+
+
+def _read_kafka_config(args: argparse.Namespace, spark: bool = False) -> None:
+    """Merges --kafka-config into args.kafka_options (explicit --kafka-option wins); for the job, also Spark's
+    Java `sasl.jaas.config` from sasl.username/password, unless --spark-kafka-option gives one."""
+    if args.kafka_config:
+        from logmesh.ingest.producer import parse_kafka_option
+        path = Path(args.kafka_config)
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise UserError(f"cannot read --kafka-config {path}: {exc.strerror}; give a librdkafka properties "
+                            "file (deploy/k8s/kafka/make-secrets.sh writes one per principal)") from None
+        if path.stat().st_mode & 0o066:  # it holds a password
+            print(f"warning: --kafka-config {path} can be read or changed by other users: chmod 600 {path}",
+                  file=sys.stderr)
+        options = {}
+        for n, line in enumerate(lines, 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                try:
+                    key, value = parse_kafka_option(line.strip())
+                except ValueError as exc:
+                    raise UserError(f"--kafka-config {path}, line {n}: {exc}") from None
+                options[key] = value
+        args.kafka_options = {**options, **(args.kafka_options or {})}
+    o = args.kafka_options or {}
+    if spark and "sasl.jaas.config" not in (args.spark_kafka_options or {}) and o.get("sasl.username") \
+            and o.get("sasl.mechanism", "").upper() in SPARK_JAAS:
+        args.spark_kafka_options = {**(args.spark_kafka_options or {}), "sasl.jaas.config": (
+            f'{SPARK_JAAS[o["sasl.mechanism"].upper()]} required username="{o["sasl.username"]}" '
+            f'password="{o.get("sasl.password", "")}";')}
+
+
 def _setup_ingest(p: argparse.ArgumentParser) -> None:
     from logmesh.ingest.producer import add_ingest_args
     add_ingest_args(p)
+    _kafka_config_arg(p)
+    run = p.get_default("func")
+
+    def cmd_ingest(args: argparse.Namespace) -> int:
+        _read_kafka_config(args)
+        return run(args)
+    p.set_defaults(func=cmd_ingest)
 
 
 def _setup_generate(p: argparse.ArgumentParser) -> None:
@@ -567,6 +618,7 @@ def _setup_generate(p: argparse.ArgumentParser) -> None:
 def _setup_stream(p: argparse.ArgumentParser) -> None:
     from logmesh.streaming.job import add_args
     add_args(p)
+    _kafka_config_arg(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="least severe log lines written to stderr (default %(default)s)")
     p.set_defaults(func=cmd_stream)
@@ -690,6 +742,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `logmesh anomalies | head`: the reader left; nothing to report
         sys.stdout = open(os.devnull, "w")
         return 0
+    except ConnectionError as exc:  # e.g. a Qdrant server that does not answer
+        return _fail(f"{exc}; is it running, and is the address right?", 1)
     except (ValueError, OSError) as exc:
         # configuration and environment problems raised below the CLI (unreadable files, bad settings):
         # their message, without the stack; LOGMESH_DEBUG=1 shows where they came from
@@ -707,5 +761,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-    except ConnectionError as exc:  # e.g. a Qdrant server that does not answer
-        return _fail(f"{exc}; is it running, and is the address right?", 1)
