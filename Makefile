@@ -11,7 +11,7 @@ PROTOS := $(wildcard protos/logmesh/v1/*.proto)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help venv lock onnx gen lint breaking tools clients jars kafka-up kafka-down test reliability demo down bench clean
+.PHONY: help venv lock onnx gen lint breaking tools clients jars kafka-up kafka-down test reliability demo down bench experiment test-unit clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -108,6 +108,9 @@ kafka-down:  ## stop the local Kafka broker
 test: gen onnx lint breaking $(GRPCURL) kafka-up  ## run the whole test suite (starts the local Kafka broker)
 	$(PY) -m pytest -q
 
+test-unit: gen  ## the fast tests: no broker, no Spark, no model, no servers (tests/unit, seconds)
+	$(PY) -m pytest -q tests/unit
+
 # The tests that record docs/reliability.md rows (tests/reliability.py); only those present are run.
 RELIABILITY_TESTS := $(wildcard tests/test_faults.py tests/test_dead_letters.py tests/test_bad_input.py \
   tests/test_fuzz.py tests/test_scorer_service.py tests/test_security.py tests/test_limits.py \
@@ -125,6 +128,9 @@ down:  ## stop whatever a demo left running
 
 bench: gen onnx jars  ## run every benchmark; writes docs/benchmarks.md and bench/results/all.json
 	$(PY) bench/run_all.py
+
+experiment: gen  ## detection figures in one run (train with full validation, generated logs): docs/evaluation_results.md
+	$(PY) bench/experiment_hdfs.py --data $(DATA)
 
 clean:  ## remove generated code and caches (keeps .venv)
 	rm -rf $(GEN) .cache/run
