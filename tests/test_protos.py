@@ -81,8 +81,8 @@ def test_changing_a_field_type_fails_and_names_it(checkout, buf):
 
 
 def test_adding_a_field_passes(checkout, buf):
-    _edit(checkout, "  string component = 15;\n}",
-          "  string component = 15;\n  // A new field: additions are compatible.\n  string note = 16;\n}")
+    _edit(checkout, "  bool new_template = 16;\n",
+          "  bool new_template = 16;\n  // A new field: additions are compatible.\n  string note = 99;\n")
     done = make_breaking(checkout, buf)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "buf breaking protos" in done.stdout  # buf ran; it was not skipped
