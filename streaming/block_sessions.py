@@ -99,25 +99,30 @@ def _freeze_worker_heap() -> None:
 
 
 def _template_and_time(values: pd.Series) -> pd.DataFrame:
-    """(template id, event time) per Kafka value; nulls for values that are not LogRecords (the sink DLQs those)."""
+    """(template id, event time, block) per Kafka value; nulls for values that are not LogRecords (the sink
+    DLQs those). The block is the record's first block id, None for a line that names no block: ingest
+    keys such a line by its own record id, and a one-line "block" of it (a DataNode's GC warning, an OOM)
+    must not be judged as a session."""
     from google.protobuf.message import DecodeError
 
     from logmesh.v1 import log_record_pb2
     _freeze_worker_heap()
-    templates, times = [], []
+    templates, times, blocks = [], [], []
     for value in values:
-        template = when = None
+        template = when = block = None
         if value:
             try:
                 record = log_record_pb2.LogRecord.FromString(value)
                 if record.id and record.message:
                     template = record.template_id
                     when = record.event_time.ToJsonString() if record.HasField("event_time") else ""
+                    block = record.block_ids[0] if record.block_ids else None
             except DecodeError:
                 pass
         templates.append(template)
         times.append(when)
-    return pd.DataFrame({"template": templates, "event_time": times})
+        blocks.append(block)
+    return pd.DataFrame({"template": templates, "event_time": times, "block": blocks})
 
 
 def _epoch_ms(when: str) -> int:
@@ -251,8 +256,12 @@ def track_lines_and_blocks(quiet_ms: int, stall_ms: int | None = None):  # type:
         out, changed = [], set()
         if not state.hasTimedOut:
             rows = pd.concat(list(frames), ignore_index=True).sort_values(["partition", "offset"])
-            facts = _template_and_time(rows["value"]).assign(block_id=rows["block_id"].to_numpy(),
-                                                             record_ms=rows["record_ms"].to_numpy())
+            # the story's block is the record's own (the Kafka key chose the bucket; for a line without a
+            # block ingest keys it by record id, which is no block)
+            decoded = _template_and_time(rows["value"])
+            facts = decoded.assign(block_id=[b if b is not None and b == k else None
+                                             for b, k in zip(decoded["block"], rows["block_id"])],
+                                   record_ms=rows["record_ms"].to_numpy())
             changed = _extend(blocks, facts, now, False)
             out = [(LINE, t, p, o, k, v, None, None, None, None, None, None) for t, p, o, k, v in zip(
                 rows["topic"], rows["partition"], rows["offset"], rows["key"], rows["value"])]
@@ -292,7 +301,7 @@ def with_block_sessions(source, quiet_ms: int, clock: str = "processing",  # typ
         return buckets.applyInPandasWithState(track_lines_and_blocks(quiet_ms, stall_ms), OUTPUT_SCHEMA, STATE_SCHEMA,
                                               "Update", "ProcessingTimeTimeout")
 
-    decode = pandas_udf(_template_and_time, "template string, event_time string")
+    decode = pandas_udf(_template_and_time, "template string, event_time string, block string")
     empty = {c: F.lit(None).cast(t) for c, t in (("block_id", "string"), ("events", "array<string>"),
                                                   ("closed", "boolean"), ("first_time", "string"),
                                                   ("last_time", "string"), ("ended", "string"))}
@@ -301,7 +310,8 @@ def with_block_sessions(source, quiet_ms: int, clock: str = "processing",  # typ
     timed = source if clock == "event" else _record_time(source)
     facts = (timed.select(F.col("key").cast("string").alias("block_id"), "partition", "offset",
                           decode("value").alias("d"), *(() if clock == "event" else ("timestamp", "record_ms")))
-             .where(F.col("block_id").isNotNull() & F.col("d.template").isNotNull())
+             # a line that names no block is keyed by its record id: no story (see _template_and_time)
+             .where((F.col("block_id") == F.col("d.block")) & F.col("d.template").isNotNull())
              .select("block_id", "partition", "offset", "d.template", "d.event_time",
                      *(() if clock == "event" else ("timestamp", "record_ms"))))
     timeout = "ProcessingTimeTimeout"

@@ -74,10 +74,27 @@ def _blocks_in(state: "FakeState") -> set[str]:
     return set(json.loads(state.value[0])["blocks"])
 
 
-def test_decode_gives_template_and_time_and_nulls_for_junk():
+def test_decode_gives_template_time_and_block_and_nulls_for_junk():
     out = _template_and_time(pd.Series([parse_line(LINES[0], "t", 0).SerializeToString(), b"junk", None]))
     assert out["template"][0] == parse_line(LINES[0], "t", 0).template_id and out["event_time"][0]
-    assert out["template"][1:].isna().all()
+    assert out["block"][0] == "blk_1"
+    assert out["template"][1:].isna().all() and out["block"][1:].isna().all()
+
+
+def test_a_line_that_names_no_block_is_scored_but_is_no_story():
+    """ingest keys a line without a block id (a DataNode's GC warning, an OOM) by its record id: the single
+    pass passes it on as a line row, but no one-line "block" of it is tracked or judged."""
+    from logmesh.v1 import log_record_pb2
+    update = track_lines_and_blocks(quiet_ms=1000)
+    rows = _messages([(0, 0, 10)], 1_000)
+    orphan = log_record_pb2.LogRecord(id="t:99", message="GC pause 900 ms", template_id="E99")
+    rows = pd.concat([rows, pd.DataFrame({"topic": "logmesh.logs", "partition": 0, "offset": [11], "key": [b"t:99"],
+                                          "value": [orphan.SerializeToString()], "block_id": ["t:99"],
+                                          "record_ms": 1_000, "bucket": 0})], ignore_index=True)
+    state = FakeState(now=1_000)
+    out = pd.concat(list(update((0,), iter([rows]), state)), ignore_index=True)
+    assert sorted(out.loc[out["kind"] == "line", "offset"]) == [10, 11]
+    assert list(out.loc[out["kind"] == "block", "block_id"]) == ["blk_1"] and _blocks_in(state) == {"blk_1"}
 
 
 def test_blocks_keep_log_order_across_calls_and_close_when_the_stream_went_on():
