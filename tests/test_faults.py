@@ -245,8 +245,9 @@ def test_embedder_down_at_start_is_waited_for(admin, encoder, trained_models, da
     lines = _slice(data_dir, tmp_path / "head.log", 3000, 1000)
     embedder_port = _free_port()
     embedder_address = f"127.0.0.1:{embedder_port}"
-    scorer = serve_scorer(0, trained_models, embedder_address, reload_interval=60)  # its embedder is down too
-    ScorerClient(scorer.address).wait_until_serving(30)
+    # its embedder is down too, so it answers NOT_SERVING until the embedder is up (readiness follows it):
+    # the job waits for the embedder, then for the scorer
+    scorer = serve_scorer(0, trained_models, embedder_address, reload_interval=60)
     config.embedder, config.scorer = embedder_address, scorer.address
     config.qdrant_path, config.checkpoint = str(tmp_path / "qdrant"), str(tmp_path / "checkpoint")
     config.once, config.max_offsets_per_trigger = True, 500
