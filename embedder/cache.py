@@ -1,38 +1,37 @@
-"""A bounded LRU cache from a line's masked shape to its embedding bytes."""
+"""An LRU cache from a line's masked shape to its embedding bytes, bounded by the bytes it holds."""
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+
+from logmesh.bytecache import MiB, ByteLRU
+
+#: ~40,000 typical HDFS shapes (a 1.5 KB vector, a ~100-byte key and the LRU's bookkeeping each); 64 KB lines
+#: count at their size, so a flood of long distinct lines evicts instead of growing the server.
+DEFAULT_CACHE_BYTES = 64 * MiB
 
 
 class EmbeddingCache:
-    def __init__(self, max_entries: int = 50_000) -> None:
-        self._entries: OrderedDict[str, bytes] = OrderedDict()
-        self._max = max_entries
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self._entries: ByteLRU[bytes] = ByteLRU(max_bytes, len)
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def get_many(self, keys: list[str]) -> list[bytes | None]:
+        found = self._entries.get_many(keys)
+        out = [found.get(key) for key in keys]
+        hits = sum(v is not None for v in out)
         with self._lock:
-            out = []
-            for key in keys:
-                value = self._entries.get(key)
-                if value is None:
-                    self.misses += 1
-                else:
-                    self._entries.move_to_end(key)
-                    self.hits += 1
-                out.append(value)
-            return out
+            self.hits += hits
+            self.misses += len(out) - hits
+        return out
 
     def put_many(self, items: dict[str, bytes]) -> None:
-        with self._lock:
-            self._entries.update(items)
-            for key in items:
-                self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+        self._entries.put_many(items)  # type: ignore[arg-type]
+
+    @property
+    def nbytes(self) -> int:
+        return self._entries.nbytes
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -9,11 +9,12 @@ from typing import Callable, Iterator
 import grpc
 
 from logmesh import vectors
-from logmesh.embedder.cache import EmbeddingCache
+from logmesh.embedder.cache import DEFAULT_CACHE_BYTES, EmbeddingCache
 from logmesh.embedder.encoder import MODEL_NAME
 from logmesh.embedder.engine import CachedEmbedder, Encoder
 from logmesh.grpc_server import (Limits, Server, ServerSecurity, Undecodable, batch_problem, item_error,
                                  reject_undecodable)
+from logmesh.replies import split_replies
 from logmesh.v1 import embedder_service_pb2 as pb
 
 log = logging.getLogger("logmesh.embedder")
@@ -53,8 +54,14 @@ class EmbedderServicer:
 
     def EmbedStream(self, requests: Iterator[pb.EmbedStreamRequest],
                     context: grpc.ServicerContext) -> Iterator[pb.EmbedStreamResponse]:
-        for request in requests:
-            yield self._embed_batch(request, context)
+        for request in requests:  # an answer over the message limit goes in several replies (replies.py)
+            reply = self._embed_batch(request, context)
+            if reply.HasField("error"):
+                yield reply
+                continue
+            yield from split_replies(reply.results, lambda chunk: pb.EmbedStreamResponse(batch_id=reply.batch_id,
+                                                                                         results=chunk),
+                                     self.limits.max_message_bytes, _too_large)
 
     def _embed_batch(self, request: pb.EmbedStreamRequest | Undecodable,
                      context: grpc.ServicerContext) -> pb.EmbedStreamResponse:
@@ -78,10 +85,17 @@ class EmbedderServicer:
         return reply
 
 
+def _too_large(result: pb.EmbedResult, size: int) -> pb.EmbedResult:
+    return pb.EmbedResult(record_id=result.record_id[:256], error=item_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, f"the result is {size} bytes, over the message limit "
+                                            "(--max-message-bytes); send a shorter record_id"))
+
+
 def serve(port: int, host: str = "127.0.0.1", limits: Limits = Limits(), threads: int = 1,
-          cache_size: int = 50_000, encoder_factory: Callable[[], Encoder] | None = None,
+          cache_bytes: int = DEFAULT_CACHE_BYTES, encoder_factory: Callable[[], Encoder] | None = None,
           security: ServerSecurity | None = None) -> Server:
-    """Starts the server at once (NOT_SERVING) and loads the model in the background."""
+    """Starts the server at once (NOT_SERVING) and loads the model in the background. `cache_bytes` bounds
+    the embedding cache (embedder/cache.py)."""
     servicer = EmbedderServicer(limits)
     server = Server([(SERVICE, servicer)], port, host, limits, security).start()
     log.info("embedder listening", extra={"address": server.address, "threads": threads})
@@ -94,7 +108,7 @@ def serve(port: int, host: str = "127.0.0.1", limits: Limits = Limits(), threads
                 encoder: Encoder = SentenceEncoder(threads=threads)
             else:
                 encoder = encoder_factory()
-            engine = CachedEmbedder(encoder, EmbeddingCache(cache_size))
+            engine = CachedEmbedder(encoder, EmbeddingCache(cache_bytes))
             engine.embed(["warm-up line"])  # first call pays the runtime's lazy init, not a client
         except Exception as exc:  # any failure is reported through health and UNAVAILABLE
             servicer.load_error = f"model failed to load: {exc}"

@@ -5,7 +5,7 @@ import grpc
 
 from logmesh.grpc_server import item_error
 from logmesh.scorer.artifacts import Artifact
-from logmesh.scorer.block_model import THRESHOLD
+from logmesh.scorer.block_model import EVENTS, THRESHOLD
 from logmesh.v1 import score_pb2, scorer_service_pb2 as spb
 
 MAX_EVENTS = 100_000  # a block with more lines than this is not an HDFS block
@@ -15,6 +15,10 @@ class BlockScorer:
     def __init__(self, artifact: Artifact) -> None:
         self.artifact = artifact
         self.model = artifact.models["block"]
+        # what the model can read: loghub's ids and "unknown", and the Drain ids mined when it was trained
+        drain = artifact.models.get("drain")
+        self.events = (set(EVENTS) | set(getattr(self.model, "vocab", None) or ())
+                       | set(getattr(self.model, "evidence_events", ())) | set(drain.templates if drain else ()))
 
     def score(self, blocks: list[spb.BlockSession]) -> list[spb.ScoreBlockResult]:
         results = [spb.ScoreBlockResult(block_id=b.block_id) for b in blocks]
@@ -27,6 +31,8 @@ class BlockScorer:
                 problem = f"block {block.block_id} has no events"
             elif len(block.events) > MAX_EVENTS:
                 problem = f"block {block.block_id} has {len(block.events)} events; the limit is {MAX_EVENTS}"
+            else:
+                problem = self._unknown_events(block)
             if problem:
                 result.error.CopyFrom(item_error(grpc.StatusCode.INVALID_ARGUMENT, problem))
             else:
@@ -48,3 +54,11 @@ class BlockScorer:
                 v.model_version = self.artifact.version
                 v.label = block.label
         return results
+
+    def _unknown_events(self, block: spb.BlockSession) -> str | None:
+        unknown = list(dict.fromkeys(e for e in block.events if e not in self.events))
+        if not unknown:
+            return None
+        shown = ", ".join(repr(e[:40]) for e in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        return (f"block {block.block_id[:100]} has events model {self.artifact.version} does not know: {shown}; send "
+                f"template ids (E1..E30, or 'unknown' for a line no template matches) as `logmesh ingest` assigns them")

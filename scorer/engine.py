@@ -7,8 +7,6 @@ is called only for shapes this artifact has never seen.
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from typing import Callable
 
 import grpc
@@ -16,6 +14,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from logmesh import vectors
+from logmesh.bytecache import MiB, ByteLRU
 from logmesh.grpc_server import Limits, item_error
 from logmesh.ingest.hdfs import parse_line
 from logmesh.ingest.masking import line_shape
@@ -24,7 +23,18 @@ from logmesh.scorer.ensemble import THRESHOLD
 from logmesh.v1 import log_record_pb2, score_pb2, scorer_service_pb2 as spb
 
 EMBEDDING_DIM = 384
-MAX_ANOMALOUS_SHAPES = 10_000  # embeddings kept for similar past cases (1.5 KB each)
+#: Bytes of the shape memo (members' probabilities per masked shape: ~600 bytes for a typical HDFS shape, so
+#: ~100,000 shapes) and of the anomalous shapes' embeddings kept for similar past cases (~2 KB each, ~16,000).
+#: Keys count at their size: 64 KB lines evict others instead of growing the server.
+MEMO_BYTES = 64 * MiB
+ANOMALOUS_BYTES = 32 * MiB
+
+
+def cache_budgets(total: int | None) -> dict[str, int]:
+    """LineScorer's cache arguments for a total budget (None: the defaults): two thirds to the memo."""
+    return {} if total is None else {"memo_bytes": max(1, total * 2 // 3), "anomalous_bytes": max(1, total // 3)}
+
+
 # (shapes, seconds left of the caller's deadline or None) -> vectors; raises grpc.RpcError when the embedder is down
 EmbedShapes = Callable[[list[str], float | None], np.ndarray]
 ANOMALY, NORMAL = score_pb2.VERDICT_ANOMALY, score_pb2.VERDICT_NORMAL
@@ -55,17 +65,16 @@ def resolve_record(item: spb.ScoreItem, limits: Limits) -> tuple[log_record_pb2.
 
 
 class LineScorer:
-    def __init__(self, artifact: Artifact, embed: EmbedShapes, limits: Limits, memo_size: int = 100_000) -> None:
+    def __init__(self, artifact: Artifact, embed: EmbedShapes, limits: Limits, memo_bytes: int = MEMO_BYTES,
+                 anomalous_bytes: int = ANOMALOUS_BYTES) -> None:
         self.artifact = artifact
         self.ensemble = artifact.models["line"]
         self.members = self.ensemble.names
         self._embed = embed
         self._limits = limits
-        self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._memo_size = memo_size
+        self._memo: ByteLRU[np.ndarray] = ByteLRU(memo_bytes)
         # embeddings of the shapes judged anomalous, for the history's similar past cases (scorer/similar.py)
-        self._anomalous: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
+        self._anomalous: ByteLRU[np.ndarray] = ByteLRU(anomalous_bytes)
 
     def score(self, items: list[spb.ScoreItem], timeout: float | None = None) -> list[spb.ScoreItemResult]:
         """One ScoreItemResult per item, in order; bad items and embedder outages become per-item errors.
@@ -107,8 +116,7 @@ class LineScorer:
 
     def _probabilities(self, shapes: set[str], given: dict[str, np.ndarray],
                        timeout: float | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-        with self._lock:
-            known = {s: self._memo[s] for s in shapes if s in self._memo}
+        known: dict[str, np.ndarray] = self._memo.get_many(shapes)  # type: ignore[assignment]
         missing = [s for s in shapes if s not in known]
         unavailable: dict[str, str] = {}
         if missing:
@@ -128,19 +136,13 @@ class LineScorer:
                 fresh = dict(zip(missing, rows))
                 known.update(fresh)
                 flagged = {s: v.copy() for s, v, row in zip(missing, matrix, rows) if _anomalous(row)}
-                with self._lock:
-                    self._memo.update(fresh)
-                    while len(self._memo) > self._memo_size:
-                        self._memo.popitem(last=False)
-                    self._anomalous.update(flagged)
-                    while len(self._anomalous) > min(self._memo_size, MAX_ANOMALOUS_SHAPES):
-                        self._anomalous.popitem(last=False)
+                self._memo.put_many(fresh)  # type: ignore[arg-type]
+                self._anomalous.put_many(flagged)  # type: ignore[arg-type]
         return known, unavailable
 
     def anomalous_vectors(self, shapes: list[str]) -> dict[str, np.ndarray]:
         """The embeddings of those `shapes` this scorer judged anomalous and still remembers."""
-        with self._lock:
-            return {s: self._anomalous[s] for s in shapes if s in self._anomalous}
+        return self._anomalous.get_many(shapes)  # type: ignore[return-value]
 
     def _verdict(self, row: np.ndarray) -> score_pb2.ScoreResult:
         """The part of a ScoreResult that depends only on the line's shape (the members' probabilities

@@ -9,7 +9,7 @@ from typing import Callable
 
 from logmesh.scorer import artifacts
 from logmesh.scorer.block_scorer import BlockScorer
-from logmesh.scorer.engine import EmbedShapes, LineScorer
+from logmesh.scorer.engine import EmbedShapes, LineScorer, cache_budgets
 from logmesh.grpc_server import Limits
 
 log = logging.getLogger("logmesh.scorer.models")
@@ -19,8 +19,9 @@ class ModelManager:
     """`scorer` is None until an artifact loads; `status` says why when it is."""
 
     def __init__(self, model_dir: Path, embed: EmbedShapes, limits: Limits,
-                 on_change: Callable[[bool], None] = lambda serving: None) -> None:
+                 on_change: Callable[[bool], None] = lambda serving: None, cache_bytes: int | None = None) -> None:
         self.model_dir = model_dir
+        self._caches = cache_budgets(cache_bytes)  # each loaded LineScorer's shape caches
         self._embed = embed
         self._limits = limits
         self._on_change = on_change
@@ -50,7 +51,7 @@ class ModelManager:
             self.status = f"{exc}{kept}"
             log.error("artifact failed to load", extra={"version": version, "reason": str(exc), "kept": current})
             return False
-        self.scorer = LineScorer(artifact, self._embed, self._limits)
+        self.scorer = LineScorer(artifact, self._embed, self._limits, **self._caches)
         self.block_scorer = BlockScorer(artifact)
         self.loaded_at = time.time()
         self.status = ""

@@ -15,6 +15,9 @@ from drain3.template_miner_config import TemplateMinerConfig
 from logmesh.ingest.hdfs import UNKNOWN_TEMPLATE
 
 MAX_CLUSTERS = 1000
+#: What of a new line's shape the live miner reads: each cluster keeps its tokens, so a 64 KB line would cost
+#: ~350 KB a cluster (1,000 distinct long lines: ~350 MB); the start of a line names its template.
+NAME_CHARS = 1000
 
 
 class NewTemplates:
@@ -41,5 +44,5 @@ class NewTemplates:
     def name(self, shape: str) -> str:
         """"N<k>: <template>" for a new line's masked shape, mined as it comes."""
         with self._lock:
-            result = self._miner.add_log_message(shape)
+            result = self._miner.add_log_message(shape[:NAME_CHARS])
         return f"N{result['cluster_id']}: {result['template_mined']}"

@@ -1,4 +1,4 @@
-"""ScorerService over gRPC: Score, ScoreStream, ListAnomalies, GetStats."""
+"""ScorerService over gRPC: Score, ScoreStream, ScoreBlock(Stream), ListAnomalies, WatchAnomalies, GetStats."""
 from __future__ import annotations
 
 import logging
@@ -15,31 +15,71 @@ from logmesh.client import EmbedderClient
 from logmesh.grpc_server import (Limits, Server, ServerSecurity, Undecodable, batch_problem, item_error,
                                  reject_undecodable, status_code, time_left)
 from logmesh.ingest.masking import line_shape
+from logmesh.replies import split_replies
 from logmesh.scorer.block_scorer import BlockScorer
 from logmesh.scorer.engine import ANOMALY, LineScorer
-from logmesh.scorer.history import AnomalyHistory
+from logmesh.scorer.history import DEFAULT_HISTORY_BYTES, AnomalyHistory
 from logmesh.scorer.model_manager import ModelManager
 from logmesh.scorer.readiness import EmbedderProbe, EmbedderUnreachable
+from logmesh.scorer.state import StateDir
 from logmesh.scorer.stats import ScorerStats
 from logmesh.v1 import common_pb2, score_pb2, scorer_service_pb2 as spb
 
 log = logging.getLogger("logmesh.scorer")
 SERVICE = spb.DESCRIPTOR.services_by_name["ScorerService"]
 MAX_PAGE = 1000
+COUNTERS = ("lines_scored", "line_anomalies", "items_rejected", "blocks_scored", "block_anomalies")
 
 
 class ScorerServicer:
-    def __init__(self, models: ModelManager, limits: Limits) -> None:
+    def __init__(self, models: ModelManager, limits: Limits, history_bytes: int = DEFAULT_HISTORY_BYTES,
+                 state: StateDir | None = None) -> None:
+        """With `state`, the history and the counters are reloaded from it and kept there (scorer/state.py)."""
         self.models = models
         self.limits = limits
-        self.history = AnomalyHistory()
+        self.state = state
+        self.history = AnomalyHistory(history_bytes, store=state.history if state else None)
         self.stats = ScorerStats()
         self.max_watchers = max(1, limits.workers // 2)  # each watcher holds a worker thread
         self.embedder_probe: EmbedderProbe | None = None  # set by serve(); GetStats reports it
         self.call_events: CallEvents | None = None  # the server's refused/cancelled/... counts, set by serve()
         self._watchers = 0
         self._watch_lock = threading.Lock()
-        self._alerted: dict[str, None] = {}  # blocks already in the history as anomalous (bounded, insertion order)
+        self._saved: tuple[int, ...] = ()
+        self._closed = threading.Event()
+        self.stopping = threading.Event()  # set when the server stops: watchers end instead of holding its grace
+        if state is not None:
+            for name, value in state.counters.load().items():
+                if name in COUNTERS:
+                    setattr(self.stats, name, value)
+            self._saved = self._counters()
+            threading.Thread(target=self._keep_counters, name="counters", daemon=True).start()
+
+    def _counters(self) -> tuple[int, ...]:
+        return tuple(getattr(self.stats, name) for name in COUNTERS)
+
+    def save_counters(self) -> None:
+        current = self._counters()
+        if self.state is not None and current != self._saved:
+            self.state.counters.save(dict(zip(COUNTERS, current)))
+            self._saved = current
+
+    def _keep_counters(self, interval: float = 1.0) -> None:
+        while not self._closed.wait(interval):
+            try:
+                self.save_counters()
+            except OSError as exc:
+                log.warning("counters not saved", extra={"error": str(exc)})
+
+    def close(self) -> None:
+        """Saves the counters and releases the state dir (after the server stopped); idempotent."""
+        with self._watch_lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+        if self.state is not None:
+            self.save_counters()
+            self.state.close()
 
     def _scorer(self, context: grpc.ServicerContext) -> LineScorer:
         scorer = self.models.scorer
@@ -87,7 +127,10 @@ class ScorerServicer:
                 yield spb.ScoreStreamResponse(batch_id=request.batch_id,
                                               error=item_error(grpc.StatusCode.INVALID_ARGUMENT, too_big))
                 continue
-            yield spb.ScoreStreamResponse(batch_id=request.batch_id, results=self._score(list(request.items), context))
+            yield from split_replies(
+                self._score(list(request.items), context),
+                lambda chunk: spb.ScoreStreamResponse(batch_id=request.batch_id, results=chunk),
+                self.limits.max_message_bytes, _too_large(spb.ScoreItemResult, "record_id"))
 
     def _blocks(self, context: grpc.ServicerContext) -> BlockScorer:
         scorer = self.models.block_scorer
@@ -98,25 +141,14 @@ class ScorerServicer:
     def _score_blocks(self, blocks: list[spb.BlockSession], context: grpc.ServicerContext) -> list[spb.ScoreBlockResult]:
         scorer = self._blocks(context)
         results = scorer.score(blocks)
-        verdicts = [r.verdict for r in results if r.HasField("verdict")]
-        flagged = [v for v in verdicts if v.verdict == ANOMALY]
-        # A block enters the history as an ALERT the first time it is judged anomalous, and again with its
-        # FINAL verdict when it closes anomalous: the same rule the streaming job applies to its topic.
-        fresh = []
-        for v in flagged:
-            if v.block_id not in self._alerted:
-                self._alerted[v.block_id] = None
-                alert = score_pb2.BlockVerdict()
-                alert.CopyFrom(v)
-                alert.kind = score_pb2.BLOCK_VERDICT_KIND_ALERT
-                fresh.append(alert)
-            if v.kind == score_pb2.BLOCK_VERDICT_KIND_FINAL:
-                fresh.append(v)
-        while len(self._alerted) > 1_000_000:
-            self._alerted.pop(next(iter(self._alerted)))
-        if fresh:  # similar past blocks: evidence events (never in a normal training block) weigh most
-            self.history.add_blocks(fresh, getattr(scorer.model, "evidence_events", ()))
-        self.stats.record_blocks(len(verdicts), len(flagged), len(results) - len(verdicts))
+        judged = [(r.verdict, b.closed) for r, b in zip(results, blocks) if r.HasField("verdict")]
+        # ALERT the first time a block is judged anomalous, FINAL when it closes anomalous (the streaming job's
+        # rule for its topic); each verdict's kind then says what the history made of it (history.record_blocks).
+        # Similar past blocks: evidence events (never in a normal training block) weigh most.
+        self.history.record_blocks([v for v, _ in judged], [c for _, c in judged],
+                                   getattr(scorer.model, "evidence_events", ()))
+        flagged = sum(v.verdict == ANOMALY for v, _ in judged)
+        self.stats.record_blocks(len(judged), flagged, len(results) - len(judged))
         return results
 
     def ScoreBlock(self, request: spb.ScoreBlockRequest, context: grpc.ServicerContext) -> spb.ScoreBlockResponse:
@@ -137,8 +169,10 @@ class ScorerServicer:
                 yield spb.ScoreBlockStreamResponse(batch_id=request.batch_id,
                                                    error=item_error(grpc.StatusCode.INVALID_ARGUMENT, too_big))
                 continue
-            yield spb.ScoreBlockStreamResponse(batch_id=request.batch_id,
-                                               results=self._score_blocks(list(request.blocks), context))
+            yield from split_replies(
+                self._score_blocks(list(request.blocks), context),
+                lambda chunk: spb.ScoreBlockStreamResponse(batch_id=request.batch_id, results=chunk),
+                self.limits.max_message_bytes, _too_large(spb.ScoreBlockResult, "block_id"))
 
     def ListAnomalies(self, request: spb.ListAnomaliesRequest,
                       context: grpc.ServicerContext) -> spb.ListAnomaliesResponse:
@@ -150,22 +184,29 @@ class ScorerServicer:
                               f"page_token {request.page_token!r} is not one this server issued")
             before = int(request.page_token)
         size = min(request.page_size or 50, MAX_PAGE)
+        # at most 4 MiB a page (every entry is at most 128 KiB): a client follows next_page_token for the rest
         entries, next_id = self.history.page(size, before, request.min_score, request.block_id)
         return spb.ListAnomaliesResponse(anomalies=entries, next_page_token=str(next_id) if next_id else "")
 
     def WatchAnomalies(self, request: spb.WatchAnomaliesRequest,
                        context: grpc.ServicerContext) -> Iterator[spb.WatchAnomaliesResponse]:
         reject_undecodable(request, context)
-        last = self.history.last_id  # a watcher sees what is recorded from now on
+        last = self.history.last_id  # by default a watcher sees what is recorded from now on
+        if request.after_id and request.after_id <= last:
+            last = request.after_id  # a watcher resuming: what it has not seen yet, if still held
+        elif request.after_id:
+            # ids beyond this history's: it restarted without its state (no --state-dir), all it holds is new
+            last = 0
         with self._watch_lock:
             if self._watchers >= self.max_watchers:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"{self._watchers} watchers already connected; the limit is {self.max_watchers}")
             self._watchers += 1
         try:
-            while context.is_active():
-                for entry in self.history.wait_after(last, timeout=1.0):
-                    last = entry.id
+            context.send_initial_metadata(())  # tells a client the subscription is live before any entry
+            while context.is_active() and not self.stopping.is_set():
+                entries, last = self.history.wait_after(last, timeout=1.0)
+                for entry in entries:
                     if _matches(entry, request):
                         yield spb.WatchAnomaliesResponse(anomaly=entry)
         finally:
@@ -196,6 +237,16 @@ class ScorerServicer:
         return reply
 
 
+def _too_large(result_cls: type, id_field: str):  # type: ignore[no-untyped-def]
+    """A per-item error standing in for a result no message can carry."""
+    def error(result, size: int):  # type: ignore[no-untyped-def]
+        return result_cls(**{id_field: getattr(result, id_field)[:256]}, error=item_error(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the result is {size} bytes, over the message limit (--max-message-bytes); send a shorter "
+            f"{id_field} or fewer block ids / events in one item"))
+    return error
+
+
 def _matches(entry: score_pb2.Anomaly, request: spb.WatchAnomaliesRequest) -> bool:
     if entry.HasField("line"):
         line = entry.line
@@ -208,9 +259,12 @@ def _matches(entry: score_pb2.Anomaly, request: spb.WatchAnomaliesRequest) -> bo
 
 def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", limits: Limits = Limits(),
           reload_interval: float = 5.0, security: ServerSecurity | None = None,
-          kafka_bootstrap: str | None = None, dlq_topic: str | None = None) -> Server:
+          kafka_bootstrap: str | None = None, dlq_topic: str | None = None, state_dir: Path | None = None,
+          history_bytes: int = DEFAULT_HISTORY_BYTES, cache_bytes: int | None = None) -> Server:
     """Starts the scorer; it stays NOT_SERVING (and says why) until an artifact loads. With both
-    `kafka_bootstrap` and `dlq_topic`, GetStats also reports the dead-letter topic's message count."""
+    `kafka_bootstrap` and `dlq_topic`, GetStats also reports the dead-letter topic's message count. With
+    `state_dir` the anomaly history and counters survive a restart (raises StateError when the folder is
+    unusable or another scorer holds it). `history_bytes` bounds the history, `cache_bytes` the shape caches."""
     client = EmbedderClient(embedder, timeout=30.0)
     holder: dict[str, Server] = {}
 
@@ -228,13 +282,26 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
             probe.poke()
             raise EmbedderUnreachable(embedder, exc) from exc
 
-    models = ModelManager(model_dir, embed, limits, on_change=lambda ok: ready())
-    servicer = ScorerServicer(models, limits)
+    models = ModelManager(model_dir, embed, limits, on_change=lambda ok: ready(),
+                          cache_bytes=cache_bytes)
+    state = StateDir(state_dir) if state_dir else None
+    servicer = ScorerServicer(models, limits, history_bytes, state)
     servicer.embedder_probe = probe
     if kafka_bootstrap and dlq_topic:
         from logmesh.scorer.dead_letters import DeadLetterCount
         servicer.stats.dead_letters = DeadLetterCount(kafka_bootstrap, dlq_topic)
-    server = holder["server"] = Server([(SERVICE, servicer)], port, host, limits, security)
+    try:
+        server = holder["server"] = Server([(SERVICE, servicer)], port, host, limits, security)
+    except BaseException:
+        servicer.close()
+        raise
+    stop = server.stop
+
+    def stop_watchers_first(grace: float = 10.0) -> None:  # watchers end at once instead of holding the grace
+        servicer.stopping.set()
+        stop(grace)
+    server.stop = stop_watchers_first  # type: ignore[method-assign]
+    server.on_stop(servicer.close)  # after the last call: the counters' final values, the state dir's lock
     servicer.call_events = server.events
     models.refresh()
     if models.scorer is None:

@@ -151,16 +151,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     port = args.port or (50051 if args.service == "embedder" else 50052)
     _check_port(args.host, port)
+    from logmesh.scorer.state import StateError  # stdlib only: cheap for the embedder too
     try:
         if args.service == "embedder":
             from logmesh.embedder.service import serve
-            server = serve(port, args.host, _limits(args), threads=args.threads, cache_size=args.cache_size,
+            server = serve(port, args.host, _limits(args), threads=args.threads, cache_bytes=args.cache_mb << 20,
                            security=security)
         else:
             from logmesh.scorer.service import serve
             server = serve(port, Path(args.model_dir), args.embedder, args.host, _limits(args),
                            reload_interval=args.reload_interval, security=security,
-                           kafka_bootstrap=args.kafka_bootstrap, dlq_topic=args.dlq_topic)
+                           kafka_bootstrap=args.kafka_bootstrap, dlq_topic=args.dlq_topic,
+                           state_dir=_state_dir(args), history_bytes=args.history_mb << 20,
+                           cache_bytes=args.cache_mb << 20)
+    except StateError as exc:
+        raise UserError(str(exc)) from None
     except RuntimeError as exc:
         if "bind" not in str(exc).lower():
             raise
@@ -168,6 +173,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         "the address is not one of this machine's; stop the other server or pick another --port") from None
     server.serve_until_signal(args.grace)
     return 0
+
+
+DEFAULT_STATE_DIR = "var/scorer-state"
+
+
+def _state_dir(args: argparse.Namespace) -> Path | None:
+    """The scorer's state dir: an explicit --state-dir must be usable (else a one-line error); the default
+    is used when it can be (a read-only root or a second scorer in this folder: memory only, with a warning)."""
+    from logmesh.scorer.state import StateDir, StateError
+    if args.state_dir is not None:
+        return Path(args.state_dir) if args.state_dir else None
+    try:
+        StateDir(Path(DEFAULT_STATE_DIR)).close()  # usable now? (the scorer takes it for good just after)
+    except StateError as exc:
+        print(f"warning: {exc}; the anomaly history is kept in memory only", file=sys.stderr)
+        return None
+    return Path(DEFAULT_STATE_DIR)
 
 
 def _check_labels(path: Path, flag: str) -> None:
@@ -209,13 +231,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from logmesh.scorer.train import train
     encoder = SentenceEncoder(threads=args.threads)
     try:
-        path = train(data, out, encoder.encode, seed=args.seed, limit=args.limit)
+        path = train(data, out, encoder.encode, seed=args.seed, limit=args.limit, sessions=args.sessions,
+                     quiet_seconds=args.quiet_seconds, validation=args.validation, target_fpr=args.target_fpr)
     except FileNotFoundError as exc:  # e.g. logs whose blocks the labels do not name
         raise UserError(f"{exc}; check that the logs and anomaly_label.csv belong together") from None
-    meta = json.loads((path / "meta.json").read_text())
-    ens = meta["metrics"]["line"]["ensemble"]
-    print(f"saved {path}  (held-out line precision {ens['precision']:.3f} recall {ens['recall']:.3f} "
-          f"f1 {ens['f1']:.3f}; {meta['data']['lines']} lines, {meta['train_seconds']} s)")
+    from logmesh.scorer.train import summary
+    print(summary(path, json.loads((path / "meta.json").read_text())))
     return 0
 
 
@@ -290,47 +311,62 @@ def _print_similar(similar, indent: str, limit: int = 3) -> None:  # type: ignor
         print(f"{indent}{case.similarity:.2f}  {case.id}  {text}{labels.get(case.label, '')}", flush=True)
 
 
+_KINDS = {1: "INTERIM", 2: "ALERT", 3: "FINAL"}
+
+
+def _trimmed(entry) -> str:  # type: ignore[no-untyped-def]
+    return f"  (trimmed: {entry.trimmed})" if entry.trimmed else ""
+
+
 def cmd_anomalies(args: argparse.Namespace) -> int:
     with ScorerClient(args.scorer, timeout=args.timeout, security=_channel_security(args)) as scorer:
-        page = scorer.anomalies(args.limit, args.page_token, args.min_score, args.block)
-    for entry in page.anomalies:
+        # a page the scorer cut short (it holds at most 4 MiB) is followed until --limit entries are shown
+        entries, token = scorer.list_anomalies(args.limit, args.page_token, args.min_score, args.block)
+    for entry in entries:
+        when = entry.recorded_time.ToJsonString()
         if entry.HasField("line"):
             r = entry.line
-            print(f"#{entry.id}  {entry.recorded_time.ToJsonString()}  line  score={r.score:.3f}  "
+            print(f"#{entry.id}  {when}  LINE     score={r.score:.3f}  "
                   f"votes={r.anomaly_votes}/{r.anomaly_votes + r.normal_votes}  "
-                  f"{','.join(r.block_ids)}  {r.message}")
+                  f"{','.join(r.block_ids)}  {r.message}{_trimmed(entry)}")
             _print_similar(r.similar, "      similar ")
-        else:
+        else:  # a block's alert and its final verdict are two entries: the kind tells them apart
             b = entry.block
-            print(f"#{entry.id}  {entry.recorded_time.ToJsonString()}  block {b.block_id}  score={b.score:.3f}")
+            print(f"#{entry.id}  {when}  {_KINDS.get(b.kind, 'BLOCK'):7}  block {b.block_id}  score={b.score:.3f}  "
+                  f"{len(b.events)} events{_trimmed(entry)}")
             _print_similar(b.similar, "      similar ")
-    if not page.anomalies:
+    if not entries:
         print("no anomalies recorded", file=sys.stderr)
-    if page.next_page_token:
-        print(f"more: --page-token {page.next_page_token}", file=sys.stderr)
+    if token:
+        print(f"more: --page-token {token}", file=sys.stderr)
     return 0
+
+
+def _print_live(entry) -> None:  # type: ignore[no-untyped-def]
+    when = entry.recorded_time.ToDatetime().strftime("%H:%M:%S")
+    if entry.HasField("block"):
+        b = entry.block
+        print(f"{when}  #{entry.id}  {_KINDS.get(b.kind, 'BLOCK'):7} {b.block_id}  score={b.score:.2f}  "
+              f"events={' '.join(b.events[-12:])}"
+              + (f"  read: {', '.join(b.anomalous_record_ids[:3])}" if b.anomalous_record_ids else ""), flush=True)
+        _print_similar(b.similar, "          similar ")
+    else:
+        r = entry.line
+        votes = " ".join(f"{v.model}={v.score:.2f}" for v in r.votes)
+        print(f"{when}  #{entry.id}  LINE    {','.join(r.block_ids)}  score={r.score:.2f}  "
+              f"votes={r.anomaly_votes}/{r.anomaly_votes + r.normal_votes} [{votes}]  {r.message[:100]}", flush=True)
+        _print_similar(r.similar, "          similar ")
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
     with ScorerClient(args.scorer, security=_channel_security(args)) as scorer:
-        print(f"watching anomalies at {args.scorer} (Ctrl-C to stop) ...", file=sys.stderr)
+        print(f"watching anomalies at {args.scorer} (Ctrl-C to stop) ...", file=sys.stderr, flush=True)
+        # follow: when the scorer restarts, resubscribe after the last id shown (nothing lost or repeated)
+        entries = scorer.follow(args.min_score, args.block, args.component, args.blocks_only,
+                                on_reconnect=lambda status: print(status, file=sys.stderr, flush=True))
         try:
-            for entry in scorer.watch(args.min_score, args.block, args.component, args.blocks_only):
-                when = entry.recorded_time.ToDatetime().strftime("%H:%M:%S")
-                if entry.HasField("block"):
-                    b = entry.block
-                    kind = {2: "ALERT", 3: "FINAL"}.get(b.kind, "BLOCK")
-                    print(f"{when}  {kind:5} {b.block_id}  score={b.score:.2f}  events={' '.join(b.events[-12:])}"
-                          + (f"  read: {', '.join(b.anomalous_record_ids[:3])}" if b.anomalous_record_ids else ""),
-                          flush=True)
-                    _print_similar(b.similar, "          similar ")
-                else:
-                    r = entry.line
-                    votes = " ".join(f"{v.model}={v.score:.2f}" for v in r.votes)
-                    print(f"{when}  LINE  {','.join(r.block_ids)}  score={r.score:.2f}  "
-                          f"votes={r.anomaly_votes}/{r.anomaly_votes + r.normal_votes} [{votes}]  {r.message[:100]}",
-                          flush=True)
-                    _print_similar(r.similar, "          similar ")
+            for entry in entries:
+                _print_live(entry)
         except KeyboardInterrupt:
             return 0
     return 0
@@ -485,8 +521,8 @@ def _setup_serve(p: argparse.ArgumentParser) -> None:
     _serve_common(e, 50051)
     e.add_argument("--threads", type=POSITIVE, default=1,
                    help="model threads, ONNX Runtime or torch (default %(default)s: safe on a shared 2-core box)")
-    e.add_argument("--cache-size", type=NON_NEGATIVE, default=50_000,
-                   help="line shapes kept in the embedding cache (default %(default)s)")
+    e.add_argument("--cache-mb", type=POSITIVE, default=64,
+                   help="MiB the embedding cache may hold, keys (line shapes) and vectors (default %(default)s)")
     s = services.add_parser("scorer", help="the scoring server (line ensemble, block model, history), port 50052",
                             description="Serve ScorerService with the newest artifact in --model-dir (hot reload); "
                                         "it calls the embedder for shapes it has not seen. NOT_SERVING until an "
@@ -499,6 +535,13 @@ def _setup_serve(p: argparse.ArgumentParser) -> None:
     s.add_argument("--kafka-bootstrap", default=None,
                    help="Kafka broker HOST:PORT; with --dlq-topic, `logmesh stats` reports the DLQ's message count")
     s.add_argument("--dlq-topic", default=None, help="the streaming job's dead-letter topic, e.g. logmesh.dlq")
+    s.add_argument("--state-dir", default=None,
+                   help=f"folder where the anomaly history and counters survive a restart (default {DEFAULT_STATE_DIR} "
+                        "when writable; '' keeps them in memory only)")
+    s.add_argument("--history-mb", type=POSITIVE, default=128,
+                   help="MiB the anomaly history may hold; the oldest entries go first (default %(default)s)")
+    s.add_argument("--cache-mb", type=POSITIVE, default=96,
+                   help="MiB the per-shape caches may hold (verdicts and anomalous shapes' vectors) (default %(default)s)")
     for q in (e, s):
         q.set_defaults(func=cmd_serve)
 
@@ -510,6 +553,8 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
                    help="random seed of the split and the models; same data and seed, same artifact (default %(default)s)")
     p.add_argument("--limit", type=POSITIVE, default=None, help="use at most this many lines")
     p.add_argument("--threads", type=POSITIVE, default=2, help="model threads for embedding, ONNX Runtime or torch (default %(default)s)")
+    from logmesh.scorer.train_args import add_train_args
+    add_train_args(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="least severe log lines written to stderr (default %(default)s)")
     p.set_defaults(func=cmd_train)

@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, Iterator, Sequence
+import time
+from typing import Callable, Iterable, Iterator, Sequence
 
 import grpc
 import numpy as np
@@ -22,7 +23,14 @@ from logmesh.v1 import (embedder_service_pb2 as epb, embedder_service_pb2_grpc a
 DEFAULT_EMBEDDER = "127.0.0.1:50051"
 DEFAULT_SCORER = "127.0.0.1:50052"
 _OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            # a restarted server is found again within seconds (grpc's default backoff grows to 120 s)
+            ("grpc.max_reconnect_backoff_ms", 5000)]
+#: Errors after which following the anomaly history retries (the scorer restarting, or busy); others mean
+#: the call itself is wrong (bad credentials, a bad filter) and are raised.
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
+              grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED,
+              grpc.StatusCode.ABORTED}
 
 
 class ItemFailed(Exception):
@@ -173,19 +181,72 @@ class ScorerClient(_Client):
         return self.score_stream((spb.ScoreItem(raw_line=line) for line in raw_lines), batch_size)
 
     def watch(self, min_score: float = 0.0, block_id: str = "", component: str = "", blocks_only: bool = False,
-              timeout: float | None = None) -> Iterator[score_pb2.Anomaly]:
-        """Anomalies as the scorer records them; runs until cancelled or `timeout` passes."""
+              timeout: float | None = None, after_id: int = 0) -> Iterator[score_pb2.Anomaly]:
+        """Anomalies as the scorer records them (with `after_id`, first those recorded after that id); runs
+        until cancelled, the server goes away or `timeout` passes."""
         request = spb.WatchAnomaliesRequest(min_score=min_score, block_id=block_id, component=component,
-                                            blocks_only=blocks_only)
+                                            blocks_only=blocks_only, after_id=after_id)
         for reply in self.stub.WatchAnomalies(request, timeout=timeout):
             yield reply.anomaly
+
+    def follow(self, min_score: float = 0.0, block_id: str = "", component: str = "", blocks_only: bool = False,
+               after_id: int = 0, on_reconnect: Callable[[str], None] = lambda status: None,
+               retry_seconds: float = 1.0) -> Iterator[score_pb2.Anomaly]:
+        """Like watch, forever: when the scorer restarts (or the stream breaks) it resubscribes after the last
+        id it yielded, so nothing the scorer still holds is lost or repeated (a scorer with a --state-dir keeps
+        its ids across a restart). `on_reconnect` hears when the first subscription is live, and what happened
+        once per outage and once on return."""
+        last, down, first = after_id, False, True
+        while True:
+            try:
+                request = spb.WatchAnomaliesRequest(min_score=min_score, block_id=block_id, component=component,
+                                                    blocks_only=blocks_only, after_id=last)
+                # the first call fails fast (a wrong address is an error); after an outage the call waits for
+                # the scorer to come back instead of failing at once
+                stream = self.stub.WatchAnomalies(request, wait_for_ready=not first)
+                try:
+                    stream.initial_metadata()  # the scorer sends it once the subscription is live
+                    if down:
+                        on_reconnect(f"reconnected; resuming after #{last}")
+                        down = False
+                    elif first:
+                        on_reconnect(f"subscribed at {self.address}" + (f" after #{last}" if last else ""))
+                    first = False
+                    for reply in stream:
+                        last = reply.anomaly.id
+                        yield reply.anomaly
+                finally:
+                    stream.cancel()  # a no-op once it ended; frees the server when our caller stops early
+                problem = "the scorer ended the stream (stopping)"
+            except grpc.RpcError as exc:
+                if first or exc.code() not in _RETRYABLE:
+                    raise
+                problem = f"{exc.code().name}: {exc.details()}"
+            if not down:
+                on_reconnect(f"lost the scorer at {self.address} ({problem}); reconnecting ...")
+                down = True
+            time.sleep(retry_seconds)
 
     def stats(self) -> spb.GetStatsResponse:
         return self.stub.GetStats(spb.GetStatsRequest(), timeout=self.timeout)
 
     def anomalies(self, page_size: int = 50, page_token: str = "", min_score: float = 0.0,
                   block_id: str = "") -> spb.ListAnomaliesResponse:
+        """One page, newest first; the server may end it early (a page holds at most 4 MiB)."""
         return self.stub.ListAnomalies(spb.ListAnomaliesRequest(page_size=page_size, page_token=page_token,
                                                                 min_score=min_score, block_id=block_id),
                                        timeout=self.timeout)
+
+    def list_anomalies(self, limit: int = 50, page_token: str = "", min_score: float = 0.0,
+                       block_id: str = "") -> tuple[list[score_pb2.Anomaly], str]:
+        """Up to `limit` entries, newest first, following next_page_token over pages the server cut short;
+        and the token to continue with ("" when there is nothing older)."""
+        out: list[score_pb2.Anomaly] = []
+        while len(out) < limit:
+            page = self.anomalies(min(limit - len(out), 1000), page_token, min_score, block_id)
+            out.extend(page.anomalies)
+            page_token = page.next_page_token
+            if not page_token:
+                break
+        return out, page_token
 
