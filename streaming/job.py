@@ -44,10 +44,15 @@ class StreamConfig:
     # timers: ~0.37 of a core against ~0.2 (docs/benchmarks.md, "One pass over Kafka").
     trigger_ms: int = 250
     once: bool = False  # process what is there now, then stop (availableNow)
-    block_quiet_ms: int = 30_000  # a block closes as complete once the stream went on this long without it
+    # A block closes as complete once the stream went on this long without it. HDFS writes a block for
+    # minutes (HDFS_20000.log: 40 s median from the first receive to the last "Received", 129 s at most;
+    # the longest pause normal blocks make between two lines of a write, times two, is 190 s in the model's
+    # learnt stall times), so anything shorter closes writes still in flight, which the session model
+    # then reads as missing steps: false alerts at a live feed's pace. Evidence still alerts at once.
+    block_quiet_ms: int = 300_000
     # processing clock: blocks still open when the stream's clock has stood still this long (a replay ended,
     # ingest is down) get a final verdict as cut prefixes; 0: never
-    block_stall_ms: int = 300_000
+    block_stall_ms: int = 900_000
     block_clock: str = "processing"  # the clock block_quiet_ms runs on: processing (arrival) or event (log time)
     event_lateness_ms: int = 10_000  # event clock: how far behind the newest line's time the watermark trails
     starting_offsets: str = "earliest"
@@ -83,7 +88,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-quiet-ms", type=int, default=d.block_quiet_ms,
                    help="close a block as complete once the stream went on this long without a line of it: on "
                         "the processing clock, once lines produced this long after its last line were read; a "
-                        "stream that stops (a replay ended, ingest down) closes nothing (default %(default)s)")
+                        "stream that stops (a replay ended, ingest down) closes nothing. Shorter than an HDFS "
+                        "write (minutes) closes writes in flight, which read as missing steps; an alert on "
+                        "evidence (an exception, a new template) does not wait for it (default %(default)s)")
     p.add_argument("--block-stall-ms", type=int, default=d.block_stall_ms,
                    help="processing clock: when no new line has come for this long (wall time), give the blocks "
                         "still open a final verdict as cut prefixes, without missing-step evidence; they stay "
