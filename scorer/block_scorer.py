@@ -38,12 +38,22 @@ class BlockScorer:
             else:
                 good.append((block, result))
         if good:
-            p = self.model.probabilities([list(b.events) for b, _ in good], [b.closed for b, _ in good])
-            for (block, result), score in zip(good, p):
+            sessions, closed = [list(b.events) for b, _ in good], [b.closed for b, _ in good]
+            threshold = getattr(self.model, "threshold", THRESHOLD)
+            if hasattr(self.model, "judge"):  # the session model says why (scorer/session_model.py)
+                judged = self.model.judge(sessions, closed)
+            else:  # artifacts from before it
+                judged = [None] * len(good)
+                p = self.model.probabilities(sessions, closed)
+            for k, ((block, result), judgement) in enumerate(zip(good, judged)):
+                score = judgement.score if judgement is not None else float(p[k])
                 v = result.verdict
                 v.block_id = block.block_id
-                v.verdict = score_pb2.VERDICT_ANOMALY if score >= THRESHOLD else score_pb2.VERDICT_NORMAL
+                v.verdict = score_pb2.VERDICT_ANOMALY if score >= threshold else score_pb2.VERDICT_NORMAL
                 v.score = float(score)
+                if judgement is not None:
+                    v.reasons.extend(judgement.reasons[:5])
+                    v.evidence_kind = judgement.kind
                 v.events.extend(block.events)
                 v.kind = score_pb2.BLOCK_VERDICT_KIND_FINAL if block.closed else score_pb2.BLOCK_VERDICT_KIND_INTERIM
                 if block.HasField("first_time"):

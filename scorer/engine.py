@@ -20,6 +20,7 @@ from logmesh.ingest.hdfs import parse_line
 from logmesh.ingest.masking import line_shape
 from logmesh.scorer.artifacts import Artifact
 from logmesh.scorer.ensemble import THRESHOLD
+from logmesh.scorer.new_templates import NewTemplates
 from logmesh.v1 import log_record_pb2, score_pb2, scorer_service_pb2 as spb
 
 EMBEDDING_DIM = 384
@@ -72,6 +73,7 @@ class LineScorer:
         self.members = self.ensemble.names
         self._embed = embed
         self._limits = limits
+        self._new_templates = NewTemplates(getattr(self.ensemble, "templates", None), artifact.models.get("drain"))
         self._memo: ByteLRU[np.ndarray] = ByteLRU(memo_bytes)
         # embeddings of the shapes judged anomalous, for the history's similar past cases (scorer/similar.py)
         self._anomalous: ByteLRU[np.ndarray] = ByteLRU(anomalous_bytes)
@@ -103,7 +105,8 @@ class LineScorer:
         probabilities, unavailable = self._probabilities(wanted, given, timeout)
         scored_time = Timestamp()
         scored_time.GetCurrentTime()
-        verdicts = {shape: self._verdict(row) for shape, row in probabilities.items()}
+        template_of = {s: r.template_id for s, r in zip(shapes, records) if r is not None}
+        verdicts = {shape: self._verdict(row, template_of.get(shape, ""), shape) for shape, row in probabilities.items()}
         for record, shape, result in zip(records, shapes, results):
             if record is None:
                 continue
@@ -144,16 +147,25 @@ class LineScorer:
         """The embeddings of those `shapes` this scorer judged anomalous and still remembers."""
         return self._anomalous.get_many(shapes)  # type: ignore[return-value]
 
-    def _verdict(self, row: np.ndarray) -> score_pb2.ScoreResult:
+    def _verdict(self, row: np.ndarray, template_id: str = "", shape: str = "") -> score_pb2.ScoreResult:
         """The part of a ScoreResult that depends only on the line's shape (the members' probabilities
-        `row`): built once per shape and call, then merged into each line's result. Building it per line
-        (numpy reductions on 5 numbers, 5 vote messages) was half of the scorer's CPU."""
+        `row`, and whether its template is new to the model): built once per shape and call, then merged
+        into each line's result. Building it per line (numpy reductions on 5 numbers, 5 vote messages)
+        was half of the scorer's CPU."""
         anomaly_votes = int((row >= THRESHOLD).sum())
         normal_votes = len(row) - anomaly_votes
-        out = score_pb2.ScoreResult(verdict=ANOMALY if _anomalous(row) else NORMAL, score=float(row.mean()),
+        new = self._new_templates.is_new(template_id, shape)
+        voted = _anomalous(row)
+        if new:
+            reason = "new template " + self._new_templates.name(shape)
+        elif voted:
+            reason = f"{anomaly_votes} of {len(row)} members: lines like this carry failure evidence"
+        else:
+            reason = ""
+        out = score_pb2.ScoreResult(verdict=ANOMALY if voted or new else NORMAL, score=float(row.mean()),
                                     confidence=max(anomaly_votes, normal_votes) / len(row),
                                     anomaly_votes=anomaly_votes, normal_votes=normal_votes,
-                                    model_version=self.artifact.version)
+                                    model_version=self.artifact.version, new_template=new, reason=reason)
         for name, p in zip(self.members, row):
             out.votes.add(model=name, verdict=ANOMALY if p >= THRESHOLD else NORMAL, score=float(p))
         return out

@@ -63,6 +63,13 @@ class SessionModel:
         self.classifier = RandomForestClassifier(n_estimators=n_estimators, max_features=0.3, min_samples_leaf=1,
                                                  bootstrap=False, n_jobs=1, random_state=seed)
 
+    @property
+    def evidence_events(self) -> set[str]:
+        """Events that alone mark a failure: every known or loghub event no complete normal session
+        held (what the history weighs similar past blocks by, as for BlockModel)."""
+        from logmesh.ingest.templates import EVENT_IDS
+        return (set(EVENT_IDS) | self.profile.known_events) - self.profile.normal_events
+
     # -- features -------------------------------------------------------------------------------
     def features(self, sessions: Sequence[Sequence[str]], closed: Sequence[bool]) -> np.ndarray:
         nv = len(self.vocab)
