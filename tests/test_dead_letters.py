@@ -274,7 +274,7 @@ def test_get_stats_counts_the_dead_letter_topic(dlq_topic, embedder_server, trai
                 client.stats()
             assert time.monotonic() - started < 2.0
         assert cli.main(["stats", "--scorer", server.address]) == 0
-        assert json.loads(capsys.readouterr().out)["deadLetters"] == "3"
+        assert json.loads(capsys.readouterr().out)["dead_letters"] == "3"  # the proto's field names, as grpcurl prints them
     finally:
         server.stop(0)
     with ScorerClient(scorer_server.address) as client:  # no --kafka-bootstrap/--dlq-topic: the field is absent
