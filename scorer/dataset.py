@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import re
 import sys
-from collections import Counter
 from pathlib import Path
 
 from collections.abc import Iterator
@@ -20,18 +19,6 @@ from collections.abc import Iterator
 from logmesh.ingest.hdfs import UNKNOWN_TEMPLATE
 from logmesh.ingest.templates import match_template
 from logmesh.ingest.masking import line_shape
-
-
-@dataclasses.dataclass
-class LabelledLines:
-    shapes: list[str]  # masked "component: message" per line
-    templates: list[str]
-    blocks: list[str]  # first block id per line ("" when none)
-    labels: list[int]  # 1 = the line's block is anomalous
-    sources: list[str]
-
-    def __len__(self) -> int:
-        return len(self.shapes)
 
 
 def read_block_labels(path: Path) -> dict[str, int]:
@@ -44,27 +31,6 @@ def log_files(data_dir: Path) -> list[Path]:
     """The raw logs of a data folder, largest sample first; HDFS_2k.log has no labels and is left out."""
     return sorted((p for p in data_dir.glob("*.log") if p.name != "HDFS_2k.log"),
                   key=lambda p: p.stat().st_size, reverse=True)
-
-
-def load_lines(data_dir: Path, limit: int | None = None) -> LabelledLines:
-    labels = read_block_labels(data_dir / "anomaly_label.csv")
-    out = LabelledLines([], [], [], [], [])
-    for path in log_files(data_dir):
-        from logmesh.ingest.reader import iter_records
-        for record in iter_records(path):  # streamed; the lists are what the caller asked for
-            block = record.block_ids[0] if record.block_ids else ""
-            if block not in labels:
-                continue  # unlabelled lines teach nothing and would bias the base rate
-            out.shapes.append(line_shape(record.component, record.message))
-            out.templates.append(record.template_id)
-            out.blocks.append(block)
-            out.labels.append(labels[block])
-            out.sources.append(path.name)
-            if limit and len(out) >= limit:
-                return out
-    if not out.shapes:
-        raise FileNotFoundError(f"no labelled HDFS lines in {data_dir}: it needs *.log files and anomaly_label.csv")
-    return out
 
 
 def fingerprint(data_dir: Path) -> str:

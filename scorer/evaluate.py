@@ -215,7 +215,7 @@ def evaluate(model_dir, logs, labels, open_tail: int = OPEN_TAIL, embed=None, fr
     return result
 
 
-def _share_arg(text: str) -> float:
+def _number_arg(text: str) -> float:
     try:
         return float(text)
     except ValueError:
@@ -230,7 +230,7 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="which blocks have ended: 'cut' (the log was cut: blocks still active at its end are open "
                         "prefixes), 'complete' (the file holds whole sessions), 'auto' (decided from where "
                         "unfinished writes sit; default %(default)s). The output says which rule applied")
-    p.add_argument("--quiet-seconds", type=_share_arg, default=QUIET_SECONDS,
+    p.add_argument("--quiet-seconds", type=_number_arg, default=QUIET_SECONDS,
                    help="the tail that --sessions auto compares with the rest, in log time (default %(default)s)")
     p.add_argument("--open-tail", type=int, default=OPEN_TAIL,
                    help="for logs without timestamps: the tail is the last this many lines (default %(default)s)")

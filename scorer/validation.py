@@ -17,13 +17,11 @@ Rates come with exact (Clopper-Pearson) 95% intervals: 0 false positives in 971 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
-log = logging.getLogger("logmesh.validation")
 HDFS_PREVALENCE = 16_838 / 575_061  # anomalous share of HDFS_v1 blocks: precision is quoted at it
 
 
