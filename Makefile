@@ -11,7 +11,7 @@ PROTOS := $(wildcard protos/logmesh/v1/*.proto)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help venv lock onnx gen lint breaking tools clients jars kafka-up kafka-down test reliability demo down bench experiment test-unit clean
+.PHONY: help venv lock onnx gen lint breaking tools clients jars kafka-up kafka-down test reliability demo down bench experiment test-unit test-integration test-e2e clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -111,23 +111,29 @@ test: gen onnx lint breaking $(GRPCURL) kafka-up  ## run the whole test suite (s
 test-unit: gen  ## the fast tests: no broker, no Spark, no model, no servers (tests/unit, seconds)
 	$(PY) -m pytest -q tests/unit
 
+test-integration: gen onnx kafka-up  ## real Kafka, Spark, Qdrant engine, model and servers (tests/integration)
+	$(PY) -m pytest -q tests/integration
+
+test-e2e: gen onnx lint breaking $(GRPCURL) kafka-up  ## the product as a user runs it (tests/e2e)
+	$(PY) -m pytest -q tests/e2e
+
 # The tests that record docs/reliability.md rows (tests/reliability.py); only those present are run.
-RELIABILITY_TESTS := $(wildcard tests/test_faults.py tests/test_dead_letters.py tests/test_bad_input.py \
-  tests/test_fuzz.py tests/test_scorer_service.py tests/test_security.py tests/test_limits.py \
-  tests/test_vector_store.py)
+RELIABILITY_TESTS := $(wildcard tests/e2e/test_faults.py tests/integration/test_dead_letters.py tests/integration/test_bad_input.py \
+  tests/integration/test_fuzz.py tests/integration/test_scorer_service.py tests/e2e/test_security.py tests/integration/test_limits.py \
+  tests/integration/test_vector_store.py)
 reliability: gen kafka-up  ## run the fault, bad-input and fuzz tests and render docs/reliability.md from their records
 	rm -rf var/reliability
 	$(PY) -m pytest -q $(RELIABILITY_TESTS); rc=$$?; $(PY) tests/reliability.py && exit $$rc
 
 demo: gen onnx jars  ## run the main job on the embedded defaults (LOGS=, LABELS= to replay your own; SECURE=1: mutual TLS + tokens)
-	$(PY) -m logmesh.demo --data $(DATA) --models $(MODELS)
+	$(PY) -m demo --data $(DATA) --models $(MODELS)
 
 down:  ## stop whatever a demo left running
 	-@for f in var/demo/run/*.pid; do [ -f "$$f" ] && kill "$$(cat $$f)" 2>/dev/null; rm -f "$$f"; done; true
 	deploy/kafka/kafka.sh stop
 
 bench: gen onnx jars  ## run every benchmark; writes docs/benchmarks.md and bench/results/all.json
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all
 
 experiment: gen  ## detection figures in one run (train with full validation, generated logs): docs/evaluation_results.md
 	$(PY) bench/experiment_hdfs.py --data $(DATA)

@@ -112,7 +112,7 @@ def main() -> int:
     p.add_argument("--bootstrap", default="127.0.0.1:9092")
     p.add_argument("--out", default=None, help="also append each run's JSON line here")
     args = p.parse_args()
-    sys.path.insert(0, str(REPO / "clients/python"))
+    sys.path.insert(0, str(REPO))
     from logmesh.ingest.generator import GeneratorConfig, write_generated
     from logmesh.streaming.spark import session
     work = Path(tempfile.mkdtemp(prefix="bench-plan-"))

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/e2e_ab.py --variant base=HEAD --variant new=WORKTREE --runs 3 --rate 2000 --lines 60000
 
-Each run is what `python -m logmesh.demo` does (warm-up line, replay, wait for blocks to close after
+Each run is what `python -m demo` does (warm-up line, replay, wait for blocks to close after
 5 s quiet), but on its own topics (a unique prefix), its own checkpoint and vector store under --work,
 against one embedder and one scorer on private ports shared by all runs (so A and B meet the same
 warm caches), with the job run by bench/profile_sink.py (per-batch stopwatch + Spark's durations and
@@ -48,7 +48,7 @@ def tree_cpu(root: int, parts: dict | None = None) -> float:
     """CPU seconds (user + system, live processes plus reaped children) of a process tree: the job's
     Python, Spark's JVM and the pyspark daemon and workers. Less sensitive to other sessions' load than
     wall time, since it counts only what this tree ran."""
-    from logmesh.bench import _children
+    from bench.pipeline import _children
     kids, todo, total = _children(), [root], 0
     tick = os.sysconf("SC_CLK_TCK")
     while todo:
@@ -99,7 +99,7 @@ def summarise_batches(path: Path, since: float) -> dict:
 
 
 def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_no: int, pyspy: bool) -> dict:
-    from logmesh.demo import Tally, reset_topics, time_to_detect, wait_for_blocks_to_close, warm_up
+    from demo.run import Tally, reset_topics, time_to_detect, wait_for_blocks_to_close, warm_up
     from logmesh.ingest.producer import run_ingest
     from logmesh.scorer.dataset import read_block_labels
     tag = f"{run_no:02d}-{variant}"
@@ -169,11 +169,11 @@ def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_
         result["profile"] = summarise_batches(out, mark)
     finally:
         tally.close()
-        from logmesh.bench import delete_topics, stop_job
+        from bench.pipeline import delete_topics, stop_job
         stop_job(job)
         delete_topics(prefix)
     if pyspy and (work / "pyspy.txt").exists():
-        from logmesh.bench import pyspy_summary
+        from bench.pipeline import pyspy_summary
         result["pyspy"] = pyspy_summary(work / "pyspy.txt", top=25)
     (work / "result.json").write_text(json.dumps(result, indent=1))
     return result
@@ -194,8 +194,8 @@ def main() -> int:
     p.add_argument("--variant-arg", action="append", default=[], metavar="NAME=ARG",
                    help="extra `logmesh stream` argument for variant NAME only (repeatable), e.g. new=--trigger-ms=250")
     args = p.parse_args()
-    sys.path.insert(0, str(REPO / "clients/python"))
-    from logmesh.bench import Servers
+    sys.path.insert(0, str(REPO))
+    from bench.pipeline import Servers
     from logmesh.ingest.generator import GeneratorConfig, write_generated
     data = Path("/tmp/lmab-data") / f"replay{args.lines}"
     log, labels = data / "HDFS_generated.log", data / "anomaly_label.csv"

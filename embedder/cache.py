@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 
-from logmesh.bytecache import MiB, ByteLRU
+from logmesh.runtime.bytecache import MiB, ByteLRU
 
 #: ~40,000 typical HDFS shapes (a 1.5 KB vector, a ~100-byte key and the LRU's bookkeeping each); 64 KB lines
 #: count at their size, so a flood of long distinct lines evicts instead of growing the server.

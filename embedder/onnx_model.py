@@ -3,7 +3,7 @@
 The folder comes from `make onnx` (embedder/onnx_export.py): model.onnx, tokenizer.json, meta.json. Tokenising
 (`tokenizers`), mean pooling over the attention mask and L2 normalisation follow sentence-transformers'
 Transformer -> Pooling(mean) -> Normalize for this model, so the vectors match it (cosine >= MIN_COSINE,
-tests/test_onnx_embedder.py).
+tests/integration/test_onnx_embedder.py).
 """
 from __future__ import annotations
 

@@ -12,9 +12,9 @@ from logmesh import vectors
 from logmesh.embedder.cache import DEFAULT_CACHE_BYTES, EmbeddingCache
 from logmesh.embedder.encoder import MODEL_NAME
 from logmesh.embedder.engine import CachedEmbedder, Encoder
-from logmesh.grpc_server import (Limits, Server, ServerSecurity, Undecodable, batch_problem, item_error,
+from logmesh.runtime.grpc_server import (Limits, Server, ServerSecurity, Undecodable, batch_problem, item_error,
                                  reject_undecodable)
-from logmesh.replies import split_replies
+from logmesh.runtime.replies import split_replies
 from logmesh.v1 import embedder_service_pb2 as pb
 
 log = logging.getLogger("logmesh.embedder")

@@ -20,7 +20,7 @@ The messages follow what Hadoop prints, in the HDFS_v1 layout (`%C{2}`-style com
   that have no header; here each message is its first line (banner rows get one line each), so
   every generated line parses with a timestamp.
 
-No template here matches an HDFS_v1 template (tests/test_ingest_generator.py checks), and the new
+No template here matches an HDFS_v1 template (tests/unit/test_ingest_generator.py checks), and the new
 kinds write no HDFS_v1 failure template (E4, E7, E10, E12, E14, ...): besides their new lines they
 write only lines a normal block also has (allocate, receive, addStoredBlock, re-replication, reads,
 deletes). Recall on these kinds therefore measures how a detector handles lines and sequences it

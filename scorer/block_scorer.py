@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import grpc
 
-from logmesh.grpc_server import item_error
+from logmesh.runtime.grpc_server import item_error
 from logmesh.scorer.artifacts import Artifact
 from logmesh.scorer.block_model import EVENTS, THRESHOLD
 from logmesh.v1 import score_pb2, scorer_service_pb2 as spb

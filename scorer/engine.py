@@ -14,8 +14,8 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from logmesh import vectors
-from logmesh.bytecache import MiB, ByteLRU
-from logmesh.grpc_server import Limits, item_error
+from logmesh.runtime.bytecache import MiB, ByteLRU
+from logmesh.runtime.grpc_server import Limits, item_error
 from logmesh.ingest.hdfs import parse_line
 from logmesh.ingest.masking import line_shape
 from logmesh.scorer.artifacts import Artifact

@@ -18,7 +18,7 @@ from typing import Collection, Iterator, Mapping, Sequence
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from logmesh.bytecache import MiB
+from logmesh.runtime.bytecache import MiB
 from logmesh.ingest.masking import line_shape
 from logmesh.scorer.block_model import EVENTS
 from logmesh.scorer.similar import Case, Item, Neighbours, SimilarIndex

@@ -10,7 +10,7 @@ from typing import Callable
 from logmesh.scorer import artifacts
 from logmesh.scorer.block_scorer import BlockScorer
 from logmesh.scorer.engine import EmbedShapes, LineScorer, cache_budgets
-from logmesh.grpc_server import Limits
+from logmesh.runtime.grpc_server import Limits
 
 log = logging.getLogger("logmesh.scorer.models")
 

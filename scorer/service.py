@@ -10,12 +10,12 @@ from typing import Iterator
 import grpc
 import numpy as np
 
-from logmesh.call_events import CallEvents
+from logmesh.runtime.call_events import CallEvents
 from logmesh.client import EmbedderClient
-from logmesh.grpc_server import (Limits, Server, ServerSecurity, Undecodable, batch_problem, item_error,
+from logmesh.runtime.grpc_server import (Limits, Server, ServerSecurity, Undecodable, batch_problem, item_error,
                                  reject_undecodable, status_code, time_left)
 from logmesh.ingest.masking import line_shape
-from logmesh.replies import split_replies
+from logmesh.runtime.replies import split_replies
 from logmesh.scorer.block_scorer import BlockScorer
 from logmesh.scorer.engine import ANOMALY, LineScorer
 from logmesh.scorer.history import DEFAULT_HISTORY_BYTES, AnomalyHistory

@@ -28,7 +28,7 @@ from logmesh.scorer.ensemble import LineEnsemble, combine, evidence_labels
 from logmesh.scorer.normal_profile import NormalProfile
 from logmesh.scorer.session_model import SessionModel
 from logmesh.scorer.stall_times import StallTimes
-from logmesh.scorer.templates_drain import DrainTemplates
+from logmesh.ingest.templates_drain import DrainTemplates
 from logmesh.scorer import validation as val
 
 log = logging.getLogger("logmesh.train")

@@ -39,7 +39,7 @@ from logmesh.v1 import log_record_pb2, score_pb2, scorer_service_pb2 as spb
 __all__ = ["BatchReport", "BatchSink", "BlockSummary", "Ledger"]
 log = logging.getLogger("logmesh.stream.sink")
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
-# Fault injection for the crash tests (tests/test_faults.py): "POINT:BATCH[,POINT:BATCH...]" with POINT one
+# Fault injection for the crash tests (tests/e2e/test_faults.py): "POINT:BATCH[,POINT:BATCH...]" with POINT one
 # of after-produce, after-store, after-commit. The process (its process group when it leads one, so
 # Spark's JVM goes too) is SIGKILLed there, as a crash would. Never set in production.
 CRASH_ENV = "LOGMESH_SINK_CRASH_AT"

@@ -1,4 +1,9 @@
-"""Shared fixtures: real data from ../shared/data/hdfs (read in place), the real model, real servers."""
+"""Shared fixtures: real data from ../shared/data/hdfs (read in place), the real model, real servers.
+
+Tests live by what they need: unit/ (no broker, Spark, model or server), integration/ (real Kafka, Spark,
+Qdrant's engine, the model, gRPC servers), e2e/ (the product driven as a user drives it: the CLI, the demo,
+the README's commands, the Go/Java/Node clients, deployments). Each folder's tests carry its marker, so
+`pytest -m unit` and `make test-unit` / `test-integration` / `test-e2e` select them."""
 from __future__ import annotations
 
 import os
@@ -155,6 +160,17 @@ def stalling_embedder():
     yield start
     for server in started:
         server.stop(0)
+
+
+_LEVELS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks each test with its folder's level (tests/unit -> unit, ...)."""
+    for item in items:
+        level = next((part for part in Path(str(item.path)).parts[::-1] if part in _LEVELS), None)
+        if level:
+            item.add_marker(level)
 
 
 # --- docs/reliability.md rows (tests/reliability.py) ---

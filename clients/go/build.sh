@@ -20,5 +20,5 @@ if [ ! -f "$stamp" ] || [ -n "$(find ../../protos buf.gen.yaml -newer "$stamp" -
   touch "$stamp"
 fi
 go build -o bin/logmesh-score ./cmd/logmesh-score
-go build -o bin/logmesh-load ./cmd/logmesh-load  # load and reflection checks (tests/test_concurrency.py)
+go build -o bin/logmesh-load ./cmd/logmesh-load  # load and reflection checks (tests/integration/test_concurrency.py)
 echo "built $PWD/bin/logmesh-score $PWD/bin/logmesh-load"

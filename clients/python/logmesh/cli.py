@@ -56,7 +56,7 @@ SCORE = _number(float, 0.0, 1.0, what="scores lie in [0, 1]")
 
 
 def _limits_args(p: argparse.ArgumentParser) -> None:
-    from logmesh.grpc_server import Limits
+    from logmesh.runtime.grpc_server import Limits
     d = Limits()
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: loopback only)")
     p.add_argument("--max-line-bytes", type=POSITIVE, default=d.max_line_bytes, help="longest line accepted (default %(default)s)")
@@ -84,7 +84,7 @@ def _limits_args(p: argparse.ArgumentParser) -> None:
 
 
 def _server_security(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from logmesh.security import ServerSecurity, load_tokens
+    from logmesh.runtime.security import ServerSecurity, load_tokens
     return ServerSecurity(tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                           tokens=load_tokens(args.token_file), allow_plaintext=args.allow_plaintext)
 
@@ -112,7 +112,7 @@ def _channel_security(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from logmesh.grpc_server import Limits
+    from logmesh.runtime.grpc_server import Limits
     return Limits(max_message_bytes=args.max_message_bytes, max_line_bytes=args.max_line_bytes,
                   max_batch_items=args.max_batch, max_concurrent_rpcs=args.max_concurrent_rpcs,
                   max_stream_items=args.max_stream_items, max_streams_per_connection=args.max_streams_per_connection,
@@ -140,7 +140,7 @@ def _check_port(host: str, port: int) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from logmesh import logs
+    from logmesh.runtime import logs
     logs.setup(args.log_level)
     try:
         security = _server_security(args)
@@ -209,7 +209,7 @@ def _check_labels(path: Path, flag: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from logmesh import logs
+    from logmesh.runtime import logs
     logs.setup(args.log_level)
     data = Path(args.data)
     if not (data / "anomaly_label.csv").exists():
@@ -421,7 +421,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from logmesh import logs
+    from logmesh.runtime import logs
     from logmesh.streaming.job import config_from_args, run
     logs.setup(args.log_level)
     _read_kafka_config(args, spark=True)
@@ -727,7 +727,6 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
     "similar": ("show the stored lines or blocks most similar to a line or a block",
                 "Nearest neighbours in the vector store: for a raw log line, the most similar "
                 "stored (anomalous) lines; with --block, the most similar stored blocks.", _setup_similar),
-    "bench": ("benchmarks: every hop and the pipeline beside naive versions", None, lambda p: None),
     "health": ("check both servers' gRPC health (exit 0 when both are SERVING)",
                "Check grpc.health.v1 of the scorer and of the embedder it uses (it names it in GetStats; "
                "--embedder checks another). Exit 0 when both are SERVING, 1 otherwise.", _setup_health),
@@ -742,10 +741,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 help="what to do (`logmesh COMMAND --help` explains each)")
     for name, (help_text, description, setup) in COMMANDS.items():
-        if name == "bench" and command in (None, "bench"):
-            from logmesh.bench import add_bench_args
-            add_bench_args(sub)
-            continue
         p = sub.add_parser(name, help=help_text, description=description or help_text[0].upper() + help_text[1:] + ".")
         if command is None or command == name:
             setup(p)

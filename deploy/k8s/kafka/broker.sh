@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A single-node Kafka broker (KRaft) that authenticates every client (SASL/SCRAM-SHA-512) and authorizes
 # every request (ACLs, deny by default). Used by compose.yaml, the Kubernetes StatefulSet (kafka.yaml) and
-# tests/test_deploy.py, which runs it against the jars of deploy/kafka/fetch.sh.
+# tests/e2e/test_deploy.py, which runs it against the jars of deploy/kafka/fetch.sh.
 #
 # Principals: admin (super user: the broker itself, topics and ACLs), ingest, stream, reader; their passwords
 # are files in $LOGMESH_KAFKA_SECRETS (deploy/k8s/kafka/make-secrets.sh writes them, mode 600). What each

@@ -1,0 +1,216 @@
+"""The Spark job end to end on real parts: the Kafka broker, Spark's Kafka source, the embedder and
+scorer servers, and the embedded Qdrant engine. Needs the broker at 127.0.0.1:9092 (.ci/run starts it)."""
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from logmesh.ingest.hdfs import block_ids, parse_line
+from logmesh.ingest.producer import run_ingest
+from logmesh.streaming.job import StreamConfig, run
+from logmesh.streaming.vector_store import open_store
+from logmesh.v1 import score_pb2
+
+from kafka_helpers import BOOTSTRAP, CommittedCount, _consume_all, _topics  # noqa: F401 (used below)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.spark]
+LINES = 3000
+
+
+@pytest.fixture(scope="module")
+def first_lines(data_dir, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("logs") / "HDFS_head.log"
+    with open(data_dir / "HDFS_20000.log", encoding="utf-8") as src:
+        path.write_text("".join(next(src) for _ in range(LINES)))
+    return path
+
+
+@pytest.mark.parametrize("plan", ["single-pass", "two-branch"])
+def test_replay_scores_every_line_once_and_restart_adds_nothing(admin, embedder_server, scorer_server, first_lines,
+                                                                data_dir, tmp_path, plan):
+    """Both block-state plans: the single pass of a new checkpoint, and the two branches a checkpoint
+    started before the single pass keeps (its Spark folder exists but no plan is recorded)."""
+    from logmesh.streaming.job import block_plan
+    config = _topics(admin, f"t{uuid.uuid4().hex[:8]}")
+    config.embedder, config.scorer = embedder_server.address, scorer_server.address
+    config.qdrant_path, config.checkpoint = str(tmp_path / "qdrant"), str(tmp_path / "checkpoint")
+    if plan == "two-branch":
+        (tmp_path / "checkpoint" / "spark").mkdir(parents=True)
+    summary = run_ingest(first_lines, BOOTSTRAP, config.topic, labels_csv=data_dir / "anomaly_label.csv",
+                         progress=False)
+    assert summary.produced == LINES
+    bad = [b"\xff\x00not protobuf", b"", score_pb2.ScoreResult(record_id="x", score=0.5).SerializeToString()]
+    producer = Producer({"bootstrap.servers": BOOTSTRAP})
+    for i, value in enumerate(bad):
+        producer.produce(config.topic, value=value, key=f"bad-{i}".encode(), partition=0)
+    producer.flush(30)
+
+    reports = []
+    run(config, on_report=reports.append)
+    assert block_plan(config.checkpoint, config.block_clock, record=False) == plan
+
+    scores = _consume_all(config.scores_topic)
+    ids = Counter(score_pb2.ScoreResult.FromString(m.value()).record_id for m in scores)
+    assert len(ids) == LINES and max(ids.values()) == 1  # every line exactly once
+    dlq = _consume_all(config.dlq_topic)
+    assert sorted(m.value() for m in dlq) == sorted(bad)  # bytes intact
+    for m in dlq:
+        headers = dict(m.headers())
+        assert headers["source.topic"].decode() == config.topic and headers["source.partition"] == b"0"
+        assert m.key().startswith(b"bad-") and headers["error"]
+    flagged = {r.record_id for r in (score_pb2.ScoreResult.FromString(m.value()) for m in scores)
+               if r.verdict == score_pb2.VERDICT_ANOMALY}
+    blocks = {b for line in first_lines.read_text().splitlines() for b in block_ids(line)}
+    store = open_store(path=config.qdrant_path)
+    assert store.count({"kind": "block"}) == len(blocks)
+    assert store.count({"kind": "line"}) == len(flagged)
+    # a block point carries its whole story so far, in log order
+    block = "blk_-1608999687919862906"
+    expected = [parse_line(l).template_id for l in first_lines.read_text().splitlines() if block in l]
+    point = store.retrieve([block])[block]
+    assert point.payload["events"] == expected and point.payload["verdict"] in ("normal", "anomaly")
+    assert abs(float((point.vector ** 2).sum()) - 1.0) < 0.2  # a mean of unit vectors of near-identical lines
+    store.close()
+    # the Kafka ledger (written in each batch's transaction) knows the job's last committed batch
+    from logmesh.streaming.outputs import LEDGER_TOPIC, job_id, read_ledger
+    assert read_ledger(BOOTSTRAP, LEDGER_TOPIC, job_id(config.checkpoint)) == max(r.batch_id for r in reports)
+
+    run(config)  # a restart from the checkpoint: nothing new to read, nothing written again
+    assert len(_consume_all(config.scores_topic)) == LINES
+    store = open_store(path=config.qdrant_path)
+    assert store.count({"kind": "block"}) == len(blocks) and store.count({"kind": "line"}) == len(flagged)
+    store.close()
+
+
+
+def test_store_lines_all_keeps_one_point_per_line(admin, embedder_server, scorer_server, first_lines, tmp_path):
+    config = _topics(admin, f"t{uuid.uuid4().hex[:8]}")
+    config.embedder, config.scorer, config.store_lines = embedder_server.address, scorer_server.address, "all"
+    config.qdrant_path, config.checkpoint = str(tmp_path / "qdrant"), str(tmp_path / "checkpoint")
+    run_ingest(first_lines, BOOTSTRAP, config.topic, limit=500, progress=False)
+    run(config)
+    run(config)
+    store = open_store(path=config.qdrant_path)
+    assert store.count({"kind": "line"}) == 500
+    store.close()
+
+
+def test_a_scorer_that_comes_up_late_is_waited_for_and_nothing_is_dropped(admin, embedder_server, trained_models,
+                                                                          first_lines, tmp_path):
+    """The sink's retry with backoff: the scorer is down when the batch starts and up 2 s later."""
+    import socket
+    import threading
+    from logmesh.client import EmbedderClient, ScorerClient
+    from logmesh.scorer.service import serve
+    from logmesh.streaming.decode import KafkaRow
+    from logmesh.streaming.outputs import Ledger, ResultProducer, ensure_ledger_topic
+    from logmesh.streaming.sink import BatchSink
+
+    config = _topics(admin, f"t{uuid.uuid4().hex[:8]}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rows = [KafkaRow(config.topic, 0, n, None, parse_line(line, "HDFS_head.log", n + 1).SerializeToString())
+            for n, line in enumerate(first_lines.read_text().splitlines()[:400])]
+    store = open_store(path=str(tmp_path / "qdrant"))
+    ensure_ledger_topic(BOOTSTRAP)
+    outputs = ResultProducer(BOOTSTRAP, config.scores_topic, config.anomalies_topic, config.dlq_topic,
+                             transactional_id=f"t-{uuid.uuid4().hex}")
+    sink = BatchSink(EmbedderClient(embedder_server.address), ScorerClient(f"127.0.0.1:{port}", timeout=5),
+                     outputs, store, Ledger(outputs, uuid.uuid4().hex), retry_budget_s=60)
+    servers = []
+    threading.Timer(2.0, lambda: servers.append(serve(port, trained_models, embedder_server.address))).start()
+    try:
+        report = sink.process(rows, batch_id=0)
+    finally:
+        store.close()
+        for server in servers:
+            server.stop(0)
+    assert report.scored == 400 and report.dead_letters == 0
+    ids = Counter(score_pb2.ScoreResult.FromString(m.value()).record_id for m in _consume_all(config.scores_topic))
+    assert len(ids) == 400 and max(ids.values()) == 1
+
+
+@pytest.mark.parametrize("command", ["stream", "ingest"])
+def test_a_bad_kafka_option_is_refused_with_librdkafkas_reason(command):
+    """--kafka-option KEY=VALUE goes to librdkafka as is (SASL/SSL settings); a property it does not know
+    or a malformed option stops the command before it connects anywhere, saying which and why."""
+    import subprocess
+    import sys
+    logmesh = str(Path(sys.executable).with_name("logmesh"))
+    done = subprocess.run([logmesh, command, "--kafka-option", "sasl.mechanism=PLAIN",
+                           "--kafka-option", "no.such.property=1"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert 'No such configuration property: "no.such.property"' in done.stderr and "--kafka-option" in done.stderr
+    done = subprocess.run([logmesh, command, "--kafka-option", "security.protocol"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "expected KEY=VALUE" in done.stderr
+
+
+def test_kafka_options_reach_the_job_config():
+    import argparse
+    from logmesh.streaming.job import add_args, config_from_args
+    p = argparse.ArgumentParser()
+    add_args(p)
+    options = {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "logmesh",
+               "sasl.password": "pw=with=equals"}
+    config = config_from_args(p.parse_args([a for k, v in options.items() for a in ("--kafka-option", f"{k}={v}")]))
+    assert config.kafka_options == options
+    with pytest.raises(SystemExit):  # the set is checked as a whole: SASL without credentials is refused
+        config_from_args(p.parse_args(["--kafka-option", "security.protocol=SASL_SSL",
+                                       "--kafka-option", "sasl.mechanism=PLAIN"]))
+
+
+def test_spark_kafka_source_options_default_a_short_fetch_wait_that_the_user_can_override():
+    """The Kafka source waits at most 10 ms on an empty fetch (the broker's 500 ms default held up the
+    micro-batch after every lull); the user's Kafka settings reach the source as kafka.KEY and win."""
+    from logmesh.streaming.job import StreamConfig, kafka_source_options
+    options = kafka_source_options(StreamConfig(topic="t", kafka_options={"security.protocol": "SASL_SSL"}))
+    assert options["kafka.fetch.max.wait.ms"] == "10" and options["subscribe"] == "t"
+    assert options["kafka.security.protocol"] == "SASL_SSL" and options["maxOffsetsPerTrigger"] == "40000"
+    mine = kafka_source_options(StreamConfig(spark_kafka_options={"fetch.max.wait.ms": "250"}))
+    assert mine["kafka.fetch.max.wait.ms"] == "250"
+
+
+def test_a_checkpoint_keeps_the_block_clock_it_started_with(tmp_path, capsys):
+    """The clock is part of the checkpointed plan (watermark, timeout kind): recorded at the first start,
+    another one refused up front with what to do; `logmesh stream` says it and exits 2 before Spark starts."""
+    import argparse
+    from logmesh.streaming.job import add_args, check_block_clock, config_from_args
+    checkpoint = tmp_path / "cp"
+    check_block_clock(checkpoint, "event")
+    check_block_clock(checkpoint, "event")  # the same clock again: fine
+    with pytest.raises(ValueError, match="--block-clock event, or use a new --checkpoint"):
+        check_block_clock(checkpoint, "processing")
+    p = argparse.ArgumentParser()
+    add_args(p)
+    with pytest.raises(SystemExit) as exit_:
+        config_from_args(p.parse_args(["--checkpoint", str(checkpoint)]))
+    assert exit_.value.code == 2 and "closes blocks on the event clock" in capsys.readouterr().err
+    older = tmp_path / "older"  # started before the clock was recorded: it ran on the processing clock
+    (older / "spark").mkdir(parents=True)
+    check_block_clock(older, "processing", record=False)
+    with pytest.raises(ValueError, match="processing clock"):
+        check_block_clock(older, "event")
+
+
+def test_a_checkpoint_keeps_the_block_plan_it_started_with(tmp_path):
+    """New checkpoints on the processing clock take the single pass, the event clock two branches, and a
+    checkpoint started before plans were recorded (two Kafka sources in its offset log) keeps two."""
+    from logmesh.streaming.block_sessions import with_block_sessions
+    from logmesh.streaming.job import block_plan
+    assert block_plan(tmp_path / "new", "processing") == "single-pass"
+    (tmp_path / "new" / "spark").mkdir()  # the query has run since: the recorded plan holds
+    assert block_plan(tmp_path / "new", "processing") == "single-pass"
+    assert block_plan(tmp_path / "event", "event") == "two-branch"
+    (tmp_path / "older" / "spark").mkdir(parents=True)
+    assert block_plan(tmp_path / "older", "processing") == "two-branch"
+    assert (tmp_path / "older" / "block-plan").read_text().strip() == "two-branch"
+    assert block_plan(tmp_path / "unrecorded", "processing", record=False) == "single-pass"
+    assert not (tmp_path / "unrecorded").exists()
+    with pytest.raises(ValueError, match="processing clock only"):
+        with_block_sessions(None, 1000, "event", plan="single-pass")
