@@ -4,10 +4,19 @@
     with ScorerClient("127.0.0.1:50052") as scorer:
         result = scorer.score_line("081109 204655 556 INFO dfs.DataNode$PacketResponder: Received block ...")
         print(result.verdict, result.score)
+
+An address may name a pool of replicas: `127.0.0.1:50052,127.0.0.1:50062` (IP addresses, comma-separated),
+a gRPC target such as `dns:///scorer.logmesh.svc:50052` (every address the name resolves to: a Kubernetes
+headless Service) or `ipv4:10.0.0.1:50052,10.0.0.2:50052`. Calls are balanced over the replicas that are
+connected (round_robin: each call, or each stream, goes to the next one), so N clients (the job's
+executors) spread N streams over the pool; a call that fails UNAVAILABLE before the server answered (a
+replica going down) is retried, on another replica when there is one.
 """
 from __future__ import annotations
 
+import ipaddress
 import itertools
+import json
 import time
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -26,6 +35,58 @@ _OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             # a restarted server is found again within seconds (grpc's default backoff grows to 120 s)
             ("grpc.max_reconnect_backoff_ms", 5000)]
+# Balancing and retries for every channel (gRPC service config). round_robin keeps a connection to each
+# address the target resolves to and picks the next ready one per call; with one address it is what
+# pick_first would do. The retry covers calls that failed UNAVAILABLE before any reply came back: a replica
+# that went away (its connection reset) or was still starting; every RPC here is safe to repeat (the
+# scorer and embedder only compute). A stream that already had replies is not retried by gRPC: the
+# job retries its batch (streaming/retry.py).
+SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{"name": [{}],  # every method
+                      "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                                      "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}],
+}
+_OPTIONS.append(("grpc.service_config", json.dumps(SERVICE_CONFIG)))
+# Targets that already name a resolver (gRPC's naming: https://grpc.github.io/grpc/core/md_doc_naming.html).
+_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
+
+
+def channel_target(address: str) -> str:
+    """The gRPC target for `address`: `host:port` and gRPC targets (`dns:///name:port`, `ipv4:...`) as
+    they are; a comma-separated list of IP `addr:port`s as one `ipv4:` (or `ipv6:`) target. A list that
+    names hosts is refused with ValueError (use dns:///NAME:PORT for a name that resolves to the replicas)."""
+    address = address.strip()
+    if not address:
+        raise ValueError("empty server address: give HOST:PORT, a list IP:PORT,IP:PORT or dns:///NAME:PORT")
+    if "," not in address or address.startswith(_SCHEMES):
+        return address
+    parts = [p.strip() for p in address.split(",") if p.strip()]
+    families = {_ip_family(p, address) for p in parts}
+    if len(families) > 1:
+        raise ValueError(f"server list {address!r} mixes IPv4 and IPv6 addresses: gRPC balances over one family "
+                         "per target; list one family, or use dns:///NAME:PORT")
+    return f"{families.pop()}:{','.join(parts)}"
+
+
+def _ip_family(part: str, address: str) -> str:
+    host, sep, port = part.rpartition(":")
+    problem = None
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        problem = "needs IP:PORT"
+    else:
+        try:
+            ip = ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+            if ip.version == 6 and not host.startswith("["):
+                problem = "writes an IPv6 address without [brackets]"
+            else:
+                return f"ipv{ip.version}"
+        except ValueError:
+            problem = "is not an IP address"
+    raise ValueError(f"{part!r} in server list {address!r} {problem}: a list takes IP:PORT entries "
+                     "(e.g. 127.0.0.1:50052,127.0.0.1:50062); for replicas behind a name use dns:///NAME:PORT")
+
+
 #: Errors after which following the anomaly history retries (the scorer restarting, or busy); others mean
 #: the call itself is wrong (bad credentials, a bad filter) and are raised.
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
@@ -67,7 +128,7 @@ class _Client:
         self.address = address
         self.timeout = timeout
         self.security = security or ChannelSecurity.from_env()
-        self.channel = self.security.channel(address, _OPTIONS)
+        self.channel = self.security.channel(channel_target(address), _OPTIONS)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def health(self, service: str | None = None, timeout: float = 5.0) -> str:
@@ -77,7 +138,8 @@ class _Client:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def wait_until_serving(self, timeout: float = 60.0) -> None:
-        """Blocks until the health check says SERVING; raises TimeoutError with the last status."""
+        """Blocks until the health check says SERVING (for a pool: the replica that answered); raises
+        TimeoutError with the last status."""
         import time
         deadline = time.monotonic() + timeout
         last = "no answer"
