@@ -897,7 +897,7 @@ def write_generated(config: GeneratorConfig, output: str | Path, labels: str | P
                            len(rows), time.perf_counter() - started, str(kinds_path) if kinds_path else None, by_kind)
 
 
-# ---- CLI glue (wired by clients/python/logmesh/cli.py) ------------------------------------------
+# ---- CLI glue (wired by cli/ingest.py) --------------------------------------------------------
 def add_generate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Adds `logmesh generate` options to `p` and sets func=run_generate."""
     p.description = p.description or ("Write realistic HDFS_v1 log lines (loghub raw format) with interleaved "

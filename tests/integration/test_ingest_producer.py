@@ -23,8 +23,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from logmesh.ingest.hdfs import parse_line
-from logmesh.ingest.producer import (BrokerUnavailable, IngestSummary, TokenBucket, add_ingest_args,
-                                     check_broker, run_ingest)
+from logmesh.ingest.broker import BrokerUnavailable, check_broker
+from logmesh.ingest.ingest_args import add_ingest_args
+from logmesh.ingest.pacing import TokenBucket
+from logmesh.ingest.producer import run_ingest
+from logmesh.ingest.summary import IngestSummary
 from logmesh.ingest.reader import apply_label, iter_lines, load_block_labels
 from logmesh.v1 import log_record_pb2 as lr
 

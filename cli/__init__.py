@@ -1,0 +1,91 @@
+"""The `logmesh` command line: a package of commands, one module each (serve, train/evaluate, score,
+anomalies/tail/stats, ingest/generate, stream, similar, health) over a small common module. Every subcommand
+has --help; servers log JSON lines to stderr.
+
+A user mistake (a missing file, a wrong folder, a store in use, a port taken) ends with one `error:` line
+that says what to do and exit code 2; a server that cannot be reached, exit code 1. LOGMESH_DEBUG=1 shows
+the traceback behind an error. Only the module of the command that runs is imported, and each imports its
+heavy dependencies inside the command, so `logmesh score` imports neither Spark, pandas, Kafka nor torch
+(tests/unit/test_cli_imports.py).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from logmesh.cli.common import Unreachable, UserError, run
+from logmesh.cli.kafka_config import read_kafka_config as _read_kafka_config  # noqa: F401  (tests, old callers)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in a package; never reach for a hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+__all__ = ["COMMANDS", "Unreachable", "UserError", "build_parser", "main"]
+
+
+# name: (help in `logmesh --help`, description in `logmesh NAME --help`, the module:function that adds the options;
+# the module is imported only when its command is the one that runs)
+COMMANDS: dict[str, tuple[str, str | None, str]] = {
+    "serve": ("run the embedder or the scorer gRPC server",
+              "Run a gRPC server with health checking and reflection: `logmesh serve embedder` or `logmesh serve "
+              "scorer` (each has its own --help). It reports NOT_SERVING until its model is loaded; SIGTERM "
+              "stops it gracefully.", "serve:setup"),
+    "train": ("train a model artifact from labelled HDFS logs",
+              "Fit the line ensemble on a loghub HDFS_v1 folder (*.log + anomaly_label.csv) and "
+              "save a versioned artifact with its metrics under --out.", "train:setup_train"),
+    "score": ("score raw log lines and print verdict, score and votes",
+              "Score raw HDFS lines given as arguments, or one per line on stdin. A line that is not in HDFS "
+              "format (template unknown) is scored on its text alone, with a warning.", "score:setup"),
+    "evaluate": ("block-level precision/recall/F1/FPR of the newest artifact on a labelled log",
+                 "Judge every labelled block of a raw HDFS log with the newest artifact in --model-dir and print "
+                 "precision, recall, F1 and false-positive rate for the block model, each line member and the "
+                 "ensemble (docs/evaluation.md). Runs locally; no server needed.", "train:setup_evaluate"),
+    "anomalies": ("list recorded anomalies, newest first",
+                  "Page through the scorer's anomaly history (ListAnomalies), newest first: flagged lines with "
+                  "their votes, block alerts and final verdicts, each with its most similar past cases.",
+                  "anomalies:setup_anomalies"),
+    "tail": ("show anomalies live as the scorer records them",
+             "Subscribe to WatchAnomalies and print each new anomalous line or block alert.", "anomalies:setup_tail"),
+    "stats": ("print the scorer's counters, latencies and model as JSON",
+              "Print the scorer's GetStats as JSON with the proto's field names (as grpcurl does): lines and "
+              "blocks scored, anomalies, rejected items, latency p50/p99, the loaded model and why none is.",
+              "anomalies:setup_stats"),
+    "ingest": ("produce raw HDFS logs to Kafka as LogRecords", None, "ingest:setup_ingest"),
+    "generate": ("write realistic HDFS logs with labelled anomalous blocks", None, "ingest:setup_generate"),
+    "stream": ("run the Spark Structured Streaming job (Kafka -> scorer -> Kafka, Qdrant)",
+               "Read LogRecords from Kafka with Spark's Kafka source; in a foreachBatch sink "
+               "embed and score each micro-batch over gRPC streams, write results to Kafka and "
+               "blocks and anomalous lines to the vector store. Checkpointed: a restart resumes.", "stream:setup"),
+    "similar": ("show the stored lines or blocks most similar to a line or a block",
+                "Nearest neighbours in the vector store: for a raw log line, the most similar "
+                "stored (anomalous) lines; with --block, the most similar stored blocks.", "similar:setup"),
+    "health": ("check both servers' gRPC health (exit 0 when both are SERVING)",
+               "Check grpc.health.v1 of the scorer and of the embedder it uses (it names it in GetStats; "
+               "--embedder checks another). Exit 0 when both are SERVING, 1 otherwise.", "health:setup"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI (command None), or one whose only complete subcommand is `command` (what main uses)."""
+    parser = argparse.ArgumentParser(
+        prog="logmesh", description="Real-time anomaly detection for HDFS logs over gRPC.",
+        epilog="Start with: logmesh serve embedder & logmesh serve scorer --model-dir models & logmesh score LINE")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do (`logmesh COMMAND --help` explains each)")
+    for name, (help_text, description, setup) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=description or help_text[0].upper() + help_text[1:] + ".")
+        if command is None or command == name:
+            module, function = setup.split(":")
+            getattr(importlib.import_module(f"logmesh.cli.{module}"), function)(p)
+    return parser
+
+
+def _command_of(argv: list[str]) -> str:
+    """The subcommand named on the command line (the first word that is not an option), or ""."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run(build_parser(_command_of(argv)).parse_args(argv))

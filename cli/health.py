@@ -1,0 +1,56 @@
+"""`logmesh health`: grpc.health.v1 of the scorer and of the embedder it uses; exit 0 when both are SERVING."""
+from __future__ import annotations
+
+import argparse
+
+from logmesh.cli.common import channel_security, client_security_args
+
+
+def _embedder_of(stats) -> tuple[str | None, str]:  # type: ignore[no-untyped-def]
+    """The embedder a scorer says it calls (GetStats.embedder_address) and why it cannot reach it, if so;
+    (None, "") from a scorer too old to say."""
+    fields = stats.DESCRIPTOR.fields_by_name
+    address = stats.embedder_address if "embedder_address" in fields else ""
+    status = stats.embedder_status if "embedder_status" in fields else ""
+    return address or None, status
+
+
+def _state(client) -> str:  # type: ignore[no-untyped-def]
+    import grpc
+    try:
+        return client.health()
+    except grpc.RpcError as exc:
+        return f"DOWN ({exc.code().name})"
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """The scorer first: unless --embedder is given, the embedder checked is the one the scorer says it uses."""
+    from logmesh.client import DEFAULT_EMBEDDER, EmbedderClient, ScorerClient
+    security = channel_security(args)
+    with ScorerClient(args.scorer, timeout=5.0, security=security) as scorer:
+        scorer_state = _state(scorer)
+        embedder, why, problem = args.embedder, "--embedder", ""
+        if embedder is None and not scorer_state.startswith("DOWN"):
+            try:
+                embedder, problem = _embedder_of(scorer.stats())
+                why = "the scorer's embedder"
+            except grpc.RpcError:  # e.g. UNAUTHENTICATED without a token: health is open, GetStats is not
+                embedder = None
+        if embedder is None:
+            embedder, why = DEFAULT_EMBEDDER, ("the default: the scorer did not say which embedder it uses; "
+                                               "give --embedder")
+    print(f"{'scorer':9} {args.scorer:22} {scorer_state}" + (f"  ({problem})" if problem else ""))
+    with EmbedderClient(embedder, security=security) as client:
+        embedder_state = _state(client)
+    print(f"{'embedder':9} {embedder:22} {embedder_state}  ({why})")
+    return int(scorer_state != "SERVING" or embedder_state != "SERVING")
+
+
+def setup(p: argparse.ArgumentParser) -> None:
+    from logmesh.client import DEFAULT_EMBEDDER, DEFAULT_SCORER
+    p.add_argument("--scorer", default=DEFAULT_SCORER, help="scorer address HOST:PORT (default %(default)s)")
+    p.add_argument("--embedder", default=None,
+                   help="embedder address HOST:PORT (default: the one the scorer says it uses, else "
+                        f"{DEFAULT_EMBEDDER})")
+    client_security_args(p)
+    p.set_defaults(func=cmd_health)

@@ -1,0 +1,166 @@
+"""`logmesh serve embedder|scorer`: a gRPC server with its limits and security options."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from logmesh.cli.common import PORT, POSITIVE, POSITIVE_SECONDS, SECONDS, UserError
+
+
+def _limits_args(p: argparse.ArgumentParser) -> None:
+    from logmesh.runtime.grpc_server import Limits
+    d = Limits()
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: loopback only)")
+    p.add_argument("--max-line-bytes", type=POSITIVE, default=d.max_line_bytes, help="longest line accepted (default %(default)s)")
+    p.add_argument("--max-batch", type=POSITIVE, default=d.max_batch_items, help="most items in one stream message (default %(default)s)")
+    p.add_argument("--max-message-bytes", type=POSITIVE, default=d.max_message_bytes, help="largest request message (default %(default)s)")
+    p.add_argument("--max-concurrent-rpcs", type=POSITIVE, default=d.max_concurrent_rpcs, help="unary calls in the server at once, working or waiting their turn; more get RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--max-open-streams", type=POSITIVE, default=d.max_open_streams, help="streaming calls open at once; more get RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--workers", type=POSITIVE, default=d.workers, help="calls worked on at once (and as many stream messages); the rest wait their turn, round-robin per connection (default %(default)s)")
+    p.add_argument("--stream-idle-timeout", type=POSITIVE_SECONDS, default=d.stream_idle_timeout, help="seconds a client stream may send nothing before the server ends it with DEADLINE_EXCEEDED (default %(default)s)")
+    p.add_argument("--max-stream-items", type=POSITIVE, default=d.max_stream_items, help="items over one stream; more end it with RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--max-streams-per-connection", type=POSITIVE, default=d.max_streams_per_connection, help="HTTP/2 streams one client connection may have open at once; more wait in the client (default %(default)s)")
+    p.add_argument("--grace", type=SECONDS, default=10.0, help="seconds in-flight RPCs get to finish on SIGTERM (default %(default)s)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="least severe server log lines written to stderr (default %(default)s)")
+    g = p.add_argument_group("security", "TLS, mutual TLS and bearer tokens (README: Security). Plaintext is "
+                                          "refused on a non-loopback --host unless --allow-plaintext.")
+    g.add_argument("--tls-cert", help="server certificate (PEM); with --tls-key turns TLS on")
+    g.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
+    g.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    g.add_argument("--token-file", help="accepted bearer tokens, one per line (also: LOGMESH_TOKENS=a,b); "
+                                        "calls without one get UNAUTHENTICATED; health stays open. Keep it "
+                                        "readable by its owner only (chmod 600): the server warns otherwise")
+    g.add_argument("--allow-plaintext", action="store_true",
+                   help="serve plaintext on a non-loopback --host (only behind a proxy or mesh that encrypts)")
+
+
+def _server_security(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from logmesh.runtime.security import ServerSecurity, load_tokens
+    return ServerSecurity(tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                          tokens=load_tokens(args.token_file), allow_plaintext=args.allow_plaintext)
+
+
+def _limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from logmesh.runtime.grpc_server import Limits
+    return Limits(max_message_bytes=args.max_message_bytes, max_line_bytes=args.max_line_bytes,
+                  max_batch_items=args.max_batch, max_concurrent_rpcs=args.max_concurrent_rpcs,
+                  max_stream_items=args.max_stream_items, max_streams_per_connection=args.max_streams_per_connection,
+                  max_open_streams=args.max_open_streams, workers=args.workers,
+                  stream_idle_timeout=args.stream_idle_timeout)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Binds the port once before gRPC does: a taken port is then one clear line, not gRPC's own log lines."""
+    import socket
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no obstacle
+            s.bind((host, port))
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror} (another `logmesh serve`?); stop "
+                        "the other server or pick another --port / --host") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from logmesh.runtime import logs
+    logs.setup(args.log_level)
+    try:
+        security = _server_security(args)
+        security.check_bind(args.host)
+        if security.tls:
+            security.credentials()  # unreadable files fail here, with their names, not deep in grpc
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    port = args.port or (50051 if args.service == "embedder" else 50052)
+    _check_port(args.host, port)
+    from logmesh.scorer.state import StateError  # stdlib only: cheap for the embedder too
+    try:
+        if args.service == "embedder":
+            from logmesh.embedder.service import serve
+            server = serve(port, args.host, _limits(args), threads=args.threads, cache_bytes=args.cache_mb << 20,
+                           security=security)
+        else:
+            from logmesh.scorer.service import serve
+            server = serve(port, Path(args.model_dir), args.embedder, args.host, _limits(args),
+                           reload_interval=args.reload_interval, security=security,
+                           kafka_bootstrap=args.kafka_bootstrap, dlq_topic=args.dlq_topic,
+                           state_dir=_state_dir(args), history_bytes=args.history_mb << 20,
+                           cache_bytes=args.cache_mb << 20)
+    except StateError as exc:
+        raise UserError(str(exc)) from None
+    except RuntimeError as exc:
+        if "bind" not in str(exc).lower():
+            raise
+        raise UserError(f"cannot listen on {args.host}:{port}: the port is taken (another `logmesh serve`?) or "
+                        "the address is not one of this machine's; stop the other server or pick another --port") from None
+    server.serve_until_signal(args.grace)
+    return 0
+
+
+DEFAULT_STATE_DIR = "var/scorer-state"
+
+
+def _state_dir(args: argparse.Namespace) -> Path | None:
+    """The scorer's state dir: an explicit --state-dir must be usable (else a one-line error); the default
+    is used when it can be (a read-only root or a second scorer in this folder: memory only, with a warning)."""
+    from logmesh.scorer.state import StateDir, StateError
+    if args.state_dir is not None:
+        return Path(args.state_dir) if args.state_dir else None
+    try:
+        StateDir(Path(DEFAULT_STATE_DIR)).close()  # usable now? (the scorer takes it for good just after)
+    except StateError as exc:
+        print(f"warning: {exc}; the anomaly history is kept in memory only", file=sys.stderr)
+        return None
+    return Path(DEFAULT_STATE_DIR)
+
+
+def _serve_common(p: argparse.ArgumentParser, port: int) -> None:
+    p.add_argument("--port", type=PORT, default=0, help=f"port to listen on (default {port})")
+    _limits_args(p)
+
+
+def setup(p: argparse.ArgumentParser) -> None:
+    services = p.add_subparsers(dest="service", required=True, metavar="SERVICE",
+                                help="which server (`logmesh serve SERVICE --help` lists its options)")
+    _setup_embedder(services.add_parser(
+        "embedder", help="the embedding server (all-MiniLM-L6-v2), default port 50051",
+        description="Serve EmbedderService: 384-d all-MiniLM-L6-v2 embeddings of masked line shapes, cached. "
+                    "NOT_SERVING until the model has loaded."))
+    _setup_scorer(services.add_parser(
+        "scorer", help="the scoring server (line ensemble, block model, history), port 50052",
+        description="Serve ScorerService with the newest artifact in --model-dir (hot reload); it calls the "
+                    "embedder for shapes it has not seen. NOT_SERVING until an artifact is loaded "
+                    "(GetStats.model_status says why)."))
+
+
+def _setup_embedder(e: argparse.ArgumentParser) -> None:
+    _serve_common(e, 50051)
+    e.add_argument("--threads", type=POSITIVE, default=1,
+                   help="model threads, ONNX Runtime or torch (default %(default)s: safe on a shared 2-core box)")
+    e.add_argument("--cache-mb", type=POSITIVE, default=64,
+                   help="MiB the embedding cache may hold, keys (line shapes) and vectors (default %(default)s)")
+    e.set_defaults(func=cmd_serve)
+
+
+def _setup_scorer(s: argparse.ArgumentParser) -> None:
+    from logmesh.client import DEFAULT_EMBEDDER
+    _serve_common(s, 50052)
+    s.add_argument("--model-dir", default="models", help="folder of model artifacts; the newest is served (default %(default)s)")
+    s.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="embedder address HOST:PORT (default %(default)s)")
+    s.add_argument("--reload-interval", type=POSITIVE_SECONDS, default=5.0,
+                   help="seconds between checks for a newer artifact (default %(default)s)")
+    s.add_argument("--kafka-bootstrap", default=None,
+                   help="Kafka broker HOST:PORT; with --dlq-topic, `logmesh stats` reports the DLQ's message count")
+    s.add_argument("--dlq-topic", default=None, help="the streaming job's dead-letter topic, e.g. logmesh.dlq")
+    s.add_argument("--state-dir", default=None,
+                   help=f"folder where the anomaly history and counters survive a restart (default {DEFAULT_STATE_DIR} "
+                        "when writable; '' keeps them in memory only)")
+    s.add_argument("--history-mb", type=POSITIVE, default=128,
+                   help="MiB the anomaly history may hold; the oldest entries go first (default %(default)s)")
+    s.add_argument("--cache-mb", type=POSITIVE, default=96,
+                   help="MiB the per-shape caches may hold (verdicts and anomalous shapes' vectors) (default %(default)s)")
+    s.set_defaults(func=cmd_serve)

@@ -1,0 +1,34 @@
+"""`logmesh stream`: the Spark Structured Streaming job. Spark is started only when the command runs."""
+from __future__ import annotations
+
+import argparse
+
+from logmesh.cli.common import Unreachable, UserError
+from logmesh.cli.kafka_config import kafka_config_arg, read_kafka_config
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from logmesh.runtime import logs
+    from logmesh.streaming.job import config_from_args, run
+    logs.setup(args.log_level)
+    read_kafka_config(args, spark=True)
+    config = config_from_args(args)
+    try:
+        run(config)
+    except TimeoutError as exc:  # a service never became SERVING within the wait
+        raise Unreachable(f"{exc}; start it, or point --embedder/--scorer at the running one") from None
+    except RuntimeError as exc:
+        if "already open" in str(exc):
+            raise UserError(f"{exc}; the embedded vector store opens in one process at a time: stop the other "
+                            "job or `logmesh similar`, or use a Qdrant server (--qdrant-url)") from None
+        raise
+    return 0
+
+
+def setup(p: argparse.ArgumentParser) -> None:
+    from logmesh.streaming.job import add_args
+    add_args(p)
+    kafka_config_arg(p)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="least severe log lines written to stderr (default %(default)s)")
+    p.set_defaults(func=cmd_stream)

@@ -1,0 +1,86 @@
+"""`logmesh train` and `logmesh evaluate`: fit an artifact on labelled HDFS logs, judge one on a labelled log.
+The scorer's training code (scikit-learn, the embedding model) is imported only when a command runs."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from logmesh.cli.common import POSITIVE, UserError
+
+
+def _check_labels(path: Path, flag: str) -> None:
+    """A labels file the trainer and the evaluator can read: `BlockId,Label` rows."""
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: no such file; give the anomaly_label.csv (BlockId,Label) that labels "
+                        "the log's blocks (loghub HDFS_v1 ships one; `logmesh generate` writes one beside its log)")
+    try:
+        with open(path, newline="", errors="replace") as f:
+            header = f.readline()
+    except OSError as exc:
+        raise UserError(f"cannot read {flag} {path}: {exc.strerror}") from None
+    columns = [c.strip().strip('"') for c in header.split(",")]
+    if "BlockId" not in columns or "Label" not in columns:
+        raise UserError(f"{flag} {path} is not a labels file: its first line should be the header "
+                        f"'BlockId,Label' (found {header.strip()[:60]!r})")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from logmesh.runtime import logs
+    logs.setup(args.log_level)
+    data = Path(args.data)
+    if not (data / "anomaly_label.csv").exists():
+        raise UserError(f"{data} has no anomaly_label.csv; point --data at a loghub HDFS_v1 folder "
+                        "(raw *.log files plus anomaly_label.csv)")
+    _check_labels(data / "anomaly_label.csv", "--data")
+    from logmesh.scorer.dataset import log_files
+    if not log_files(data):  # checked before the embedding model loads
+        raise UserError(f"{data} has anomaly_label.csv but no raw *.log file to train on: put the HDFS logs "
+                        "(e.g. HDFS.log) beside the labels (HDFS_2k.log alone does not count: it is unlabelled)")
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out {out}: {exc.strerror}; give a folder you can write to") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"cannot write to --out {out}: give a folder you can write to")
+    from logmesh.embedder.encoder import SentenceEncoder
+    from logmesh.scorer.train import train
+    encoder = SentenceEncoder(threads=args.threads)
+    try:
+        path = train(data, out, encoder.encode, seed=args.seed, limit=args.limit, sessions=args.sessions,
+                     quiet_seconds=args.quiet_seconds, validation=args.validation, target_fpr=args.target_fpr)
+    except FileNotFoundError as exc:  # e.g. logs whose blocks the labels do not name
+        raise UserError(f"{exc}; check that the logs and anomaly_label.csv belong together") from None
+    from logmesh.scorer.train import summary
+    print(summary(path, json.loads((path / "meta.json").read_text())))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    if not Path(args.logs).exists():
+        raise UserError(f"--logs {args.logs}: no such file or folder; give a raw HDFS log file or a folder of them")
+    _check_labels(Path(args.labels), "--labels")
+    from logmesh.scorer.evaluate import run_evaluate
+    return run_evaluate(args)
+
+
+def setup_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="folder with raw HDFS *.log files and anomaly_label.csv")
+    p.add_argument("--out", default="models", help="model dir to add the artifact to (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the split and the models; same data and seed, same artifact (default %(default)s)")
+    p.add_argument("--limit", type=POSITIVE, default=None, help="use at most this many lines")
+    p.add_argument("--threads", type=POSITIVE, default=2, help="model threads for embedding, ONNX Runtime or torch (default %(default)s)")
+    from logmesh.scorer.train_args import add_train_args
+    add_train_args(p)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="least severe log lines written to stderr (default %(default)s)")
+    p.set_defaults(func=cmd_train)
+
+
+def setup_evaluate(p: argparse.ArgumentParser) -> None:
+    from logmesh.scorer.evaluate import add_evaluate_args
+    add_evaluate_args(p)
+    p.set_defaults(func=cmd_evaluate)
