@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from tenacity import Retrying, retry_if_exception_type, wait_fixed
 
 from logmesh.ingest.broker import BrokerUnavailable, check_broker, ensure_topic
 from logmesh.ingest.hdfs import UNKNOWN_TEMPLATE
@@ -78,6 +79,10 @@ def run_ingest(paths: PathLike | Iterable[PathLike] = "-", bootstrap: str = DEFA
     bucket = TokenBucket(rate, sleep=poll_sleep) if rate else None
     display = Progress(progress, summary)
     produce, poll = producer.produce, producer.poll
+    # waits by polling, which serves delivery reports and frees the queue; no limit: undeliverable lines fail
+    # after message.timeout.ms and leave the queue too
+    queue_full = Retrying(retry=retry_if_exception_type(BufferError), wait=wait_fixed(0.05), sleep=poll,
+                          reraise=True)
     sent = nbytes = unparsed = rejected = 0
     tick = 1 if bucket is not None else 256  # paced runs are slow enough to poll every line
     started = next_update = time.monotonic()
@@ -89,17 +94,15 @@ def run_ingest(paths: PathLike | Iterable[PathLike] = "-", bootstrap: str = DEFA
             key = (record.block_ids[0] if record.block_ids else record.id).encode()
             if record.template_id == UNKNOWN_TEMPLATE:
                 unparsed += 1
-            while True:
+            try:
                 try:
                     produce(topic, value, key)
-                    nbytes += len(value) + len(key)
-                    break
-                except BufferError:  # local queue full: let librdkafka drain it
-                    poll(0.05)
-                except KafkaException as exc:  # e.g. a line over message.max.bytes: count it, go on
-                    rejected += 1
-                    failures.first_error = failures.first_error or f"{record.id}: {exc.args[0].str()}"
-                    break
+                except BufferError:  # local queue full: produce again once librdkafka drained some of it
+                    queue_full(produce, topic, value, key)
+                nbytes += len(value) + len(key)
+            except KafkaException as exc:  # e.g. a line over message.max.bytes: count it, go on
+                rejected += 1
+                failures.first_error = failures.first_error or f"{record.id}: {exc.args[0].str()}"
             sent += 1
             if sent % tick == 0:
                 poll(0)

@@ -13,6 +13,7 @@ import threading
 from typing import Callable
 
 import grpc
+from tenacity import Retrying, retry_if_result, wait_exponential
 
 from logmesh.client import EmbedderClient
 
@@ -82,18 +83,27 @@ class EmbedderProbe:
         """Asks for a check now (an embed call just failed)."""
         self._poke.set()
 
+    def _check_once(self) -> bool:
+        try:
+            return self.check()
+        except Exception:  # a failing probe must not end readiness checks
+            log.exception("embedder probe failed")
+            return False
+
+    def _pause(self, seconds: float) -> None:
+        self._poke.wait(seconds)  # a poke (or stop) ends the pause early
+        self._poke.clear()
+
     def start(self) -> "EmbedderProbe":
+        # while it fails: checks again after waits doubling from retry_min to retry_max, until one succeeds
+        until_reachable = Retrying(retry=retry_if_result(lambda ok: not ok), sleep=self._pause,
+                                   wait=wait_exponential(multiplier=self.retry_min, max=self.retry_max),
+                                   stop=lambda _: self._stop.is_set(), retry_error_callback=lambda _: False)
+
         def loop() -> None:
-            failures = 0
             while not self._stop.is_set():
-                try:
-                    ok = self.check()
-                except Exception:  # a failing probe must not end readiness checks
-                    log.exception("embedder probe failed")
-                    ok = False
-                failures = 0 if ok else failures + 1
-                self._poke.wait(self.interval if ok else min(self.retry_min * 2 ** (failures - 1), self.retry_max))
-                self._poke.clear()
+                until_reachable(self._check_once)
+                self._pause(self.interval)
         self._thread = threading.Thread(target=loop, name="embedder-probe", daemon=True)
         self._thread.start()
         return self

@@ -230,6 +230,19 @@ def test_unparsed_lines_rate_limit_and_cli(tmp_path: Path, capsys: pytest.Captur
 
 
 @pytest.mark.kafka
+def test_a_full_local_queue_waits_and_loses_nothing() -> None:
+    """A producer queue of 20 messages fills at once (BufferError): ingest polls until librdkafka drained some
+    (tenacity's retry) and produces every line exactly once, in order per block."""
+    with _fresh_topic() as topic:
+        s = run_ingest(HDFS_5K, bootstrap=BOOTSTRAP, topic=topic, limit=2000, progress=False,
+                       extra_config={"queue.buffering.max.messages": 20, "linger.ms": 20})
+        assert (s.lines_read, s.produced, s.failed) == (2000, 2000, 0)
+        messages = _consume(topic, 2000)
+    numbers = [lr.LogRecord.FromString(m.value()).line_number for m in messages]
+    assert sorted(numbers) == list(range(1, 2001))
+
+
+@pytest.mark.kafka
 def test_limit_stops_early() -> None:
     with _fresh_topic() as topic:
         s = run_ingest([HDFS_5K, HDFS_5K], bootstrap=BOOTSTRAP, topic=topic, limit=1000, progress=False)
