@@ -87,7 +87,12 @@ GRPCURL := .cache/go/bin/grpcurl
 $(GRPCURL):
 	GOBIN=$(abspath .cache/go/bin) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
 
-tools: $(BUF) $(GRPCURL)  ## install buf and grpcurl under .cache/
+# promtool (Prometheus' own checker) from the Go module proxy: tests check deploy/prometheus with it
+PROMTOOL := .cache/go/bin/promtool
+$(PROMTOOL):
+	GOBIN=$(abspath .cache/go/bin) go install github.com/prometheus/prometheus/cmd/promtool@v0.316.0
+
+tools: $(BUF) $(GRPCURL) $(PROMTOOL)  ## install buf, grpcurl and promtool under .cache/
 
 clients: $(BUF)  ## build the Go, Java and Node clients (clients/README.md)
 	clients/go/build.sh && clients/java/build.sh && clients/node/build.sh
@@ -105,13 +110,13 @@ kafka-up: jars  ## start the local Kafka broker (KRaft, 127.0.0.1:9092) and crea
 kafka-down:  ## stop the local Kafka broker
 	deploy/kafka/kafka.sh stop
 
-test: gen onnx lint breaking $(GRPCURL) kafka-up  ## run the whole test suite (starts the local Kafka broker)
+test: gen onnx lint breaking $(GRPCURL) $(PROMTOOL) kafka-up  ## run the whole test suite (starts the local Kafka broker)
 	$(PY) -m pytest -q
 
 test-unit: gen  ## the fast tests: no broker, no Spark, no model, no servers (tests/unit, seconds)
 	$(PY) -m pytest -q tests/unit
 
-test-integration: gen onnx kafka-up  ## real Kafka, Spark, Qdrant engine, model and servers (tests/integration)
+test-integration: gen onnx $(PROMTOOL) kafka-up  ## real Kafka, Spark, Qdrant engine, model and servers (tests/integration)
 	$(PY) -m pytest -q tests/integration
 
 test-e2e: gen onnx lint breaking $(GRPCURL) kafka-up  ## the product as a user runs it (tests/e2e)

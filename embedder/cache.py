@@ -3,11 +3,19 @@ from __future__ import annotations
 
 import threading
 
+from prometheus_client import Counter, Gauge
+
 from logmesh.runtime.bytecache import MiB, ByteLRU
+from logmesh.runtime.metrics import REGISTRY
 
 #: ~40,000 typical HDFS shapes (a 1.5 KB vector, a ~100-byte key and the LRU's bookkeeping each); 64 KB lines
 #: count at their size, so a flood of long distinct lines evicts instead of growing the server.
 DEFAULT_CACHE_BYTES = 64 * MiB
+
+LOOKUPS = Counter("logmesh_embedder_cache_lookups_total", "Line shapes looked up in the embedding cache.",
+                  ("result",), registry=REGISTRY)
+HELD = Gauge("logmesh_embedder_cache_bytes", "Bytes the embedding cache holds (bounded by --cache-mb).",
+             registry=REGISTRY)
 
 
 class EmbeddingCache:
@@ -24,10 +32,13 @@ class EmbeddingCache:
         with self._lock:
             self.hits += hits
             self.misses += len(out) - hits
+        LOOKUPS.labels("hit").inc(hits)
+        LOOKUPS.labels("miss").inc(len(out) - hits)
         return out
 
     def put_many(self, items: dict[str, bytes]) -> None:
         self._entries.put_many(items)  # type: ignore[arg-type]
+        HELD.set(self._entries.nbytes)
 
     @property
     def nbytes(self) -> int:

@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from logmesh.runtime import reflection
 from logmesh.runtime.admission import Admission, abort_noted, note
 from logmesh.runtime.call_events import CallEvents
+from logmesh.runtime.metrics import MetricsInterceptor
 from logmesh.runtime.security import ServerSecurity
 from logmesh.v1 import common_pb2
 
@@ -171,8 +172,10 @@ class Server:
         self.admission = Admission(limits.workers, limits.max_concurrent_rpcs, limits.max_open_streams,
                                    limits.stream_idle_timeout, self.events)
         # No maximum_concurrent_rpcs: grpcio would refuse health checks too; admission bounds calls instead.
+        # metrics outermost: every call is counted with its code, refusals by admission and auth included;
+        # admission sees auth refusals
         self._server = grpc.server(self.admission.call_pool, options=options,
-                                   interceptors=[self.admission, *security.interceptors()])  # admission sees auth refusals
+                                   interceptors=[MetricsInterceptor(), self.admission, *security.interceptors()])
         self._names = [s.full_name for s, _ in services]
         self.servicers = {s.name: servicer for s, servicer in services}  # for in-process callers and tests
         for descriptor, servicer in services:

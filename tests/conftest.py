@@ -128,6 +128,15 @@ def grpcurl() -> str:
     return found
 
 
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    path = REPO / ".cache/go/bin/promtool"
+    found = str(path) if path.exists() else shutil.which("promtool")
+    if not found:
+        pytest.fail("promtool not installed: run `make tools`")
+    return found
+
+
 class SleepingEncoder:
     """A stand-in for the model, named as such: it sleeps `seconds` per encode, to cause a stall the real
     model cannot be made to have on demand. Vectors are constant unit vectors."""
