@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from logmesh.cli.common import PORT, POSITIVE, POSITIVE_SECONDS, SECONDS, UserError
+from logmesh.cli.kafka_config import kafka_config_arg, read_kafka_config
 
 
 def _limits_args(p: argparse.ArgumentParser) -> None:
@@ -89,7 +91,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            reload_interval=args.reload_interval, security=security,
                            kafka_bootstrap=args.kafka_bootstrap, dlq_topic=args.dlq_topic,
                            state_dir=_state_dir(args), history_bytes=args.history_mb << 20,
-                           cache_bytes=args.cache_mb << 20)
+                           cache_bytes=args.cache_mb << 20, anomalies_topic=args.anomalies_topic or None,
+                           kafka_options=_history_kafka_options(args), qdrant_url=args.qdrant_url,
+                           qdrant_api_key=args.qdrant_api_key or os.environ.get("QDRANT_API_KEY"))
     except StateError as exc:
         raise UserError(str(exc)) from None
     except RuntimeError as exc:
@@ -102,6 +106,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 DEFAULT_STATE_DIR = "var/scorer-state"
+
+
+def _history_kafka_options(args: argparse.Namespace) -> dict[str, str]:
+    """--kafka-option KEY=VALUE over --kafka-config FILE, checked against librdkafka, for the history's consumer."""
+    from logmesh.ingest.kafka_options import check_kafka_options
+    read_kafka_config(args)
+    try:
+        check_kafka_options(args.kafka_options or {})
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return args.kafka_options or {}
 
 
 def _state_dir(args: argparse.Namespace) -> Path | None:
@@ -131,10 +146,11 @@ def setup(p: argparse.ArgumentParser) -> None:
         description="Serve EmbedderService: 384-d all-MiniLM-L6-v2 embeddings of masked line shapes, cached. "
                     "NOT_SERVING until the model has loaded."))
     _setup_scorer(services.add_parser(
-        "scorer", help="the scoring server (line ensemble, block model, history), port 50052",
+        "scorer", help="the scoring server (line ensemble, block model, the anomaly history), port 50052",
         description="Serve ScorerService with the newest artifact in --model-dir (hot reload); it calls the "
                     "embedder for shapes it has not seen. NOT_SERVING until an artifact is loaded "
-                    "(GetStats.model_status says why)."))
+                    "(GetStats.model_status says why). Scoring records nothing: the anomaly history is what "
+                    "the streaming job commits to --anomalies-topic, kept in --state-dir."))
 
 
 def _setup_embedder(e: argparse.ArgumentParser) -> None:
@@ -148,16 +164,33 @@ def _setup_embedder(e: argparse.ArgumentParser) -> None:
 
 def _setup_scorer(s: argparse.ArgumentParser) -> None:
     from logmesh.client import DEFAULT_EMBEDDER
+    from logmesh.ingest.kafka_options import KafkaOptionAction  # no Kafka client is loaded by it
     _serve_common(s, 50052)
     s.add_argument("--model-dir", default="models", help="folder of model artifacts; the newest is served (default %(default)s)")
     s.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="embedder address HOST:PORT (default %(default)s)")
     s.add_argument("--reload-interval", type=POSITIVE_SECONDS, default=5.0,
                    help="seconds between checks for a newer artifact (default %(default)s)")
-    s.add_argument("--kafka-bootstrap", default=None,
-                   help="Kafka broker HOST:PORT; with --dlq-topic, `logmesh stats` reports the DLQ's message count")
+    s.add_argument("--bootstrap", "--kafka-bootstrap", dest="kafka_bootstrap", default="127.0.0.1:9092", metavar="HOSTS",
+                   help="Kafka bootstrap servers HOST:PORT[,...]: the anomaly history reads --anomalies-topic there, "
+                        "and with --dlq-topic `logmesh stats` reports the DLQ's message count (default %(default)s)")
+    s.add_argument("--anomalies-topic", default="logmesh.anomalies",
+                   help="the streaming job's anomalies topic: read (read_committed) into the anomaly history that "
+                        "ListAnomalies / WatchAnomalies / `logmesh anomalies` / `logmesh tail` serve; a broker that "
+                        "is down is retried while the scorer scores; '' turns the history off (default %(default)s)")
+    s.add_argument("--kafka-option", dest="kafka_options", metavar="KEY=VALUE", action=KafkaOptionAction, default={},
+                   help="a librdkafka property for the history's Kafka consumer (repeatable), e.g. "
+                        "security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512, ssl.ca.location=ca.pem")
+    kafka_config_arg(s)
+    s.add_argument("--qdrant-url", default=None,
+                   help="the Qdrant server the streaming job writes (its --qdrant-url): the history takes each "
+                        "entry's similar past cases from it. Without one, entries keep what the job gave them "
+                        "(the embedded store is a folder only the job's process can open)")
+    s.add_argument("--qdrant-api-key", default=None,
+                   help="API key for --qdrant-url (default: the QDRANT_API_KEY environment variable)")
     s.add_argument("--dlq-topic", default=None, help="the streaming job's dead-letter topic, e.g. logmesh.dlq")
     s.add_argument("--state-dir", default=None,
-                   help=f"folder where the anomaly history and counters survive a restart (default {DEFAULT_STATE_DIR} "
+                   help=f"folder where the anomaly history (entries, their ids, how far the topic was read) and the "
+                        f"counters survive a restart (default {DEFAULT_STATE_DIR} "
                         "when writable; '' keeps them in memory only)")
     s.add_argument("--history-mb", type=POSITIVE, default=128,
                    help="MiB the anomaly history may hold; the oldest entries go first (default %(default)s)")

@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"starting embedder :{args.embedder_port}, scorer :{args.scorer_port} and the Spark job; logs in {run_dir}")
         stack.start("embedder", ["serve", "embedder", "--port", str(args.embedder_port), *secured])
         stack.start("scorer", ["serve", "scorer", "--port", str(args.scorer_port), "--embedder", embedder,
-                               "--model-dir", str(models), *secured])
+                               "--model-dir", str(models), "--anomalies-topic", names["anomalies"], *secured])
         EmbedderClient(embedder).wait_until_serving(180)
         ScorerClient(scorer).wait_until_serving(60)
         stack.start("stream", ["stream", "--embedder", embedder, "--scorer", scorer,
@@ -587,7 +587,7 @@ def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool,
                 "mostly the wait behind earlier lines. A live feed's latency: --rate 2000 (`make bench` measures "
                 "it on a warm job)")
     if labels and labels.exists():
-        from logmesh.scorer.dataset import read_block_labels
+        from logmesh.ingest.labels import read_block_labels
         truth = read_block_labels(labels)
         figures.update(time_to_detect(tally, truth))
         anomalous = {b for b, y in truth.items() if y}

@@ -1,11 +1,20 @@
-"""Judging blocks with the artifact's block model."""
+"""Judging blocks with the artifact's block model.
+
+A block the live stream closed after `quiet_seconds` without a line is judged as ended only when that is at
+least the session model's learnt stall time for the block's state (scorer/stall_times.py: how long normal
+blocks ever paused there); quieter ones are judged as cut prefixes, like the open blocks at the end of a cut
+log (scorer/completeness.py), so a write still in flight is no missing step. States the model learnt no
+stall time for keep the stream's decision. The verdict's kind stays FINAL: the stream closed the block."""
 from __future__ import annotations
+
+import math
 
 import grpc
 
 from logmesh.runtime.grpc_server import item_error
 from logmesh.scorer.artifacts import Artifact
 from logmesh.scorer.block_model import EVENTS, THRESHOLD
+from logmesh.scorer.stall_times import state
 from logmesh.v1 import score_pb2, scorer_service_pb2 as spb
 
 MAX_EVENTS = 100_000  # a block with more lines than this is not an HDFS block
@@ -29,6 +38,8 @@ class BlockScorer:
                 problem = "block_id is empty"
             elif not block.events:
                 problem = f"block {block.block_id} has no events"
+            elif not math.isfinite(block.quiet_seconds) or block.quiet_seconds < 0:
+                problem = f"block {block.block_id} has quiet_seconds {block.quiet_seconds}; send seconds >= 0 (0: unknown)"
             elif len(block.events) > MAX_EVENTS:
                 problem = f"block {block.block_id} has {len(block.events)} events; the limit is {MAX_EVENTS}"
             else:
@@ -38,7 +49,9 @@ class BlockScorer:
             else:
                 good.append((block, result))
         if good:
-            sessions, closed = [list(b.events) for b, _ in good], [b.closed for b, _ in good]
+            sessions = [list(b.events) for b, _ in good]
+            cut = [self._cut_short(b) for b, _ in good]
+            closed = [b.closed and c is None for (b, _), c in zip(good, cut)]
             threshold = getattr(self.model, "threshold", THRESHOLD)
             if hasattr(self.model, "judge"):  # the session model says why (scorer/session_model.py)
                 judged = self.model.judge(sessions, closed)
@@ -54,6 +67,8 @@ class BlockScorer:
                 if judgement is not None:
                     v.reasons.extend(judgement.reasons[:5])
                     v.evidence_kind = judgement.kind
+                if cut[k] is not None:
+                    v.reasons.append(cut[k])
                 v.events.extend(block.events)
                 v.kind = score_pb2.BLOCK_VERDICT_KIND_FINAL if block.closed else score_pb2.BLOCK_VERDICT_KIND_INTERIM
                 if block.HasField("first_time"):
@@ -64,6 +79,17 @@ class BlockScorer:
                 v.model_version = self.artifact.version
                 v.label = block.label
         return results
+
+    def _cut_short(self, block: spb.BlockSession) -> str | None:
+        """Why a closed block is judged as a cut prefix (quiet for less than its state's learnt stall time), or None."""
+        stall = getattr(self.model, "stall_times", None)
+        if not block.closed or block.quiet_seconds <= 0 or stall is None or not stall.timeouts:
+            return None
+        learnt = stall.timeouts.get(state(block.events))
+        if learnt is None or block.quiet_seconds >= learnt:
+            return None
+        return (f"judged as a cut prefix: quiet for {block.quiet_seconds:g} s, normal blocks in its state pause "
+                f"up to {learnt:g} s")
 
     def _unknown_events(self, block: spb.BlockSession) -> str | None:
         unknown = list(dict.fromkeys(e for e in block.events if e not in self.events))

@@ -1,11 +1,15 @@
-"""ScorerService over gRPC: Score, ScoreStream, ScoreBlock(Stream), ListAnomalies, WatchAnomalies, GetStats."""
+"""ScorerService over gRPC: Score, ScoreStream, ScoreBlock(Stream), ListAnomalies, WatchAnomalies, GetStats.
+
+Scoring is pure: Score* compute verdicts and record nothing. The anomaly history ListAnomalies and
+WatchAnomalies serve is what the streaming job committed to its anomalies topic, read by the history service
+this process hosts (scorer/history_service.py), with similar past cases from the vector store."""
 from __future__ import annotations
 
 import logging
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 import grpc
 import numpy as np
@@ -14,16 +18,19 @@ from logmesh.runtime.call_events import CallEvents
 from logmesh.client import EmbedderClient
 from logmesh.runtime.grpc_server import (Limits, Server, ServerSecurity, Undecodable, batch_problem, item_error,
                                  reject_undecodable, status_code, time_left)
-from logmesh.ingest.masking import line_shape
 from logmesh.runtime.replies import split_replies
 from logmesh.scorer.block_scorer import BlockScorer
 from logmesh.scorer.engine import ANOMALY, LineScorer
 from logmesh.scorer.history import DEFAULT_HISTORY_BYTES, AnomalyHistory
+from logmesh.scorer.history_service import AnomalyFeed
 from logmesh.scorer.model_manager import ModelManager
 from logmesh.scorer.readiness import EmbedderProbe, EmbedderUnreachable
 from logmesh.scorer.state import StateDir
 from logmesh.scorer.stats import ScorerStats
 from logmesh.v1 import common_pb2, score_pb2, scorer_service_pb2 as spb
+
+if TYPE_CHECKING:
+    from logmesh.scorer.similar import SimilarCases
 
 log = logging.getLogger("logmesh.scorer")
 SERVICE = spb.DESCRIPTOR.services_by_name["ScorerService"]
@@ -34,11 +41,14 @@ COUNTERS = ("lines_scored", "line_anomalies", "items_rejected", "blocks_scored",
 class ScorerServicer:
     def __init__(self, models: ModelManager, limits: Limits, history_bytes: int = DEFAULT_HISTORY_BYTES,
                  state: StateDir | None = None) -> None:
-        """With `state`, the history and the counters are reloaded from it and kept there (scorer/state.py)."""
+        """With `state`, the history (entries, ids, topic positions) and the counters are reloaded from it and
+        kept there (scorer/state.py). `feed` (set by serve()) fills the history from the anomalies topic."""
         self.models = models
         self.limits = limits
         self.state = state
-        self.history = AnomalyHistory(history_bytes, store=state.history if state else None)
+        self.history = AnomalyHistory(history_bytes, store=state.history if state else None,
+                                      positions=state.positions if state else None)
+        self.feed: AnomalyFeed | None = None
         self.stats = ScorerStats()
         self.max_watchers = max(1, limits.workers // 2)  # each watcher holds a worker thread
         self.embedder_probe: EmbedderProbe | None = None  # set by serve(); GetStats reports it
@@ -77,6 +87,10 @@ class ScorerServicer:
             if self._closed.is_set():
                 return
             self._closed.set()
+        if self.feed is not None:
+            self.feed.stop()
+            if self.feed.similar is not None:
+                self.feed.similar.store.close()
         if self.state is not None:
             self.save_counters()
             self.state.close()
@@ -92,22 +106,11 @@ class ScorerServicer:
         remaining = time_left(context)
         if remaining is not None and remaining <= 0:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before scoring began")
-        scorer = self._scorer(context)
-        results = scorer.score(items, remaining)
-        flagged = [r.result for r in results if r.HasField("result") and r.result.verdict == ANOMALY]
+        results = self._scorer(context).score(items, remaining)  # verdicts only: nothing is recorded
+        flagged = sum(1 for r in results if r.HasField("result") and r.result.verdict == ANOMALY)
         rejected = sum(1 for r in results if r.HasField("error"))
-        if flagged:
-            self._record_lines(scorer, items, flagged)
-        self.stats.record(len(results) - rejected, len(flagged), rejected, time.perf_counter() - started)
+        self.stats.record(len(results) - rejected, flagged, rejected, time.perf_counter() - started)
         return results
-
-    def _record_lines(self, scorer: LineScorer, items: list[spb.ScoreItem],
-                      flagged: list[score_pb2.ScoreResult]) -> None:
-        """Enters flagged lines in the history with their similar past cases: the embeddings come from the
-        scorer (it embedded each shape once), labels from the records that carry one."""
-        shapes = [line_shape(r.component, r.message) for r in flagged]
-        labels = {i.record.id: i.record.label for i in items if i.HasField("record") and i.record.label}
-        self.history.add_lines(flagged, scorer.anomalous_vectors(shapes), labels, shapes)
 
     def Score(self, request: spb.ScoreRequest, context: grpc.ServicerContext) -> spb.ScoreResponse:
         reject_undecodable(request, context)
@@ -139,15 +142,10 @@ class ScorerServicer:
         return scorer  # type: ignore[return-value]
 
     def _score_blocks(self, blocks: list[spb.BlockSession], context: grpc.ServicerContext) -> list[spb.ScoreBlockResult]:
-        scorer = self._blocks(context)
-        results = scorer.score(blocks)
-        judged = [(r.verdict, b.closed) for r, b in zip(results, blocks) if r.HasField("verdict")]
-        # ALERT the first time a block is judged anomalous, FINAL when it closes anomalous (the streaming job's
-        # rule for its topic); each verdict's kind then says what the history made of it (history.record_blocks).
-        # Similar past blocks: evidence events (never in a normal training block) weigh most.
-        self.history.record_blocks([v for v, _ in judged], [c for _, c in judged],
-                                   getattr(scorer.model, "evidence_events", ()))
-        flagged = sum(v.verdict == ANOMALY for v, _ in judged)
+        # pure: FINAL for a closed block, INTERIM otherwise; ALERT is the streaming job's (it keeps alert status)
+        results = self._blocks(context).score(blocks)
+        judged = [r.verdict for r in results if r.HasField("verdict")]
+        flagged = sum(v.verdict == ANOMALY for v in judged)
         self.stats.record_blocks(len(judged), flagged, len(results) - len(judged))
         return results
 
@@ -234,6 +232,8 @@ class ScorerServicer:
             reply.embedder_address, reply.embedder_status = self.embedder_probe.address, self.embedder_probe.status
         if self.call_events is not None:
             reply.calls.CopyFrom(common_pb2.CallCounts(**self.call_events.counts()))
+        reply.history_status = self.feed.status if self.feed is not None else "off"
+        reply.history_entries = len(self.history)
         return reply
 
 
@@ -260,11 +260,15 @@ def _matches(entry: score_pb2.Anomaly, request: spb.WatchAnomaliesRequest) -> bo
 def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", limits: Limits = Limits(),
           reload_interval: float = 5.0, security: ServerSecurity | None = None,
           kafka_bootstrap: str | None = None, dlq_topic: str | None = None, state_dir: Path | None = None,
-          history_bytes: int = DEFAULT_HISTORY_BYTES, cache_bytes: int | None = None) -> Server:
+          history_bytes: int = DEFAULT_HISTORY_BYTES, cache_bytes: int | None = None,
+          anomalies_topic: str | None = None, kafka_options: Mapping[str, str] | None = None,
+          qdrant_url: str | None = None, qdrant_api_key: str | None = None) -> Server:
     """Starts the scorer; it stays NOT_SERVING (and says why) until an artifact loads. With both
-    `kafka_bootstrap` and `dlq_topic`, GetStats also reports the dead-letter topic's message count. With
-    `state_dir` the anomaly history and counters survive a restart (raises StateError when the folder is
-    unusable or another scorer holds it). `history_bytes` bounds the history, `cache_bytes` the shape caches."""
+    `kafka_bootstrap` and `dlq_topic`, GetStats also reports the dead-letter topic's message count; with both
+    `kafka_bootstrap` and `anomalies_topic` the anomaly history reads that topic (librdkafka `kafka_options`
+    for its consumer), with similar past cases from the Qdrant server at `qdrant_url` when given. With `state_dir` the
+    history and counters survive a restart (raises StateError when the folder is unusable or another scorer
+    holds it). `history_bytes` bounds the history, `cache_bytes` the shape caches."""
     client = EmbedderClient(embedder, timeout=30.0)
     holder: dict[str, Server] = {}
 
@@ -290,6 +294,9 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     if kafka_bootstrap and dlq_topic:
         from logmesh.scorer.dead_letters import DeadLetterCount
         servicer.stats.dead_letters = DeadLetterCount(kafka_bootstrap, dlq_topic)
+    if kafka_bootstrap and anomalies_topic:
+        similar = _similar_cases(qdrant_url, qdrant_api_key, models, embed) if qdrant_url else None
+        servicer.feed = AnomalyFeed(servicer.history, kafka_bootstrap, anomalies_topic, kafka_options, similar)
     try:
         server = holder["server"] = Server([(SERVICE, servicer)], port, host, limits, security)
     except BaseException:
@@ -304,6 +311,8 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     server.on_stop(servicer.close)  # after the last call: the counters' final values, the state dir's lock
     servicer.call_events = server.events
     models.refresh()
+    if servicer.feed is not None:
+        servicer.feed.start()
     if models.scorer is None:
         log.warning("scorer NOT_SERVING", extra={"reason": models.status})
     models.watch(reload_interval)
@@ -313,3 +322,30 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     log.info("scorer listening", extra={"address": server.address, "model_dir": str(model_dir),
                                         "embedder": embedder, "model": models.scorer and models.scorer.artifact.version})
     return server
+
+
+def _similar_cases(url: str, api_key: str | None, models: ModelManager,
+                   embed) -> "SimilarCases | None":  # type: ignore[no-untyped-def]
+    """Similar past cases from the Qdrant server at `url` (the job's store): a line's vector is the one this
+    scorer kept for its anomalous shape, else the embedder's. (The embedded store is the job's own folder:
+    one process at a time can open it, so the history takes similar cases only from a server.)"""
+    from logmesh.scorer.similar import SimilarCases
+    from logmesh.streaming.vector_store import open_store
+    try:
+        store = open_store(url=url, api_key=api_key, ensure=False, check_compatibility=False, timeout=5)
+    except ImportError as exc:
+        log.error("--qdrant-url needs qdrant-client (pip install 'logmesh[stream]'); the history goes on without "
+                  "similar cases from the store", extra={"error": str(exc)})
+        return None
+
+    def line_vectors(shapes: list[str]) -> dict[str, np.ndarray]:
+        scorer = models.scorer
+        known = dict(scorer.anomalous_vectors(shapes)) if scorer is not None else {}
+        missing = [s for s in shapes if s not in known]
+        if missing:
+            try:
+                known.update(zip(missing, embed(missing, 30.0)))
+            except EmbedderUnreachable:
+                pass  # those lines go without similar cases; the entries are recorded all the same
+        return known
+    return SimilarCases(store, line_vectors)

@@ -1,186 +1,134 @@
-"""Similar past cases: for each anomaly entering the history, the nearest *earlier* anomalies, most similar first.
+"""Similar past cases for the history's entries, from the vector store the streaming job writes (Qdrant).
 
-A case is keyed by what makes it distinct: a line by its masked shape (lines of one shape have one
-embedding, so fifty "writeBlock ... received exception" lines are one case, not fifty neighbours), a block by
-its bag of events. The index keeps one unit vector per distinct key in a preallocated matrix (bounded:
-`capacity` keys, the least recently seen key is dropped first) and, per key, the last few concrete cases
-(record or block ids with their text and label) so a lookup can name a real earlier line or block. A lookup is
-one matrix product of the batch's distinct keys against the stored keys, then a top-k per key.
+The job keeps every block (its mean line vector, verdict, events) and every anomalous line (its embedding,
+text, component) as points (streaming/vector_store.py). For an entry read from the anomalies topic:
 
-Thread-safe (one lock); nothing here knows about gRPC or protobuf.
+- a block: its own point's vector, searched among the anomalous blocks; one case per distinct bag of events
+  (fifty blocks that failed the same way are one case, not five neighbours), never the block itself;
+- a line: the embedding of its masked shape (`line_vectors`: the scorer's memo, else the embedder), searched
+  among the anomalous lines; one case per distinct masked shape, never the line itself.
+
+There is no second index here: the store is the one. The embedded store (qdrant-edge) is a folder only one
+process can open, and the job's process holds it, so this runs against a Qdrant server (--qdrant-url); without
+one, entries keep the `similar` the job gave them. A store that does not answer costs the entries their
+similar cases (logged once per outage), never the entries.
 """
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict, deque
-from dataclasses import dataclass
-from typing import Hashable, Sequence
+import logging
+from collections import Counter
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from logmesh.ingest.masking import line_shape
+from logmesh.v1 import log_record_pb2, score_pb2
 
-@dataclass(frozen=True)
-class Case:
-    """One concrete past anomaly."""
-    id: str          # record id of a line, block id of a block
-    text: str        # the line's message, or a short summary of the block's events
-    label: int = 0   # logmesh.v1.Label, 0 when unknown
-    verdict: int = 2  # logmesh.v1.Verdict of the past case (the index holds anomalies)
+log = logging.getLogger("logmesh.scorer.similar")
+SIMILAR_K = 5
+#: A similar case's text at most (the start of a longer line): five of them must not dwarf the entry.
+CASE_TEXT_BYTES = 1024
+#: Hits asked for per lookup: many may be one shape or one bag of events, and one is the entry itself.
+_OVERFETCH = 8
 
-
-@dataclass(frozen=True)
-class Item:
-    """One case to look up and then remember. `vector` may be None when the key was stored before
-    (its stored vector is used); an unknown key without a vector is neither looked up nor stored."""
-    key: Hashable
-    vector: np.ndarray | None
-    case: Case
+# shapes -> the embeddings of those it can find (a shape it cannot is left out)
+LineVectors = Callable[[list[str]], Mapping[str, np.ndarray]]
 
 
-Neighbours = list[tuple[float, Case]]  # (cosine similarity, earlier case), most similar first
+class SimilarCases:
+    """Fills `similar` of entries that carry none, from `store` (a streaming.vector_store.VectorStore)."""
 
+    def __init__(self, store: Any, line_vectors: LineVectors | None = None, k: int = SIMILAR_K) -> None:
+        self.store, self.line_vectors, self.k = store, line_vectors, k
+        self._failing = False
 
-class SimilarIndex:
-    def __init__(self, dim: int, capacity: int = 8192, k: int = 5, cases_per_key: int = 2) -> None:
-        if capacity < 1 or k < 1 or cases_per_key < 1:
-            raise ValueError("capacity, k and cases_per_key must be positive")
-        self.dim, self.capacity, self.k = dim, capacity, k
-        self._cases_per_key = max(2, cases_per_key)  # two ids: one may be the very case being looked up
-        self._matrix = np.zeros((capacity, dim), np.float32)
-        self._slot: dict[Hashable, int] = {}
-        self._cases: list[deque[Case] | None] = [None] * capacity
-        self._recency: OrderedDict[Hashable, None] = OrderedDict()  # least recently seen first
-        self._high = 0  # slots [0, _high) are in use
-        self._lock = threading.Lock()
-        self.evicted = 0
+    def fill(self, entries: Sequence[score_pb2.Anomaly]) -> None:
+        want = [e for e in entries if not (e.line.similar if e.HasField("line") else e.block.similar)]
+        if not want:
+            return
+        try:
+            self._fill_blocks([e.block for e in want if e.HasField("block")])
+            self._fill_lines([e.line for e in want if e.HasField("line")])
+        except Exception as exc:  # noqa: BLE001 - a store down costs similar cases, never the entries
+            if not self._failing:
+                log.warning("similar cases unavailable: the vector store did not answer; entries are recorded "
+                            "without them", extra={"error": str(exc)})
+            self._failing = True
+            return
+        if self._failing:
+            log.info("similar cases available again")
+        self._failing = False
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._slot)
-
-    def add(self, items: Sequence[Item]) -> list[Neighbours]:
-        """For each item, in order: its nearest earlier distinct cases (stored ones, and those earlier in
-        `items`), never the item's own id; then the item is remembered. Returns one list per item."""
-        out: list[Neighbours] = [[] for _ in items]
-        if not items:
-            return out
-        with self._lock:
-            # the batch's distinct keys and their unit vectors
-            keys: list[Hashable] = []
-            index: dict[Hashable, int] = {}
-            vecs: list[np.ndarray] = []
-            first: list[int] = []   # position of each distinct key's first item
-            item_key: list[int] = []  # per item: its distinct key's index, or -1 (no vector: skipped)
-            for pos, item in enumerate(items):
-                j = index.get(item.key)
-                if j is None:
-                    vec = self._unit(item)
-                    if vec is None:
-                        item_key.append(-1)
-                        continue
-                    j = index[item.key] = len(keys)
-                    keys.append(item.key)
-                    vecs.append(vec)
-                    first.append(pos)
-                item_key.append(j)
-            if not keys:
-                return out
-            q = np.stack(vecs)
-            want = self.k + 3  # a key whose only stored case is the item itself is skipped: take spares
-            # stored keys: one product, then each distinct key's best `want` slots, best first
-            old_top: list[list[tuple[float, deque[Case]]]] = [[] for _ in keys]
-            if self._high:
-                sims = q @ self._matrix[: self._high].T
-                t = min(want, self._high)
-                top = np.argpartition(sims, -t, axis=1)[:, -t:] if t < self._high else \
-                    np.broadcast_to(np.arange(self._high), (len(keys), self._high))
-                for j in range(len(keys)):
-                    row = [(float(sims[j, s]), self._cases[s]) for s in top[j]]
-                    old_top[j] = sorted(row, key=_first, reverse=True)
-            # keys new in this batch: among themselves (available once their first item has gone by)
-            new = [j for j, key in enumerate(keys) if key not in self._slot]
-            pending: dict[int, deque[Case]] = {j: deque(maxlen=self._cases_per_key) for j in new}
-            new_first = [first[j] for j in new]  # ascending
-            new_sims = q @ q[new].T if new else None
-            merged: dict[tuple[int, int], list[tuple[float, deque[Case]]]] = {}
-            available = 0  # new keys whose first item came before the current one
-            for pos, item in enumerate(items):
-                j = item_key[pos]
-                if j < 0:
+    def _fill_blocks(self, blocks: list[score_pb2.BlockVerdict]) -> None:
+        if not blocks:
+            return
+        points = self.store.retrieve(list(dict.fromkeys(b.block_id for b in blocks)))
+        for block in blocks:
+            point = points.get(block.block_id)
+            if point is None:
+                continue
+            hits = self.store.search(point.vector, limit=self.k + _OVERFETCH, filter={"kind": "block", "is_anomaly": True})
+            seen: set[tuple] = {_bag(block.events)}  # the block's own story is no "similar past case"
+            for hit in hits:
+                bag = _bag(hit.payload.get("events") or ())
+                if hit.key == block.block_id or bag in seen:
                     continue
-                while available < len(new) and new_first[available] < pos:
-                    available += 1
-                candidates = merged.get((j, available))
-                if candidates is None:  # the candidates change only when another new key becomes available
-                    candidates = old_top[j]
-                    if available:
-                        row = new_sims[j, :available]  # type: ignore[index]
-                        cols = np.arange(available)
-                        if available > want:
-                            cols = np.argpartition(-row, want - 1)[:want]
-                        candidates = sorted(candidates + [(float(row[m]), pending[new[m]]) for m in cols],
-                                            key=_first, reverse=True)
-                    merged[(j, available)] = candidates
-                found: Neighbours = []
-                own = item.case.id
-                for sim, cases in candidates:
-                    if not cases:
-                        continue
-                    case = cases[-1]
-                    if case.id == own:  # ids in one deque are distinct: the one before is another case
-                        if len(cases) < 2:
-                            continue
-                        case = cases[-2]
-                    found.append((sim if sim < 1.0 else 1.0, case))
-                    if len(found) == self.k:
-                        break
-                out[pos] = found
-                cases = self._cases[self._slot[keys[j]]] if keys[j] in self._slot else pending[j]
-                _remember(cases, item.case)  # type: ignore[arg-type]
-            # the batch's stored keys are now the most recently seen; then store its new keys
-            for key in keys:
-                if key in self._slot:
-                    self._recency.move_to_end(key)
-            for j in new[-self.capacity:]:
-                slot = self._take_slot()
-                self._slot[keys[j]] = slot
-                self._matrix[slot] = q[j]
-                self._cases[slot] = pending[j]
-                self._recency[keys[j]] = None
-        return out
+                seen.add(bag)
+                block.similar.add(id=hit.key[:256], similarity=_clip(hit.score), label=_label(hit.payload),
+                                  text=block_summary(hit.payload.get("events") or ()),
+                                  verdict=score_pb2.VERDICT_ANOMALY)
+                if len(block.similar) == self.k:
+                    break
 
-    def vector(self, key: Hashable) -> np.ndarray | None:
-        with self._lock:
-            slot = self._slot.get(key)
-            return None if slot is None else self._matrix[slot].copy()
-
-    def _unit(self, item: Item) -> np.ndarray | None:
-        if item.vector is None:
-            slot = self._slot.get(item.key)
-            return None if slot is None else self._matrix[slot]
-        vec = np.asarray(item.vector, np.float32).reshape(-1)
-        if vec.shape[0] != self.dim:
-            raise ValueError(f"vector has {vec.shape[0]} dimensions; the index holds {self.dim}")
-        norm = float(np.linalg.norm(vec))
-        return vec / norm if norm > 0 and np.isfinite(norm) else None
-
-    def _take_slot(self) -> int:
-        if self._high < self.capacity:
-            self._high += 1
-            return self._high - 1
-        oldest, _ = self._recency.popitem(last=False)  # full: forget the least recently seen key
-        slot = self._slot.pop(oldest)
-        self._cases[slot] = None
-        self.evicted += 1
-        return slot
+    def _fill_lines(self, lines: list[score_pb2.ScoreResult]) -> None:
+        if not lines or self.line_vectors is None:
+            return
+        shapes = [line_shape(r.component, r.message) for r in lines]
+        vectors = self.line_vectors(list(dict.fromkeys(shapes)))
+        found: dict[str, list] = {}
+        for shape in dict.fromkeys(shapes):
+            if shape in vectors:
+                found[shape] = self.store.search(vectors[shape], limit=self.k + _OVERFETCH,
+                                                 filter={"kind": "line", "is_anomaly": True})
+        for line, shape in zip(lines, shapes):
+            seen = {shape}  # one case per other shape: the lines of its own shape say nothing new
+            for hit in found.get(shape, ()):
+                p = hit.payload
+                other = line_shape(str(p.get("component", "")), str(p.get("text", "")))
+                if p.get("record_id") == line.record_id or other in seen:
+                    continue
+                seen.add(other)
+                line.similar.add(id=str(p.get("record_id", hit.key))[:256], similarity=_clip(hit.score),
+                                 label=_label(p), text=_preview(str(p.get("text", ""))),
+                                 verdict=score_pb2.VERDICT_ANOMALY)
+                if len(line.similar) == self.k:
+                    break
 
 
-def _first(pair: tuple[float, object]) -> float:
-    return pair[0]
+def block_summary(events: Sequence[str], limit: int = 12) -> str:
+    """E.g. "14 events: E5x3 E22 E11x3 E9x3 E26x3 E7" (event ids in order of first appearance, with counts)."""
+    counts = Counter(events)
+    parts = [f"{e}x{n}" if n > 1 else e for e, n in counts.items()]
+    more = f" +{len(parts) - limit} more" if len(parts) > limit else ""
+    return f"{len(events)} event{'s' if len(events) != 1 else ''}: {' '.join(parts[:limit])}{more}"
 
 
-def _remember(cases: deque[Case], case: Case) -> None:
-    for old in list(cases):
-        if old.id == case.id:
-            cases.remove(old)
-    cases.append(case)
+def _bag(events: Sequence[str]) -> tuple:
+    return tuple(sorted(Counter(events).items()))
+
+
+def _label(payload: Mapping[str, Any]) -> int:
+    """The payload's label ("anomaly", "normal", "unspecified": how the job writes it) as a logmesh.v1.Label."""
+    name = str(payload.get("label") or "unspecified").upper()
+    return log_record_pb2.Label.Value(f"LABEL_{name}") if f"LABEL_{name}" in log_record_pb2.Label.keys() else 0
+
+
+def _clip(score: float) -> float:
+    return max(-1.0, min(1.0, float(score)))
+
+
+def _preview(text: str) -> str:
+    if len(text) <= CASE_TEXT_BYTES // 4:  # at most 4 bytes a character: surely short enough
+        return text
+    data = text.encode("utf-8")
+    return text if len(data) <= CASE_TEXT_BYTES else data[:CASE_TEXT_BYTES - 3].decode("utf-8", "ignore") + "…"

@@ -1,12 +1,16 @@
-"""What a scorer keeps across restarts: its anomaly history and its counters, in a state folder.
+"""What a scorer keeps across restarts: its anomaly history, where it stands in the anomalies topic, and its
+counters, in a state folder.
 
-Behind two small interfaces (HistoryStore, CounterStore) so the history can later move to a service that
-reads the Kafka anomalies topic without the scorer changing. The file versions:
+Behind two small interfaces (HistoryStore, CounterStore). The file versions:
 
 - `anomalies.log`: append-only, one record per history entry (4-byte little-endian length, then a serialized
-  logmesh.v1.Anomaly). A record cut short by a crash is dropped (and the file cut back) on the next start.
-  Written without fsync: it survives a crash or kill of the process, not a power cut. The history rewrites it
-  with what it still holds once it grows past a bound, so the file stays bounded too.
+  logmesh.v1.Anomaly with its history id and its topic coordinates in `source`). A record cut short by a crash
+  is dropped (and the file cut back) on the next start. Written without fsync: it survives a crash or kill of
+  the process, not a power cut. The history rewrites it with what it still holds once it grows past a bound
+  (a compacted snapshot), so the file stays bounded too.
+- `positions.json`: "topic/partition" -> the next offset of the anomalies topic to read, replaced atomically
+  after each append. The log's own sources say the same for the entries it holds; this file covers messages
+  read but not entered (a repeated final verdict) and partitions whose entries were all evicted.
 - `counters.json`: the GetStats counters, replaced atomically.
 - `lock`: flock'ed while a scorer uses the folder, so two scorers cannot interleave one log.
 """
@@ -64,6 +68,7 @@ class StateDir:
                              "--state-dir") from None
         self.history = FileHistoryStore(self.path / "anomalies.log")
         self.counters = JsonCounterStore(self.path / "counters.json")
+        self.positions = JsonCounterStore(self.path / "positions.json")
 
     def close(self) -> None:
         self.history.close()

@@ -30,8 +30,11 @@ def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.
 
 
 @pytest.fixture(scope="module")
-def services(trained_models, tmp_path_factory):
-    """`logmesh serve embedder` and `logmesh serve scorer` as real processes."""
+def services(trained_models, tmp_path_factory, admin):
+    """`logmesh serve embedder` and `logmesh serve scorer` as real processes; the scorer's history reads a fresh
+    anomalies topic (what the streaming job writes)."""
+    from anomaly_topic import fresh_topic
+    topic = fresh_topic(admin, "t-cli")
     logs = tmp_path_factory.mktemp("logs")
     ports = {"embedder": _free_port(), "scorer": _free_port()}
     embedder_address = f"127.0.0.1:{ports['embedder']}"
@@ -39,8 +42,8 @@ def services(trained_models, tmp_path_factory):
         "embedder": subprocess.Popen([LOGMESH, "serve", "embedder", "--port", str(ports["embedder"])],
                                      stderr=open(logs / "embedder.log", "w")),
         "scorer": subprocess.Popen([LOGMESH, "serve", "scorer", "--port", str(ports["scorer"]), "--model-dir",
-                                    str(trained_models), "--embedder", embedder_address],
-                                   stderr=open(logs / "scorer.log", "w")),
+                                    str(trained_models), "--embedder", embedder_address, "--anomalies-topic", topic,
+                                    "--state-dir", str(logs / "state")], stderr=open(logs / "scorer.log", "w")),
     }
     try:
         EmbedderClient(embedder_address).wait_until_serving(90)
@@ -50,7 +53,8 @@ def services(trained_models, tmp_path_factory):
             p.kill()
         raise AssertionError("servers did not start: " + (logs / "embedder.log").read_text()[-2000:]
                              + (logs / "scorer.log").read_text()[-2000:])
-    yield {"scorer": f"127.0.0.1:{ports['scorer']}", "embedder": embedder_address, "procs": procs, "logs": logs}
+    yield {"scorer": f"127.0.0.1:{ports['scorer']}", "embedder": embedder_address, "procs": procs, "logs": logs,
+           "topic": topic}
     for p in procs.values():
         if p.poll() is None:
             p.terminate()
@@ -111,8 +115,14 @@ def test_score_reads_stdin_and_prints_json(services, data_dir):
 
 
 def test_anomalies_stats_and_health(services):
+    from anomaly_topic import AnomalyWriter
+    from logmesh.v1 import score_pb2
+    from waiting import wait_for
     run("score", "--scorer", services["scorer"], EXCEPTION_LINE)
-    listed = run("anomalies", "--scorer", services["scorer"]).stdout
+    with ScorerClient(services["scorer"]) as scorer:  # the job writes the failing line's verdict to the topic
+        AnomalyWriter(services["topic"]).write([score_pb2.Anomaly(line=scorer.score_line(EXCEPTION_LINE))])
+    listed = wait_for(lambda: (out := run("anomalies", "--scorer", services["scorer"]).stdout) and "writeBlock" in out
+                      and out, what="logmesh anomalies to show what the job wrote")
     assert "blk_-3102267849859399193" in listed and "writeBlock" in listed
     stats = json.loads(run("stats", "--scorer", services["scorer"]).stdout)
     # the proto's own field names, as grpcurl prints them

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from logmesh.client import EmbedderClient, ScorerClient
 REPO = Path(__file__).resolve().parents[2]
 LOGMESH = str(Path(sys.executable).with_name("logmesh"))
 PORTS = {"embedder": 50051, "scorer": 50052}
+EXCEPTION_LINE = ("081109 214043 2561 INFO dfs.DataNode$DataXceiver: writeBlock blk_-3102267849859399193 received "
+                  "exception java.io.IOException: Could not read from stream")
 BEGIN, END = "<!-- grpcurl-commands", "<!-- /grpcurl-commands -->"
 
 
@@ -50,16 +53,21 @@ def _port_is_free(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def default_servers(trained_models, tmp_path_factory):
-    """The two servers on the ports the README's commands use (no --port: the defaults are what is documented)."""
+def default_servers(trained_models, tmp_path_factory, admin):
+    """The two servers on the ports the README's commands use (no --port: the defaults are what is documented).
+    The scorer's history reads a fresh anomalies topic, where the failing line's verdict is written as the
+    streaming job writes it (scoring records nothing), so ListAnomalies has it to show."""
+    from anomaly_topic import AnomalyWriter, fresh_topic
+    from logmesh.v1 import score_pb2
+    topic = fresh_topic(admin, "t-readme")
     taken = [f"{name} port {port}" for name, port in PORTS.items() if not _port_is_free(port)]
     if taken:
         pytest.fail(f"{' and '.join(taken)} already in use on 127.0.0.1 (another `logmesh serve`, or a demo: "
                     "`make down`); the README's grpcurl commands name the default ports, so this test needs them free")
     logs = tmp_path_factory.mktemp("readme-logs")
     procs = [subprocess.Popen([LOGMESH, "serve", "embedder"], stderr=open(logs / "embedder.log", "w")),
-             subprocess.Popen([LOGMESH, "serve", "scorer", "--model-dir", str(trained_models)],
-                              stderr=open(logs / "scorer.log", "w"))]
+             subprocess.Popen([LOGMESH, "serve", "scorer", "--model-dir", str(trained_models), "--anomalies-topic",
+                               topic, "--state-dir", str(logs / "state")], stderr=open(logs / "scorer.log", "w"))]
     try:
         EmbedderClient(f"127.0.0.1:{PORTS['embedder']}").wait_until_serving(120)
         ScorerClient(f"127.0.0.1:{PORTS['scorer']}").wait_until_serving(60)
@@ -68,6 +76,13 @@ def default_servers(trained_models, tmp_path_factory):
             p.kill()
         raise AssertionError("servers did not start: " + (logs / "embedder.log").read_text()[-2000:]
                              + (logs / "scorer.log").read_text()[-2000:])
+    with ScorerClient(f"127.0.0.1:{PORTS['scorer']}") as scorer:
+        failing = scorer.score_line(EXCEPTION_LINE)
+        AnomalyWriter(topic).write([score_pb2.Anomaly(line=failing)])
+        deadline = time.monotonic() + 60
+        while not scorer.anomalies(page_size=1).anomalies:
+            assert time.monotonic() < deadline, "the scorer's history did not read the anomalies topic"
+            time.sleep(0.5)
     yield
     for p in procs:
         p.terminate()

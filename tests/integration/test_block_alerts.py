@@ -34,8 +34,10 @@ QUIET_MS = 4000
 
 
 def test_failing_blocks_are_alerted_once_across_a_restart(admin, embedder_server, own_scorer, data_dir,  # noqa: F811
-                                                          tmp_path):
+                                                          tmp_path, trained_models):
     config = _topics(admin, f"t{uuid.uuid4().hex[:8]}")
+    from anomaly_topic import fed_scorer
+    history = fed_scorer(trained_models, embedder_server.address, config.anomalies_topic)  # reads the job's alerts
     lines = (data_dir / "HDFS_20000.log").read_text(encoding="utf-8").splitlines(keepends=True)
     halves = [tmp_path / "first.log", tmp_path / "second.log"]
     halves[0].write_text("".join(lines[:10_000]))
@@ -43,15 +45,12 @@ def test_failing_blocks_are_alerted_once_across_a_restart(admin, embedder_server
     labels = data_dir / "anomaly_label.csv"
 
     watched: list[score_pb2.Anomaly] = []
-    stop_watch = threading.Event()
 
     def watch() -> None:
-        with ScorerClient(own_scorer.address) as client:
+        with ScorerClient(history.address) as client:
             try:
-                for entry in client.watch(blocks_only=True, timeout=600):
+                for entry in client.watch(blocks_only=True, timeout=600):  # until history.stop() below
                     watched.append(entry)
-                    if stop_watch.is_set():
-                        return
             except grpc.RpcError:
                 pass
 
@@ -94,7 +93,6 @@ def test_failing_blocks_are_alerted_once_across_a_restart(admin, embedder_server
     finally:
         if job.poll() is None:
             stop_job(job)
-        stop_watch.set()
         scored.close()
         alerted.close()
     assert job.returncode is not None, job_log.read_text()[-3000:]
@@ -125,8 +123,10 @@ def test_failing_blocks_are_alerted_once_across_a_restart(admin, embedder_server
     assert visible and visible <= set(alerts)
     assert "blk_-3102267849859399193" in alerts  # the known failing block (writeBlock exceptions)
 
-    watched_alerts = {e.block.block_id for e in watched if e.block.kind == score_pb2.BLOCK_VERDICT_KIND_ALERT}
-    assert watched_alerts == set(alerts)
+    def watched_alerts() -> set[str]:  # what the history read from the topic, as a watcher sees it
+        return {e.block.block_id for e in watched if e.block.kind == score_pb2.BLOCK_VERDICT_KIND_ALERT}
+    wait_for(lambda: watched_alerts() == set(alerts), 60, "the history's watcher to see every alert")
+    history.stop(1)
 
 
 def test_the_event_clock_closes_blocks_by_log_time_and_leaves_the_replays_last_blocks_open(

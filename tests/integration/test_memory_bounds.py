@@ -1,6 +1,7 @@
-"""Memory is bounded by bytes, not entries: real `logmesh serve` processes fed long lines stay under a stated
-bound (their RSS, read from /proc), a ListAnomalies page fits any client after huge entries, and a reply
-over the message limit does not end a stream."""
+"""Memory is bounded by bytes, not entries: real `logmesh serve` processes fed long lines (to score, and as
+anomalies through the anomalies topic to the history) stay under a stated bound (their RSS, read from /proc), a
+ListAnomalies page fits any client after huge entries, and a reply over the message limit does not end a
+stream."""
 from __future__ import annotations
 
 import random
@@ -17,6 +18,7 @@ from logmesh.client import EmbedderClient, ScorerClient
 from logmesh.v1 import (embedder_service_pb2 as epb, embedder_service_pb2_grpc as egrpc, score_pb2,
                         scorer_service_pb2 as spb, scorer_service_pb2_grpc as sgrpc)
 
+from anomaly_topic import ALERT, BOOTSTRAP, FINAL, AnomalyWriter, block, fed_scorer, fresh_topic
 from kafka_helpers import _free_port
 
 LOGMESH = str(Path(sys.executable).with_name("logmesh"))
@@ -31,6 +33,7 @@ LINE_BYTES = 60_000
 #: allocator keeping freed pages).
 SCORER_GROWTH_MIB = 400
 EMBEDDER_GROWTH_MIB = 200
+HISTORY_MB = 32  # the processes' --history-mb: small, so that the topic below overfills it
 
 
 def _rss_mib(pid: int) -> float:
@@ -54,22 +57,24 @@ def _anomalous_line(n: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def processes(trained_models, tmp_path_factory):
+def processes(trained_models, tmp_path_factory, admin):
     """`logmesh serve embedder` and `logmesh serve scorer` as real processes with their default budgets."""
     work = tmp_path_factory.mktemp("memory")
     ports = {"embedder": _free_port(), "scorer": _free_port()}
     embedder = f"127.0.0.1:{ports['embedder']}"
+    topic = fresh_topic(admin, "t-memory")
     procs = {
         "embedder": subprocess.Popen([LOGMESH, "serve", "embedder", "--port", str(ports["embedder"])], cwd=work,
                                      stderr=open(work / "embedder.log", "w")),
         "scorer": subprocess.Popen([LOGMESH, "serve", "scorer", "--port", str(ports["scorer"]), "--model-dir",
-                                    str(trained_models), "--embedder", embedder], cwd=work,
+                                    str(trained_models), "--embedder", embedder, "--bootstrap", BOOTSTRAP,
+                                    "--anomalies-topic", topic, "--history-mb", str(HISTORY_MB)], cwd=work,
                                    stderr=open(work / "scorer.log", "w")),
     }
     try:
         EmbedderClient(embedder).wait_until_serving(120)
         ScorerClient(f"127.0.0.1:{ports['scorer']}").wait_until_serving(60)
-        yield {"scorer": f"127.0.0.1:{ports['scorer']}", "embedder": embedder, "procs": procs}
+        yield {"scorer": f"127.0.0.1:{ports['scorer']}", "embedder": embedder, "procs": procs, "topic": topic}
     finally:
         for p in procs.values():
             p.terminate()
@@ -78,8 +83,9 @@ def processes(trained_models, tmp_path_factory):
 
 
 def test_servers_stay_under_a_memory_bound_with_long_lines(processes):
-    """1,000 distinct 60 KB lines and 10,000 repeated 60 KB anomalies: the issue saw the scorer grow by 2.35 GB
-    and the embedder by 772 MB. Each batch is followed by an RSS reading, so a server past its bound fails the
+    """1,000 distinct 60 KB lines and 10,000 repeated 60 KB anomalies to score (the issue saw the scorer grow by
+    2.35 GB and the embedder by 772 MB), then 1,500 60 KB anomalies (90 MB) for the history through the topic,
+    over its --history-mb. Each batch is followed by an RSS reading, so a server past its bound fails the
     test at once instead of filling the machine."""
     pids = {name: p.pid for name, p in processes["procs"].items()}
     bounds = {"scorer": SCORER_GROWTH_MIB, "embedder": EMBEDDER_GROWTH_MIB}
@@ -111,54 +117,72 @@ def test_servers_stay_under_a_memory_bound_with_long_lines(processes):
             check("10,000 repeated 60 KB anomalies")
         assert flagged == 10_000
         stats = scorer.stats()
-        assert stats.line_anomalies >= 10_000
+        assert stats.line_anomalies >= 10_000 and stats.history_entries == 0  # scoring records nothing
+        writer = AnomalyWriter(processes["topic"])
+        for start in range(0, 1500, 50):
+            writer.write([score_pb2.Anomaly(line=score_pb2.ScoreResult(
+                record_id=f"big-{start + i}", verdict=ANOMALY, message=_anomalous_line(i % 4)[len(HEAD):],
+                component="dfs.DataNode$DataXceiver")) for i in range(50)])
+            check("1,500 60 KB anomalies read by the history")
+
+        def read_all():  # type: ignore[no-untyped-def]
+            s = scorer.stats()
+            return s if s.history_status == "live" else None
+        import waiting
+        stats = waiting.wait_for(read_all, 120, "the history to read the topic")
+        entries = scorer.list_anomalies(100_000)[0]
+        assert 0 < stats.history_entries == len(entries) < HISTORY_MB * MiB // LINE_BYTES  # the oldest went first
+        assert entries[0].line.record_id == "big-1499"  # the newest is held
+        check("the history read")
     print(f"\nRSS MiB at start / peak: " + ", ".join(f"{n} {base[n]:.0f} / {peak[n]:.0f}" for n in pids))
 
 
 # --- pages and replies (an in-process scorer of this module's own) -----------------------------------------
 
-def _big_block(block_id: str) -> spb.BlockSession:
-    """A closed 100,000-event block that failed a write (E7 is evidence: never in a normal block)."""
-    return spb.BlockSession(block_id=block_id, events=(["E5", "E22", "E7"] * 33_334)[:100_000], closed=True)
-
-
-def test_a_page_fits_any_client_after_huge_entries(own_scorer):
-    """Huge entries are stored trimmed (and say so); a page fits grpc's default 4 MiB receive limit, and
-    following its token reaches every entry; re-judging one closed 100,000-event block adds nothing."""
+def test_a_page_fits_any_client_after_huge_entries(admin, trained_models, embedder_server):
+    """Huge entries read from the topic are stored trimmed (and say so); a page fits grpc's default 4 MiB
+    receive limit, and following its token reaches every entry; the same final 100,000-event story written
+    five times is entered once."""
     block_id = "blk_memory_bounds_huge"
-    with ScorerClient(own_scorer.address, timeout=120) as scorer:
-        before = scorer.anomalies(page_size=1).anomalies
-        first_new = before[0].id + 1 if before else 1
-        results = list(scorer.score_lines([_anomalous_line(n % 4) for n in range(150)], batch_size=50))
-        assert all(r.result.verdict == ANOMALY for r in results)
-        for _ in range(5):
-            reply = scorer.stub.ScoreBlock(spb.ScoreBlockRequest(block=_big_block(block_id)), timeout=120)
-            assert reply.verdict.verdict == ANOMALY and reply.verdict.kind == score_pb2.BLOCK_VERDICT_KIND_FINAL
-            assert len(reply.verdict.events) == 100_000  # the reply is whole; the history entry is trimmed
-    # a client with grpc's default limits (4 MiB received), as grpcurl and most tools have
-    channel = grpc.insecure_channel(own_scorer.address)
-    stub = sgrpc.ScorerServiceStub(channel)
-    seen, token, pages = [], "", 0
-    while True:
-        page = stub.ListAnomalies(spb.ListAnomaliesRequest(page_size=1000, page_token=token), timeout=60)
-        assert page.ByteSize() <= 4 * MiB
-        pages += 1
-        seen.extend(page.anomalies)
-        token = page.next_page_token
-        if not token or seen[-1].id < first_new:
-            break
-    channel.close()
-    ours = [e for e in seen if e.id >= first_new]
+    events = (["E5", "E22", "E7"] * 33_334)[:100_000]
+    topic = fresh_topic(admin, "t-pages")
+    server = fed_scorer(trained_models, embedder_server.address, topic)
+    writer = AnomalyWriter(topic)
+    for start in range(0, 150, 50):
+        writer.write([score_pb2.Anomaly(line=score_pb2.ScoreResult(
+            record_id=f"huge-{start + i}", verdict=ANOMALY, message=_anomalous_line(i % 4)[len(HEAD):],
+            component="dfs.DataNode$DataXceiver")) for i in range(50)])
+    writer.write([block(block_id, ALERT, events[:3])])
+    for _ in range(5):
+        writer.write([block(block_id, FINAL, events)])
+    try:
+        with ScorerClient(server.address, timeout=120) as scorer:
+            import waiting
+            waiting.wait_for(lambda: scorer.stats().history_entries == 152, 60, "the history to read the topic")
+        # a client with grpc's default limits (4 MiB received), as grpcurl and most tools have
+        channel = grpc.insecure_channel(server.address)
+        stub = sgrpc.ScorerServiceStub(channel)
+        seen, token, pages = [], "", 0
+        while True:
+            page = stub.ListAnomalies(spb.ListAnomaliesRequest(page_size=1000, page_token=token), timeout=60)
+            assert page.ByteSize() <= 4 * MiB
+            pages += 1
+            seen.extend(page.anomalies)
+            token = page.next_page_token
+            if not token:
+                break
+        channel.close()
+    finally:
+        server.stop(1)
     assert pages >= 2  # 150 entries of 60 KB lines do not fit one page
-    assert [e.id for e in ours] == sorted((e.id for e in ours), reverse=True)
-    assert len([e for e in ours if e.HasField("line")]) == 150
-    blocks = [e for e in ours if e.HasField("block") and e.block.block_id == block_id]
-    kinds = sorted(e.block.kind for e in blocks)
-    assert kinds == [score_pb2.BLOCK_VERDICT_KIND_ALERT, score_pb2.BLOCK_VERDICT_KIND_FINAL], kinds
-    for e in blocks:
-        assert e.ByteSize() <= 128 * 1024 and "events: kept" in e.trimmed and "of 100000" in e.trimmed
-        assert 0 < len(e.block.events) < 100_000
-    assert all(not e.trimmed for e in ours if e.HasField("line"))  # a 60 KB line fits an entry whole
+    assert [e.id for e in seen] == list(range(152, 0, -1))
+    assert len([e for e in seen if e.HasField("line")]) == 150
+    blocks = [e for e in seen if e.HasField("block") and e.block.block_id == block_id]
+    assert sorted(e.block.kind for e in blocks) == [ALERT, FINAL]
+    [final] = [e for e in blocks if e.block.kind == FINAL]
+    assert final.ByteSize() <= 128 * 1024 and "events: kept" in final.trimmed and "of 100000" in final.trimmed
+    assert 0 < len(final.block.events) < 100_000
+    assert all(not e.trimmed for e in seen if e.HasField("line"))  # a 60 KB line fits an entry whole
 
 
 def test_a_stream_survives_an_oversized_reply(own_scorer, embedder_server):

@@ -55,7 +55,7 @@ def test_record_with_its_own_embedding_skips_the_embedder(scorer, encoder):
     assert out.record_id == "HDFS.log:1" and out.result.verdict == score_pb2.VERDICT_NORMAL
 
 
-def test_anomalies_page_newest_first_and_stats_count(scorer):
+def test_stats_count_what_was_scored(scorer):
     before = scorer.stats()
     for _ in range(3):
         scorer.score_line(EXCEPTION_LINE)
@@ -65,18 +65,8 @@ def test_anomalies_page_newest_first_and_stats_count(scorer):
     assert after.line_anomalies - before.line_anomalies == 3
     assert after.latency_p99_ms >= after.latency_p50_ms > 0
     assert after.model_version and len(after.model_members) == 5
-    first = scorer.anomalies(page_size=2)
-    assert len(first.anomalies) == 2 and first.next_page_token
-    assert first.anomalies[0].id > first.anomalies[1].id
-    second = scorer.anomalies(page_size=2, page_token=first.next_page_token)
-    assert second.anomalies and second.anomalies[0].id < first.anomalies[1].id
-    only = scorer.anomalies(page_size=50, block_id="blk_-3102267849859399193")
-    # line anomalies naming the block, and the block's own verdicts when another test's replay judged it
-    assert only.anomalies and all("blk_-3102267849859399193" in a.line.block_ids
-                                  or a.block.block_id == "blk_-3102267849859399193" for a in only.anomalies)
-    with pytest.raises(grpc.RpcError) as info:
-        scorer.anomalies(page_token="not-a-token")
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # scoring records nothing: the history (here without an anomalies topic) stays empty
+    assert after.history_status == "off" and after.history_entries == 0 and not scorer.anomalies().anomalies
 
 
 def test_without_an_artifact_the_scorer_is_not_serving_and_says_why(tmp_path, embedder_server, trained_models,
@@ -162,6 +152,25 @@ def test_embedder_down_gives_unavailable_per_item_not_a_dead_stream(tmp_path, tr
         server.stop(0)
 
 
+def test_an_item_with_its_embedding_is_scored_with_the_embedder_down(trained_models, encoder):
+    """The vector the caller sends is the one used: no embedder call (here there is no embedder at all)."""
+    from logmesh.ingest.masking import line_shape
+    from logmesh.scorer.service import serve
+    record = parse_line("081109 203518 143 INFO dfs.DataNode$DataXceiver: a shape this scorer never saw 7",
+                        "HDFS.log", 7)
+    vec = encoder.encode([line_shape(record.component, record.message)])[0]
+    server = serve(0, trained_models, "127.0.0.1:1", reload_interval=60)  # nothing listens on port 1
+    try:
+        with ScorerClient(server.address) as client:
+            given, bare = list(client.score_stream([
+                spb.ScoreItem(record=record, embedding=vectors.to_message(record.id, "all-MiniLM-L6-v2", vec)),
+                spb.ScoreItem(raw_line="081109 203518 143 INFO dfs.DataNode$DataXceiver: another new shape")]))
+            assert given.HasField("result") and given.result.model_version
+            assert bare.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    finally:
+        server.stop(0)
+
+
 def _short(text: str, folder, limit: int = 200) -> str:  # type: ignore[no-untyped-def]
     """A status message for docs/reliability.md: without the test's temporary folder, cut to `limit`."""
     return text.replace(f"{folder}/", "").replace(str(folder), "<model dir>")[:limit]
@@ -195,8 +204,6 @@ def test_block_model_judges_known_blocks_of_the_real_log(scorer, data_dir):
     assert reply.verdict == score_pb2.VERDICT_NORMAL and reply.kind == score_pb2.BLOCK_VERDICT_KIND_INTERIM
     stats = scorer.stats()
     assert stats.blocks_scored >= 3 and stats.block_anomalies >= 1
-    listed = scorer.anomalies(block_id=anomalous).anomalies
-    assert any(a.HasField("block") and a.block.block_id == anomalous for a in listed)
 
 
 def _events_20000(data_dir, block_id: str) -> list[str]:
@@ -213,34 +220,41 @@ def test_bad_blocks_get_per_item_errors(scorer):
     assert "empty" in results[0].error.message and "no events" in results[1].error.message
 
 
-def test_watchers_receive_new_anomalies_live_with_filters(scorer, scorer_server):
+def test_watchers_receive_new_anomalies_live_with_filters(admin, trained_models, embedder_server):
+    """Watchers see what the job commits to the anomalies topic as the history reads it, filtered."""
     import threading
+    from anomaly_topic import ALERT, AnomalyWriter, block, fed_scorer, fresh_topic, line
+    topic = fresh_topic(admin)
+    server = fed_scorer(trained_models, embedder_server.address, topic)
     seen: list[score_pb2.Anomaly] = []
     blocks_seen: list[score_pb2.Anomaly] = []
-    ready = threading.Event()
 
     def watch(into, **filters) -> None:
-        with ScorerClient(scorer_server.address) as client:
-            ready.set()
+        with ScorerClient(server.address) as client:
             try:
-                for entry in client.watch(timeout=4, **filters):
+                for entry in client.watch(timeout=6, **filters):
                     into.append(entry)
             except grpc.RpcError as exc:
                 assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
     threads = [threading.Thread(target=watch, args=(seen,), kwargs={"component": "dfs.DataNode$DataXceiver"}),
                threading.Thread(target=watch, args=(blocks_seen,), kwargs={"blocks_only": True})]
-    for t in threads:
-        t.start()
-    ready.wait(5)
-    servicer = scorer_server.servicers["ScorerService"]
-    wait_for(lambda: servicer._watchers == 2)  # both subscriptions are live on the server
-    scorer.score_line(EXCEPTION_LINE)  # an anomalous DataXceiver line
-    scorer.score_line(NORMAL_LINE)  # normal: not an anomaly
-    scorer.score_line("081109 214043 2561 INFO dfs.DataNode$PacketResponder: PacketResponder blk_-3102267849859399193 "
-                      "2 Exception java.io.EOFException")  # anomalous, but another component
-    for t in threads:
-        t.join(10)
-    assert [e.line.message for e in seen] == [EXCEPTION_LINE.split(": ", 1)[1]]
+    try:
+        for t in threads:
+            t.start()
+        servicer = server.servicers["ScorerService"]
+        wait_for(lambda: servicer._watchers == 2)  # both subscriptions are live on the server
+        AnomalyWriter(topic).write([
+            line("x", EXCEPTION_LINE.split(": ", 1)[1]),  # an anomalous DataXceiver line
+            line("y", "PacketResponder blk_-3102267849859399193 2 Exception java.io.EOFException",
+                 component="dfs.DataNode$PacketResponder"),  # anomalous, but another component
+            block("blk_-3102267849859399193", ALERT, ["E5", "E22", "E7"])])
+        for t in threads:
+            t.join(15)
+    finally:
+        server.stop(1)
+    # the component filter passes lines of that component, and blocks (the proto's rule)
+    assert [e.line.message or e.block.block_id for e in seen] == [EXCEPTION_LINE.split(": ", 1)[1],
+                                                                   "blk_-3102267849859399193"]
     assert seen[0].line.component == "dfs.DataNode$DataXceiver" and seen[0].id > 0
-    assert blocks_seen == []  # no block was judged meanwhile
+    assert [e.block.block_id for e in blocks_seen] == ["blk_-3102267849859399193"]

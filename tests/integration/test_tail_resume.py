@@ -1,5 +1,5 @@
 """`logmesh tail` across a restart of a real scorer process: it reconnects and resumes after the last anomaly
-it showed, so anomalies recorded while it was away are shown once, none lost and none repeated."""
+it showed, so anomalies the job committed while it was away are shown once, none lost and none repeated."""
 from __future__ import annotations
 
 import re
@@ -9,12 +9,10 @@ import threading
 import time
 
 from logmesh.client import ScorerClient
-from logmesh.v1 import score_pb2
 from waiting import wait_for
 
-from test_history_durable import EXCEPTION_LINE, LOGMESH, ScorerProcess, _all
-
-ANOMALY = score_pb2.VERDICT_ANOMALY
+from anomaly_topic import AnomalyWriter, fresh_topic, line
+from test_history_durable import LOGMESH, ScorerProcess, _all
 
 
 class Tail:
@@ -36,14 +34,17 @@ class Tail:
         return any(text in line for line in self.err)
 
 
-def _score(address: str, tags: str) -> None:
-    with ScorerClient(address) as client:
+def test_tail_resumes_after_a_scorer_restart_without_losing_or_repeating(admin, trained_models, embedder_server,
+                                                                         tmp_path):
+    topic = fresh_topic(admin)
+    writer = AnomalyWriter(topic)
+
+    def _score(address: str, tags: str) -> None:  # what the job commits, one transaction per line
         for tag in tags:
-            assert client.score_line(f"{EXCEPTION_LINE} attempt {tag}").verdict == ANOMALY
+            writer.write([line(tag)])
 
-
-def test_tail_resumes_after_a_scorer_restart_without_losing_or_repeating(trained_models, embedder_server, tmp_path):
-    scorer = ScorerProcess(trained_models, embedder_server.address, tmp_path / "state", tmp_path / "scorer.log").start()
+    scorer = ScorerProcess(trained_models, embedder_server.address, tmp_path / "state", tmp_path / "scorer.log",
+                           topic).start()
     tail = Tail(scorer.address)
     try:
         wait_for(lambda: tail.said("subscribed"), what="tail to subscribe")
@@ -53,11 +54,13 @@ def test_tail_resumes_after_a_scorer_restart_without_losing_or_repeating(trained
         assert scorer.stop(signal.SIGTERM) == 0
         wait_for(lambda: tail.said("lost the scorer"), what="tail to notice the scorer went away")
         assert tail.proc.poll() is None  # it waits for the scorer instead of exiting
-        # anomalies the scorer records while the tail is not watching: held still (SIGSTOP) so it cannot
-        # reconnect before they are recorded; it must fetch them on its return
+        # anomalies the history reads while the tail is not watching: held still (SIGSTOP) so it cannot
+        # reconnect before they are read; it must fetch them on its return
         tail.proc.send_signal(signal.SIGSTOP)
         scorer.start()
         _score(scorer.address, "de")
+        with ScorerClient(scorer.address) as client:
+            wait_for(lambda: len(_all(client)) == 5, what="the restarted scorer to read the two new anomalies")
         tail.proc.send_signal(signal.SIGCONT)
         wait_for(lambda: tail.said("reconnected"), timeout=30, what="tail to reconnect")
         _score(scorer.address, "fg")  # and what is recorded after it is back
@@ -66,7 +69,7 @@ def test_tail_resumes_after_a_scorer_restart_without_losing_or_repeating(trained
 
         with ScorerClient(scorer.address) as client:
             recorded = sorted((e for e in _all(client) if e.HasField("line")), key=lambda e: e.id)
-        assert [e.line.message.rsplit("attempt ", 1)[1] for e in recorded] == list("abcdefg")
+        assert [e.line.record_id for e in recorded] == [f"rec-{t}" for t in "abcdefg"]
         assert tail.ids() == [e.id for e in recorded]  # each shown once, in order
     finally:
         tail.proc.send_signal(signal.SIGCONT)
