@@ -11,19 +11,18 @@ from logmesh.cli.common import POSITIVE, UserError
 
 
 def _check_labels(path: Path, flag: str) -> None:
-    """A labels file the trainer and the evaluator can read: `BlockId,Label` rows."""
+    """A labels file the trainer and the evaluator can read, checked whole by the one label reader before any
+    model loads: a bad row is one line naming the file and the row."""
+    from logmesh.ingest.labels import LabelFileError, read_block_labels
     if not path.is_file():
         raise UserError(f"{flag} {path}: no such file; give the anomaly_label.csv (BlockId,Label) that labels "
                         "the log's blocks (loghub HDFS_v1 ships one; `logmesh generate` writes one beside its log)")
     try:
-        with open(path, newline="", errors="replace") as f:
-            header = f.readline()
+        read_block_labels(path)
     except OSError as exc:
         raise UserError(f"cannot read {flag} {path}: {exc.strerror}") from None
-    columns = [c.strip().strip('"') for c in header.split(",")]
-    if "BlockId" not in columns or "Label" not in columns:
-        raise UserError(f"{flag} {path} is not a labels file: its first line should be the header "
-                        f"'BlockId,Label' (found {header.strip()[:60]!r})")
+    except LabelFileError as exc:
+        raise UserError(f"{flag} {exc}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:

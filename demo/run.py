@@ -587,7 +587,7 @@ def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool,
                 "mostly the wait behind earlier lines. A live feed's latency: --rate 2000 (`make bench` measures "
                 "it on a warm job)")
     if labels and labels.exists():
-        from logmesh.scorer.dataset import read_block_labels
+        from logmesh.ingest.labels import read_block_labels
         truth = read_block_labels(labels)
         figures.update(time_to_detect(tally, truth))
         anomalous = {b for b, y in truth.items() if y}

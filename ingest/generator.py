@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from logmesh.ingest.failure_kinds import EPISODE_KINDS, TEMPLATES, write_block_kinds
+from logmesh.ingest.labels import HEADER as LABEL_HEADER
 
 FULL_BLOCK = 64 * 1024 * 1024  # dfs.block.size in the HDFS_v1 cluster
 DEFAULT_START = dt.datetime(2008, 11, 9, 20, 35, 18, tzinfo=dt.timezone.utc)  # HDFS.log's first line
@@ -883,7 +884,7 @@ def write_generated(config: GeneratorConfig, output: str | Path, labels: str | P
     if labels_path is not None:
         with open(labels_path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(("BlockId", "Label"))
+            w.writerow(LABEL_HEADER)  # what ingest/labels.py reads
             w.writerows(gen.labels.items())
     # Kinds of the blocks that appeared (a line cap leaves later blocks out of both files).
     rows = [(b, gen.kinds[b]) for b, v in gen.labels.items() if v == "Anomaly"]

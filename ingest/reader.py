@@ -6,7 +6,6 @@ neither may stop a replay, so bad bytes become U+FFFD and are counted instead.
 """
 from __future__ import annotations
 
-import csv
 import gzip
 import sys
 from collections.abc import Iterable, Iterator
@@ -15,13 +14,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from logmesh.ingest.hdfs import parse_line
+from logmesh.ingest.labels import ANOMALY, NORMAL, read_block_labels
 from logmesh.v1 import log_record_pb2 as lr
 
 STDIN = "-"
 #: Name given to lines read from stdin (LogRecord.source, and the id prefix "stdin:N").
 STDIN_SOURCE = "stdin"
 _GZIP_MAGIC = b"\x1f\x8b"
-_LABELS = {"normal": lr.LABEL_NORMAL, "anomaly": lr.LABEL_ANOMALY}
+_LABELS = {NORMAL: lr.LABEL_NORMAL, ANOMALY: lr.LABEL_ANOMALY}
 
 PathLike = str | Path
 
@@ -119,24 +119,9 @@ def iter_records(path_or_dash: PathLike | Iterable[PathLike], labels: dict[str, 
 
 
 def load_block_labels(csv_path: PathLike) -> dict[str, int]:
-    """Reads loghub's anomaly_label.csv (`BlockId,Label`, Label Normal or Anomaly) into
-    {block id: LogRecord Label value}. Unknown label values are an error: a silent default would
-    corrupt an evaluation."""
-    labels: dict[str, int] = {}
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["BlockId", "Label"]:
-            raise ValueError(f"{csv_path}: expected header 'BlockId,Label', got {header!r}")
-        for row in reader:
-            if not row:
-                continue
-            try:
-                labels[row[0].strip()] = _LABELS[row[1].strip().lower()]
-            except (KeyError, IndexError):
-                raise ValueError(f"{csv_path}:{reader.line_num}: expected 'blk_...,Normal|Anomaly', "
-                                 f"got {','.join(row)!r}") from None
-    return labels
+    """loghub's anomaly_label.csv as {block id: LogRecord Label value} (LABEL_NORMAL or LABEL_ANOMALY), read by
+    the one label reader (ingest/labels.py: its rules and its errors, which name the file and line)."""
+    return {block: _LABELS[value] for block, value in read_block_labels(csv_path).items()}
 
 
 def apply_label(record: lr.LogRecord, labels: dict[str, int]) -> lr.LogRecord:

@@ -25,6 +25,14 @@ def _config(sim_th: float, depth: int) -> TemplateMinerConfig:
     return config
 
 
+def live_miner(max_clusters: int, sim_th: float = 0.4, depth: int = 4) -> TemplateMiner:
+    """A Drain3 miner that names kinds of line as they come (the scorer's new templates), with DrainTemplates'
+    settings; 0.4 and 4 are Drain3's own defaults."""
+    config = _config(sim_th, depth)
+    config.drain_max_clusters = max_clusters
+    return TemplateMiner(config=config)
+
+
 class DrainTemplates:
     """Event id for a parsed record: loghub's id if any, else a Drain-mined "D<k>"."""
 

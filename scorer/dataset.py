@@ -7,24 +7,17 @@ so that scorer/completeness.py can decide which have ended) and a small table of
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import re
 import sys
 from pathlib import Path
 
 from collections.abc import Iterator
 
-from logmesh.ingest.hdfs import UNKNOWN_TEMPLATE
+from logmesh.ingest.hdfs import UNKNOWN_TEMPLATE, block_ids, match_line
+from logmesh.ingest.labels import read_block_labels  # noqa: F401  (the one reader; also imported from here)
 from logmesh.ingest.templates import match_template
 from logmesh.ingest.masking import line_shape
-
-
-def read_block_labels(path: Path) -> dict[str, int]:
-    """anomaly_label.csv (`BlockId,Label`) as block id -> 1 (Anomaly) / 0 (Normal)."""
-    with open(path, newline="") as f:
-        return {row["BlockId"]: int(row["Label"].strip().lower() == "anomaly") for row in csv.DictReader(f)}
 
 
 def log_files(data_dir: Path) -> list[Path]:
@@ -64,10 +57,6 @@ def count_lines(path: Path) -> int:
     return n
 
 
-_LINE = re.compile(r"^(\d{6}) (\d{6}) (\d+) ([A-Z]+) ([^\s:]+): ?(.*)$", re.S)  # as logmesh.ingest.hdfs
-_BLOCK_ID = re.compile(r"blk_-?\d+")
-
-
 @dataclasses.dataclass
 class FastRecord:
     """What training needs of a line, without a LogRecord: parse_line's fields that matter here."""
@@ -101,7 +90,7 @@ def iter_fast(path, stats=None) -> "Iterator[FastRecord]":
     for _, number, text in iter_lines(path, stats):
         if not text:
             continue
-        m = _LINE.match(text)
+        m = match_line(text)
         component, message = (m.group(5), m.group(6)) if m else ("", text)
         shape = line_shape(component, message)
         template = templates.get(shape)
@@ -111,7 +100,7 @@ def iter_fast(path, stats=None) -> "Iterator[FastRecord]":
             shape = sys.intern(shape)
         when = _seconds(m.group(1), m.group(2)) if m else None
         yield FastRecord(number, component, message, template,
-                         list(dict.fromkeys(_BLOCK_ID.findall(message))), shape, when)
+                         block_ids(message), shape, when)
 
 
 @dataclasses.dataclass

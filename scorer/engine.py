@@ -19,7 +19,7 @@ from logmesh.runtime.grpc_server import Limits, item_error
 from logmesh.ingest.hdfs import parse_line
 from logmesh.ingest.masking import line_shape
 from logmesh.scorer.artifacts import Artifact
-from logmesh.scorer.ensemble import THRESHOLD
+from logmesh.scorer.ensemble import THRESHOLD, majority
 from logmesh.scorer.new_templates import NewTemplates
 from logmesh.v1 import log_record_pb2, score_pb2, scorer_service_pb2 as spb
 
@@ -186,5 +186,5 @@ def _fill(out: score_pb2.ScoreResult, record: log_record_pb2.LogRecord, verdict:
 
 
 def _anomalous(row: np.ndarray) -> bool:
-    """The ensemble's verdict: a majority of members at or over the threshold."""
-    return int((row >= THRESHOLD).sum()) * 2 > len(row)
+    """The ensemble's verdict: a majority of members at or over the threshold (scorer/ensemble.py)."""
+    return bool(majority(row))

@@ -72,11 +72,22 @@ class LineEnsemble:
         return np.column_stack(columns).astype(np.float32)
 
 
+def anomaly_votes(probabilities: np.ndarray) -> np.ndarray:
+    """How many members vote anomaly (P >= THRESHOLD): one count for a row of member probabilities, one per row
+    of an (n, members) matrix."""
+    return (np.asarray(probabilities) >= THRESHOLD).sum(axis=-1)
+
+
+def majority(probabilities: np.ndarray) -> np.ndarray:
+    """The ensemble's vote, the one rule the trainer, the scorer and the evaluation apply: anomaly when more than
+    half the members vote anomaly (3 of 5). A bool for a row, a bool array for a matrix."""
+    probabilities = np.asarray(probabilities)
+    return anomaly_votes(probabilities) * 2 > probabilities.shape[-1]
+
+
 def combine(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row: majority verdict (bool), mean score, and anomaly vote count."""
-    votes = (probabilities >= THRESHOLD).sum(axis=1)
-    verdict = votes * 2 > probabilities.shape[1]
-    return verdict, probabilities.mean(axis=1), votes
+    return majority(probabilities), probabilities.mean(axis=1), anomaly_votes(probabilities)
 
 
 def evidence_labels(templates: list[str], normal_events: set[str]) -> np.ndarray:

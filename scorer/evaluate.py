@@ -83,8 +83,9 @@ def evaluate(model_dir, logs, labels, open_tail: int = OPEN_TAIL, embed=None, fr
 
     from logmesh.ingest.reader import ReadStats, expand_paths
     from logmesh.scorer import artifacts, completeness
-    from logmesh.scorer.dataset import iter_fast, read_block_labels
-    from logmesh.scorer.ensemble import THRESHOLD as LINE_THRESHOLD
+    from logmesh.ingest.labels import read_block_labels
+    from logmesh.scorer.dataset import iter_fast
+    from logmesh.scorer.ensemble import THRESHOLD as LINE_THRESHOLD, majority
     from logmesh.scorer.new_templates import NewTemplates
     from logmesh.scorer.session_model import SessionModel
     from logmesh.scorer.train import file_digest
@@ -137,7 +138,7 @@ def evaluate(model_dir, logs, labels, open_tail: int = OPEN_TAIL, embed=None, fr
         p = ensemble.probabilities(chunk, np.asarray(embed(chunk), np.float32))
         votes = p >= LINE_THRESHOLD
         shape_votes[lo:lo + len(chunk), :-1] = votes
-        shape_votes[lo:lo + len(chunk), -1] = (votes.sum(axis=1) * 2 > len(names)) | np.asarray(
+        shape_votes[lo:lo + len(chunk), -1] = majority(p) | np.asarray(
             [novel.is_new(shape_template[lo + k], s) for k, s in enumerate(chunk)], bool)
     lifted = np.zeros((len(blocks), len(names) + 1), bool)
     points_at_evidence = Counter()

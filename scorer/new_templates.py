@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import threading
 
-from drain3 import TemplateMiner
-from drain3.template_miner_config import TemplateMinerConfig
-
 from logmesh.ingest.hdfs import UNKNOWN_TEMPLATE
+from logmesh.ingest.templates_drain import live_miner
 
 MAX_CLUSTERS = 1000
 #: What of a new line's shape the live miner reads: each cluster keeps its tokens, so a 64 KB line would cost
@@ -26,11 +24,7 @@ class NewTemplates:
         recorded, which flags nothing as new). `frozen_drain`: the artifact's DrainTemplates."""
         self.known = known
         self.frozen = frozen_drain
-        config = TemplateMinerConfig()
-        config.profiling_enabled = False
-        config.parametrize_numeric_tokens = True
-        config.drain_max_clusters = MAX_CLUSTERS
-        self._miner = TemplateMiner(config=config)
+        self._miner = live_miner(MAX_CLUSTERS)  # Drain3 mining lives in ingest/
         self._lock = threading.Lock()
 
     def is_new(self, template_id: str, shape: str) -> bool:

@@ -147,10 +147,10 @@ def test_load_block_labels_reads_the_real_file() -> None:
 def test_load_block_labels_rejects_bad_files(tmp_path: Path) -> None:
     p = tmp_path / "l.csv"
     p.write_text("Block,Verdict\nblk_1,Normal\n")
-    with pytest.raises(ValueError, match="expected header"):
+    with pytest.raises(ValueError, match="is not a labels file: its line 1 should be the header 'BlockId,Label'"):
         load_block_labels(p)
     p.write_text("BlockId,Label\nblk_1,Normal\nblk_2,Weird\n")
-    with pytest.raises(ValueError, match=r"l\.csv:3"):
+    with pytest.raises(ValueError, match=r"l\.csv, line 3: expected"):
         load_block_labels(p)
     p.write_text("BlockId,Label\r\nblk_1,anomaly\r\n\r\nblk_2,Normal\r\n")
     assert load_block_labels(p) == {"blk_1": lr.LABEL_ANOMALY, "blk_2": lr.LABEL_NORMAL}
