@@ -26,7 +26,8 @@ class _RecordingProbe(EmbedderProbe):
         self.limit, self.done = pauses, threading.Event()
 
     def _pause(self, seconds: float) -> None:
-        self.pauses.append(round(seconds, 3))
+        if len(self.pauses) < self.limit:  # the loop pauses once more on its way out: not recorded
+            self.pauses.append(round(seconds, 3))
         if len(self.pauses) >= self.limit:
             self._stop.set()
             self.done.set()
@@ -38,6 +39,7 @@ def test_an_unreachable_embedder_is_checked_again_after_doubling_waits():
                                 check_timeout=1.0, pauses=6).start()
         assert probe.done.wait(60), probe.pauses
         probe.stop()
+        probe._thread.join(10)
     assert probe.pauses == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0]
     assert probe.status.startswith("cannot reach the embedder")
 
@@ -52,4 +54,5 @@ def test_after_a_success_the_probe_waits_the_interval_and_the_backoff_starts_aga
         probe.start()
         assert probe.done.wait(30), probe.pauses
         probe.stop()
+        probe._thread.join(10)
     assert probe.pauses == [0.25, 0.5, 2.0, 0.25, 0.5, 1.0]
