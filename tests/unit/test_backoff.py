@@ -36,7 +36,7 @@ class _RecordingProbe(EmbedderProbe):
 def test_an_unreachable_embedder_is_checked_again_after_doubling_waits():
     with EmbedderClient(f"127.0.0.1:{_closed_port()}") as client:
         probe = _RecordingProbe(client, on_change=lambda: None, interval=2.0, retry_min=0.25, retry_max=5.0,
-                                check_timeout=1.0, pauses=6).start()
+                                check_timeout=0.2, pauses=6).start()
         assert probe.done.wait(60), probe.pauses
         probe.stop()
         probe._thread.join(10)
