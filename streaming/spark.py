@@ -27,7 +27,10 @@ def session(app: str = "logmesh-stream", master: str = "local[2]", driver_memory
     spark = (SparkSession.builder.appName(app).master(master)
              .config("spark.jars", kafka_jars())
              .config("spark.driver.memory", driver_memory)
-             .config("spark.ui.enabled", "false")
+             .config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])  # a cluster's executors run it too
+             # on a cluster the application's UI and its REST API (/api/v1/applications/<id>/executors: tasks per
+             # executor) are how one watches the job; local mode does without
+             .config("spark.ui.enabled", str(not master.startswith("local")).lower())
              # frozen into the checkpoint at first start; 2 matches the cores here (FIELD-NOTES)
              .config("spark.sql.shuffle.partitions", "2")
              # the default manager forks chmod/readlink per checkpoint file: 115-145 ms -> 50-85 ms per batch
