@@ -24,6 +24,9 @@ def _limits_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-stream-items", type=POSITIVE, default=d.max_stream_items, help="items over one stream; more end it with RESOURCE_EXHAUSTED (default %(default)s)")
     p.add_argument("--max-streams-per-connection", type=POSITIVE, default=d.max_streams_per_connection, help="HTTP/2 streams one client connection may have open at once; more wait in the client (default %(default)s)")
     p.add_argument("--grace", type=SECONDS, default=10.0, help="seconds in-flight RPCs get to finish on SIGTERM (default %(default)s)")
+    p.add_argument("--metrics-port", type=PORT, default=None, metavar="PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (RPCs by method and code, latency, "
+                        "cache; deploy/prometheus); default: off")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="least severe server log lines written to stderr (default %(default)s)")
     g = p.add_argument_group("security", "TLS, mutual TLS and bearer tokens (README: Security). Plaintext is "
@@ -79,6 +82,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     port = args.port or (50051 if args.service == "embedder" else 50052)
     _check_port(args.host, port)
+    if args.metrics_port is not None:
+        from logmesh.runtime.metrics import serve_metrics
+        try:
+            serve_metrics(args.metrics_port, args.host, component=args.service)
+        except OSError as exc:
+            raise UserError(str(exc)) from None
     from logmesh.scorer.state import StateError  # stdlib only: cheap for the embedder too
     try:
         if args.service == "embedder":

@@ -92,3 +92,20 @@ def test_rules_and_dashboard_read_only_metrics_logmesh_exposes():
     read = set().union(*(_metric_names(e) for e in exprs))
     assert {"up", "grpc_server_handled_total", "grpc_server_handling_seconds_bucket"} <= read
     assert read <= declared, f"not exposed by logmesh: {sorted(read - declared)}"
+
+
+def test_k8s_servers_expose_metrics_where_their_scrape_annotations_say():
+    """Each annotated pod passes --metrics-port at the annotated port, declares that container port, and
+    its job name (app.kubernetes.io/name) is one the alert rules select."""
+    rules = (PROMETHEUS / "rules.yml").read_text()
+    for name in ("embedder", "scorer"):
+        [deployment] = [d for d in yaml.safe_load_all((REPO / f"deploy/k8s/{name}.yaml").read_text())
+                        if d and d["kind"] == "Deployment"]
+        pod = deployment["spec"]["template"]
+        port = pod["metadata"]["annotations"]["prometheus.io/port"]
+        assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        [container] = pod["spec"]["containers"]
+        args = container["args"]
+        assert args[args.index("--metrics-port") + 1] == port
+        assert {"name": "metrics", "containerPort": int(port), "protocol": "TCP"} in container["ports"]
+        assert f'job=~"{pod["metadata"]["labels"]["app.kubernetes.io/name"]}"' in rules
