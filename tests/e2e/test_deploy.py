@@ -77,7 +77,8 @@ def test_k8s_service_deployment_probes_use_grpc_health(k8s, name):
     assert dep["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     assert pod["securityContext"]["runAsNonRoot"] is True
     (container,) = pod["containers"]
-    assert [p["containerPort"] for p in container["ports"]] == [port]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]][0] == ("grpc", port)
+    assert {p["name"] for p in container["ports"]} <= {"grpc", "metrics"}  # metrics: test_monitoring
     assert str(port) in container["args"]
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert container[probe]["grpc"]["port"] == port, probe  # grpc.health.v1, not tcp/exec
