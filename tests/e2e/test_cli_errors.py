@@ -46,6 +46,11 @@ def _not_labels(tmp: Path) -> list[str]:
     return ["evaluate", "--model-dir", str(tmp), "--logs", _log(tmp), "--labels", _log(tmp)]
 
 
+def _bad_label_row(tmp: Path) -> list[str]:
+    (tmp / "anomaly_label.csv").write_text("\ufeffBlockId,Label\r\nblk_1,Normal\r\nblk_2,Maybe\r\n")  # BOM, CRLF: fine
+    return ["evaluate", "--model-dir", str(tmp), "--logs", _log(tmp), "--labels", str(tmp / "anomaly_label.csv")]
+
+
 def _empty_token_file(tmp: Path) -> list[str]:
     (tmp / "tokens").write_text("# no tokens here\n")
     return ["serve", "embedder", "--port", "0", "--token-file", str(tmp / "tokens")]
@@ -73,6 +78,9 @@ CASES = {
                                                  "--labels", str(t / "anomaly_label.csv")], "",
                                       ["--labels", "no such file", "give the anomaly_label.csv"]),
     "evaluate: labels file is not BlockId,Label": (_not_labels, "", ["is not a labels file", "'BlockId,Label'"]),
+    "evaluate: a bad row in the labels file": (_bad_label_row, "", ["--labels", "anomaly_label.csv, line 3",
+                                                                   "expected '<block id>,Normal' or '<block id>,Anomaly'",
+                                                                   "'blk_2,Maybe'"]),
     "evaluate: missing log": (lambda t: ["evaluate", "--logs", str(t / "HDFS.log"), "--labels", str(t)], "",
                               ["--logs", "no such file or folder", "give a raw HDFS log"]),
     "score: nothing on stdin": (lambda t: ["score"], "", ["no log lines to score", "give them as arguments"]),
