@@ -131,3 +131,22 @@ def test_the_embedded_store_is_one_process_s_only(store):
             "try:\n    open_store(path=sys.argv[1], dim=8)\nexcept RuntimeError as e:\n    print(e)\n    sys.exit(3)\n")
     done = subprocess.run([sys.executable, "-c", code, str(store.root)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and "already open" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_qdrant_server_that_does_not_answer_costs_only_the_similar_cases(admin, trained_models, embedder_server):
+    """`serve scorer --qdrant-url` at a port where nothing listens: the history records every entry, without
+    similar cases, and scoring goes on."""
+    from kafka_helpers import _free_port
+    from logmesh.client import ScorerClient
+    from anomaly_topic import fed_scorer
+    topic = fresh_topic(admin)
+    AnomalyWriter(topic).write([block("blk_q1", FINAL, FAILED), line("q2")])
+    server = fed_scorer(trained_models, embedder_server.address, topic, qdrant_url=f"http://127.0.0.1:{_free_port()}")
+    try:
+        with ScorerClient(server.address) as client:
+            wait_for(lambda: client.stats().history_entries == 2, 60, "the history to read both entries")
+            entries = client.anomalies().anomalies
+            assert [len(e.block.similar) + len(e.line.similar) for e in entries] == [0, 0]
+            assert client.health() == "SERVING"
+    finally:
+        server.stop(1)
