@@ -160,6 +160,8 @@ def setup(p: argparse.ArgumentParser) -> None:
                     "embedder for shapes it has not seen. NOT_SERVING until an artifact is loaded "
                     "(GetStats.model_status says why). Scoring records nothing: the anomaly history is what "
                     "the streaming job commits to --anomalies-topic, kept in --state-dir."))
+    from logmesh.cli import console  # the web console over the scorer: its options and handler live there
+    console.setup(services.add_parser("console", help=console.HELP, description=console.DESCRIPTION))
 
 
 def _setup_embedder(e: argparse.ArgumentParser) -> None:
