@@ -108,6 +108,10 @@ def main() -> int:
            "sink_lines_per_s": round(rows / max(1e-9, sum(b["sink_s"] for b in seen["batches"])), 0),
            "executors": executors, "kafka_stage_records": records, "kafka_stage_executor_s": round(run_s, 2),
            "kafka_stage_lines_per_executor_s": round(records / run_s, 0) if run_s else None,
+           # every stage's task time (Kafka read, block state with decode/embed/score, writes) per line
+           "all_stages_executor_s": round(sum(s["run_s"] for s in stages), 2),
+           "lines_per_executor_s": round(rows / sum(s["run_s"] for s in stages)) if stages else None,
+           "stages": stages,
            "lines_scored_per_replica": after}
     print(json.dumps(out, indent=1))
     return 0
