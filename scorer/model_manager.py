@@ -29,6 +29,7 @@ class ModelManager:
         self.block_scorer: BlockScorer | None = None
         self.loaded_at: float | None = None  # wall-clock seconds
         self.status = "not loaded yet"
+        self.loads = 0  # artifacts loaded: the first, then each hot swap (/metrics)
         self._failed: set[str] = set()  # versions that failed to load; not retried
         self._stop = threading.Event()
 
@@ -54,6 +55,7 @@ class ModelManager:
         self.scorer = LineScorer(artifact, self._embed, self._limits, **self._caches)
         self.block_scorer = BlockScorer(artifact)
         self.loaded_at = time.time()
+        self.loads += 1
         self.status = ""
         log.info("model loaded", extra={"version": version, "previous": current, "members": self.scorer.members})
         self._on_change(True)

@@ -5,6 +5,7 @@ WatchAnomalies serve is what the streaming job committed to its anomalies topic,
 this process hosts (scorer/history_service.py), with similar past cases from the vector store."""
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -26,6 +27,7 @@ from logmesh.scorer.history_service import AnomalyFeed
 from logmesh.scorer.model_manager import ModelManager
 from logmesh.scorer.readiness import EmbedderProbe, EmbedderUnreachable
 from logmesh.scorer.state import StateDir
+from logmesh.scorer import prometheus_metrics as scorer_metrics
 from logmesh.scorer.stats import ScorerStats
 from logmesh.v1 import common_pb2, score_pb2, scorer_service_pb2 as spb
 
@@ -50,6 +52,7 @@ class ScorerServicer:
                                       positions=state.positions if state else None)
         self.feed: AnomalyFeed | None = None
         self.stats = ScorerStats()
+        scorer_metrics.track(self)  # /metrics reads self.stats, the model and the history at scrape time
         self.max_watchers = max(1, limits.workers // 2)  # each watcher holds a worker thread
         self.embedder_probe: EmbedderProbe | None = None  # set by serve(); GetStats reports it
         self.call_events: CallEvents | None = None  # the server's refused/cancelled/... counts, set by serve()
@@ -146,7 +149,9 @@ class ScorerServicer:
         results = self._blocks(context).score(blocks)
         judged = [r.verdict for r in results if r.HasField("verdict")]
         flagged = sum(v.verdict == ANOMALY for v in judged)
-        self.stats.record_blocks(len(judged), flagged, len(results) - len(judged))
+        kinds = collections.Counter(("anomaly" if v.verdict == ANOMALY else "normal", v.evidence_kind or "none")
+                                    for v in judged)
+        self.stats.record_blocks(len(judged), flagged, len(results) - len(judged), kinds)
         return results
 
     def ScoreBlock(self, request: spb.ScoreBlockRequest, context: grpc.ServicerContext) -> spb.ScoreBlockResponse:

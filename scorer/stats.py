@@ -20,6 +20,7 @@ class ScorerStats:
         self.items_rejected = 0
         self.blocks_scored = 0
         self.block_anomalies = 0
+        self.block_kinds: dict[tuple[str, str], int] = {}  # (verdict, evidence_kind) -> blocks, for /metrics
         self._latencies_ms: deque[float] = deque(maxlen=window)
         self._recent: deque[tuple[float, int]] = deque()  # (monotonic time, lines) for the last minute
         self._lock = threading.Lock()
@@ -37,11 +38,14 @@ class ScorerStats:
             while self._recent and self._recent[0][0] < now - 60:
                 self._recent.popleft()
 
-    def record_blocks(self, blocks: int, anomalies: int, rejected: int) -> None:
+    def record_blocks(self, blocks: int, anomalies: int, rejected: int,
+                      kinds: dict[tuple[str, str], int] | None = None) -> None:
         with self._lock:
             self.blocks_scored += blocks
             self.block_anomalies += anomalies
             self.items_rejected += rejected
+            for key, n in (kinds or {}).items():
+                self.block_kinds[key] = self.block_kinds.get(key, 0) + n
 
     def dead_letter_count(self) -> int | None:
         """Messages in the DLQ topic as last read (cached; never blocks on Kafka after the first read), or None

@@ -103,3 +103,34 @@ def test_calls_refused_by_admission_are_counted_with_their_code(encoder, metrics
         assert after - before == 1
     finally:
         server.stop(1)
+
+
+def test_the_scorer_exposes_what_getstats_reports(scorer_server, metrics_url):
+    """Lines, line anomalies and block verdicts by evidence kind on /metrics move with GetStats (one source),
+    and the served model's version is named."""
+    from logmesh.client import ScorerClient
+    from logmesh.v1 import scorer_service_pb2 as spb
+    lines = ["081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block "
+             "blk_38865049064139660 terminating",
+             "081109 214043 2561 INFO dfs.DataNode$DataXceiver: writeBlock blk_-3102267849859399193 "
+             "received exception java.io.IOException: Could not read from stream"]
+    with ScorerClient(scorer_server.address) as client:
+        stats_before, before = client.stats(), _scrape(metrics_url)
+        results = [client.score_line(line) for line in lines]
+        verdict = client.stub.ScoreBlock(spb.ScoreBlockRequest(block=spb.BlockSession(
+            block_id="blk_metrics", events=["E5", "E22", "E5", "E5", "E11", "E9", "E11", "E9", "E11", "E9", "E26",
+                                            "E26", "E26", "E2", "E2", "E2"], closed=True)), timeout=30).verdict
+        stats_after, after = client.stats(), _scrape(metrics_url)
+    flagged = sum(r.verdict == 2 for r in results)  # VERDICT_ANOMALY
+
+    def delta(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    assert delta("logmesh_scorer_lines_scored_total") == stats_after.lines_scored - stats_before.lines_scored == 2
+    assert delta("logmesh_scorer_line_anomalies_total") == stats_after.line_anomalies - stats_before.line_anomalies == flagged
+    kind = {"verdict": "anomaly" if verdict.verdict == 2 else "normal", "evidence_kind": verdict.evidence_kind or "none"}
+    assert delta("logmesh_scorer_block_verdicts_total", **kind) == 1
+    assert _value(after, "logmesh_scorer_model_info", version=stats_after.model_version) == 1
+    assert _value(after, "logmesh_scorer_model_reloads_total") >= 1
+    score = {"grpc_type": "unary", "grpc_service": "logmesh.v1.ScorerService", "grpc_method": "Score"}
+    assert delta("grpc_server_handled_total", **score, grpc_code="OK") == 2

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import yaml
 
+from logmesh.embedder import cache as _embedder_metrics  # noqa: F401  (registers the embedder's metrics)
 from logmesh.runtime.metrics import REGISTRY
+from logmesh.scorer import prometheus_metrics as _scorer_metrics  # noqa: F401  (registers the scorer's)
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "deploy/prometheus"
