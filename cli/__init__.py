@@ -31,16 +31,19 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
               "Run a gRPC server with health checking and reflection: `logmesh serve embedder` or `logmesh serve "
               "scorer` (each has its own --help). It reports NOT_SERVING until its model is loaded; SIGTERM "
               "stops it gracefully.", "serve:setup"),
-    "train": ("train a model artifact from labelled HDFS logs",
-              "Fit the line ensemble on a loghub HDFS_v1 folder (*.log + anomaly_label.csv) and "
+    "train": ("train a model artifact from labelled HDFS or BGL logs",
+              "Fit the line ensemble on a loghub HDFS_v1 folder (*.log + anomaly_label.csv) or a BGL folder (*.log, "
+              "labels in each line's first column; the family is detected from the first lines, or --format) and "
               "save a versioned artifact with its metrics under --out.", "train:setup_train"),
     "score": ("score raw log lines and print verdict, score and votes",
               "Score raw HDFS lines given as arguments, or one per line on stdin. A line that is not in HDFS "
               "format (template unknown) is scored on its text alone, with a warning.", "score:setup"),
-    "evaluate": ("block-level precision/recall/F1/FPR of the newest artifact on a labelled log",
+    "evaluate": ("precision/recall/F1/FPR of the newest artifact on a labelled log",
                  "Judge every labelled block of a raw HDFS log with the newest artifact in --model-dir and print "
                  "precision, recall, F1 and false-positive rate for the block model, each line member and the "
-                 "ensemble (docs/evaluation.md). Runs locally; no server needed.", "train:setup_evaluate"),
+                 "ensemble (docs/evaluation.md). On BGL logs: line- and window-level (--window) figures beside "
+                 "the baselines, and the recall on each alert category left out of training. Runs locally; no "
+                 "server needed.", "train:setup_evaluate"),
     "anomalies": ("list recorded anomalies, newest first",
                   "Page through the scorer's anomaly history (ListAnomalies), newest first: flagged lines with "
                   "their votes, block alerts and final verdicts, each with its most similar past cases.",

@@ -225,8 +225,14 @@ def _number_arg(text: str) -> float:
 
 def add_evaluate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--model-dir", default="models", help="folder of model artifacts; the newest is used (default %(default)s)")
-    p.add_argument("--logs", required=True, help="raw HDFS log file or folder (streamed)")
-    p.add_argument("--labels", required=True, help="anomaly_label.csv (BlockId,Label)")
+    p.add_argument("--logs", required=True, help="raw HDFS or BGL log file or folder (HDFS streamed)")
+    p.add_argument("--labels", default=None, help="HDFS: anomaly_label.csv (BlockId,Label), required; BGL: not used "
+                                                 "(each line carries its label, which only the evaluation reads)")
+    from logmesh.scorer.train_args import add_family_args
+    add_family_args(p, "evaluate")
+    p.add_argument("--all-lines", action="store_true",
+                   help="BGL: judge every line, also the lines of the training files before the model's cut time "
+                        "(in-sample; the output warns); by default those are skipped")
     p.add_argument("--sessions", choices=MODES, default="auto",
                    help="which blocks have ended: 'cut' (the log was cut: blocks still active at its end are open "
                         "prefixes), 'complete' (the file holds whole sessions), 'auto' (decided from where "
@@ -290,6 +296,15 @@ def format_table(r: dict) -> str:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from logmesh.scorer import artifacts
+    if getattr(args, "format", "hdfs") == "bgl":
+        from logmesh.scorer import bgl
+        try:
+            result = bgl.evaluate_bgl(Path(args.model_dir), Path(args.logs), window=args.window, all_lines=args.all_lines)
+        except (artifacts.ArtifactError, FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(result) if args.json else bgl.format_table(result))
+        return 0
     try:
         result = evaluate(args.model_dir, args.logs, args.labels, open_tail=args.open_tail,
                           from_line=args.from_line, until_line=args.until_line, sessions=args.sessions,

@@ -26,7 +26,36 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _window(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of lines") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1 line")
+    return value
+
+
+FORMATS = ("auto", "hdfs", "bgl")
+
+
+def add_family_args(p: argparse.ArgumentParser, verb: str) -> argparse.ArgumentParser:
+    """--format and --window, shared by train and evaluate."""
+    p.add_argument("--format", choices=FORMATS, default="auto",
+                   help=f"log family to {verb}: 'hdfs' (loghub HDFS_v1: raw logs + anomaly_label.csv), 'bgl' (loghub "
+                        "BGL: the label is each line's first column, '-' for normal), or 'auto' (detected from the "
+                        "first lines of the first *.log; default %(default)s)")
+    p.add_argument("--window", type=_window, default=None,
+                   help="BGL: lines per window for window verdicts (a window is anomalous when any of its lines is an "
+                        "alert; default 100, or the model's for evaluate)")
+    return p
+
+
 def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    add_family_args(p, "train on")
+    p.add_argument("--train-share", type=_share, default=0.8,
+                   help="BGL: share of lines (by time, over all samples) that train; the later rest is judged as the "
+                        "held-out part and stored in the artifact (default %(default)s)")
     p.add_argument("--sessions", choices=MODES, default="auto",
                    help="which blocks of each raw log have ended: 'cut' (the log was cut: blocks active near its end "
                         "are open prefixes), 'complete' (every block's whole session is in the file), or 'auto' "

@@ -1,0 +1,367 @@
+"""BGL through train and evaluate: line verdicts from the line ensemble, window verdicts, baselines.
+
+Protocol (docs/evaluation.md, BGL): the samples are random draws over the whole log, all spanning
+2005-06 to 2006-01, so a held-out *sample* is not later in time than the training ones. The split is
+chronological instead: one cut time, the `train_share` quantile of every line's time; every line at or
+before it trains, every line after it is judged, in every sample. No training line is later than a
+judged one.
+- Lines: the ensemble (scorer/ensemble.py) learns P(alert) per masked shape from the line labels,
+  split off by the family's parser (ingest/families/bgl.py) and never in what the members read.
+- Windows: `window` consecutive lines of one sample (time order); anomalous when any line is an alert;
+  logmesh flags a window when it flags any line in it. Baselines: a decision tree and a logistic
+  regression on the window's event counts (scorer/baselines.py), fitted on the training windows.
+- Leave one category out: for each alert category with enough training lines, the members and the
+  baselines are refit without it and judged on its lines (none of which they saw).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from logmesh.ingest.bgl_templates import TEMPLATES_FILE, BglTemplates
+from logmesh.ingest.families import UnknownFormat, detect
+from logmesh.ingest.families.base import LineRecord
+from logmesh.ingest.families.bgl import BglFamily
+from logmesh.ingest.reader import ReadStats, iter_lines
+from logmesh.ingest.templates_drain import DrainTemplates
+
+log = logging.getLogger("logmesh.train")
+Embed = Callable[[list[str]], np.ndarray]
+WINDOW = 100
+TRAIN_SHARE = 0.8
+BGL_PREVALENCE = 348_460 / 4_747_963  # alert lines in the full BGL log (loghub)
+#: categories with fewer training lines than this are not left out (too few to say anything)
+LOCO_MIN_LINES = 10
+
+
+@dataclasses.dataclass
+class Sample:
+    name: str
+    records: list[LineRecord]
+    labels: list[str | None]   # ground truth, kept apart from the records
+    unparsed: int = 0
+
+    @property
+    def times(self) -> np.ndarray:
+        t, last = [], 0.0
+        for r in self.records:
+            last = r.time if r.time is not None else last  # an unparsed line sits at its neighbour's time
+            t.append(last)
+        return np.asarray(t)
+
+
+def bgl_files(path: Path) -> list[Path]:
+    """The BGL logs of a file or folder (every *.log whose first lines are BGL), in name order."""
+    files = [path] if path.is_file() else sorted(path.glob("*.log"))
+    out = []
+    for f in files:
+        try:
+            if detect(f) == "bgl":
+                out.append(f)
+        except UnknownFormat:
+            continue
+    return out
+
+
+def read_samples(files: list[Path], templates: BglTemplates | None, stats: ReadStats | None = None) -> list[Sample]:
+    family = BglFamily(templates)
+    samples = []
+    for path in files:
+        records, labels, bad = [], [], 0
+        for _, number, text in iter_lines(path, stats):
+            if not text:
+                continue
+            p = family.parse(text, number)
+            records.append(p.record)
+            labels.append(p.label)
+            bad += not p.record.parsed
+        samples.append(Sample(path.name, records, labels, bad))
+    return samples
+
+
+def split_time(samples: list[Sample], share: float = TRAIN_SHARE) -> float:
+    return float(np.quantile(np.concatenate([s.times for s in samples]), share))
+
+
+def windows(idx: np.ndarray, size: int) -> list[np.ndarray]:
+    """Consecutive runs of `size` line indices (the last one may be shorter)."""
+    return [idx[i:i + size] for i in range(0, len(idx), size)]
+
+
+@dataclasses.dataclass
+class Part:
+    """The lines of one side of the split, flattened over samples, plus their windows."""
+    shapes: list[str]
+    events: list[str]
+    truth: np.ndarray          # 1 = alert line
+    categories: list[str | None]
+    windows: list[np.ndarray]  # index arrays into the flattened lines
+
+    def window_truth(self) -> np.ndarray:
+        return np.asarray([bool(self.truth[w].any()) for w in self.windows])
+
+    def window_events(self) -> list[list[str]]:
+        return [[self.events[i] for i in w] for w in self.windows]
+
+
+def make_part(samples: list[Sample], keep: Callable[[np.ndarray], np.ndarray], drain: DrainTemplates,
+              size: int) -> Part:
+    shapes, events, cats, wins, n = [], [], [], [], 0
+    for s in samples:
+        t = s.times
+        chosen = np.flatnonzero(keep(t))
+        chosen = chosen[np.argsort(t[chosen], kind="stable")]  # time order inside the sample
+        for i in chosen:
+            r = s.records[i]
+            shapes.append(r.shape)
+            events.append(drain.event_id(r.template_id, f"{r.component} {r.level}" if r.parsed else "", r.message))
+            cats.append(s.labels[i])
+        wins += windows(np.arange(n, n + len(chosen)), size)
+        n += len(chosen)
+    return Part(shapes, events, np.asarray([c is not None for c in cats], int), cats, wins)
+
+
+def fit_lines(shapes: list[str], truth: np.ndarray, vectors: dict[str, np.ndarray], seed: int):
+    """The line ensemble on distinct (shape, label) rows, each weighted by how many lines it stands for."""
+    from logmesh.scorer.ensemble import LineEnsemble
+    rows = Counter(zip(shapes, truth.tolist()))
+    keys = list(rows)
+    x = [k[0] for k in keys]
+    y = np.asarray([k[1] for k in keys])
+    w = np.asarray([rows[k] for k in keys], np.float64)
+    return LineEnsemble(seed).fit(x, np.stack([vectors[s] for s in x]), y, w)
+
+
+def predict_lines(ensemble, shapes: list[str], vectors: dict[str, np.ndarray]) -> np.ndarray:
+    from logmesh.scorer.ensemble import majority
+    distinct = sorted(set(shapes))
+    if not distinct:
+        return np.zeros(0, bool)
+    verdict = majority(ensemble.probabilities(distinct, np.stack([vectors[s] for s in distinct])))
+    by_shape = dict(zip(distinct, verdict.tolist()))
+    return np.asarray([by_shape[s] for s in shapes], bool)
+
+
+def embed_shapes(embed: Embed, shapes, known: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    vectors = dict(known or {})
+    new = sorted(set(shapes) - set(vectors))
+    if new:
+        vectors.update(zip(new, np.asarray(embed(new), np.float32)))
+    return vectors
+
+
+def rates(truth, predicted, what: str) -> dict:
+    from logmesh.scorer.validation import summarize
+    s = summarize(np.asarray(truth), np.asarray(predicted), BGL_PREVALENCE)
+    keep = ("precision", "recall", "f1", "fpr", "tp", "fp", "fn", "tn", "recall_ci95", "fpr_ci95")
+    return {**{k: s[k] for k in keep}, what: s["sessions"], "anomalies": s["anomalies"]}
+
+
+def judge(models: dict, part: Part, vectors: dict[str, np.ndarray], size: int) -> dict:
+    """Line and window figures of logmesh, and window figures of the baselines, on one part."""
+    line_pred = predict_lines(models["line"], part.shapes, vectors)
+    window_pred = np.asarray([bool(line_pred[w].any()) for w in part.windows])
+    wt = part.window_truth()
+    out = {"line": rates(part.truth, line_pred, "lines"),
+           "window": {**rates(wt, window_pred, "windows"), "size": size},
+           "baselines": {name: {**rates(wt, b.probabilities(part.window_events()) >= 0.5, "windows"), "size": size}
+                         for name, b in models["baselines"].items()}}
+    by_cat = Counter(c for c in part.categories if c)
+    caught = Counter(c for c, p in zip(part.categories, line_pred) if c and p)
+    out["line_recall_by_category"] = {c: {"lines": n, "detected": caught[c], "recall": caught[c] / n}
+                                      for c, n in by_cat.most_common()}
+    return out
+
+
+def leave_one_category_out(train: Part, vectors: dict[str, np.ndarray], seed: int, min_lines: int = LOCO_MIN_LINES,
+                           judged: Part | None = None) -> dict:
+    """Per alert category: members and baselines trained without its lines (and without the windows that
+    hold them), judged on every line/window of it in `train` and `judged` (none of them seen in training)."""
+    from logmesh.scorer.baselines import make_baselines
+    counts = Counter(c for c in train.categories if c)
+    parts = [train] + ([judged] if judged is not None else [])
+    out = {}
+    for cat, n in counts.most_common():
+        if n < min_lines:
+            continue
+        keep = np.asarray([c != cat for c in train.categories])
+        if len(set(train.truth[keep].tolist())) < 2:
+            continue
+        ensemble = fit_lines([s for s, k in zip(train.shapes, keep) if k], train.truth[keep], vectors, seed)
+        held_windows = [w for w in train.windows if keep[w].all()]
+        baselines = make_baselines(seed)
+        for b in baselines.values():
+            b.fit([[train.events[i] for i in w] for w in held_windows], [int(train.truth[w].any()) for w in held_windows])
+        lines = detected = wins = 0
+        wins_caught = Counter()
+        for p in parts:
+            mine = [i for i, c in enumerate(p.categories) if c == cat]
+            pred = predict_lines(ensemble, [p.shapes[i] for i in mine], vectors)
+            lines += len(mine)
+            detected += int(pred.sum())
+            holding = [w for w in p.windows if any(p.categories[i] == cat for i in w)]
+            wins += len(holding)
+            line_pred = dict(zip(mine, pred.tolist()))
+            events = [[p.events[i] for i in w] for w in holding]
+            for name, b in baselines.items():
+                wins_caught[name] += int((b.probabilities(events) >= 0.5).sum()) if events else 0
+            # logmesh's window verdict: any flagged line (lines of other categories count too, as when served)
+            other = predict_lines(ensemble, [p.shapes[i] for w in holding for i in w], vectors)
+            k = 0
+            for w in holding:
+                wins_caught["logmesh"] += int(other[k:k + len(w)].any())
+                k += len(w)
+        out[cat] = {"train_lines": n, "lines": lines, "line_recall": detected / lines if lines else 0.0,
+                    "windows": wins, **{f"window_recall_{m}": (wins_caught[m] / wins if wins else 0.0)
+                                        for m in ("logmesh", "decision_tree", "logistic_regression")}}
+    return out
+
+
+def train_bgl(data: Path, out_dir: Path, embed: Embed, seed: int = 0, window: int = WINDOW,
+              train_share: float = TRAIN_SHARE, loco: bool = True) -> Path:
+    """Fits the BGL artifact on the lines before the cut time; judges the lines after it (held out)."""
+    from logmesh.scorer import artifacts
+    from logmesh.scorer.baselines import make_baselines
+    from logmesh.scorer.train import file_digest
+    started = time.perf_counter()
+    files = bgl_files(data)
+    if not files:
+        raise FileNotFoundError(f"no BGL log in {data}: give loghub BGL *.log files (LABEL EPOCH DATE NODE ...)")
+    tfile = (data if data.is_dir() else data.parent) / TEMPLATES_FILE
+    templates = BglTemplates.read(tfile) if tfile.exists() else None
+    stats = ReadStats()
+    samples = read_samples(files, templates, stats)
+    cut = split_time(samples, train_share)
+    drain = DrainTemplates()
+    train = make_part(samples, lambda t: t <= cut, drain, window)
+    drain.freeze()
+    held = make_part(samples, lambda t: t > cut, drain, window)
+    vectors = embed_shapes(embed, train.shapes + held.shapes)
+    if len(set(train.truth.tolist())) < 2:
+        raise ValueError(f"the training part of {data} holds only {'alert' if train.truth.any() else 'normal'} lines; "
+                         "the line ensemble needs both")
+    ensemble = fit_lines(train.shapes, train.truth, vectors, seed)
+    baselines = make_baselines(seed)
+    for b in baselines.values():
+        b.fit(train.window_events(), train.window_truth().astype(int).tolist())
+    models = {"family": "bgl", "line": ensemble, "block": None, "baselines": baselines, "drain": drain,
+              "templates": templates}
+    held_out = judge(models, held, vectors, window)
+    log.info("judged the held-out part", extra={"lines": len(held.shapes), "f1": round(held_out["line"]["f1"], 4)})
+    left_out = leave_one_category_out(train, vectors, seed, judged=held) if loco else {}
+    meta = {
+        "family": "bgl",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "members": ensemble.names,
+        "embedding_model": "all-MiniLM-L6-v2",
+        "data": {"dir": str(data), "files": {p.name: file_digest(p) for p in files},
+                 "lines": stats.lines, "unparsed_lines": sum(s.unparsed for s in samples),
+                 "alert_lines": int(train.truth.sum() + held.truth.sum()),
+                 "templates": len(templates.templates) if templates else 0,
+                 "lines_without_loghub_template": sum(r.template_id == "unknown" for s in samples for r in s.records),
+                 "drain_templates": len(drain.templates)},
+        "split": {"protocol": f"chronological: one cut time over all samples (the {train_share:.0%} quantile of line "
+                              "times); lines at or before it train, lines after it are judged",
+                  "train_until": cut, "train_until_utc": dt.datetime.fromtimestamp(cut, dt.timezone.utc).isoformat(),
+                  "train_lines": len(train.shapes), "train_alerts": int(train.truth.sum()),
+                  "test_lines": len(held.shapes), "test_alerts": int(held.truth.sum())},
+        "window": window,
+        "held_out": held_out,
+        "leave_one_category_out": left_out,
+        "line_verdict": "majority of members voting P(alert) >= 0.5 on the line's masked shape",
+        "train_seconds": round(time.perf_counter() - started, 2),
+    }
+    version = artifacts.new_version(file_digest(files[0]))
+    path = artifacts.save(out_dir, version, models, meta)
+    log.info("saved artifact", extra={"path": str(path), "seconds": meta["train_seconds"]})
+    return path
+
+
+def evaluate_bgl(model_dir: Path, logs: Path, embed: Embed | None = None, window: int | None = None,
+                 all_lines: bool = False) -> dict:
+    """The newest BGL artifact on BGL logs. Lines of the training files up to the cut time are skipped
+    (they trained the model) unless `all_lines`; lines of other files are all judged."""
+    from logmesh.scorer import artifacts
+    from logmesh.scorer.train import file_digest
+    version = artifacts.newest(Path(model_dir))
+    if version is None:
+        raise artifacts.ArtifactError(f"no model artifact in {model_dir}; make one with `logmesh train --format bgl`")
+    artifact = artifacts.load(Path(model_dir), version)
+    if artifact.meta.get("family") != "bgl":
+        raise artifacts.ArtifactError(f"the newest artifact in {model_dir} ({version}) was trained on "
+                                      f"{artifact.meta.get('family', 'hdfs')} logs, not BGL; train one with "
+                                      "`logmesh train --format bgl --data DIR --out DIR`")
+    size = window or artifact.meta["window"]
+    files = bgl_files(Path(logs))
+    if not files:
+        raise FileNotFoundError(f"no BGL log in {logs}: give loghub BGL *.log files (LABEL EPOCH DATE NODE ...)")
+    trained = artifact.meta["data"]["files"]
+    cut = artifact.meta["split"]["train_until"]
+    overlap = [f.name for f in files if trained.get(f.name) == file_digest(f)]
+    stats = ReadStats()
+    samples = read_samples(files, artifact.models["templates"], stats)
+    drain = artifact.models["drain"]
+    judged_files = []
+    parts = []
+    for s in samples:
+        skip = s.name in overlap and not all_lines
+        parts.append(make_part([s], (lambda t: t > cut) if skip else (lambda t: np.ones(len(t), bool)), drain, size))
+        judged_files.append({"file": s.name, "lines": len(s.records), "unparsed": s.unparsed,
+                             "judged": "after the training cut" if skip else "all lines"})
+    part = Part([x for p in parts for x in p.shapes], [x for p in parts for x in p.events],
+                np.concatenate([p.truth for p in parts]), [x for p in parts for x in p.categories], [])
+    n = 0
+    for p in parts:  # windows never span two files
+        part.windows += [w + n for w in p.windows]
+        n += len(p.shapes)
+    if embed is None:
+        from logmesh.embedder.encoder import SentenceEncoder
+        embed = SentenceEncoder(threads=1).encode
+    vectors = embed_shapes(embed, part.shapes)
+    result = judge(artifact.models, part, vectors, size)
+    result.update({
+        "family": "bgl", "model": {"version": version, "train_until_utc": artifact.meta["split"]["train_until_utc"]},
+        "logs": {"paths": [str(f) for f in files], "lines": stats.lines, "files": judged_files},
+        "split": artifact.meta["split"]["protocol"] if overlap and not all_lines else "files the model never saw",
+        "leave_one_category_out": artifact.meta.get("leave_one_category_out", {}),
+    })
+    if overlap and all_lines:
+        result["warning"] = (f"the logs overlap the model's training data ({', '.join(overlap)}) and --all-lines "
+                             "judges the training lines too: these figures are partly in-sample")
+    return result
+
+
+def _row(name: str, m: dict) -> str:
+    return (f"{name:<34} {m['precision']:>9.4f} {m['recall']:>7.4f} {m['f1']:>7.4f} {m['fpr'] * 100:>8.3f}% "
+            f"{m['tp']:>6} {m['fp']:>6} {m['fn']:>6} {m['tn']:>7}")
+
+
+def format_table(r: dict) -> str:
+    out = [f"model {r['model']['version']} (BGL, trained on lines up to {r['model']['train_until_utc'][:19]})   "
+           f"judged: {r['split']}"]
+    for f in r["logs"]["files"]:
+        out.append(f"  {f['file']}: {f['lines']:,} lines ({f['unparsed']} unparsed, kept), {f['judged']}")
+    out.append(f"{'':<34} {'precision':>9} {'recall':>7} {'f1':>7} {'fpr':>9} {'tp':>6} {'fp':>6} {'fn':>6} {'tn':>7}")
+    out.append(_row(f"logmesh lines ({r['line']['lines']:,}, {r['line']['anomalies']:,} alerts)", r["line"]))
+    w = r["window"]
+    out.append(_row(f"logmesh windows of {w['size']} ({w['windows']:,}, {w['anomalies']:,} anomalous)", w))
+    for name, m in r["baselines"].items():
+        out.append(_row(f"baseline windows: {name}", m))
+    if r.get("warning"):
+        out.append("WARNING: " + r["warning"])
+    loco = r.get("leave_one_category_out")
+    if loco:
+        out.append("leave one category out (trained without it; its lines and windows judged):")
+        out.append(f"  {'category':<10} {'lines':>6} {'line recall':>11} {'windows':>7} {'logmesh':>8} {'tree':>6} {'logreg':>6}")
+        for c, x in loco.items():
+            out.append(f"  {c:<10} {x['lines']:>6} {x['line_recall']:>11.3f} {x['windows']:>7} "
+                       f"{x['window_recall_logmesh']:>8.3f} {x['window_recall_decision_tree']:>6.3f} "
+                       f"{x['window_recall_logistic_regression']:>6.3f}")
+    return "\n".join(out)
