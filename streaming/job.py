@@ -12,12 +12,14 @@ from pathlib import Path
 
 from logmesh.client import DEFAULT_EMBEDDER, DEFAULT_SCORER, EmbedderClient, ScorerClient
 from logmesh.ingest.producer import KafkaOptionAction, add_kafka_option_arg, check_kafka_options
-from logmesh.streaming.outputs import LEDGER_TOPIC, Ledger, ResultProducer, ensure_ledger_topic, job_id
-from logmesh.streaming.sink import BatchSink
+from logmesh.streaming.outputs import LEDGER_TOPIC, Ledger, ensure_ledger_topic, job_id
+from logmesh.streaming.sink import CRASH_ENV, BatchSink, WriterSettings
 from logmesh.streaming.vector_store import open_store
+from logmesh.streaming.work import WorkSettings
 
 log = logging.getLogger("logmesh.stream")
 FETCH_MAX_WAIT_MS = "10"  # Spark's Kafka consumers; --spark-kafka-option fetch.max.wait.ms=... overrides it
+SHUFFLE_PARTITIONS = 2  # spark.sql.shuffle.partitions (spark.py): the block operator's partitions
 
 
 @dataclasses.dataclass
@@ -136,23 +138,50 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
 
 
 def build_sink(config: StreamConfig, on_report=None) -> tuple[BatchSink, object]:  # type: ignore[no-untyped-def]
+    """The driver's part: waits for the services, fences every task's transactional id of this job (see
+    sink.py), reads the ledger and opens the vector store. The executors open their own channels."""
+    import os
     check_kafka_options(config.kafka_options)  # a bad option fails now, with librdkafka's reason
-    embedder, scorer = EmbedderClient(config.embedder), ScorerClient(config.scorer)
-    for client in (embedder, scorer):  # wait instead of failing when a service is still starting or down
-        log.info("waiting for service", extra={"service": client.service, "address": client.address})
-        client.wait_until_serving(config.wait_for_services_s)
-        log.info("service serving", extra={"service": client.service, "address": client.address})
+    for client in (EmbedderClient(config.embedder), ScorerClient(config.scorer)):
+        # wait instead of failing when a service is still starting or down
+        with client:
+            log.info("waiting for service", extra={"service": client.service, "address": client.address})
+            client.wait_until_serving(config.wait_for_services_s)
+            log.info("service serving", extra={"service": client.service, "address": client.address})
     ensure_ledger_topic(config.bootstrap, config.ledger_topic, config.kafka_options)
     job = job_id(config.checkpoint)
-    # init_transactions (in the constructor) fences and aborts a crashed attempt of this job; only then
-    # is the ledger read, so it sees exactly the batches whose transactions committed.
-    outputs = ResultProducer(config.bootstrap, config.scores_topic, config.anomalies_topic, config.dlq_topic,
-                             extra=config.kafka_options, transactional_id=f"logmesh-stream-{job}")
-    ledger = Ledger(outputs, job, config.ledger_topic, config.kafka_options)
+    settings = WriterSettings(config.bootstrap, config.scores_topic, config.anomalies_topic, config.dlq_topic,
+                              config.ledger_topic, job, dict(config.kafka_options), config.retry_budget_s,
+                              config.qdrant_url, config.qdrant_api_key, os.environ.get(CRASH_ENV), os.getpid())
     store = open_store(url=config.qdrant_url, path=config.qdrant_path, api_key=config.qdrant_api_key)
     store.ensure_collection()
-    return BatchSink(embedder, scorer, outputs, store, ledger, config.store_lines,
-                     retry_budget_s=config.retry_budget_s, on_report=on_report), store
+    sink = BatchSink(settings, None, store, config.checkpoint, on_report)  # type: ignore[arg-type]
+    try:
+        sink.ledger = _fence_and_read_ledger(config, sink, job)
+    except BaseException:
+        store.close()
+        raise
+    return sink, store
+
+
+def _fence_and_read_ledger(config: StreamConfig, sink: BatchSink, job: str) -> Ledger:
+    """init_transactions on every transactional id this job's tasks may have used (their count: the input
+    topic's partitions plus the shuffle partitions, or more if a batch had more), which aborts what a
+    crashed attempt left open; then the ledger (read_committed) holds exactly what committed."""
+    from confluent_kafka.admin import AdminClient
+
+    from logmesh.streaming.outputs import fence, legacy_transactional_id, task_transactional_id
+    admin = AdminClient({"bootstrap.servers": config.bootstrap, **config.kafka_options})
+    topic = admin.list_topics(config.topic, timeout=30).topics.get(config.topic)
+    inputs = len(topic.partitions) if topic is not None and topic.error is None else 0
+    count = max(sink.task_partitions(), inputs + SHUFFLE_PARTITIONS)
+    fence(config.bootstrap, [legacy_transactional_id(job), *(task_transactional_id(job, p) for p in range(count))],
+          config.kafka_options, config.retry_budget_s)
+    return Ledger(config.bootstrap, job, config.ledger_topic, config.kafka_options)
+
+
+def work_settings(config: StreamConfig) -> WorkSettings:
+    return WorkSettings(config.embedder, config.scorer, config.store_lines, retry_budget_s=config.retry_budget_s)
 
 
 def check_block_timing(quiet_ms: int, stall_ms: int, clock: str = "processing") -> None:
@@ -225,7 +254,7 @@ def _start_query(spark, config: StreamConfig, sink: BatchSink, plan: str):  # ty
     reader = spark.readStream.format("kafka").options(**kafka_source_options(config))
     from logmesh.streaming.block_sessions import with_block_sessions
     stream = with_block_sessions(reader.load(), config.block_quiet_ms, config.block_clock, config.event_lateness_ms,
-                                 plan, config.block_stall_ms or None)
+                                 plan, config.block_stall_ms or None, work_settings(config))
     writer = (stream.writeStream.foreachBatch(sink).outputMode("update")
               .option("checkpointLocation", str(Path(config.checkpoint) / "spark"))
               .queryName("logmesh-stream"))
@@ -338,13 +367,24 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
             log.warning("stream query failed; restarting it from its checkpoint",
                         extra={"restart": failures, "of": config.max_query_restarts, "sleep_s": delay,
                                "error": _cause(str(error))})
-            try:
-                sink.outputs.abort()  # a batch cut short by the failure leaves no open transaction
-            except Exception:  # noqa: BLE001 - cannot abort: a fresh producer fences the old one
-                sink.outputs.recover()
             if stop.requested.wait(delay):
                 return
             delay = min(delay * 2, 60.0)
+            # a batch cut short by the failure may have left open transactions and committed partitions
+            # the driver never heard of: fence its tasks' ids and read the ledger again before restarting
+            while True:
+                try:
+                    sink.ledger = _fence_and_read_ledger(config, sink, sink.settings.job)
+                    break
+                except Exception as exc:  # noqa: BLE001 - e.g. the broker still down: wait, as for the query
+                    failures += 1
+                    if failures > config.max_query_restarts:
+                        raise RuntimeError(f"stream failed {failures} times in a row; last: {exc}") from exc
+                    log.warning("cannot fence the tasks' transactions and read the ledger yet; retrying",
+                                extra={"attempt": failures, "sleep_s": delay, "error": str(exc)[:300]})
+                    if stop.requested.wait(delay):
+                        return
+                    delay = min(delay * 2, 60.0)
     finally:
         stop.__exit__()
         store.close()

@@ -1,9 +1,11 @@
 """The job's Kafka outputs: per-line results, anomalies, the dead-letter topic, and the sink's ledger.
 
-With a `transactional_id` (what the job uses) every micro-batch's messages, the ledger record included,
-are one Kafka transaction: consumers reading with isolation.level=read_committed (librdkafka's default)
-see all of a batch or none of it. `init_transactions` fences an earlier producer with the same id (a
-crashed attempt of the same job) and aborts its open transaction, so a replayed batch never shows twice.
+With a `transactional_id` (what the job's tasks use: one per Spark partition, task_transactional_id)
+the messages a task writes for its partition of a micro-batch, its ledger record included, are one
+Kafka transaction: consumers reading with isolation.level=read_committed (librdkafka's default) see all
+of it or none of it. `init_transactions` fences an earlier producer with the same id (an earlier attempt
+of the task, a zombie, a crashed job) and aborts its open transaction, so a replayed partition never
+shows twice. The protocol itself is in sink.py.
 """
 from __future__ import annotations
 
@@ -157,6 +159,12 @@ class ResultProducer:
             self._produce(self.topics[0], r.record_id.encode(), r.SerializeToString())
         self._producer.poll(0)
 
+    def score_bytes(self, results: list[tuple[bytes, bytes]]) -> None:
+        """ScoreResults already serialized (by the executor that scored them), keyed by record id."""
+        for key, value in results:
+            self._produce(self.topics[0], key, value)
+        self._producer.poll(0)
+
     def anomalies(self, anomalies: list[score_pb2.Anomaly], key_of) -> None:  # type: ignore[no-untyped-def]
         for a in anomalies:
             self._produce(self.topics[1], key_of(a).encode(), a.SerializeToString())
@@ -168,8 +176,13 @@ class ResultProducer:
                 ("source.topic", r.row.topic.encode()), ("source.partition", str(r.row.partition).encode()),
                 ("source.offset", str(r.row.offset).encode()), ("error", r.reason.encode())])
 
-    def ledger_record(self, topic: str, job_id: str, batch_id: int) -> None:
-        self._produce(topic, job_id.encode(), str(batch_id).encode())
+    def ledger_record(self, topic: str, key: str, batch_id: int) -> None:
+        self._produce(topic, key.encode(), str(batch_id).encode())
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Delivers what is queued and lets the producer go (a transaction left open is the next one's to abort)."""
+        self._producer.flush(timeout)
+        self._producer = None  # type: ignore[assignment]
 
     def flush(self, timeout: float = 120.0) -> None:
         """Waits until every message is acknowledged; raises if any was not, so the batch is redone."""
@@ -212,35 +225,80 @@ def ensure_ledger_topic(bootstrap: str, topic: str = LEDGER_TOPIC, extra: dict[s
     return True
 
 
+def task_transactional_id(job: str, partition: int) -> str:
+    """The transactional id of the tasks that write Spark partition `partition` of `job`'s micro-batches:
+    every attempt of that task, in any batch, uses it, so each one's init_transactions fences the one
+    before (a retried task, a zombie executor) and aborts what it left open."""
+    return f"logmesh-stream-{job}-p{partition}"
+
+
+def legacy_transactional_id(job: str) -> str:
+    """The one transactional id of the driver-side sink before tasks wrote (its open transaction is fenced too)."""
+    return f"logmesh-stream-{job}"
+
+
+def fence(bootstrap: str, ids: list[str], extra: dict[str, str] | None = None, budget_s: float = 300.0) -> None:
+    """init_transactions on each id: a crashed attempt's open transactions are aborted and its producers
+    fenced, so the ledger's read_committed end is the true end."""
+    for transactional_id in ids:
+        producer = ResultProducer(bootstrap, extra=extra, transactional_id=transactional_id, init_budget_s=budget_s)
+        producer.close()
+
+
 class Ledger:
-    """The last batch id whose writes committed, kept in Kafka (a compacted topic keyed by job id) and
-    written inside the batch's own transaction, so "results visible" and "batch done" are one fact.
+    """Which (batch, partition) writes committed, kept in Kafka (a compacted topic) and written inside the
+    task's own transaction, so "results visible" and "partition done" are one fact.
 
-    `done(n)` is true for batch ids up to the last committed one: Spark replays only the batch after
-    its last committed one, so a replayed batch the ledger knows is skipped."""
+    The record's key is `job/partition`, its value the batch id: Spark replays only the batch after its
+    last committed one, with the same partitions, so partition p of batch n is done when the last batch id
+    recorded for p is at least n. A record keyed by the bare job id (the driver-side sink before) covers
+    every partition of the batches up to it."""
 
-    def __init__(self, outputs: ResultProducer, job: str, topic: str = LEDGER_TOPIC,
-                 extra: dict[str, str] | None = None, timeout: float = 60.0) -> None:
-        self.outputs, self.job, self.topic = outputs, job, topic
-        # Read after the producer's init_transactions: a dead attempt's open transaction is aborted by
-        # then, so the read_committed end (last stable offset) is the true end.
-        self.last = read_ledger(outputs.bootstrap, topic, job, extra or outputs.extra, timeout)
-        log.info("ledger read", extra={"topic": topic, "job_id": job, "last_committed_batch": self.last})
+    def __init__(self, bootstrap: str, job: str, topic: str = LEDGER_TOPIC, extra: dict[str, str] | None = None,
+                 timeout: float = 60.0) -> None:
+        self.bootstrap, self.job, self.topic, self.extra, self.timeout = bootstrap, job, topic, dict(extra or {}), timeout
+        self.last: dict[int, int] = {}
+        self.reload()
 
-    def done(self, batch_id: int) -> bool:
-        return self.last is not None and batch_id <= self.last
+    def reload(self) -> None:
+        """Reads the ledger again (after `fence`: a dead attempt's open transactions are aborted by then)."""
+        self.last = read_ledger(self.bootstrap, self.topic, self.job, self.extra, self.timeout)
+        log.info("ledger read", extra={"topic": self.topic, "job_id": self.job,
+                                       "last_committed": {str(k): v for k, v in sorted(self.last.items())}})
 
-    def mark(self, batch_id: int) -> None:
-        """Adds the ledger record to the batch's open transaction; `committed` once it is committed."""
-        self.outputs.ledger_record(self.topic, self.job, batch_id)
+    def done(self, batch_id: int, partition: int) -> bool:
+        return max(self.last.get(partition, -1), self.last.get(LEGACY, -1)) >= batch_id
 
-    def committed(self, batch_id: int) -> None:
-        self.last = batch_id
+    def done_partitions(self, batch_id: int) -> set[int]:
+        if self.last.get(LEGACY, -1) >= batch_id:
+            return ALL
+        return {p for p, last in self.last.items() if p != LEGACY and last >= batch_id}
+
+    def committed(self, batch_id: int, partition: int) -> None:
+        self.last[partition] = max(self.last.get(partition, -1), batch_id)
+
+
+LEGACY = -1  # read_ledger's key for the record keyed by the bare job id
+
+
+class _All(frozenset):
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+ALL: set[int] = _All()  # type: ignore[assignment]
+
+
+def ledger_key(job: str, partition: int) -> str:
+    return f"{job}/{partition}"
 
 
 def read_ledger(bootstrap: str, topic: str, job: str, extra: dict[str, str] | None = None,
-                timeout: float = 60.0) -> int | None:
-    """The last committed batch id recorded for `job` (read_committed), or None."""
+                timeout: float = 60.0, partition: int | None = None) -> dict[int, int]:
+    """partition -> the last committed batch id recorded for `job` (read_committed; LEGACY for a record
+    keyed by the bare job id). Reads until its position reaches the high watermark it saw first, so a
+    record committed behind another task's open transaction is waited for, not missed (librdkafka's
+    partition EOF comes at the last stable offset). `partition`: only that partition's key."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"logmesh-ledger-{uuid.uuid4().hex}",
                          "enable.auto.commit": False, "enable.partition.eof": True,
                          "isolation.level": "read_committed", "logger": _rdkafka_log, **(extra or {})})
@@ -248,23 +306,40 @@ def read_ledger(bootstrap: str, topic: str, job: str, extra: dict[str, str] | No
         metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if metadata is None or metadata.error is not None:
             raise KafkaException(f"ledger topic {topic} unreadable: {metadata.error if metadata else 'missing'}")
-        consumer.assign([TopicPartition(topic, p, 0) for p in metadata.partitions])
-        pending, last = set(metadata.partitions), None
+        ends = {p: _high_watermark(bootstrap, topic, p, extra, timeout) for p in metadata.partitions}
+        pending = {p for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(topic, p, 0) for p in pending])
+        last: dict[int, int] = {}
         deadline = time.monotonic() + timeout
-        key = job.encode()
+        legacy = job.encode()
+        prefix = f"{job}/".encode()
+        wanted = None if partition is None else ledger_key(job, partition).encode()
         while pending:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading the ledger topic {topic} took over {timeout:.0f}s")
-            msg = consumer.poll(1.0)
+            msg = consumer.poll(0.5)
             if msg is None:
                 continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                    continue
+            if msg.error() is None:
+                key = msg.key() or b""
+                if key == legacy:
+                    last[LEGACY] = int(msg.value())
+                elif key.startswith(prefix) and (wanted is None or key == wanted):
+                    last[int(key[len(prefix):])] = int(msg.value())
+            elif msg.error().code() != KafkaError._PARTITION_EOF:
                 raise KafkaException(msg.error())
-            if msg.key() == key:
-                last = int(msg.value())
+            elif msg.offset() >= ends[msg.partition()]:  # an EOF short of it is the last stable offset
+                pending.discard(msg.partition())
         return last
+    finally:
+        consumer.close()
+
+
+def _high_watermark(bootstrap: str, topic: str, partition: int, extra: dict[str, str] | None, timeout: float) -> int:
+    """The partition's high watermark (read_uncommitted: the end, open transactions included)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"logmesh-ledger-{uuid.uuid4().hex}",
+                         "isolation.level": "read_uncommitted", "logger": _rdkafka_log, **(extra or {})})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)[1]
     finally:
         consumer.close()

@@ -1,53 +1,82 @@
-"""The foreachBatch sink: decode, embed, score lines and blocks, write Kafka results and the vector store.
+"""The job's writes: each micro-batch's rows are written by Spark tasks, one per partition; the driver plans,
+stores the embedded vector store's points and commits.
 
-Exactly once, per micro-batch: everything the batch writes to Kafka (scores, anomalies, dead letters)
-and the ledger record saying "batch N done" are one Kafka transaction, committed last:
+The rows come from the executors (block_sessions.py with work.py: decoded, embedded and scored there, blocks
+judged against the state Spark keeps); `BatchSink` is the foreachBatch function, and `write_partition` the
+task that writes one partition of a batch.
 
-    produce outputs -> upsert the vector store -> produce the ledger record -> commit
+Exactly once, per (job, micro-batch n, Spark partition p):
 
-A crash before the commit leaves an open transaction that the restarted job's producer (same
-transactional id, derived from the job id in the checkpoint folder) fences and aborts, so
-read_committed consumers never see the crashed attempt; the replayed batch is written again. The
-vector store is not transactional but every write is keyed by data (topic/partition/offset for lines,
-the block id for blocks, and a block point records the offsets it has counted), so the replay
-overwrites instead of duplicating. A crash after the commit but before Spark commits the batch is
-answered by the ledger (read at start with read_committed): the replay runs without writing.
+    driver: the ledger says which partitions of n committed already (read at start, after fencing)
+    task p, attempt a:
+        skip if the driver knows (n, p) committed
+        producer with transactional.id "logmesh-stream-{job}-p{p}"; init_transactions fences every earlier
+          producer of that id (an earlier attempt of the task, a zombie executor, a crashed job) and aborts
+          its open transaction
+        a > 0 (a retry): read the ledger record (job/p); if it says n, the earlier attempt committed: skip
+        begin; dead letters, scores, line anomalies, block ALERT/FINAL; flush           -> after-produce
+        with --qdrant-url: upsert the partition's points                               -> after-store
+        the ledger record (key job/p, value n) in the same transaction; commit          -> after-commit
+        return a report and (embedded store) the points
+    driver: upsert the points into the embedded store (one process may open it)          -> after-store
+        then Spark commits batch n (offsets and the block state of n)
+
+A crash before a task's commit leaves an open transaction that the next attempt, or the restarted job
+(which fences every task's id before it reads the ledger), aborts: read_committed consumers never see it,
+and the partition is written again. A crash after the commit but before Spark committed the batch makes
+Spark replay n from the state of n-1: the executors recompute the same rows (same input, same state, the
+batch's own timestamp and watermark), the ledger skips the Kafka writes of every partition that
+committed, and the points are written again (vector-store writes are keyed by data: topic/partition/offset
+for lines, the block id for blocks, so a rewrite overwrites). The block's alert status lives in the
+state of the batch that alerted, so a replay alerts again only when the alert's transaction did not commit.
+
+Fault injection for the crash tests (tests/e2e/test_faults.py): LOGMESH_SINK_CRASH_AT="POINT:BATCH[,...]".
+after-produce and after-commit fire in the task (after-store too with --qdrant-url) and SIGKILL the whole
+job (the driver's process group, when it leads one, and pyspark's daemon group); after-store without --qdrant-url fires in the driver.
+"task-after-produce:BATCH" and "task-after-commit:BATCH" kill only the task's Python worker, in its first
+attempt: Spark retries the task (with task retries enabled, e.g. master local[2,2]). Never set in production.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
+import sys
 import time
+from pathlib import Path
+from typing import Iterator
 
-import grpc
 import numpy as np
+import pandas as pd
 from confluent_kafka import KafkaException
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from logmesh.client import EmbedderClient, ScorerClient
-from logmesh.ingest.masking import line_shape
-from logmesh.streaming import blocks as block_state
-from logmesh.streaming.block_sessions import BLOCK, LINE, QUIET, STREAM_STOPPED
-from logmesh.streaming.decode import KafkaRow, Rejected, decode
-from logmesh.streaming.outputs import Ledger, ResultProducer, TransactionAborted
-from logmesh.streaming.retry import GaveUp, RetryItems, with_retry
+from logmesh.streaming import work
+from logmesh.streaming.decode import KafkaRow, Rejected
+from logmesh.streaming.outputs import (ALL, Ledger, ResultProducer, TransactionAborted, ledger_key, read_ledger,
+                                       task_transactional_id)
+from logmesh.streaming.retry import GaveUp
 from logmesh.streaming.vector_store import Point
-from logmesh.v1 import log_record_pb2, score_pb2, scorer_service_pb2 as spb
+from logmesh.v1 import score_pb2
 
-__all__ = ["BatchReport", "BatchSink", "BlockSummary", "Ledger"]
+__all__ = ["BatchReport", "BatchSink", "WriterSettings", "write_partition"]
 log = logging.getLogger("logmesh.stream.sink")
-UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
-# Fault injection for the crash tests (tests/e2e/test_faults.py): "POINT:BATCH[,POINT:BATCH...]" with POINT one
-# of after-produce, after-store, after-commit. The process (its process group when it leads one, so
-# Spark's JVM goes too) is SIGKILLed there, as a crash would. Never set in production.
 CRASH_ENV = "LOGMESH_SINK_CRASH_AT"
+REPORT_SCHEMA = ("kind string, partition int, attempt int, pid int, work_pids string, rows long, scored long, "
+                 "dead long, line_anomalies long, blocks long, alerts long, closed long, cut long, skipped boolean, "
+                 "write_attempts int, seconds double, point_id string, vector binary, payload string")
+REPORT_COLUMNS = [column.split()[0] for column in REPORT_SCHEMA.split(", ")]
+TASK_PARTITIONS_FILE = "task-partitions"
+
+
+def _wanted(point: str, batch_id: int, spec: str | None) -> bool:
+    return bool(spec) and f"{point}:{batch_id}" in {w.strip() for w in spec.split(",")}  # type: ignore[union-attr]
 
 
 def _crash_point(point: str, batch_id: int) -> None:
-    wanted = os.environ.get(CRASH_ENV)
-    if not wanted or f"{point}:{batch_id}" not in {w.strip() for w in wanted.split(",")}:
+    """In the driver: SIGKILL the process (its group when it leads one, so Spark's JVM goes too)."""
+    if not _wanted(point, batch_id, os.environ.get(CRASH_ENV)):
         return
     log.error("fault injection: SIGKILL", extra={"point": point, "batch_id": batch_id})
     for handler in logging.getLogger().handlers:
@@ -57,16 +86,51 @@ def _crash_point(point: str, batch_id: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-@dataclasses.dataclass(frozen=True)
-class BlockSummary:
-    """A block Spark's state reports as changed in this micro-batch (see block_sessions.py)."""
+def _task_crash_point(point: str, batch_id: int, partition: int, attempt: int, settings: "WriterSettings") -> None:
+    """In a task: "POINT" kills the job (the driver's process group, when it leads one; else this worker),
+    "task-POINT" this worker only, and only in the task's first attempt."""
+    whole = _wanted(point, batch_id, settings.crash)
+    task = attempt == 0 and _wanted(f"task-{point}", batch_id, settings.crash)
+    if not (whole or task):
+        return
+    line = json.dumps({"level": "error", "logger": log.name, "msg": "fault injection: SIGKILL",
+                       "point": point if whole else f"task-{point}", "batch_id": batch_id, "partition": partition,
+                       "attempt": attempt, "pid": os.getpid()}) + "\n"
+    try:  # the driver's own stderr (local mode): the worker's goes through the JVM, which dies with the job
+        with open(f"/proc/{settings.driver_pid}/fd/2", "a") as err:
+            err.write(line)
+    except OSError:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    if whole and _leads_group(settings.driver_pid):
+        os.killpg(settings.driver_pid, signal.SIGKILL)  # the driver and Spark's JVM
+        os.killpg(0, signal.SIGKILL)  # pyspark's daemon and its workers (the daemon has a group of its own)
+    os.kill(os.getpid(), signal.SIGKILL)
 
-    block_id: str
-    events: list[str]
-    closed: bool  # its whole story: judged with missing-step evidence
-    first_time: str
-    last_time: str
-    ended: str = ""  # the rule that ended it: block_sessions.QUIET, STREAM_STOPPED, or "" (still open)
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class WriterSettings:
+    """What a writing task needs (pickled to the executors)."""
+
+    bootstrap: str
+    scores_topic: str
+    anomalies_topic: str
+    dlq_topic: str
+    ledger_topic: str
+    job: str
+    kafka_options: dict[str, str]
+    retry_budget_s: float = 300.0
+    qdrant_url: str | None = None  # tasks upsert their points themselves; else the driver does
+    qdrant_api_key: str | None = None
+    crash: str | None = None
+    driver_pid: int = 0
 
 
 @dataclasses.dataclass
@@ -81,260 +145,232 @@ class BatchReport:
     blocks_closed: int = 0  # closed as complete: the stream went on without them (rule "quiet")
     blocks_cut: int = 0  # finalized as cut prefixes: the stream stopped (rule "stream-stopped")
     seconds: float = 0.0
-    skipped: bool = False
+    skipped: bool = False  # every partition that had rows was committed before (a replay): nothing written
     write_attempts: int = 0
+    partitions: int = 0  # tasks that had rows
+    skipped_partitions: list[int] = dataclasses.field(default_factory=list)
+    task_pids: list[int] = dataclasses.field(default_factory=list)  # the Python workers that wrote
+    work_pids: list[int] = dataclasses.field(default_factory=list)  # the Python workers that made the RPCs
+
+
+_stores: dict[str, object] = {}
+
+
+def _task_store(settings: WriterSettings):  # type: ignore[no-untyped-def]
+    from logmesh.streaming.vector_store import open_store
+    if settings.qdrant_url not in _stores:
+        _stores[settings.qdrant_url] = open_store(url=settings.qdrant_url, api_key=settings.qdrant_api_key)  # type: ignore[index]
+    return _stores[settings.qdrant_url]  # type: ignore[index]
+
+
+def write_partition(settings: WriterSettings, batch_id: int, done: set[int]):  # type: ignore[no-untyped-def]
+    """The mapInPandas function that writes one partition of batch `batch_id` (see the module's protocol);
+    `done`: the partitions the driver knows committed. Yields one report row, then the points the driver
+    stores (embedded store)."""
+    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from pyspark import TaskContext
+        started = time.perf_counter()
+        parts = [f for f in frames if len(f)]
+        if not parts:
+            return
+        frame = pd.concat(parts, ignore_index=True)
+        context = TaskContext.get()
+        partition, attempt = context.partitionId(), context.attemptNumber()
+        out = _Outputs.of(frame)
+        committed = partition in done
+        write_attempts = 0
+        if not committed and out.has_messages():
+            producer = ResultProducer(settings.bootstrap, settings.scores_topic, settings.anomalies_topic,
+                                      settings.dlq_topic, extra=settings.kafka_options,
+                                      transactional_id=task_transactional_id(settings.job, partition),
+                                      init_budget_s=settings.retry_budget_s)
+            try:
+                if attempt > 0:  # an earlier attempt may have committed before it died
+                    last = read_ledger(settings.bootstrap, settings.ledger_topic, settings.job,
+                                       settings.kafka_options, partition=partition).get(partition, -1)
+                    committed = last >= batch_id
+                if not committed:
+                    write_attempts = _write(producer, out, settings, batch_id, partition, attempt)
+            finally:
+                producer.close()
+        elif not committed and out.points and settings.qdrant_url:
+            _task_store(settings).upsert(out.points)
+        report = (("report", partition, attempt, os.getpid(), ",".join(map(str, sorted(out.work_pids))), len(frame),
+                   len(out.scores), len(out.rejected), len(out.line_alerts), out.blocks, out.alerts, out.closed,
+                   out.cut, committed, write_attempts, time.perf_counter() - started, None, None, out.logs),)
+        points = () if settings.qdrant_url else tuple(
+            ("point", partition, attempt, None, None, None, None, None, None, None, None, None, None, None, None,
+             None, p.id, p.vector.tobytes(), json.dumps(p.payload)) for p in out.points)
+        yield pd.DataFrame([*report, *points], columns=REPORT_COLUMNS, dtype=object)
+    return run
+
+
+@dataclasses.dataclass
+class _Outputs:
+    """One partition's rows, sorted into what goes where."""
+
+    rejected: list[Rejected]
+    scores: list[tuple[bytes, bytes]]  # (record id, ScoreResult bytes)
+    line_alerts: list[score_pb2.Anomaly]
+    block_alerts: list[score_pb2.Anomaly]
+    points: list[Point]
+    work_pids: set[int]
+    blocks: int = 0
+    alerts: int = 0
+    closed: int = 0
+    cut: int = 0
+    logs: str | None = None
+
+    def has_messages(self) -> bool:
+        return bool(self.rejected or self.scores or self.line_alerts or self.block_alerts)
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> "_Outputs":
+        from logmesh.streaming.block_sessions import QUIET, STREAM_STOPPED
+        out = cls([], [], [], [], [], set())
+        recorded = work.now_ts()
+        logs: list = []
+        for row in frame.itertuples(index=False):
+            if row.pid is not None and row.kind != work.LOG:
+                out.work_pids.add(int(row.pid))
+            if row.kind == work.DEAD:
+                out.rejected.append(Rejected(KafkaRow(row.topic, int(row.partition), int(row.offset),
+                                                      None if row.key is None else bytes(row.key),
+                                                      None if row.value is None else bytes(row.value)), row.reason))
+            elif row.kind == work.LINE:
+                value = bytes(row.value)
+                out.scores.append((row.record_id.encode(), value))
+                if row.anomalous:
+                    out.line_alerts.append(score_pb2.Anomaly(line=score_pb2.ScoreResult.FromString(value),
+                                                             recorded_time=recorded))
+            elif row.kind == work.BLOCK:
+                out.blocks += 1
+                out.closed += row.ended == QUIET
+                out.cut += row.ended == STREAM_STOPPED
+                verdict = score_pb2.BlockVerdict.FromString(bytes(row.value))
+                for wanted, kind in ((row.alert, score_pb2.BLOCK_VERDICT_KIND_ALERT),
+                                     (row.final, score_pb2.BLOCK_VERDICT_KIND_FINAL)):
+                    if wanted:
+                        alert = score_pb2.BlockVerdict()
+                        alert.CopyFrom(verdict)
+                        alert.kind = kind
+                        out.block_alerts.append(score_pb2.Anomaly(block=alert, recorded_time=recorded))
+                        out.alerts += kind == score_pb2.BLOCK_VERDICT_KIND_ALERT
+            elif row.kind == work.LOG:
+                logs.extend(json.loads(row.payload))
+                continue
+            if row.point_id is not None and row.vector is not None:
+                out.points.append(Point(row.point_id, np.frombuffer(bytes(row.vector), np.float32),
+                                        json.loads(row.payload)))
+        out.logs = json.dumps(logs) if logs else None
+        return out
+
+
+def _write(producer: ResultProducer, out: _Outputs, settings: WriterSettings, batch_id: int, partition: int,
+           attempt: int) -> int:
+    """One transaction: outputs, (--qdrant-url) store, ledger record, commit. A Kafka failure aborts it and
+    the whole write is redone (bounded backoff); returns the number of attempts."""
+    deadline = time.monotonic() + settings.retry_budget_s
+    delay, tries = 0.5, 1
+    while True:
+        try:
+            producer.begin()
+            producer.dead_letters(out.rejected)
+            producer.score_bytes(out.scores)
+            producer.anomalies(out.line_alerts, key_of=lambda a: a.line.record_id)
+            producer.anomalies(out.block_alerts, key_of=lambda a: a.block.block_id)
+            producer.flush()
+            _task_crash_point("after-produce", batch_id, partition, attempt, settings)
+            if settings.qdrant_url:
+                _task_store(settings).upsert(out.points)
+                _task_crash_point("after-store", batch_id, partition, attempt, settings)
+            producer.ledger_record(settings.ledger_topic, ledger_key(settings.job, partition), batch_id)
+            producer.commit()
+            _task_crash_point("after-commit", batch_id, partition, attempt, settings)
+            return tries
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and hasattr(exc.args[0], "fatal") else None
+            fatal = bool(err is not None and err.fatal())
+            if not isinstance(exc, TransactionAborted):
+                try:
+                    producer.abort()
+                except KafkaException:
+                    fatal = True  # cannot abort: a fresh producer fences this one and aborts for it
+            if time.monotonic() + delay > deadline:
+                raise GaveUp(f"writing partition {partition} of batch {batch_id}: {exc} after {tries} attempts") from exc
+            log.warning("partition transaction failed; redoing its writes",
+                        extra={"batch_id": batch_id, "partition": partition, "attempt": tries, "error": str(exc),
+                               "fatal": fatal, "sleep_s": delay})
+            time.sleep(delay)
+            if fatal:
+                producer.recover()
+            delay, tries = min(delay * 2, 15.0), tries + 1
 
 
 class BatchSink:
-    def __init__(self, embedder: EmbedderClient, scorer: ScorerClient, outputs: ResultProducer, store,  # type: ignore[no-untyped-def]
-                 ledger: Ledger | None, store_lines: str = "anomalous", rpc_batch: int = 256,
-                 retry_budget_s: float = 300.0, on_report=None) -> None:
-        """`ledger` None: no skip of completed batches (only for a non-transactional `outputs`, in tests)."""
-        self.embedder, self.scorer, self.outputs, self.store, self.ledger = embedder, scorer, outputs, store, ledger
-        self.store_lines = store_lines
-        self.rpc_batch = rpc_batch
-        self.retry_budget_s = retry_budget_s
+    """The foreachBatch function (driver): runs the batch's write tasks, stores the points they return in
+    the embedded vector store, and keeps the ledger's view of what committed."""
+
+    def __init__(self, settings: WriterSettings, ledger: Ledger, store, checkpoint: str | Path,  # type: ignore[no-untyped-def]
+                 on_report=None) -> None:
+        self.settings, self.ledger, self.store = settings, ledger, store
+        self.partitions_file = Path(checkpoint) / TASK_PARTITIONS_FILE
         self.on_report = on_report or (lambda report: None)
 
-    # Spark calls this with each micro-batch's DataFrame.
+    def task_partitions(self) -> int:
+        """The most partitions a batch of this checkpoint has had (their transactional ids to fence)."""
+        try:
+            return int(self.partitions_file.read_text().strip())
+        except (OSError, ValueError):
+            return 0
+
     def __call__(self, df, batch_id: int) -> None:  # type: ignore[no-untyped-def]
-        if self.ledger is not None and self.ledger.done(batch_id):
-            # Committed before a crash or stop, replayed because Spark had not committed it: run the plan
-            # without writing, so the stateful operator commits its state for this batch (Spark checks that).
-            log.info("batch already committed (ledger); replaying it without writes", extra={"batch_id": batch_id})
-            df.write.format("noop").mode("append").save()
-            self.on_report(BatchReport(batch_id, skipped=True))
-            return
-        frame = df.toPandas()
-        lines, blocks = frame[frame["kind"] == LINE], frame[frame["kind"] == BLOCK]
-        rows = [KafkaRow(t, int(p), int(o), None if k is None else bytes(k), None if v is None else bytes(v))
-                for t, p, o, k, v in zip(lines["topic"], lines["partition"], lines["offset"], lines["key"], lines["value"])]
-        sessions = [BlockSummary(b, list(e), bool(c), f or "", l or "", n or "") for b, e, c, f, l, n in zip(
-            blocks["block_id"], blocks["events"], blocks["closed"], blocks["first_time"], blocks["last_time"],
-            blocks["ended"])]
-        report = self.process(rows, batch_id, sessions)
+        started = time.perf_counter()
+        done = self.ledger.done_partitions(batch_id)
+        rows = df.mapInPandas(write_partition(self.settings, batch_id, done if done is ALL else set(done)),
+                              REPORT_SCHEMA).collect()
+        reports = [r for r in rows if r.kind == "report"]
+        points = [Point(r.point_id, np.frombuffer(bytes(r.vector), np.float32), json.loads(r.payload))
+                  for r in rows if r.kind == "point"]
+        for r in reports:
+            if r.payload:
+                work.relog(r.payload)
+        if points:
+            self.store.upsert(points)
+        _crash_point("after-store", batch_id)
+        report = self._report(batch_id, reports, started)
         self.on_report(report)
 
-    def process(self, rows: list[KafkaRow], batch_id: int, sessions: list[BlockSummary] = ()) -> BatchReport:  # type: ignore[assignment]
-        """Writes one micro-batch: `rows` are its Kafka messages, `sessions` the blocks Spark's state says
-        changed (or closed) in it."""
-        started = time.perf_counter()
-        report = BatchReport(batch_id, rows=len(rows))
-        records: list[tuple[KafkaRow, log_record_pb2.LogRecord]] = []
-        rejected: list[Rejected] = []
-        for row in rows:
-            outcome = decode(row)
-            (rejected.append(outcome) if isinstance(outcome, Rejected) else records.append((row, outcome)))
-        shapes = [line_shape(r.component, r.message) for _, r in records]
-        vectors, refused = self._embed(shapes, batch_id)
-        if refused:  # e.g. a line over the embedder's length limit: dead-lettered, the batch goes on
-            rejected.extend(Rejected(row, f"embedder rejected the line: {refused[shape]}")
-                            for (row, _), shape in zip(records, shapes) if shape in refused)
-            kept = [i for i, shape in enumerate(shapes) if shape not in refused]
-            records, vectors = [records[i] for i in kept], [vectors[i] for i in kept]
-        results, bad = self._score([r for _, r in records], batch_id)
-        rejected.extend(Rejected(records[i][0], f"scorer rejected the line: {why}") for i, why in bad.items())
-        good = [(i, records[i][0], records[i][1], results[i]) for i in range(len(records)) if i not in bad]
-
-        flagged = [res for _, _, _, res in good if res.verdict == score_pb2.VERDICT_ANOMALY]
-        line_alerts = [score_pb2.Anomaly(line=res, recorded_time=_now()) for res in flagged]
-        block_points, alerts = self._blocks(good, vectors, list(sessions), batch_id)
-        line_points = [Point(row.coordinates, vectors[i], _line_payload(row, record, res))
-                       for i, row, record, res in good
-                       if self.store_lines == "all" or res.verdict == score_pb2.VERDICT_ANOMALY]
-        report.write_attempts = self._write(batch_id, rejected, [res for _, _, _, res in good], line_alerts,
-                                            alerts, line_points + block_points)
-
-        report.scored, report.dead_letters, report.line_anomalies = len(good), len(rejected), len(flagged)
-        report.blocks, report.block_alerts = len(block_points), len(alerts)
-        report.blocks_closed = sum(s.ended == QUIET for s in sessions)
-        report.blocks_cut = sum(s.ended == STREAM_STOPPED for s in sessions)
+    def _report(self, batch_id: int, reports: list, started: float) -> BatchReport:
+        report = BatchReport(batch_id)
+        for r in reports:
+            report.rows += r.rows
+            report.scored += r.scored
+            report.dead_letters += r.dead
+            report.line_anomalies += r.line_anomalies
+            report.blocks += r.blocks
+            report.block_alerts += r.alerts
+            report.blocks_closed += r.closed
+            report.blocks_cut += r.cut
+            report.write_attempts = max(report.write_attempts, r.write_attempts)
+            report.task_pids.append(r.pid)
+            report.work_pids.extend(int(p) for p in (r.work_pids or "").split(",") if p)
+            if r.skipped:
+                report.skipped_partitions.append(r.partition)
+                log.info("partition already committed (ledger); its writes are skipped",
+                         extra={"batch_id": batch_id, "partition": r.partition, "attempt": r.attempt})
+            else:
+                self.ledger.committed(batch_id, r.partition)
+        report.partitions = len(reports)
+        report.skipped = bool(reports) and len(report.skipped_partitions) == len(reports)
+        report.task_pids, report.work_pids = sorted(set(report.task_pids)), sorted(set(report.work_pids))
+        if reports and max(r.partition for r in reports) + 1 > self.task_partitions():
+            self.partitions_file.write_text(f"{max(r.partition for r in reports) + 1}\n")
         report.seconds = time.perf_counter() - started
         # an idle job runs an empty micro-batch every trigger: those stay below info
-        log.log(logging.INFO if rows or sessions else logging.DEBUG, "batch written", extra=dataclasses.asdict(report))
+        log.log(logging.INFO if report.rows else logging.DEBUG, "batch written", extra=dataclasses.asdict(report))
         if report.blocks_cut:
             log.info("no new line for --block-stall-ms: the blocks still open are judged as cut prefixes "
                      "(no missing-step evidence) and stay open in case the stream comes back",
                      extra={"batch_id": batch_id, "blocks_cut": report.blocks_cut})
         return report
-
-    def _write(self, batch_id: int, rejected: list[Rejected], results: list[score_pb2.ScoreResult],
-               line_alerts: list[score_pb2.Anomaly], block_alerts: list[score_pb2.Anomaly],
-               points: list[Point]) -> int:
-        """One transaction: outputs, store, ledger record, commit. A Kafka failure aborts it and the whole
-        write is redone (bounded backoff); returns the number of attempts."""
-        deadline = time.monotonic() + self.retry_budget_s
-        delay, attempt = 0.5, 1
-        while True:
-            try:
-                self.outputs.begin()
-                self.outputs.dead_letters(rejected)
-                self.outputs.scores(results)
-                self.outputs.anomalies(line_alerts, key_of=lambda a: a.line.record_id)
-                self.outputs.anomalies(block_alerts, key_of=lambda a: a.block.block_id)
-                self.outputs.flush()
-                _crash_point("after-produce", batch_id)
-                self.store.upsert(points)
-                _crash_point("after-store", batch_id)
-                if self.ledger is not None:
-                    self.ledger.mark(batch_id)
-                self.outputs.commit()
-                if self.ledger is not None:
-                    self.ledger.committed(batch_id)
-                _crash_point("after-commit", batch_id)
-                return attempt
-            except KafkaException as exc:
-                err = exc.args[0] if exc.args and hasattr(exc.args[0], "fatal") else None
-                fatal = bool(err is not None and err.fatal())
-                if not isinstance(exc, TransactionAborted):
-                    try:
-                        self.outputs.abort()
-                    except KafkaException:
-                        fatal = True  # cannot abort: a fresh producer fences this one and aborts for it
-                if time.monotonic() + delay > deadline:
-                    raise GaveUp(f"writing batch {batch_id}: {exc} after {attempt} attempts") from exc
-                log.warning("batch transaction failed; redoing its writes",
-                            extra={"batch_id": batch_id, "attempt": attempt, "error": str(exc),
-                                   "fatal": fatal, "sleep_s": delay})
-                time.sleep(delay)
-                if fatal:
-                    self.outputs.recover()
-                delay, attempt = min(delay * 2, 15.0), attempt + 1
-
-    def _embed(self, shapes: list[str], batch_id: int) -> tuple[list[np.ndarray], dict[str, str]]:
-        """A vector per shape, and the shapes the embedder refused as invalid (with why). Items that
-        failed because the embedder was unavailable are retried; none is dropped."""
-        distinct = list(dict.fromkeys(shapes))
-        if not distinct:
-            return [], {}
-
-        def attempt() -> tuple[np.ndarray, dict]:
-            matrix, failed = self.embedder.embed_each(distinct, batch_size=self.rpc_batch)
-            down = [f for f in failed.values() if f.code == UNAVAILABLE]
-            if down:
-                raise RetryItems(f"{len(down)} shapes unavailable: {down[0].message}")
-            return matrix, failed
-
-        matrix, failed = with_retry(attempt, f"embed batch {batch_id}", self.retry_budget_s)
-        table = dict(zip(distinct, matrix))
-        return [table[s] for s in shapes], {distinct[i]: f.message for i, f in failed.items()}
-
-    def _score(self, records: list[log_record_pb2.LogRecord],
-               batch_id: int) -> tuple[list[score_pb2.ScoreResult | None], dict[int, str]]:
-        """Results by position; lines the scorer rejects as invalid are returned apart, for the DLQ.
-        Items that failed because a dependency was down are retried; none is dropped."""
-        results: list[score_pb2.ScoreResult | None] = [None] * len(records)
-        invalid: dict[int, str] = {}
-        pending = list(range(len(records)))
-
-        def attempt() -> None:
-            nonlocal pending
-            replies = list(self.scorer.score_stream((spb.ScoreItem(record=records[i]) for i in pending),
-                                                    batch_size=self.rpc_batch, timeout=120))
-            retry = []
-            for i, reply in zip(pending, replies):
-                if reply.HasField("result"):
-                    results[i] = reply.result
-                elif reply.error.code == UNAVAILABLE:
-                    retry.append(i)
-                else:
-                    invalid[i] = reply.error.message
-            pending = retry
-            if retry:
-                first = next(r for r in replies if r.HasField("error") and r.error.code == UNAVAILABLE)
-                raise RetryItems(f"{len(retry)} lines unavailable: {first.error.message}")
-
-        if pending:
-            with_retry(attempt, f"score batch {batch_id}", self.retry_budget_s)
-        return results, invalid
-
-    def _blocks(self, good, vectors, sessions: list[BlockSummary],  # type: ignore[no-untyped-def]
-                batch_id: int) -> tuple[list[Point], list[score_pb2.Anomaly]]:
-        """Judges the blocks Spark's state reports, keeps each block's point (mean vector, verdict) and
-        returns the alerts: a block's first anomalous verdict, and its final one when it closes anomalous."""
-        if not sessions:
-            return [], []
-        lines_by_block: dict[str, list[block_state.BlockLine]] = {}
-        labels: dict[str, int] = {}
-        for i, row, record, res in good:
-            block_id = record.block_ids[0] if record.block_ids else ""
-            if record.label:
-                labels[block_id] = record.label
-            lines_by_block.setdefault(block_id, []).append(block_state.BlockLine(
-                row.coordinates, row.offset, vectors[i], record.id, res.verdict == score_pb2.VERDICT_ANOMALY))
-        existing = self.store.retrieve([s.block_id for s in sessions])
-        merged: list[tuple[BlockSummary, dict, np.ndarray | None]] = []
-        for session in sessions:
-            old = existing.get(session.block_id)
-            payload, vector = block_state.merge(old.payload if old else None, old.vector if old else None,
-                                                lines_by_block.get(session.block_id, []))
-            payload.update(kind="block", block_id=session.block_id, events=session.events, closed=session.closed,
-                           ended=session.ended, first_time=session.first_time, last_time=session.last_time)
-            if session.block_id in labels:
-                payload["label"] = log_record_pb2.Label.Name(labels[session.block_id]).removeprefix("LABEL_").lower()
-            merged.append((session, payload, vector))
-        label_of = {v: k for k, v in log_record_pb2.Label.items()}
-        requests = [spb.BlockSession(block_id=s.block_id, events=s.events, closed=s.closed,
-                                     anomalous_record_ids=p.get("anomalous_record_ids", []),
-                                     first_time=_ts(s.first_time), last_time=_ts(s.last_time),
-                                     label=label_of.get(f"LABEL_{p.get('label', 'unspecified').upper()}", 0))
-                    for s, p, _ in merged]
-        verdicts = self._score_blocks(requests, batch_id)
-        points, alerts = [], []
-        for (session, payload, vector), verdict in zip(merged, verdicts):
-            anomalous = verdict.verdict == score_pb2.VERDICT_ANOMALY
-            kinds = []
-            # alerted_batch: the batch whose transaction carries the block's alert. A replay of that same
-            # batch (its crashed attempt wrote the store, its alert was aborted) must alert again.
-            alerted_in = payload.get("alerted_batch")
-            already = payload.get("alerted", False) if alerted_in is None else int(alerted_in) < batch_id
-            if anomalous and not already:
-                kinds.append(score_pb2.BLOCK_VERDICT_KIND_ALERT)
-                payload.update(alerted=True, alerted_batch=batch_id)
-            if anomalous and session.closed:
-                kinds.append(score_pb2.BLOCK_VERDICT_KIND_FINAL)
-            for kind in kinds:
-                alert = score_pb2.BlockVerdict()
-                alert.CopyFrom(verdict)
-                alert.kind = kind
-                alerts.append(score_pb2.Anomaly(block=alert, recorded_time=_now()))
-            payload.update(verdict="anomaly" if anomalous else "normal", score=float(verdict.score),
-                           is_anomaly=anomalous, model_version=verdict.model_version)
-            if vector is not None:  # a block closed by timeout whose lines all failed to decode has no vector
-                points.append(Point(session.block_id, vector, payload))
-        return points, alerts
-
-    def _score_blocks(self, sessions: list[spb.BlockSession], batch_id: int) -> list[score_pb2.BlockVerdict]:
-        def attempt() -> list[score_pb2.BlockVerdict]:
-            replies = list(self.scorer.score_blocks(sessions, batch_size=self.rpc_batch, timeout=120))
-            failed = [r for r in replies if r.HasField("error")]
-            if failed:
-                raise RuntimeError(f"block {failed[0].block_id} rejected: {failed[0].error.message}")
-            return [r.verdict for r in replies]
-        return with_retry(attempt, f"score blocks of batch {batch_id}", self.retry_budget_s)
-
-
-def _line_payload(row: KafkaRow, record: log_record_pb2.LogRecord, result: score_pb2.ScoreResult) -> dict:
-    return {
-        "kind": "line", "record_id": record.id, "text": record.message, "component": record.component,
-        "label": log_record_pb2.Label.Name(record.label).removeprefix("LABEL_").lower(),
-        "timestamp": record.event_time.ToJsonString() if record.HasField("event_time") else "",
-        "source": record.source, "index": record.line_number, "template": record.template_id,
-        "block_ids": list(record.block_ids), "is_anomaly": result.verdict == score_pb2.VERDICT_ANOMALY,
-        "score": float(result.score), "votes": {v.model: float(v.score) for v in result.votes},
-        "model_version": result.model_version,
-    }
-
-
-def _now() -> Timestamp:
-    now = Timestamp()
-    now.GetCurrentTime()
-    return now
-
-
-def _ts(value: str | None) -> Timestamp | None:
-    if not value:
-        return None
-    out = Timestamp()
-    out.FromJsonString(value)
-    return out

@@ -327,6 +327,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait(60)
 
 
+def _skipped(log: Path) -> set[int]:
+    """Batch ids with a partition the ledger said was committed (its writes skipped)."""
+    return {e["batch_id"] for e in _json_lines(log) if e.get("msg", "").startswith("partition already committed")}
+
+
 def test_spark_job_killed_mid_replay_resumes_with_nothing_lost_or_repeated(admin, embedder_server, own_scorer, data_dir,
                                                                            tmp_path, reliability):
     config = _topics(admin, f"f{uuid.uuid4().hex[:8]}")
@@ -340,30 +345,34 @@ def test_spark_job_killed_mid_replay_resumes_with_nothing_lost_or_repeated(admin
     logs = [tmp_path / f"run{i}.log" for i in range(4)]
     procs: list[subprocess.Popen] = []
     try:
-        # 1: killed inside batch 2's transaction, after the store upsert, before the ledger record and commit
-        procs.append(_spawn(args, logs[0], {"LOGMESH_SINK_CRASH_AT": "after-store:2"}))
+        # 1: killed in a task of batch 2, inside its transaction (outputs produced, before ledger and commit)
+        procs.append(_spawn(args, logs[0], {"LOGMESH_SINK_CRASH_AT": "after-produce:2"}))
         assert procs[-1].wait(600) == -signal.SIGKILL, logs[0].read_text()[-3000:]
         written1 = _written(logs[0])
-        assert sorted(written1) == [0, 1] and _crashed(logs[0]) == ("after-store", 2)
+        assert sorted(written1) == [0, 1] and _crashed(logs[0]) == ("after-produce", 2)
         after1 = scored()
         assert after1 == sum(written1.values()), "batch 2's aborted results are visible to read_committed"
-        # 2: killed after batch 4 committed (results + ledger) but before Spark committed its offsets
+        # 2: killed in a task of batch 4 right after its transaction (results + ledger record) committed,
+        # before the batch's other tasks and Spark's commit
         procs.append(_spawn(args, logs[1], {"LOGMESH_SINK_CRASH_AT": "after-commit:4"}))
         assert procs[-1].wait(600) == -signal.SIGKILL, logs[1].read_text()[-3000:]
         written2 = _written(logs[1])
         assert sorted(written2) == [2, 3] and _crashed(logs[1]) == ("after-commit", 4)  # 4 died before its log line
         after2 = scored()
         assert after2 > after1 + sum(written2.values())  # batch 2 redone once, and batch 4's commit is visible
-        # 3: SIGKILLed from outside at whatever point it has reached once it writes again
-        procs.append(_spawn(args, logs[2]))
-        wait_for(lambda: scored() > after2 or procs[-1].poll() is not None, 600, "run 3 to commit a batch")
-        _kill_group(procs[-1])
+        # 3: killed in the driver after batch 6's tasks committed and its points were stored, before Spark's
+        # commit; the replay of batch 4 first skips the partition(s) that committed
+        procs.append(_spawn(args, logs[2], {"LOGMESH_SINK_CRASH_AT": "after-store:6"}))
+        assert procs[-1].wait(600) == -signal.SIGKILL, logs[2].read_text()[-3000:]
+        assert _crashed(logs[2]) == ("after-store", 6) and sorted(_written(logs[2])) == [4, 5]
+        assert _skipped(logs[2]) == {4}, "batch 4's committed partition should be skipped by the Kafka ledger"
         after3 = scored()
-        skipped = [e.get("batch_id") for e in _json_lines(logs[2]) if e.get("msg", "").startswith("batch already committed")]
-        assert skipped == [4], f"batch 4 (committed before the crash) should be skipped by the ledger, got {skipped}"
-        # 4: to the end (availableNow: drains the topic and stops)
+        # 4: to the end (availableNow: drains the topic and stops); batch 6 is replayed without writes
         procs.append(_spawn([*args, "--once"], logs[3]))
         assert procs[-1].wait(600) == 0, logs[3].read_text()[-3000:]
+        assert 6 in _skipped(logs[3])
+        replayed6 = [e for e in _json_lines(logs[3]) if e.get("msg") == "batch written" and e["batch_id"] == 6]
+        assert replayed6 and replayed6[0]["skipped"], "every partition of batch 6 had committed: nothing rewritten"
     finally:
         scored.close()
         for p in procs:
@@ -373,25 +382,54 @@ def test_spark_job_killed_mid_replay_resumes_with_nothing_lost_or_repeated(admin
     assert counts["alerts"] >= 1 and counts["anomalous_lines"] >= 1  # blk_-3102267849859399193 fails in this slice
     visible = len(_consume_all(config.scores_topic, isolation="read_uncommitted"))
     assert visible > len(lines), "the crashed transactions left nothing behind: the crash did not hit the window"
-    # alerts of the aborted attempt of batch 2 (its store write had recorded alerted_batch=2) were emitted
-    # again by the replay: none lost, none doubled in what read_committed consumers see
+
     def alerts(isolation: str) -> Counter:
         return Counter(a.block.block_id for a in (score_pb2.Anomaly.FromString(m.value()) for m in _consume_all(
             config.anomalies_topic, isolation=isolation)) if a.block.kind == score_pb2.BLOCK_VERDICT_KIND_ALERT)
     committed, raw = alerts("read_committed"), alerts("read_uncommitted")
+    # an alert first produced by an aborted attempt is produced again by the replay (the alert status is in
+    # the state of the batch that alerted): none lost, none doubled in what read_committed consumers see
     assert set(raw) == set(committed), f"alerts lost with an aborted attempt: {set(raw) - set(committed)}"
     realerted = sum(1 for b in raw if raw[b] > 1)
-    replay2 = [e for e in _json_lines(logs[1]) if e.get("msg") == "batch written" and e.get("batch_id") == 2]
-    assert realerted >= 1 or not replay2[0]["block_alerts"], "an alert of the replayed batch was not re-emitted"
-    rows.append(f"run 1 SIGKILLed inside batch 2's transaction after the vector-store upsert ({after1:,} lines "
-                f"committed); run 2 replayed batch 2 in full and was SIGKILLed after batch 4's commit, before "
-                f"Spark's ({after2:,} committed); run 3 skipped batch 4 by the Kafka ledger and was SIGKILLed from "
-                f"outside at {after3:,} committed; run 4 finished. {counts['lines']:,} lines -> "
-                f"{counts['lines']:,} ScoreResults (read_committed; {visible - len(lines):,} messages of aborted "
-                f"attempts hidden), {counts['blocks']} block + {counts['anomalous_lines']} line points, "
-                f"{counts['alerts']} block alerts, none repeated ({realerted} of them first emitted by an aborted "
-                f"attempt and re-emitted by the replay)")
+    rows.append(f"run 1 SIGKILLed in a task of batch 2 inside its transaction ({after1:,} lines committed); run 2 "
+                f"replayed batch 2 in full and was SIGKILLed in a task of batch 4 right after its commit "
+                f"({after2:,} committed); run 3 skipped batch 4's committed partition by the Kafka ledger and was "
+                f"SIGKILLed in the driver after batch 6's points were stored ({after3:,} committed); run 4 replayed "
+                f"batch 6 without writes and finished. {counts['lines']:,} lines -> {counts['lines']:,} ScoreResults "
+                f"(read_committed; {visible - len(lines):,} messages of aborted attempts hidden), {counts['blocks']} "
+                f"block + {counts['anomalous_lines']} line points, {counts['alerts']} block alerts, none repeated "
+                f"({realerted} of them first emitted by an aborted attempt and re-emitted by the replay)")
     reliability("fault", "Spark job SIGKILLed mid-replay, 3 times at different points", rows[0], lost="nothing")
+
+
+def test_a_task_killed_is_retried_fenced_and_a_committed_partition_is_not_written_twice(
+        admin, embedder_server, own_scorer, data_dir, tmp_path, monkeypatch, reliability):
+    """A task's Python worker SIGKILLed (Spark retries the task, master local[2,2]): once inside its
+    transaction (the retry's init_transactions fences it and aborts what it produced; the retry writes),
+    once right after its commit (the retry reads the ledger, finds the partition committed and writes
+    nothing). The driver and its other tasks live on; every line is scored exactly once."""
+    config = _topics(admin, f"f{uuid.uuid4().hex[:8]}")
+    lines = _slice(data_dir, tmp_path / "head.log", 5200, 1600)
+    config.embedder, config.scorer = embedder_server.address, own_scorer.address
+    config.qdrant_path, config.checkpoint = str(tmp_path / "qdrant"), str(tmp_path / "checkpoint")
+    config.once, config.max_offsets_per_trigger, config.master = True, 400, "local[2,2]"
+    assert run_ingest(tmp_path / "head.log", BOOTSTRAP, config.topic, labels_csv=data_dir / "anomaly_label.csv",
+                      progress=False).produced == len(lines)
+    monkeypatch.setenv("LOGMESH_SINK_CRASH_AT", "task-after-produce:1,task-after-commit:2")
+    reports = []
+    run(config, on_report=reports.append)
+    by_batch = {r.batch_id: r for r in reports}
+    assert by_batch[1].partitions and not by_batch[1].skipped_partitions  # the retry of batch 1's task wrote
+    assert by_batch[2].skipped_partitions, "the retried task of batch 2 wrote its committed partition again"
+    assert os.getpid() not in {p for r in reports for p in r.work_pids + r.task_pids}
+    counts = _check_results(config, lines, tmp_path / "qdrant")
+    visible = len(_consume_all(config.scores_topic, isolation="read_uncommitted"))
+    assert visible > len(lines), "the killed attempt of batch 1 produced nothing: the kill missed its window"
+    reliability("fault", "a write task's Python worker SIGKILLed, retried by Spark (inside and after its transaction)",
+                f"batch 1: killed after producing, the retry fenced it (its {visible - len(lines)} messages aborted) "
+                f"and wrote; batch 2: killed after its commit, the retry found the partition in the ledger and wrote "
+                f"nothing; {counts['lines']:,} lines -> {counts['lines']:,} ScoreResults, {counts['blocks']} block + "
+                f"{counts['anomalous_lines']} line points, each exactly once", lost="nothing")
 
 
 # ---- the Kafka broker restarted mid-replay ------------------------------------------------------

@@ -241,3 +241,58 @@ def test_event_clock_closes_blocks_by_log_time_once_the_watermark_passes():
 def test_an_unknown_block_clock_is_refused():
     with pytest.raises(ValueError, match="block clock"):
         track_blocks(1000, clock="wall")
+
+
+# --- the single pass with the services: the work in the state function, the block's story in the state ---
+
+FAILING = "blk_-3102267849859399193"  # writeBlock exceptions at lines 6,336 and 6,493 of HDFS_20000.log
+
+
+def test_the_state_keeps_the_blocks_vector_sum_and_alert_status_and_alerts_once(embedder_server, scorer_server,
+                                                                                data_dir):
+    """The single pass's state function with the real embedder and scorer (what the job runs in its
+    executors): lines come out scored, the block's vector sum, line count and anomalous ids grow in the
+    state (nothing is read from a vector store), its first anomalous verdict is an ALERT and only that
+    one, and when the stream goes on without it, it closes FINAL with quiet_seconds filled."""
+    import numpy as np
+
+    from logmesh.streaming import blocks
+    from logmesh.streaming.work import WorkSettings
+    from logmesh.v1 import score_pb2
+    with open(data_dir / "HDFS_20000.log", encoding="utf-8") as f:
+        story = [(n, line) for n, line in enumerate(f) if FAILING in line]
+    records = [parse_line(line, "HDFS_20000.log", n + 1) for n, line in story]
+
+    def messages(part: range, record_ms: int) -> pd.DataFrame:
+        return pd.DataFrame({"topic": "logmesh.logs", "partition": 0, "offset": [story[i][0] for i in part],
+                             "key": [FAILING.encode()] * len(part),
+                             "value": [records[i].SerializeToString() for i in part],
+                             "block_id": FAILING, "record_ms": record_ms, "bucket": 0})
+
+    update = track_lines_and_blocks(quiet_ms=1000, work=WorkSettings(embedder_server.address, scorer_server.address))
+    state = FakeState(now=1_000)
+    half = len(story) // 2
+    calls = []
+    for part, record_ms in ((range(half), 1_000), (range(half, len(story)), 1_100)):
+        state.watermark = record_ms - 100
+        calls.append(pd.concat(list(update((0,), iter([messages(part, record_ms)]), state)), ignore_index=True))
+    entry = json.loads(state.value[0])["blocks"][FAILING]
+    assert entry[blocks.LINES] == len(story) and len(entry[blocks.EVENTS]) == len(story)
+    lines = pd.concat([c[c["kind"] == "line"] for c in calls])
+    assert len(lines) == len(story) and all(score_pb2.ScoreResult.FromString(bytes(v)).record_id for v in lines["value"])
+    flagged = [r for r, a in zip(lines["record_id"], lines["anomalous"]) if a]
+    assert entry[blocks.ANOMALOUS] == flagged and entry[blocks.ALERTED]
+    block_rows = pd.concat([c[c["kind"] == "block"] for c in calls])
+    assert list(block_rows["alert"]).count(True) == 1 and not block_rows["final"].any()
+    point = json.loads(block_rows["payload"].iloc[-1])
+    assert point["lines"] == len(story) and point["alerted"] and point["events"] == entry[blocks.EVENTS]
+    vector = np.frombuffer(bytes(block_rows["vector"].iloc[-1]), np.float32)
+    assert np.allclose(vector, blocks.mean_vector(entry))
+
+    state.hasTimedOut, state.now, state.watermark = True, 5_000, 3_000  # the stream went on without it
+    closed = pd.concat(list(update((0,), iter([]), state)), ignore_index=True)
+    [row] = closed[closed["kind"] == "block"].itertuples()
+    verdict = score_pb2.BlockVerdict.FromString(bytes(row.value))
+    assert row.ended == "quiet" and row.final and not row.alert and verdict.kind == score_pb2.BLOCK_VERDICT_KIND_FINAL
+    assert json.loads(state.value[0])["alerted"] == {FAILING: 3_000}  # remembered: a reopened story does not re-alert
+    assert json.loads(state.value[0])["blocks"] == {}

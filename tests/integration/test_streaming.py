@@ -75,9 +75,17 @@ def test_replay_scores_every_line_once_and_restart_adds_nothing(admin, embedder_
     assert point.payload["events"] == expected and point.payload["verdict"] in ("normal", "anomaly")
     assert abs(float((point.vector ** 2).sum()) - 1.0) < 0.2  # a mean of unit vectors of near-identical lines
     store.close()
-    # the Kafka ledger (written in each batch's transaction) knows the job's last committed batch
+    # the Kafka ledger (written in each task's transaction) knows each partition's last committed batch
     from logmesh.streaming.outputs import LEDGER_TOPIC, job_id, read_ledger
-    assert read_ledger(BOOTSTRAP, LEDGER_TOPIC, job_id(config.checkpoint)) == max(r.batch_id for r in reports)
+    ledger = read_ledger(BOOTSTRAP, LEDGER_TOPIC, job_id(config.checkpoint))
+    written = [r for r in reports if r.partitions and not r.skipped]
+    assert ledger and max(ledger.values()) == max(r.batch_id for r in written)
+    # the work ran in executor tasks: the Python workers that made the RPCs and wrote are not this driver
+    import os
+    work_pids = {p for r in reports for p in r.work_pids}
+    assert work_pids and os.getpid() not in work_pids
+    assert os.getpid() not in {p for r in reports for p in r.task_pids}
+    assert sum(r.scored for r in reports) == LINES
 
     run(config)  # a restart from the checkpoint: nothing new to read, nothing written again
     assert len(_consume_all(config.scores_topic)) == LINES
@@ -99,40 +107,30 @@ def test_store_lines_all_keeps_one_point_per_line(admin, embedder_server, scorer
     store.close()
 
 
-def test_a_scorer_that_comes_up_late_is_waited_for_and_nothing_is_dropped(admin, embedder_server, trained_models,
-                                                                          first_lines, tmp_path):
-    """The sink's retry with backoff: the scorer is down when the batch starts and up 2 s later."""
+def test_a_scorer_that_comes_up_late_is_waited_for_and_nothing_is_dropped(embedder_server, trained_models,
+                                                                          first_lines):
+    """The executor-side work's retry with backoff: the scorer is down when the task starts and up 2 s
+    later; every line comes back scored, and the scorer got each line's vector (ScoreItem.embedding)."""
     import socket
     import threading
-    from logmesh.client import EmbedderClient, ScorerClient
     from logmesh.scorer.service import serve
     from logmesh.streaming.decode import KafkaRow
-    from logmesh.streaming.outputs import Ledger, ResultProducer, ensure_ledger_topic
-    from logmesh.streaming.sink import BatchSink
+    from logmesh.streaming.work import WorkSettings, score_messages
 
-    config = _topics(admin, f"t{uuid.uuid4().hex[:8]}")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    rows = [KafkaRow(config.topic, 0, n, None, parse_line(line, "HDFS_head.log", n + 1).SerializeToString())
+    rows = [KafkaRow("logs", 0, n, None, parse_line(line, "HDFS_head.log", n + 1).SerializeToString())
             for n, line in enumerate(first_lines.read_text().splitlines()[:400])]
-    store = open_store(path=str(tmp_path / "qdrant"))
-    ensure_ledger_topic(BOOTSTRAP)
-    outputs = ResultProducer(BOOTSTRAP, config.scores_topic, config.anomalies_topic, config.dlq_topic,
-                             transactional_id=f"t-{uuid.uuid4().hex}")
-    sink = BatchSink(EmbedderClient(embedder_server.address), ScorerClient(f"127.0.0.1:{port}", timeout=5),
-                     outputs, store, Ledger(outputs, uuid.uuid4().hex), retry_budget_s=60)
     servers = []
     threading.Timer(2.0, lambda: servers.append(serve(port, trained_models, embedder_server.address))).start()
     try:
-        report = sink.process(rows, batch_id=0)
+        lines = score_messages(rows, WorkSettings(embedder_server.address, f"127.0.0.1:{port}", retry_budget_s=60))
     finally:
-        store.close()
         for server in servers:
             server.stop(0)
-    assert report.scored == 400 and report.dead_letters == 0
-    ids = Counter(score_pb2.ScoreResult.FromString(m.value()).record_id for m in _consume_all(config.scores_topic))
-    assert len(ids) == 400 and max(ids.values()) == 1
+    assert all(r is not None for r in lines.results) and not any(lines.rejected)
+    assert len({r.record_id for r in lines.results}) == 400
 
 
 @pytest.mark.parametrize("command", ["stream", "ingest"])

@@ -1,28 +1,44 @@
-"""A block point's mean vector and what it has counted, merged idempotently across micro-batches."""
+"""A block's story in Spark's state (streaming/blocks.py): its running vector sum and anomalous ids, the
+fields older state lacks, and the alert rule (ALERT once per block, FINAL when it closes anomalous)."""
 from __future__ import annotations
 
 import numpy as np
 
-from logmesh.streaming.blocks import BlockLine, merge
+from logmesh.streaming import blocks
+from logmesh.streaming.blocks import ALERTED, ANOMALOUS, LABEL, LINES, add_lines, decide, mean_vector, new_entry, pad
 
 
-def _line(offset: int, value: float, partition: int = 2, anomalous: bool = False) -> BlockLine:
-    return BlockLine(f"logmesh.logs/{partition}/{offset}", offset, np.full(4, value, np.float32), f"r{offset}", anomalous)
+def test_the_vector_is_the_mean_of_every_line_added_across_calls():
+    entry = new_entry()
+    assert mean_vector(entry) is None  # no line scored yet: no point
+    add_lines(entry, [np.full(4, 1.0, np.float32), np.full(4, 3.0, np.float32)], ["r11"], label=2)
+    add_lines(entry, [np.full(4, 5.0, np.float32)], [])
+    assert entry[LINES] == 3 and entry[ANOMALOUS] == ["r11"] and entry[LABEL] == 2
+    assert np.allclose(mean_vector(entry), 3.0) and mean_vector(entry).dtype == np.float32
 
 
-def test_a_replayed_batch_changes_nothing_and_the_vector_stays_the_mean():
-    payload, vector = merge(None, None, [_line(10, 1.0), _line(11, 3.0, anomalous=True)])
-    assert payload["lines"] == 2 and payload["counted"] == {"logmesh.logs/2": 11}
-    assert payload["anomalous_record_ids"] == ["r11"] and np.allclose(vector, 2.0)
-    again = merge(payload, vector, [_line(10, 1.0), _line(11, 3.0, anomalous=True)])  # the same batch, replayed
-    assert again[0] == payload and np.allclose(again[1], vector)
-    later, vector = merge(payload, vector, [_line(11, 3.0), _line(40, 5.0)])  # a later batch overlapping it
-    assert later["lines"] == 3 and later["counted"] == {"logmesh.logs/2": 40} and np.allclose(vector, 3.0)
+def test_entries_of_older_state_get_the_fields_they_lack():
+    old = pad([["E5"], "2008-11-09T20:35:18Z", "2008-11-09T20:35:18Z", 1_000])
+    assert old[:5] == [["E5"], "2008-11-09T20:35:18Z", "2008-11-09T20:35:18Z", 1_000, None]
+    assert old[5:] == [None, 0, [], False, 0]
+    other = pad([["E5"], "", "", 1, None])
+    other[ANOMALOUS].append("x")
+    assert pad([["E5"], "", "", 1, None])[ANOMALOUS] == []  # no list shared between entries
 
 
-def test_points_in_the_earlier_form_are_read_and_rewritten_compactly():
-    """Points written before `counted` listed every counted line in `offsets`."""
-    old = {"offsets": ["logmesh.logs/2/10", "logmesh.logs/2/11"], "lines": 2, "anomalous_record_ids": []}
-    payload, vector = merge(old, np.full(4, 2.0, np.float32), [_line(11, 9.0), _line(12, 5.0)])
-    assert "offsets" not in payload and payload["counted"] == {"logmesh.logs/2": 12}
-    assert payload["lines"] == 3 and np.allclose(vector, 3.0)  # line 11 was counted already
+def test_a_block_alerts_once_and_is_final_when_it_closes_anomalous():
+    entry, alerted = new_entry(), {}
+    assert decide("b", entry, anomalous=False, closed=False, alerted=alerted, clock_ms=1) == (False, False)
+    assert decide("b", entry, anomalous=True, closed=False, alerted=alerted, clock_ms=2) == (True, False)
+    assert entry[ALERTED] and not alerted
+    assert decide("b", entry, anomalous=True, closed=False, alerted=alerted, clock_ms=3) == (False, False)
+    assert decide("b", entry, anomalous=True, closed=True, alerted=alerted, clock_ms=4) == (False, True)
+    assert alerted == {"b": 4}  # remembered after it closed: a reopened story starts as alerted
+    first = new_entry()
+    assert decide("c", first, anomalous=True, closed=True, alerted=alerted, clock_ms=5) == (True, True)
+
+
+def test_closed_alerted_blocks_are_forgotten_after_the_retention():
+    alerted = {"old": 0, "new": blocks.ALERTED_RETENTION_MS}
+    blocks.prune_alerted(alerted, blocks.ALERTED_RETENTION_MS + 1)
+    assert alerted == {"new": blocks.ALERTED_RETENTION_MS}
