@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DATA ?= ../shared/data/hdfs
+BGL_DATA ?= ../shared/data/bgl
 MODELS ?= models
 GEN := clients/python/logmesh/v1
 ONNX := .cache/onnx/all-MiniLM-L6-v2
@@ -140,8 +141,9 @@ down:  ## stop whatever a demo left running
 bench: gen onnx jars  ## run every benchmark; writes docs/benchmarks.md and bench/results/all.json
 	$(PY) -m bench.run_all
 
-experiment: gen  ## detection figures in one run (train with full validation, generated logs): docs/evaluation_results.md
+experiment: gen  ## detection figures in one run (HDFS: full validation, generated logs; BGL: chronological cut): docs/evaluation_results.md
 	$(PY) bench/experiment_hdfs.py --data $(DATA)
+	$(PY) bench/experiment_bgl.py --data $(BGL_DATA)
 
 clean:  ## remove generated code and caches (keeps .venv)
 	rm -rf $(GEN) .cache/run

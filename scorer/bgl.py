@@ -6,6 +6,7 @@ chronological instead: one cut time, the `train_share` quantile of every line's 
 before it trains, every line after it is judged, in every sample. No training line is later than a
 judged one.
 - Lines: the ensemble (scorer/ensemble.py) learns P(alert) per masked shape from the line labels,
+  plus `NovelTemplates` (a never-seen template at an alerting level is evidence too),
   split off by the family's parser (ingest/families/bgl.py) and never in what the members read.
 - Windows: `window` consecutive lines of one sample (time order); anomalous when any line is an alert;
   logmesh flags a window when it flags any line in it. Baselines: a decision tree and a logistic
@@ -103,6 +104,7 @@ class Part:
     truth: np.ndarray          # 1 = alert line
     categories: list[str | None]
     windows: list[np.ndarray]  # index arrays into the flattened lines
+    levels: list[str] = dataclasses.field(default_factory=list)
 
     def window_truth(self) -> np.ndarray:
         return np.asarray([bool(self.truth[w].any()) for w in self.windows])
@@ -113,7 +115,7 @@ class Part:
 
 def make_part(samples: list[Sample], keep: Callable[[np.ndarray], np.ndarray], drain: DrainTemplates,
               size: int) -> Part:
-    shapes, events, cats, wins, n = [], [], [], [], 0
+    shapes, events, cats, wins, levels, n = [], [], [], [], [], 0
     for s in samples:
         t = s.times
         chosen = np.flatnonzero(keep(t))
@@ -123,9 +125,10 @@ def make_part(samples: list[Sample], keep: Callable[[np.ndarray], np.ndarray], d
             shapes.append(r.shape)
             events.append(drain.event_id(r.template_id, f"{r.component} {r.level}" if r.parsed else "", r.message))
             cats.append(s.labels[i])
+            levels.append(r.level)
         wins += windows(np.arange(n, n + len(chosen)), size)
         n += len(chosen)
-    return Part(shapes, events, np.asarray([c is not None for c in cats], int), cats, wins)
+    return Part(shapes, events, np.asarray([c is not None for c in cats], int), cats, wins, levels)
 
 
 def fit_lines(shapes: list[str], truth: np.ndarray, vectors: dict[str, np.ndarray], seed: int):
@@ -137,6 +140,23 @@ def fit_lines(shapes: list[str], truth: np.ndarray, vectors: dict[str, np.ndarra
     y = np.asarray([k[1] for k in keys])
     w = np.asarray([rows[k] for k in keys], np.float64)
     return LineEnsemble(seed).fit(x, np.stack([vectors[s] for s in x]), y, w)
+
+
+@dataclasses.dataclass
+class NovelTemplates:
+    """Evidence the members cannot have learnt: a line whose template training never saw, at a severity level
+    where alerts are common in training (BGL: FATAL). The members judge kinds of line they were shown; the next
+    failure type is one nobody labelled (issue 16), so a never-seen template at an alerting level is flagged."""
+    seen: set[str]
+    alerting_levels: set[str]
+
+    @classmethod
+    def fit(cls, events: list[str], levels: list[str], truth: np.ndarray, min_share: float = 0.1) -> "NovelTemplates":
+        n, alerts = Counter(levels), Counter(l for l, y in zip(levels, truth.tolist()) if y)
+        return cls(set(events) - {"unknown"}, {l for l in n if l and alerts[l] / n[l] >= min_share})
+
+    def flags(self, events: list[str], levels: list[str]) -> np.ndarray:
+        return np.asarray([e not in self.seen and l in self.alerting_levels for e, l in zip(events, levels)], bool)
 
 
 def predict_lines(ensemble, shapes: list[str], vectors: dict[str, np.ndarray]) -> np.ndarray:
@@ -164,9 +184,12 @@ def rates(truth, predicted, what: str) -> dict:
     return {**{k: s[k] for k in keep}, what: s["sessions"], "anomalies": s["anomalies"]}
 
 
-def judge(models: dict, part: Part, vectors: dict[str, np.ndarray], size: int) -> dict:
-    """Line and window figures of logmesh, and window figures of the baselines, on one part."""
+def judge(models: dict, part: Part, vectors: dict[str, np.ndarray], size: int, verdicts: bool = False) -> dict:
+    """Line and window figures of logmesh, and window figures of the baselines, on one part; with `verdicts`,
+    also every line's verdict (in judged order)."""
     line_pred = predict_lines(models["line"], part.shapes, vectors)
+    novel = models["novel"].flags(part.events, part.levels) if models.get("novel") else np.zeros(len(line_pred), bool)
+    line_pred = line_pred | novel
     window_pred = np.asarray([bool(line_pred[w].any()) for w in part.windows])
     wt = part.window_truth()
     out = {"line": rates(part.truth, line_pred, "lines"),
@@ -177,6 +200,9 @@ def judge(models: dict, part: Part, vectors: dict[str, np.ndarray], size: int) -
     caught = Counter(c for c, p in zip(part.categories, line_pred) if c and p)
     out["line_recall_by_category"] = {c: {"lines": n, "detected": caught[c], "recall": caught[c] / n}
                                       for c, n in by_cat.most_common()}
+    out["new_template_flags"] = int((novel & ~predict_lines(models["line"], part.shapes, vectors)).sum()) if len(part.shapes) else 0
+    if verdicts:
+        out["verdicts"] = line_pred.tolist()
     return out
 
 
@@ -195,6 +221,8 @@ def leave_one_category_out(train: Part, vectors: dict[str, np.ndarray], seed: in
         if len(set(train.truth[keep].tolist())) < 2:
             continue
         ensemble = fit_lines([s for s, k in zip(train.shapes, keep) if k], train.truth[keep], vectors, seed)
+        novel = NovelTemplates.fit([e for e, k in zip(train.events, keep) if k],
+                                   [l for l, k in zip(train.levels, keep) if k], train.truth[keep])
         held_windows = [w for w in train.windows if keep[w].all()]
         baselines = make_baselines(seed)
         for b in baselines.values():
@@ -203,7 +231,8 @@ def leave_one_category_out(train: Part, vectors: dict[str, np.ndarray], seed: in
         wins_caught = Counter()
         for p in parts:
             mine = [i for i, c in enumerate(p.categories) if c == cat]
-            pred = predict_lines(ensemble, [p.shapes[i] for i in mine], vectors)
+            pred = predict_lines(ensemble, [p.shapes[i] for i in mine], vectors) | novel.flags(
+                [p.events[i] for i in mine], [p.levels[i] for i in mine])
             lines += len(mine)
             detected += int(pred.sum())
             holding = [w for w in p.windows if any(p.categories[i] == cat for i in w)]
@@ -213,7 +242,9 @@ def leave_one_category_out(train: Part, vectors: dict[str, np.ndarray], seed: in
             for name, b in baselines.items():
                 wins_caught[name] += int((b.probabilities(events) >= 0.5).sum()) if events else 0
             # logmesh's window verdict: any flagged line (lines of other categories count too, as when served)
-            other = predict_lines(ensemble, [p.shapes[i] for w in holding for i in w], vectors)
+            flat = [i for w in holding for i in w]
+            other = predict_lines(ensemble, [p.shapes[i] for i in flat], vectors) | novel.flags(
+                [p.events[i] for i in flat], [p.levels[i] for i in flat])
             k = 0
             for w in holding:
                 wins_caught["logmesh"] += int(other[k:k + len(w)].any())
@@ -251,7 +282,8 @@ def train_bgl(data: Path, out_dir: Path, embed: Embed, seed: int = 0, window: in
     baselines = make_baselines(seed)
     for b in baselines.values():
         b.fit(train.window_events(), train.window_truth().astype(int).tolist())
-    models = {"family": "bgl", "line": ensemble, "block": None, "baselines": baselines, "drain": drain,
+    novel = NovelTemplates.fit(train.events, train.levels, train.truth)
+    models = {"family": "bgl", "line": ensemble, "novel": novel, "block": None, "baselines": baselines, "drain": drain,
               "templates": templates}
     held_out = judge(models, held, vectors, window)
     log.info("judged the held-out part", extra={"lines": len(held.shapes), "f1": round(held_out["line"]["f1"], 4)})
@@ -275,7 +307,9 @@ def train_bgl(data: Path, out_dir: Path, embed: Embed, seed: int = 0, window: in
         "window": window,
         "held_out": held_out,
         "leave_one_category_out": left_out,
-        "line_verdict": "majority of members voting P(alert) >= 0.5 on the line's masked shape",
+        "line_verdict": "majority of members voting P(alert) >= 0.5 on the line's masked shape, or a template "
+                        "training never saw at a level where >= 10% of training lines are alerts",
+        "alerting_levels": sorted(novel.alerting_levels),
         "train_seconds": round(time.perf_counter() - started, 2),
     }
     version = artifacts.new_version(file_digest(files[0]))
@@ -285,7 +319,7 @@ def train_bgl(data: Path, out_dir: Path, embed: Embed, seed: int = 0, window: in
 
 
 def evaluate_bgl(model_dir: Path, logs: Path, embed: Embed | None = None, window: int | None = None,
-                 all_lines: bool = False) -> dict:
+                 all_lines: bool = False, verdicts: bool = False) -> dict:
     """The newest BGL artifact on BGL logs. Lines of the training files up to the cut time are skipped
     (they trained the model) unless `all_lines`; lines of other files are all judged."""
     from logmesh.scorer import artifacts
@@ -316,16 +350,15 @@ def evaluate_bgl(model_dir: Path, logs: Path, embed: Embed | None = None, window
         judged_files.append({"file": s.name, "lines": len(s.records), "unparsed": s.unparsed,
                              "judged": "after the training cut" if skip else "all lines"})
     part = Part([x for p in parts for x in p.shapes], [x for p in parts for x in p.events],
-                np.concatenate([p.truth for p in parts]), [x for p in parts for x in p.categories], [])
+                np.concatenate([p.truth for p in parts]), [x for p in parts for x in p.categories], [],
+                [x for p in parts for x in p.levels])
     n = 0
     for p in parts:  # windows never span two files
         part.windows += [w + n for w in p.windows]
         n += len(p.shapes)
-    if embed is None:
-        from logmesh.embedder.encoder import SentenceEncoder
-        embed = SentenceEncoder(threads=1).encode
+    embed = embed or _default_embed()
     vectors = embed_shapes(embed, part.shapes)
-    result = judge(artifact.models, part, vectors, size)
+    result = judge(artifact.models, part, vectors, size, verdicts)
     result.update({
         "family": "bgl", "model": {"version": version, "train_until_utc": artifact.meta["split"]["train_until_utc"]},
         "logs": {"paths": [str(f) for f in files], "lines": stats.lines, "files": judged_files},
@@ -336,6 +369,11 @@ def evaluate_bgl(model_dir: Path, logs: Path, embed: Embed | None = None, window
         result["warning"] = (f"the logs overlap the model's training data ({', '.join(overlap)}) and --all-lines "
                              "judges the training lines too: these figures are partly in-sample")
     return result
+
+
+def _default_embed() -> Embed:
+    from logmesh.embedder.encoder import SentenceEncoder
+    return SentenceEncoder(threads=2).encode
 
 
 def _row(name: str, m: dict) -> str:
