@@ -17,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
-import random
 import time
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -68,18 +67,6 @@ def channel_target(address: str) -> str:
         raise ValueError(f"server list {address!r} mixes IPv4 and IPv6 addresses: gRPC balances over one family "
                          "per target; list one family, or use dns:///NAME:PORT")
     return f"{families.pop()}:{','.join(parts)}"
-
-
-def _spread(target: str) -> str:
-    """An ipv4:/ipv6: list in random order. A fresh channel's first call goes to the replica that connected
-    first, which is the first one listed on loopback: clients that make few calls per channel (a Spark
-    Python worker per task) would all start on it. `random` is reseeded in a forked child."""
-    scheme, _, rest = target.partition(":")
-    if scheme not in ("ipv4", "ipv6") or "," not in rest:
-        return target
-    parts = rest.split(",")
-    random.shuffle(parts)
-    return f"{scheme}:{','.join(parts)}"
 
 
 def _ip_family(part: str, address: str) -> str:
@@ -141,7 +128,7 @@ class _Client:
         self.address = address
         self.timeout = timeout
         self.security = security or ChannelSecurity.from_env()
-        self.channel = self.security.channel(_spread(channel_target(address)), _OPTIONS)
+        self.channel = self.security.channel(channel_target(address), _OPTIONS)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def health(self, service: str | None = None, timeout: float = 5.0) -> str:
