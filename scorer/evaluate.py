@@ -296,6 +296,12 @@ def format_table(r: dict) -> str:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from logmesh.scorer import artifacts
+    if getattr(args, "format", "hdfs") == "auto":  # cmd_evaluate resolves it; a direct caller may not have
+        from logmesh.ingest.families import UnknownFormat, detect
+        try:
+            args.format = detect(args.logs)
+        except (UnknownFormat, OSError):
+            args.format = "hdfs"
     if getattr(args, "format", "hdfs") == "bgl":
         from logmesh.scorer import bgl
         try:
