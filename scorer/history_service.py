@@ -5,8 +5,9 @@ transaction; this reads them with isolation.level=read_committed, so an aborted 
 job redid) never shows, and the redone one shows once. The topic is the source of truth: the reader starts
 where the history's state says it stopped (scorer/state.py: each entry's coordinates and positions.json), or
 at the topic's beginning when there is no state, and commits nothing to Kafka (no consumer group to share or
-lose). One thread; a broker that is down is retried (librdkafka reconnects, metadata is asked again with
-backoff) while the scorer goes on scoring, and `status` says where the history stands for GetStats.
+lose). One thread; a broker that is down is retried (librdkafka reconnects; the reader starts again after
+tenacity's doubling waits) while the scorer goes on scoring, and `status` says where the history stands
+for GetStats.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import uuid
 from typing import Any, Mapping
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from tenacity import Retrying, retry_if_result, wait_exponential
 
 from logmesh.scorer.history import AnomalyHistory, source
 from logmesh.scorer.similar import SimilarCases
@@ -100,25 +102,31 @@ class AnomalyFeed:
             self._set_problem(error.str())
 
     def _run(self) -> None:
-        delay = 0.5
-        while not self._stop.is_set():
-            try:
-                consumer = self._consumer()
-            except KafkaException as exc:  # a bad --kafka-option: nothing to retry
-                self._set_problem(f"bad Kafka configuration ({exc}); fix --kafka-config / --kafka-option")
-                return
-            try:
-                self._follow(consumer)
-                return
-            except KafkaException as exc:
-                self._set_problem(str(exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else exc))
-            except Exception as exc:  # noqa: BLE001 - the history must not die on one surprise; say it and retry
-                log.exception("anomaly history reader failed; restarting it")
-                self._set_problem(f"reader failed: {exc}")
-            finally:
-                consumer.close()
-            self._stop.wait(delay)
-            delay = min(delay * 2, 10.0)
+        # while the topic cannot be read: again after waits doubling from 0.5 s to 10 s, until stopped
+        until_stopped = Retrying(retry=retry_if_result(lambda done: not done), sleep=self._stop.wait,
+                                 wait=wait_exponential(multiplier=0.5, max=10.0),
+                                 stop=lambda _: self._stop.is_set(), retry_error_callback=lambda _: True)
+        until_stopped(self._read_once)
+
+    def _read_once(self) -> bool:
+        """One consumer's life: True when it is over for good (stopped, or a configuration nothing fixes by
+        waiting), False when the topic could not be read (retried)."""
+        try:
+            consumer = self._consumer()
+        except KafkaException as exc:  # a bad --kafka-option: nothing to retry
+            self._set_problem(f"bad Kafka configuration ({exc}); fix --kafka-config / --kafka-option")
+            return True
+        try:
+            self._follow(consumer)
+            return True
+        except KafkaException as exc:
+            self._set_problem(str(exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else exc))
+        except Exception as exc:  # noqa: BLE001 - the history must not die on one surprise; say it and retry
+            log.exception("anomaly history reader failed; restarting it")
+            self._set_problem(f"reader failed: {exc}")
+        finally:
+            consumer.close()
+        return False
 
     # -- reading --------------------------------------------------------------------------------
     def _partitions(self, consumer: Consumer) -> list[int]:
