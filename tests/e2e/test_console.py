@@ -35,6 +35,8 @@ ALERT = score_pb2.BLOCK_VERDICT_KIND_ALERT
 XSS = ('writeBlock blk_-77 received exception <script>window.pwned=1</script> '
        '"><img src=x onerror="window.pwned=2"> java.io.IOException')
 TOKEN = "console-test-token"
+NORMAL_LINE = ("081109 204655 556 INFO dfs.DataNode$PacketResponder: Received block "
+               "blk_3587508140051953248 of size 67108864 from /10.251.42.84")
 
 
 # --- the streaming job's side: anomalies written transactionally (tests/anomaly_topic.py) ---
@@ -236,9 +238,36 @@ def test_sse_resumes_after_the_last_event_id(console, story, history, writer):
     assert [int(e["id"]) for e in resumed] == [later]
 
 
-def test_series_and_template_counts(console, story):
+def test_sse_says_when_the_scorer_goes_away(topic, trained_models, embedder_server):
+    scorer = fed_scorer_of(trained_models, embedder_server.address, topic)
+    served = Console(scorer.address)
+    states: list[str] = []
+    try:
+        with httpx.stream("GET", served.url + "/events", timeout=30) as response:
+            event: dict = {}
+            for raw in response.iter_lines():
+                if raw:
+                    field, _, value = raw.partition(":")
+                    event[field] = value.lstrip(" ")
+                    continue
+                if event.get("event") == "status":
+                    states.append(json.loads(event["data"])["state"])
+                    if states == ["live"]:
+                        scorer.stop(0)
+                    assert event.get("retry") == "3000"  # the browser reconnects after 3 s
+                event = {}
+        assert states == ["live", "lost"]  # then the stream ends: the browser's reconnect is the retry
+    finally:
+        served.stop()
+        scorer.stop(0)
+
+
+def test_series_and_template_counts(console, story, history):
+    scored = list(history.score_lines([NORMAL_LINE] * 30))  # the scorer's lines per second move
+    assert len(scored) == 30 and all(item.HasField("result") for item in scored)
     series = wait_for(lambda: (s := httpx.get(console.url + "/api/series", timeout=10).json())["lines_per_second"]
-                      and s["anomalies_in_window"] >= 4 and s, 20, "the pulse to sample")
+                      and max(v for _, v in s["lines_per_second"]) > 0 and s["anomalies_in_window"] >= 4 and s,
+                      30, "the pulse to sample a scoring scorer")
     assert sum(v for _, v in series["anomalies_per_minute"]) > 0
     counts = httpx.get(console.url + "/api/templates", timeout=10).json()
     lines = {row["template"]: row["count"] for row in counts["lines"]}
