@@ -209,7 +209,8 @@ def judge(models: dict, part: Part, vectors: dict[str, np.ndarray], size: int, v
 def leave_one_category_out(train: Part, vectors: dict[str, np.ndarray], seed: int, min_lines: int = LOCO_MIN_LINES,
                            judged: Part | None = None) -> dict:
     """Per alert category: members and baselines trained without its lines (and without the windows that
-    hold them), judged on every line/window of it in `train` and `judged` (none of them seen in training)."""
+    hold them), judged on every line/window of it in `train` and `judged` (none of them seen in training);
+    `line_fpr`: the share of `judged`'s normal lines the refit detectors flag (what the recall costs)."""
     from logmesh.scorer.baselines import make_baselines
     counts = Counter(c for c in train.categories if c)
     parts = [train] + ([judged] if judged is not None else [])
@@ -249,7 +250,18 @@ def leave_one_category_out(train: Part, vectors: dict[str, np.ndarray], seed: in
             for w in holding:
                 wins_caught["logmesh"] += int(other[k:k + len(w)].any())
                 k += len(w)
-        out[cat] = {"train_lines": n, "lines": lines, "line_recall": detected / lines if lines else 0.0,
+        # what that recall costs: the refit detectors on the judged part's normal lines and windows
+        fpr = {}
+        if judged is not None:
+            normal = np.flatnonzero(judged.truth == 0)
+            flags = predict_lines(ensemble, [judged.shapes[i] for i in normal], vectors) | novel.flags(
+                [judged.events[i] for i in normal], [judged.levels[i] for i in normal])
+            fpr["line_fpr"] = float(flags.mean()) if len(normal) else 0.0
+            quiet = [w for w in judged.windows if not judged.truth[w].any()]
+            if quiet:
+                ev = [[judged.events[i] for i in w] for w in quiet]
+                fpr.update({f"window_fpr_{name}": float((b.probabilities(ev) >= 0.5).mean()) for name, b in baselines.items()})
+        out[cat] = {"train_lines": n, "lines": lines, "line_recall": detected / lines if lines else 0.0, **fpr,
                     "windows": wins, **{f"window_recall_{m}": (wins_caught[m] / wins if wins else 0.0)
                                         for m in ("logmesh", "decision_tree", "logistic_regression")}}
     return out
