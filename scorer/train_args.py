@@ -66,7 +66,8 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--validation", choices=["full", "quick", "none"], default="full",
                    help="validation run before the final fit: 'full' = grouped 5-fold x 2 shuffles, held-out "
                         "behaviour families and a chronological split, each beside the baselines (about a minute "
-                        "on the shared data); 'quick' = 3 folds x 1; 'none' skips it (default %(default)s)")
+                        "on the shared data); 'quick' = 3 folds x 1; 'none' skips it. BGL: the held-out part after the "
+                        "time cut is always judged; 'none' skips leave-one-category-out (default %(default)s)")
     p.add_argument("--target-fpr", type=_share, default=0.0005,
                    help="the session model's threshold is the lowest whose out-of-fold false-positive rate on "
                         "complete sessions is at most this share (default %(default)s = 0.05%%)")
