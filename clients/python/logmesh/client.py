@@ -218,6 +218,21 @@ class ScorerClient(_Client):
                  security: ChannelSecurity | None = None) -> None:
         super().__init__(address, timeout, security)
         self.stub = sgrpc.ScorerServiceStub(self.channel)
+        self._blocks: tuple[grpc.Channel, sgrpc.ScorerServiceStub] | None = None
+
+    def _blocks_stub(self) -> sgrpc.ScorerServiceStub:
+        """Block streams go over a channel of their own (opened on first use). On one round_robin channel a
+        job task's line stream and block stream alternate, so over two replicas one scored every line and
+        the other every block (tests/integration/test_cluster.py); apart, each kind is spread by itself."""
+        if self._blocks is None:
+            channel = self.security.channel(channel_target(self.address), _OPTIONS)
+            self._blocks = (channel, sgrpc.ScorerServiceStub(channel))
+        return self._blocks[1]
+
+    def close(self) -> None:
+        super().close()
+        if self._blocks is not None:
+            self._blocks[0].close()
 
     def score_line(self, raw_line: str) -> score_pb2.ScoreResult:
         """Scores one raw loghub HDFS line (the scorer parses it)."""
@@ -237,7 +252,7 @@ class ScorerClient(_Client):
                      timeout: float | None = None) -> Iterator[spb.ScoreBlockResult]:
         """Judges blocks over one ScoreBlockStream; one ScoreBlockResult per block, in order."""
         requests = (spb.ScoreBlockStreamRequest(batch_id=i, blocks=chunk) for i, chunk in _chunks(blocks, batch_size))
-        yield from _results(self.stub.ScoreBlockStream(requests, timeout=timeout))
+        yield from _results(self._blocks_stub().ScoreBlockStream(requests, timeout=timeout))
 
     def score_lines(self, raw_lines: Iterable[str], batch_size: int = 256) -> Iterator[spb.ScoreItemResult]:
         return self.score_stream((spb.ScoreItem(raw_line=line) for line in raw_lines), batch_size)
