@@ -60,8 +60,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from logmesh.runtime import logs
     logs.setup(args.log_level)
     data = Path(args.data)
-    if not data.exists():
-        raise UserError(f"--data {data}: no such folder; give a loghub HDFS_v1 or BGL folder")
     if _family(data, args.format) == "bgl":
         out = Path(args.out)
         try:
