@@ -389,7 +389,7 @@ def _default_embed() -> Embed:
 
 
 def _row(name: str, m: dict) -> str:
-    return (f"{name:<34} {m['precision']:>9.4f} {m['recall']:>7.4f} {m['f1']:>7.4f} {m['fpr'] * 100:>8.3f}% "
+    return (f"{name:<46} {m['precision']:>9.4f} {m['recall']:>7.4f} {m['f1']:>7.4f} {m['fpr'] * 100:>8.3f}% "
             f"{m['tp']:>6} {m['fp']:>6} {m['fn']:>6} {m['tn']:>7}")
 
 
@@ -398,7 +398,7 @@ def format_table(r: dict) -> str:
            f"judged: {r['split']}"]
     for f in r["logs"]["files"]:
         out.append(f"  {f['file']}: {f['lines']:,} lines ({f['unparsed']} unparsed, kept), {f['judged']}")
-    out.append(f"{'':<34} {'precision':>9} {'recall':>7} {'f1':>7} {'fpr':>9} {'tp':>6} {'fp':>6} {'fn':>6} {'tn':>7}")
+    out.append(f"{'':<46} {'precision':>9} {'recall':>7} {'f1':>7} {'fpr':>9} {'tp':>6} {'fp':>6} {'fn':>6} {'tn':>7}")
     out.append(_row(f"logmesh lines ({r['line']['lines']:,}, {r['line']['anomalies']:,} alerts)", r["line"]))
     w = r["window"]
     out.append(_row(f"logmesh windows of {w['size']} ({w['windows']:,}, {w['anomalies']:,} anomalous)", w))
@@ -409,9 +409,11 @@ def format_table(r: dict) -> str:
     loco = r.get("leave_one_category_out")
     if loco:
         out.append("leave one category out (trained without it; its lines and windows judged):")
-        out.append(f"  {'category':<10} {'lines':>6} {'line recall':>11} {'windows':>7} {'logmesh':>8} {'tree':>6} {'logreg':>6}")
+        out.append(f"  {'category':<10} {'lines':>6} {'line recall':>11} {'line fpr':>9} {'windows':>7} {'logmesh':>8} "
+                   f"{'tree':>6} {'logreg':>6}")
         for c, x in loco.items():
-            out.append(f"  {c:<10} {x['lines']:>6} {x['line_recall']:>11.3f} {x['windows']:>7} "
+            fpr = f"{x['line_fpr'] * 100:.3f}%" if "line_fpr" in x else "n/a"
+            out.append(f"  {c:<10} {x['lines']:>6} {x['line_recall']:>11.3f} {fpr:>9} {x['windows']:>7} "
                        f"{x['window_recall_logmesh']:>8.3f} {x['window_recall_decision_tree']:>6.3f} "
                        f"{x['window_recall_logistic_regression']:>6.3f}")
     return "\n".join(out)
