@@ -46,6 +46,11 @@ class ModelManager:
             return False
         try:
             artifact = artifacts.load(self.model_dir, version)
+            family = artifact.meta.get("family", "hdfs")
+            if family != "hdfs" or artifact.models.get("block") is None:  # a BGL artifact has no session model
+                raise artifacts.ArtifactError(
+                    f"artifact {self.model_dir / version} is a {family} model; the scorer serves HDFS models so "
+                    f"far: keep other families' artifacts in a folder of their own (logmesh train --out DIR)")
         except artifacts.ArtifactError as exc:
             self._failed.add(version)
             kept = f"; still serving {current}" if current else ""
