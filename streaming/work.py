@@ -38,6 +38,7 @@ WORK_SCHEMA = ("kind string, topic string, partition int, offset long, key binar
                "payload string, ended string, pid int")
 WORK_COLUMNS = [column.split()[0] for column in WORK_SCHEMA.split(", ")]
 _clients: dict[tuple[str, str], object] = {}
+ATTACH_VECTORS = os.environ.get("LOGMESH_SCORE_WITH_VECTORS", "1") != "0"  # 0: let the scorer embed (A/B only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,9 +189,17 @@ def _score(kept: list[int], lines: Lines, settings: WorkSettings,
     results: dict[int, score_pb2.ScoreResult] = {}
     invalid: dict[int, str] = {}
     pending = list(kept)
-    items = {i: spb.ScoreItem(record=lines.records[i],
-                              embedding=vectors.to_message(lines.records[i].id, "", lines.vectors[i]))  # type: ignore[union-attr,arg-type]
-             for i in kept}
+    # the vector travels with the first line of each shape (the scorer keys what it is given by shape): the
+    # scorer embeds nothing, and the other lines of the shape stay small
+    items, sent = {}, set()
+    for i in kept:
+        record = lines.records[i]
+        shape = line_shape(record.component, record.message)  # type: ignore[union-attr]
+        if shape in sent or not ATTACH_VECTORS:
+            items[i] = spb.ScoreItem(record=record)
+        else:
+            sent.add(shape)
+            items[i] = spb.ScoreItem(record=record, embedding=vectors.to_message(record.id, "", lines.vectors[i]))  # type: ignore[union-attr,arg-type]
 
     def attempt() -> None:
         nonlocal pending
