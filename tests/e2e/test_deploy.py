@@ -385,7 +385,7 @@ def test_nobody_but_admin_reconfigures_or_deletes_a_topic(secure_kafka):
 def test_the_job_alone_writes_results_and_the_ledger_and_readers_read_them(secure_kafka):
     """The job's own Kafka code (transactional ResultProducer, the ledger) with the stream principal."""
     from confluent_kafka import Consumer
-    from logmesh.streaming.outputs import ResultProducer, ensure_ledger_topic, read_ledger
+    from logmesh.streaming.outputs import ResultProducer, ensure_ledger_topic, ledger_key, read_ledger
     from logmesh.v1 import score_pb2
     options = _client_file(secure_kafka["secrets"] / "stream.properties")
     assert not ensure_ledger_topic(secure_kafka["bootstrap"], extra=options)  # acls.sh made it; DESCRIBE sees it
@@ -395,9 +395,9 @@ def test_the_job_alone_writes_results_and_the_ledger_and_readers_read_them(secur
     outputs.begin()
     outputs.scores([score_pb2.ScoreResult(record_id="r1", score=0.9)])
     outputs.anomalies([anomaly], key_of=lambda a: a.block.block_id)
-    outputs.ledger_record("logmesh.sink-ledger", "deploytest", 41)
+    outputs.ledger_record("logmesh.sink-ledger", ledger_key("deploytest", 3), 41)  # partition 3's write task
     outputs.commit(60)
-    assert read_ledger(secure_kafka["bootstrap"], "logmesh.sink-ledger", "deploytest", options, 60) == 41
+    assert read_ledger(secure_kafka["bootstrap"], "logmesh.sink-ledger", "deploytest", options, 60) == {3: 41}
     assert _produce(secure_kafka, "stream", "logmesh.logs").name() == "TOPIC_AUTHORIZATION_FAILED"
     for topic in ("logmesh.anomalies", "logmesh.sink-ledger"):
         assert _produce(secure_kafka, "reader", topic).name() == "TOPIC_AUTHORIZATION_FAILED", topic
