@@ -38,30 +38,47 @@ class _ScorerCollector(Collector):
         live = GaugeMetricFamily("logmesh_scorer_history_live",
                                  "1 while the history has read the anomalies topic up to its end, 0 otherwise.")
         dead = GaugeMetricFamily("logmesh_scorer_dead_letters", "Messages in the job's dead-letter topic, as last read.")
+        # one sample per label set, summed over the servicers (tests run several in one process); duplicate
+        # samples would be an invalid exposition
+        totals = dict.fromkeys(("lines", "flagged", "rejected", "reloads", "entries"), 0)
         kinds: dict[tuple[str, str], int] = {}
+        versions: dict[str, float] = {}
+        feeds, live_feeds, dead_total, dead_known = 0, 0, 0, False
         for s in servicers:
             stats = s.stats
             with stats._lock:
-                counts = (stats.lines_scored, stats.line_anomalies, stats.items_rejected, dict(stats.block_kinds),
-                          s.models.loads)
-            lines.add_metric((), counts[0])
-            flagged.add_metric((), counts[1])
-            rejected.add_metric((), counts[2])
-            for key, n in counts[3].items():
-                kinds[key] = kinds.get(key, 0) + n
-            reloads.add_metric((), counts[4])
+                totals["lines"] += stats.lines_scored
+                totals["flagged"] += stats.line_anomalies
+                totals["rejected"] += stats.items_rejected
+                for key, n in stats.block_kinds.items():
+                    kinds[key] = kinds.get(key, 0) + n
+            totals["reloads"] += s.models.loads
+            totals["entries"] += len(s.history)
             scorer = s.models.scorer
             if scorer is not None:
-                model.add_metric((scorer.artifact.version,), 1)
-                loaded.add_metric((), s.models.loaded_at or 0)
-            entries.add_metric((), len(s.history))
+                versions[scorer.artifact.version] = max(versions.get(scorer.artifact.version, 0),
+                                                        s.models.loaded_at or 0)
             if s.feed is not None:
-                live.add_metric((), 1 if s.feed.status == "live" else 0)
+                feeds += 1
+                live_feeds += s.feed.status == "live"
             dead_letters = stats.dead_letter_count()
             if dead_letters is not None:
-                dead.add_metric((), dead_letters)
+                dead_total, dead_known = dead_total + dead_letters, True
+        lines.add_metric((), totals["lines"])
+        flagged.add_metric((), totals["flagged"])
+        rejected.add_metric((), totals["rejected"])
+        reloads.add_metric((), totals["reloads"])
+        entries.add_metric((), totals["entries"])
         for (verdict, kind), n in sorted(kinds.items()):
             blocks.add_metric((verdict, kind), n)
+        for version in sorted(versions):
+            model.add_metric((version,), 1)
+        if versions:
+            loaded.add_metric((), max(versions.values()))
+        if feeds:
+            live.add_metric((), 1 if live_feeds == feeds else 0)
+        if dead_known:
+            dead.add_metric((), dead_total)
         yield from (lines, flagged, rejected, blocks, reloads, model, loaded, entries, live, dead)
 
 

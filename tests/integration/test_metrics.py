@@ -29,8 +29,11 @@ def _scrape(url: str) -> dict[tuple[str, tuple], float]:
     with urllib.request.urlopen(url, timeout=10) as reply:
         assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/plain")
         text = reply.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    samples = [((s.name, tuple(sorted(s.labels.items()))), s.value)
+               for family in text_string_to_metric_families(text) for s in family.samples]
+    keys = [key for key, _ in samples]
+    assert len(keys) == len(set(keys)), f"duplicate samples: {sorted({k for k in keys if keys.count(k) > 1})}"
+    return dict(samples)
 
 
 def _value(samples: dict, name: str, **labels: str) -> float:
@@ -105,7 +108,7 @@ def test_calls_refused_by_admission_are_counted_with_their_code(encoder, metrics
         server.stop(1)
 
 
-def test_the_scorer_exposes_what_getstats_reports(scorer_server, metrics_url):
+def test_the_scorer_exposes_what_getstats_reports(scorer_server, metrics_url, tmp_path):
     """Lines, line anomalies and block verdicts by evidence kind on /metrics move with GetStats (one source),
     and the served model's version is named."""
     from logmesh.client import ScorerClient
@@ -114,6 +117,11 @@ def test_the_scorer_exposes_what_getstats_reports(scorer_server, metrics_url):
              "blk_38865049064139660 terminating",
              "081109 214043 2561 INFO dfs.DataNode$DataXceiver: writeBlock blk_-3102267849859399193 "
              "received exception java.io.IOException: Could not read from stream"]
+    from logmesh.runtime.grpc_server import Limits
+    from logmesh.scorer.model_manager import ModelManager
+    from logmesh.scorer.service import ScorerServicer
+    # a second, idle scorer in this process: /metrics sums over both, one sample per label set
+    idle = ScorerServicer(ModelManager(tmp_path, embed=lambda shapes, timeout: None, limits=Limits()), Limits())
     with ScorerClient(scorer_server.address) as client:
         stats_before, before = client.stats(), _scrape(metrics_url)
         results = [client.score_line(line) for line in lines]
@@ -134,3 +142,4 @@ def test_the_scorer_exposes_what_getstats_reports(scorer_server, metrics_url):
     assert _value(after, "logmesh_scorer_model_reloads_total") >= 1
     score = {"grpc_type": "unary", "grpc_service": "logmesh.v1.ScorerService", "grpc_method": "Score"}
     assert delta("grpc_server_handled_total", **score, grpc_code="OK") == 2
+    idle.close()
