@@ -119,22 +119,23 @@ def embedder(embedder_server):
         yield client
 
 
+def _go_tool(name: str) -> str:
+    """A Go tool `make tools` installs under .cache/go/bin (else one on PATH); the test fails without it."""
+    path = REPO / ".cache/go/bin" / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} not installed: run `make tools`")
+    return found
+
+
 @pytest.fixture(scope="session")
 def grpcurl() -> str:
-    path = REPO / ".cache/go/bin/grpcurl"
-    found = str(path) if path.exists() else shutil.which("grpcurl")
-    if not found:
-        pytest.fail("grpcurl not installed: run `make tools`")
-    return found
+    return _go_tool("grpcurl")
 
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    path = REPO / ".cache/go/bin/promtool"
-    found = str(path) if path.exists() else shutil.which("promtool")
-    if not found:
-        pytest.fail("promtool not installed: run `make tools`")
-    return found
+    return _go_tool("promtool")
 
 
 class SleepingEncoder:
