@@ -30,7 +30,8 @@ STOP_S="${LOGMESH_KAFKA_STOP_S:-30}"
 LOG_LEVEL="${LOGMESH_KAFKA_LOG_LEVEL:-WARN}"
 # The streaming job creates its ledger topic itself on start (logmesh.sink-ledger:1:cleanup.policy=compact,
 # streaming/outputs.py); add it here through LOGMESH_KAFKA_TOPICS to create it up front.
-TOPICS="${LOGMESH_KAFKA_TOPICS:-logmesh.logs:4 logmesh.scores:4 logmesh.anomalies:1 logmesh.dlq:1}"
+# The analyst loop keeps incidents and feedback in compacted topics (the latest version of each, forever).
+TOPICS="${LOGMESH_KAFKA_TOPICS:-logmesh.logs:4 logmesh.scores:4 logmesh.anomalies:1 logmesh.dlq:1 logmesh.incidents:1:cleanup.policy=compact logmesh.feedback:1:cleanup.policy=compact}"
 
 DATA="$KDIR/data"
 LOGS="$KDIR/logs"
