@@ -17,7 +17,7 @@ import logging
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -48,10 +48,12 @@ class _Entry:
     component: str
     block_ids: tuple[str, ...]
     data: bytes
+    record_id: str = ""  # a line's; "" for a block
 
     @property
     def cost(self) -> int:
-        return len(self.data) + _META_BYTES + len(self.component) + sum(len(b) + 50 for b in self.block_ids)
+        return (len(self.data) + _META_BYTES + len(self.component) + len(self.record_id)
+                + sum(len(b) + 50 for b in self.block_ids))
 
     def anomaly(self) -> score_pb2.Anomaly:
         return score_pb2.Anomaly.FromString(self.data)
@@ -84,6 +86,10 @@ class AnomalyHistory:
         # "topic/partition" -> the next offset to read there
         self._positions: dict[str, int] = {}
         self._store, self._position_store = store, positions
+        # what an entry is marked with when served (Anomaly.suppressed_by_feedback_id; the analyst's feedback,
+        # scorer/analyst/feedback.py): asked at serve time, so a suppression applies at once and ends at its expiry
+        self.mark: Callable[[score_pb2.Anomaly], str] | None = None
+        self.on_recorded: Callable[[list[score_pb2.Anomaly]], None] | None = None  # new entries, after storing
         if store is not None:
             self._reload(store.load())
         if positions is not None:
@@ -118,6 +124,8 @@ class AnomalyHistory:
             self._append(fresh)
             if self._position_store is not None and (fresh or read_to):
                 self._position_store.save(dict(self._positions))
+        if fresh and self.on_recorded is not None:
+            self.on_recorded(fresh)
         return fresh
 
     def _new_final(self, block: score_pb2.BlockVerdict) -> bool:
@@ -204,10 +212,26 @@ class AnomalyHistory:
                 continue
             cost = len(entry.data) + 8  # the repeated field's tag and length
             if len(out) == size or (out and total + cost > max_bytes):
-                return [e.anomaly() for e in out], out[-1].id
+                return self._served(out), out[-1].id
             out.append(entry)
             total += cost
-        return [e.anomaly() for e in out], None
+        return self._served(out), None
+
+    def _served(self, entries: Sequence[_Entry]) -> list[score_pb2.Anomaly]:
+        """The entries as served: parsed, marked (self.mark)."""
+        out = [e.anomaly() for e in entries]
+        if self.mark is not None:
+            for a in out:
+                a.suppressed_by_feedback_id = self.mark(a)
+        return out
+
+    def find(self, record_id: str = "", block_id: str = "") -> list[score_pb2.Anomaly]:
+        """The held entries of a line (its record id) or naming a block (its verdicts and its flagged lines),
+        newest first, unmarked."""
+        with self._lock:
+            snapshot = list(self._entries)
+        return [e.anomaly() for e in reversed(snapshot)
+                if (record_id and e.record_id == record_id) or (block_id and block_id in e.block_ids)]
 
     @property
     def last_id(self) -> int:
@@ -234,7 +258,7 @@ class AnomalyHistory:
         chosen = newer[-limit:][::-1]
         if len(newer) > limit:
             last = chosen[-1].id
-        return [e.anomaly() for e in chosen], max(last, after_id)
+        return self._served(chosen), max(last, after_id)
 
     @property
     def nbytes(self) -> int:
@@ -297,7 +321,8 @@ def _story(v: score_pb2.BlockVerdict) -> int:
 def _entry(entry: score_pb2.Anomaly, data: bytes | None = None) -> _Entry:
     if entry.HasField("line"):
         r = entry.line
-        return _Entry(entry.id, r.score, True, r.component, tuple(r.block_ids), data or entry.SerializeToString())
+        return _Entry(entry.id, r.score, True, r.component, tuple(r.block_ids), data or entry.SerializeToString(),
+                      r.record_id)
     b = entry.block
     return _Entry(entry.id, b.score, False, "", (b.block_id,), data or entry.SerializeToString())
 
