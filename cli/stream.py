@@ -9,7 +9,8 @@ from logmesh.cli.kafka_config import kafka_config_arg, read_kafka_config
 
 def cmd_stream(args: argparse.Namespace) -> int:
     from logmesh.runtime import logs
-    from logmesh.streaming.job import config_from_args, run
+    from logmesh.streaming.job import run
+    from logmesh.streaming.options import config_from_args
     logs.setup(args.log_level)
     read_kafka_config(args, spark=True)
     config = config_from_args(args)
@@ -26,7 +27,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 
 def setup(p: argparse.ArgumentParser) -> None:
-    from logmesh.streaming.job import add_args
+    from logmesh.streaming.options import add_args  # light: no Spark, pandas or Kafka client
     add_args(p)
     kafka_config_arg(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],

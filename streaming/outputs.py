@@ -18,11 +18,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from logmesh.streaming.decode import Rejected
+from logmesh.streaming.options import LEDGER_TOPIC
 from logmesh.v1 import score_pb2
 
 log = logging.getLogger("logmesh.stream.outputs")
 _rdkafka_log = logging.getLogger("logmesh.stream.rdkafka")  # librdkafka's own lines, through logging
-LEDGER_TOPIC = "logmesh.sink-ledger"
 JOB_ID_FILE = "job-id"
 
 

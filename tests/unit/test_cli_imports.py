@@ -49,9 +49,6 @@ def test_help_loads_nothing_heavy(argv):
     assert loaded == [], f"`logmesh {' '.join(argv)}` imported {loaded}"
 
 
-@pytest.mark.xfail(strict=True, reason="streaming/job.py imports the sink (pandas) and Kafka outputs at module "
-                                       "level, and `stream`'s options live there: a light module of the job's "
-                                       "options (streaming/, the data-path engineer's) fixes it; remove this mark then")
 def test_stream_help_loads_nothing_heavy():
     code, loaded, output = _loaded(["stream", "--help"])
     assert code == 0 and loaded == [], loaded
