@@ -32,6 +32,7 @@ from logmesh.scorer.stats import ScorerStats
 from logmesh.v1 import common_pb2, score_pb2, scorer_service_pb2 as spb
 
 if TYPE_CHECKING:
+    from logmesh.scorer.analyst.feedback import FeedbackBook
     from logmesh.scorer.similar import SimilarCases
 
 log = logging.getLogger("logmesh.scorer")
@@ -51,6 +52,7 @@ class ScorerServicer:
         self.history = AnomalyHistory(history_bytes, store=state.history if state else None,
                                       positions=state.positions if state else None)
         self.feed: AnomalyFeed | None = None
+        self.feedback: "FeedbackBook | None" = None  # set by serve() with a feedback topic
         self.stats = ScorerStats()
         scorer_metrics.track(self)  # /metrics reads self.stats, the model and the history at scrape time
         self.max_watchers = max(1, limits.workers // 2)  # each watcher holds a worker thread
@@ -267,13 +269,16 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
           kafka_bootstrap: str | None = None, dlq_topic: str | None = None, state_dir: Path | None = None,
           history_bytes: int = DEFAULT_HISTORY_BYTES, cache_bytes: int | None = None,
           anomalies_topic: str | None = None, kafka_options: Mapping[str, str] | None = None,
-          qdrant_url: str | None = None, qdrant_api_key: str | None = None) -> Server:
+          qdrant_url: str | None = None, qdrant_api_key: str | None = None,
+          feedback_topic: str | None = None) -> Server:
     """Starts the scorer; it stays NOT_SERVING (and says why) until an artifact loads. With both
     `kafka_bootstrap` and `dlq_topic`, GetStats also reports the dead-letter topic's message count; with both
     `kafka_bootstrap` and `anomalies_topic` the anomaly history reads that topic (librdkafka `kafka_options`
     for its consumer), with similar past cases from the Qdrant server at `qdrant_url` when given. With `state_dir` the
     history and counters survive a restart (raises StateError when the folder is unusable or another scorer
-    holds it). `history_bytes` bounds the history, `cache_bytes` the shape caches."""
+    holds it). `history_bytes` bounds the history, `cache_bytes` the shape caches. With `kafka_bootstrap` and
+    `feedback_topic` it serves FeedbackService too (scorer/analyst/feedback.py): labels kept in that topic,
+    suppressions marked on the history's entries as they are served."""
     client = EmbedderClient(embedder, timeout=30.0)
     holder: dict[str, Server] = {}
 
@@ -302,10 +307,15 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     if kafka_bootstrap and anomalies_topic:
         similar = _similar_cases(qdrant_url, qdrant_api_key, models, embed) if qdrant_url else None
         servicer.feed = AnomalyFeed(servicer.history, kafka_bootstrap, anomalies_topic, kafka_options, similar)
+    services: list = [(SERVICE, servicer)]
+    if kafka_bootstrap and feedback_topic:
+        services.append(_feedback(servicer, kafka_bootstrap, feedback_topic, kafka_options, security))
     try:
-        server = holder["server"] = Server([(SERVICE, servicer)], port, host, limits, security)
+        server = holder["server"] = Server(services, port, host, limits, security)
     except BaseException:
         servicer.close()
+        if servicer.feedback is not None:
+            servicer.feedback.close()
         raise
     stop = server.stop
 
@@ -314,6 +324,9 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
         stop(grace)
     server.stop = stop_watchers_first  # type: ignore[method-assign]
     server.on_stop(servicer.close)  # after the last call: the counters' final values, the state dir's lock
+    if servicer.feedback is not None:
+        server.on_stop(servicer.feedback.close)
+        servicer.feedback.start()
     servicer.call_events = server.events
     models.refresh()
     if servicer.feed is not None:
@@ -327,6 +340,19 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     log.info("scorer listening", extra={"address": server.address, "model_dir": str(model_dir),
                                         "embedder": embedder, "model": models.scorer and models.scorer.artifact.version})
     return server
+
+
+def _feedback(servicer: ScorerServicer, bootstrap: str, topic: str, kafka_options: Mapping[str, str] | None,
+              security: ServerSecurity | None):  # type: ignore[no-untyped-def]
+    """The FeedbackBook over `topic` (servicer.feedback; the IncidentBook wires its get and refresh into it)
+    and its FeedbackService; the history's served entries are marked by it."""
+    from logmesh.scorer.analyst.feedback import FeedbackBook
+    from logmesh.scorer.analyst.feedback_service import SERVICE as FEEDBACK_SERVICE, FeedbackServicer
+    from logmesh.scorer.analyst.feedback_topic import FeedbackTopic
+    book = servicer.feedback = FeedbackBook(FeedbackTopic(bootstrap, topic, kafka_options), servicer.history.find)
+    servicer.history.mark = book.suppressing_anomaly
+    servicer.history.on_recorded = book.count_recorded
+    return FEEDBACK_SERVICE, FeedbackServicer(book, tokens=bool(security and security.tokens))
 
 
 def _similar_cases(url: str, api_key: str | None, models: ModelManager,

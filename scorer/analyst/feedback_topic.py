@@ -1,0 +1,115 @@
+"""The feedback topic (logmesh.feedback, compacted, one partition): one message per stored label, key = the
+feedback id (UTF-8, e.g. b"fb-000007"), value = the binary logmesh.v1.Feedback as stored (scope_value, author,
+created_time filled). A label is written once and never changed, so compaction keeps every one.
+
+`append` returns once the broker has the message (acks=all, idempotent producer): a label SubmitFeedback
+answered is durable. `read_all` reads the topic from its beginning to its end (read_committed), what a
+starting scorer holds again. Any reader, e.g. `logmesh train --feedback`, can read it the same way.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any, Mapping
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from logmesh.v1 import feedback_pb2 as fpb
+
+log = logging.getLogger("logmesh.scorer.analyst.feedback")
+_rdkafka_log = logging.getLogger("logmesh.scorer.rdkafka")
+DEFAULT_TOPIC = "logmesh.feedback"
+
+
+class FeedbackStoreError(RuntimeError):
+    """The topic could not take or give the labels (broker down, topic missing): nothing was stored."""
+
+
+class FeedbackTopic:
+    def __init__(self, bootstrap: str, topic: str = DEFAULT_TOPIC, kafka_options: Mapping[str, str] | None = None,
+                 timeout_s: float = 10.0) -> None:
+        self.bootstrap, self.topic, self.timeout_s = bootstrap, topic, timeout_s
+        self.kafka_options = dict(kafka_options or {})
+        self._producer: Producer | None = None
+        self._lock = threading.Lock()
+
+    def _conf(self, **extra: Any) -> dict[str, Any]:
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "logger": _rdkafka_log, "log_level": 0,
+                                "socket.timeout.ms": max(1000, int(self.timeout_s * 1000)), **extra}
+        conf.update(self.kafka_options)
+        return conf
+
+    def read_all(self) -> list[fpb.Feedback]:
+        """Every label in the topic, in topic order; raises FeedbackStoreError when it cannot be read."""
+        consumer = Consumer(self._conf(**{"group.id": f"logmesh-feedback-{uuid.uuid4().hex[:8]}",
+                                          "enable.auto.commit": False, "isolation.level": "read_committed",
+                                          "enable.partition.eof": True, "auto.offset.reset": "earliest"}))
+        try:
+            metadata = consumer.list_topics(self.topic, timeout=self.timeout_s).topics.get(self.topic)
+            if metadata is None or metadata.error is not None:
+                raise FeedbackStoreError(f"no feedback topic {self.topic} at {self.bootstrap} "
+                                         f"({metadata.error if metadata is not None else 'no metadata'}); create it "
+                                         "(`make kafka-up` does: compacted, one partition)")
+            partitions = sorted(metadata.partitions)
+            ends = {}
+            for p in partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
+                if high > low:
+                    ends[p] = high
+            if not ends:
+                return []
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in ends])
+            out: list[fpb.Feedback] = []
+            pending = set(ends)
+            while pending:
+                messages = consumer.consume(500, timeout=self.timeout_s)
+                if not messages:
+                    raise FeedbackStoreError(f"reading {self.topic} stalled before its end; retrying")
+                for msg in messages:
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            pending.discard(msg.partition())
+                            continue
+                        raise FeedbackStoreError(f"reading {self.topic}: {error.str()}")
+                    try:
+                        fb = fpb.Feedback.FromString(msg.value() or b"")
+                    except Exception:  # noqa: BLE001 - a damaged message loses one label, not the rest
+                        fb = None
+                    if fb is None or not fb.feedback_id:
+                        log.warning("skipped a message of the feedback topic that is no stored logmesh.v1.Feedback",
+                                    extra={"topic": self.topic, "partition": msg.partition(), "offset": msg.offset()})
+                    else:
+                        out.append(fb)
+                    if msg.offset() + 1 >= ends[msg.partition()]:
+                        pending.discard(msg.partition())
+            return out
+        except KafkaException as exc:
+            raise FeedbackStoreError(f"cannot read {self.topic} at {self.bootstrap}: {exc}") from None
+        finally:
+            consumer.close()
+
+    def append(self, fb: fpb.Feedback) -> None:
+        """Writes `fb` and waits for the broker's acknowledgement; raises FeedbackStoreError when it did not come."""
+        with self._lock:
+            if self._producer is None:
+                self._producer = Producer(self._conf(**{"acks": "all", "enable.idempotence": True,
+                                                        "message.timeout.ms": int(self.timeout_s * 1000)}))
+            producer = self._producer
+        outcome: list[Any] = []
+        try:
+            producer.produce(self.topic, key=fb.feedback_id.encode(), value=fb.SerializeToString(),
+                             on_delivery=lambda err, _msg: outcome.append(err))
+        except (KafkaException, BufferError) as exc:
+            raise FeedbackStoreError(f"cannot write to {self.topic}: {exc}") from None
+        producer.flush(self.timeout_s + 1)
+        if not outcome:
+            raise FeedbackStoreError(f"the broker at {self.bootstrap} did not acknowledge the label within "
+                                     f"{self.timeout_s:.0f}s")
+        if outcome[0] is not None:
+            raise FeedbackStoreError(f"cannot write to {self.topic}: {outcome[0].str()}")
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(self.timeout_s)
