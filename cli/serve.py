@@ -102,7 +102,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            state_dir=_state_dir(args), history_bytes=args.history_mb << 20,
                            cache_bytes=args.cache_mb << 20, anomalies_topic=args.anomalies_topic or None,
                            kafka_options=_history_kafka_options(args), qdrant_url=args.qdrant_url,
-                           qdrant_api_key=args.qdrant_api_key or os.environ.get("QDRANT_API_KEY"))
+                           qdrant_api_key=args.qdrant_api_key or os.environ.get("QDRANT_API_KEY"),
+                           feedback_topic=args.feedback_topic or None)
     except StateError as exc:
         raise UserError(str(exc)) from None
     except RuntimeError as exc:
@@ -198,6 +199,10 @@ def _setup_scorer(s: argparse.ArgumentParser) -> None:
                         "(the embedded store is a folder only the job's process can open)")
     s.add_argument("--qdrant-api-key", default=None,
                    help="API key for --qdrant-url (default: the QDRANT_API_KEY environment variable)")
+    s.add_argument("--feedback-topic", default="logmesh.feedback",
+                   help="the compacted topic at --bootstrap where analyst labels are kept (FeedbackService, `logmesh "
+                        "feedback`; `make kafka-up` creates it): read back at start, so labels and their suppressions "
+                        "survive a restart; '' turns feedback off (default %(default)s)")
     s.add_argument("--dlq-topic", default=None, help="the streaming job's dead-letter topic, e.g. logmesh.dlq")
     s.add_argument("--state-dir", default=None,
                    help=f"folder where the anomaly history (entries, their ids, how far the topic was read) and the "
