@@ -90,6 +90,7 @@ class AnomalyHistory:
         # scorer/analyst/feedback.py): asked at serve time, so a suppression applies at once and ends at its expiry
         self.mark: Callable[[score_pb2.Anomaly], str] | None = None
         self.on_recorded: Callable[[list[score_pb2.Anomaly]], None] | None = None  # new entries, after storing
+        self._listeners: list[Callable[[list[score_pb2.Anomaly]], None]] = []  # on_add's, after on_recorded
         if store is not None:
             self._reload(store.load())
         if positions is not None:
@@ -97,6 +98,11 @@ class AnomalyHistory:
                 self._positions[where] = max(offset, self._positions.get(where, 0))  # partitions all evicted
 
     # -- recording ------------------------------------------------------------------------------
+    def on_add(self, listener: Callable[[list[score_pb2.Anomaly]], None]) -> None:
+        """`listener(entries)` after new entries are entered (with their ids), from the adding thread; it must
+        not block (the incident book only wakes its own thread)."""
+        self._listeners.append(listener)
+
     def add(self, entries: Sequence[score_pb2.Anomaly], read_to: Mapping[str, int] | None = None) -> list[score_pb2.Anomaly]:
         """Enters anomalies read from the topic (each with its `source`), in order, and returns those entered
         with their ids: a FINAL block verdict whose story was entered before is skipped. `read_to` is the
@@ -126,6 +132,8 @@ class AnomalyHistory:
                 self._position_store.save(dict(self._positions))
         if fresh and self.on_recorded is not None:
             self.on_recorded(fresh)
+        for listener in self._listeners if fresh else ():
+            listener(fresh)
         return fresh
 
     def _new_final(self, block: score_pb2.BlockVerdict) -> bool:
