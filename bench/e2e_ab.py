@@ -1,17 +1,20 @@
 """A/B end-to-end runs of the streaming job, interleaved in one window on a shared box.
 
-    .venv/bin/python bench/e2e_ab.py --variant base=HEAD --variant new=WORKTREE --runs 3 --rate 2000 --lines 60000
+    .venv/bin/python bench/e2e_ab.py --prepare 5f55515 /tmp/lm-base     # an older tree, importable as logmesh
+    .venv/bin/python bench/e2e_ab.py --variant base=/tmp/lm-base --variant new=WORKTREE --runs 3 --rate 2000 --lines 60000
 
 Each run is what `python -m demo` does (warm-up line, replay, wait for blocks to close after
 5 s quiet), but on its own topics (a unique prefix), its own checkpoint and vector store under --work,
 against one embedder and one scorer on private ports shared by all runs (so A and B meet the same
-warm caches), with the job run by bench/profile_sink.py (per-batch stopwatch + Spark's durations and
-state metrics). A variant is `NAME=REV`: REV is a git rev (or a folder) whose streaming/block_sessions.py
-and streaming/spark.py are run (the rest from the working tree), or WORKTREE. Runs go A, B, A, B, ...;
+warm caches), with the job run by bench/profile_sink.py (Spark's durations and state metrics per batch).
+A variant is `NAME=WORKTREE` (this working tree) or `NAME=DIR`, a tree made by `--prepare REV DIR`: the
+whole of commit REV (its job, its sink, its profile_sink.py) under DIR/src, importable as `logmesh` from
+DIR/pkg (PYTHONPATH, which Spark passes on to its Python workers), with this tree's generated protobuf
+code (contracts only grow) and Spark jars. Both variants meet this tree's servers. Runs go A, B, A, B, ...;
 each records the load average before and after, and the CPU seconds of the job's process tree (JVM,
 pyspark workers, driver) and of the servers from replay start to the last score, which other sessions'
-load moves much less than wall time. Writes one JSON per run and a summary to --out. Figures and how to
-read them: docs/benchmarks.md, "Where a micro-batch's time goes, after the worker GC fix".
+load moves much less than wall time. Writes one JSON per run and a summary to --out, with each
+variant's medians and their ratio to the first variant's.
 """
 from __future__ import annotations
 
@@ -109,8 +112,12 @@ def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_
     names = reset_topics(prefix)
     out = work / "batches.jsonl"
     load_before = load()
-    cmd = [PY, str(REPO / "bench/profile_sink.py"), "--out", str(out),
-           *([] if rev == "WORKTREE" else ["--code-rev", rev]),
+    env = dict(os.environ)
+    tree = REPO
+    if rev != "WORKTREE":  # a prepared tree: its own job and profile_sink.py
+        tree = Path(rev) / "src"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(rev) / "pkg"), env.get("PYTHONPATH")) if p)
+    cmd = [PY, str(tree / "bench/profile_sink.py"), "--out", str(out),
            "--topic", names["logs"], "--scores-topic", names["scores"], "--anomalies-topic", names["anomalies"],
            "--dlq-topic", names["dlq"], "--embedder", servers.embed_addr, "--scorer", servers.score_addr,
            "--qdrant-path", str(work / "qdrant"), "--checkpoint", str(work / "checkpoint"),
@@ -120,7 +127,7 @@ def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_
         cmd = [str(Path(PY).with_name("py-spy")), "record", "--subprocesses", "-r", "25", "-f", "raw",
                "-o", str(work / "pyspy.txt"), "--", *cmd]
     job = subprocess.Popen(cmd, cwd=REPO, stdout=open(work / "stream.log", "w"), stderr=subprocess.STDOUT,
-                           start_new_session=True)
+                           start_new_session=True, env=env)
     interrupted = threading.Event()
     tally = Tally(dict(names))
     result: dict = {"variant": variant, "rev": rev, "run": run_no, "rate": args.rate, "lines": args.lines,
@@ -179,9 +186,57 @@ def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_
     return result
 
 
+def prepare(rev: str, folder: Path) -> None:
+    """DIR/src: commit `rev`'s files; DIR/pkg/logmesh: the package as pyproject's package-dir maps it, made of
+    links into src (generated code and Spark's jars from this tree, which `make` builds)."""
+    import shutil
+    import tomllib
+    src, pkg = folder / "src", folder / "pkg"
+    if folder.exists():
+        shutil.rmtree(folder)
+    src.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", rev], cwd=REPO, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    dirs = tomllib.loads((src / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    root = pkg / "logmesh"
+    root.mkdir(parents=True)
+    for entry in (src / dirs["logmesh"]).iterdir():
+        (root / entry.name).symlink_to(entry)
+    for name, where in dirs.items():
+        if name != "logmesh":
+            (root / name.split(".", 1)[1]).symlink_to(src / where)
+    generated = root / "v1"
+    if generated.is_symlink() or generated.exists():
+        generated.unlink() if generated.is_symlink() else shutil.rmtree(generated)
+    generated.symlink_to(REPO / dirs["logmesh"] / "v1")
+    (src / ".cache").symlink_to(REPO / ".cache")
+    print(f"{rev} in {src}, importable with PYTHONPATH={pkg}")
+
+
+def medians(results: list[dict], variants: list[list[str]]) -> dict:
+    """Each variant's median figures, and their ratio to the first variant's (runs interleaved, so the
+    ratio of medians is what the box's drift moves least)."""
+    keys = ("lines_per_s", "p50_s", "p99_s", "ttd_p99_s", "cpu_job_s")
+    table: dict = {}
+    for name, _ in variants:
+        rs = [r for r in results if r["variant"] == name and "p99_s" in r]
+        if rs:
+            table[name] = {k: float(np.median([r[k] for r in rs if k in r])) for k in keys if any(k in r for r in rs)}
+    first = table.get(variants[0][0], {})
+    for name, row in table.items():
+        row["ratio_to_" + variants[0][0]] = {k: round(v / first[k], 3) for k, v in row.items()
+                                             if isinstance(v, float) and first.get(k)}
+    return table
+
+
 def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--prepare":
+        prepare(sys.argv[2], Path(sys.argv[3]))
+        return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variant", action="append", required=True, help="NAME=REV (REV: git rev or WORKTREE)")
+    p.add_argument("--variant", action="append", required=True,
+                   help="NAME=WORKTREE or NAME=DIR (a tree made by --prepare REV DIR)")
+    p.add_argument("--models", default="models", help="the scorer's model dir (default %(default)s)")
     p.add_argument("--runs", type=int, default=3, help="runs per variant, interleaved")
     p.add_argument("--rate", type=float, default=None, help="lines/s (default: full speed)")
     p.add_argument("--lines", type=int, default=60_000)
@@ -205,7 +260,7 @@ def main() -> int:
     variants = [v.split("=", 1) for v in args.variant]
     pyspy_runs = {int(x) for x in args.pyspy.split(",") if x}
     results = []
-    with Servers(free_port(), free_port()) as servers:
+    with Servers(free_port(), free_port(), args.models) as servers:
         order = [(i * len(variants) + j, name, rev) for i in range(args.runs) for j, (name, rev) in enumerate(variants)]
         for run_no, name, rev in order:
             r = one_run(name, rev, args, servers, log, labels, run_no, run_no in pyspy_runs)
@@ -217,7 +272,8 @@ def main() -> int:
                   round(r.get("profile", {}).get("rows_mean", 0)), flush=True)
             results.append(r)
     out = Path(args.out or Path(args.work) / "summary.json")
-    out.write_text(json.dumps(results, indent=1))
+    table = medians(results, variants)
+    out.write_text(json.dumps({"runs": results, "medians": table}, indent=1))
     for name, _ in variants:
         rs = [r for r in results if r["variant"] == name and "p99_s" in r]
         if rs:
@@ -225,6 +281,7 @@ def main() -> int:
                   "ttd_p99", [round(r.get("ttd_p99_s", -1), 2) for r in rs],
                   "lines/s", [round(r["lines_per_s"]) for r in rs],
                   "job cpu s", [round(r.get("cpu_job_s", -1), 1) for r in rs], flush=True)
+    print("medians:", json.dumps(table), flush=True)
     return 0
 
 
