@@ -114,11 +114,15 @@ class NormalProfile:
         self.normal_events: set[str] = set()
         self.known_events: set[str] = set()
         self.invariants: list[Invariant] = []
+        # event -> share of the complete normal sessions holding it (what an incident's evidence lines are
+        # counted against; artifacts trained before it have none: scorer/analyst/incidents.py says "unknown")
+        self.session_fraction: dict[str, float] = {}
 
     def fit(self, normal_complete: Sequence[Sequence[str]], known_events: Iterable[str] = ()) -> "NormalProfile":
         counts = [Counter(s) for s in normal_complete]
         seen = Counter(e for c in counts for e in c)
         self.normal_events = set(seen)
+        self.session_fraction = {e: n / len(counts) for e, n in seen.items()}
         self.known_events = set(known_events) | self.normal_events
         events = sorted(seen, key=lambda e: (-seen[e], e))
         self.invariants = mine_invariants(counts, events, self.support, self.min_sessions)
