@@ -63,6 +63,13 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "similar": ("show the stored lines or blocks most similar to a line or a block",
                 "Nearest neighbours in the vector store: for a raw log line, the most similar "
                 "stored (anomalous) lines; with --block, the most similar stored blocks.", "similar:setup"),
+    "feedback": ("label an alert (true/false alarm, normal): suppress it now, teach the next training; list labels",
+                 "Give the scorer's FeedbackService a label on a flagged line (--record-id), a block (--block) or an "
+                 "incident (--incident): a true alarm, a false alarm or normal operation; how far it reaches "
+                 "(--scope); what it does (--action: suppress matching alerts and incidents now, which stay listed "
+                 "and marked suppressed; learn at the next `logmesh train --feedback`; or both). Labels are kept in "
+                 "the scorer's feedback topic with who gave them and when; `logmesh feedback list` shows them, "
+                 "newest first.", "feedback:setup"),
     "health": ("check both servers' gRPC health (exit 0 when both are SERVING)",
                "Check grpc.health.v1 of the scorer and of the embedder it uses (it names it in GetStats; "
                "--embedder checks another). Exit 0 when both are SERVING, 1 otherwise.", "health:setup"),
