@@ -85,6 +85,9 @@ class VectorStore(Protocol):
         """The `limit` nearest points by cosine similarity, best first, among those whose payload
         equals every (field, value) of `filter` (e.g. {"kind": "block"})."""
 
+    def scroll(self, filter: Filter | None = None, batch: int = 256) -> Iterable[Point]:
+        """Every point whose payload matches `filter`, with vector and payload, read a page at a time."""
+
     def count(self, filter: Filter | None = None) -> int:
         """Exact number of points (matching `filter`)."""
 

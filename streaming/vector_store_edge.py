@@ -19,7 +19,7 @@ nothing. Passing `numpy.bool_` makes it a real bool match.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,17 @@ class EdgeVectorStore:
 
     def count(self, filter: Filter | None = None) -> int:
         return int(self._check_open().count(qe.CountRequest(exact=True, filter=self._filter(filter))))
+
+    def scroll(self, filter: Filter | None = None, batch: int = 256) -> Iterator[Point]:
+        """Every point matching `filter` with its vector and payload, a page of `batch` at a time (training
+        from the store reads it whole)."""
+        shard, flt, offset = self._check_open(), self._filter(filter), None
+        while True:
+            records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=check_limit(batch), filter=flt,
+                                                            with_payload=True, with_vector=True))
+            yield from points_from_records(records, {}).values()
+            if offset is None:
+                return
 
     # -- edge-only -----------------------------------------------------------------------------
 

@@ -152,6 +152,17 @@ class QdrantClientStore:
         with self._io() as client:
             return int(client.count(self.collection, count_filter=flt, exact=True).count)
 
+    def scroll(self, filter: Filter | None = None, batch: int = 256) -> Iterator[Point]:
+        """Every point matching `filter` with its vector and payload, a page of `batch` at a time."""
+        flt, offset = self._filter(filter), None
+        while True:
+            with self._io() as client:
+                records, offset = client.scroll(self.collection, scroll_filter=flt, limit=check_limit(batch),
+                                                offset=offset, with_payload=True, with_vectors=True)
+            yield from points_from_records(records, {}).values()
+            if offset is None:
+                return
+
     @staticmethod
     def _filter(filter: Filter | None) -> models.Filter | None:
         f = check_filter(filter)
