@@ -14,6 +14,7 @@ import yaml
 from logmesh.embedder import cache as _embedder_metrics  # noqa: F401  (registers the embedder's metrics)
 from logmesh.runtime.metrics import REGISTRY
 from logmesh.scorer import prometheus_metrics as _scorer_metrics  # noqa: F401  (registers the scorer's)
+from logmesh.streaming import metrics as _stream_metrics  # noqa: F401  (registers the job's)
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "deploy/prometheus"
@@ -111,3 +112,17 @@ def test_k8s_servers_expose_metrics_where_their_scrape_annotations_say():
         assert args[args.index("--metrics-port") + 1] == port
         assert {"name": "metrics", "containerPort": int(port), "protocol": "TCP"} in container["ports"]
         assert f'job=~"{pod["metadata"]["labels"]["app.kubernetes.io/name"]}"' in rules
+
+
+def test_the_streaming_drivers_pod_is_scraped_where_the_job_serves_metrics():
+    """The SparkApplication passes --metrics-port (bound on all interfaces) at the port its driver pod is
+    annotated with and declares, and the rules select its job name."""
+    [app] = [d for d in yaml.safe_load_all((REPO / "deploy/k8s/spark/stream.yaml").read_text())
+             if d and d["kind"] == "SparkApplication"]
+    driver, args = app["spec"]["driver"], app["spec"]["arguments"]
+    port = driver["annotations"]["prometheus.io/port"]
+    assert driver["annotations"]["prometheus.io/scrape"] == "true"
+    assert args[args.index("--metrics-port") + 1] == port and args[args.index("--metrics-host") + 1] == "0.0.0.0"
+    assert {"name": "metrics", "containerPort": int(port), "protocol": "TCP"} in driver["ports"]
+    assert f'job=~"{driver["labels"]["app.kubernetes.io/name"]}"' in (PROMETHEUS / "rules.yml").read_text()
+
