@@ -18,6 +18,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
         run(config)
     except TimeoutError as exc:  # a service never became SERVING within the wait
         raise Unreachable(f"{exc}; start it, or point --embedder/--scorer at the running one") from None
+    except OSError as exc:  # after TimeoutError, one of its subclasses
+        if "--metrics-port" in str(exc):  # runtime.metrics.serve_metrics: the port is taken
+            raise UserError(str(exc)) from None
+        raise
     except RuntimeError as exc:
         if "already open" in str(exc):
             raise UserError(f"{exc}; the embedded vector store opens in one process at a time: stop the other "

@@ -56,6 +56,8 @@ class StreamConfig:
     spark_kafka_options: dict[str, str] = dataclasses.field(default_factory=dict)  # Java client only (kafka.*)
     retry_budget_s: float = 300.0  # a service down longer than this fails the batch (and the query: restarted)
     max_query_restarts: int = 10  # consecutive restarts of a failed query without a batch done in between
+    metrics_port: int | None = None  # the driver serves Prometheus metrics here (streaming/metrics.py); None: off
+    metrics_host: str = "127.0.0.1"
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -106,6 +108,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="retry a down service this long per batch before failing it (default %(default)s)")
     p.add_argument("--max-query-restarts", type=int, default=d.max_query_restarts,
                    help="restart a failed query from its checkpoint up to this many times in a row (default %(default)s)")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus metrics from the driver at http://--metrics-host:PORT/metrics "
+                        "(micro-batches and their parts, lines, blocks, alerts, dead letters, Kafka lag per "
+                        "partition; deploy/prometheus); default: off")
+    p.add_argument("--metrics-host", default=d.metrics_host,
+                   help="address --metrics-port binds (default %(default)s; 0.0.0.0 for a scraper elsewhere)")
     add_kafka_option_arg(p)  # --kafka-option KEY=VALUE: confluent-kafka clients, and Spark's source as kafka.KEY
     p.add_argument("--spark-kafka-option", dest="spark_kafka_options", metavar="KEY=VALUE", action=KafkaOptionAction,
                    default={}, help="a Java Kafka client property for Spark's source only, as kafka.KEY (repeatable): "
@@ -122,6 +130,9 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         check_kafka_options(values["kafka_options"])
         check_block_clock(values["checkpoint"], values["block_clock"], record=False)
         check_block_timing(values["block_quiet_ms"], values["block_stall_ms"], values["block_clock"])
+        port = values.get("metrics_port")
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"--metrics-port must be a TCP port (1-65535), not {port}")
     except ValueError as exc:  # before Spark or any connection: the reason, and argparse's exit code
         print(f"logmesh stream: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
