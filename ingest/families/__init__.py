@@ -47,4 +47,52 @@ def detect(path: str | Path) -> str:
     return best
 
 
-__all__ = ["FAMILIES", "LineRecord", "LogFamily", "Parsed", "UnknownFormat", "detect", "get"]
+def iter_bgl_records(paths, labels: bool = False, stats=None, templates_file=None):  # type: ignore[no-untyped-def]
+    """LogRecords of BGL lines (files, folders, "-"), one per non-empty line, as `BglFamily.record` makes them;
+    loghub's template list from `templates_file`, else BGL_templates.csv beside the first file when there is
+    one. `labels`: keep each line's label column (replay and evaluation only)."""
+    from logmesh.ingest.bgl_templates import TEMPLATES_FILE, BglTemplates
+    from logmesh.ingest.families.bgl import BglFamily
+    from logmesh.ingest.reader import expand_paths, iter_lines
+    files = expand_paths(paths)
+    if templates_file is None:
+        first = next((Path(f) for f in files if str(f) != "-"), None)
+        beside = first.parent / TEMPLATES_FILE if first is not None else None
+        templates_file = beside if beside is not None and beside.exists() else None
+    family = BglFamily(BglTemplates.read(templates_file) if templates_file else None)
+    for source, number, text in iter_lines(files, stats):
+        if text:
+            yield family.record(text, source, number, labels)
+
+
+def resolve(name: str, paths) -> str:  # type: ignore[no-untyped-def]
+    """`--format` as given, or for "auto" the family of the first file; HDFS for stdin (it cannot be sniffed
+    without consuming it) and for a file in no known format (as before families: its lines are produced and
+    counted as unparsed)."""
+    if name != "auto":
+        get(name)  # unknown names fail here, naming the known ones
+        return name
+    from logmesh.ingest.reader import expand_paths
+    files = [p for p in expand_paths(paths) if str(p) != "-"]
+    try:
+        return detect(files[0]) if files else "hdfs"
+    except UnknownFormat:
+        return "hdfs"
+
+
+def family_of(record) -> str:  # type: ignore[no-untyped-def]
+    """The family a LogRecord was parsed as ("" is HDFS: records from before families)."""
+    return record.family or "hdfs"
+
+
+def record_shape(record) -> str:  # type: ignore[no-untyped-def]
+    """The masked text the embedder and the line models see for a LogRecord of any family: the one shape the
+    job embeds and the scorer keys its caches by."""
+    if record.family == "bgl":
+        from logmesh.ingest.families.bgl import record_shape as bgl_shape
+        return bgl_shape(record)
+    from logmesh.ingest.masking import line_shape
+    return line_shape(record.component, record.message)
+
+
+__all__ = ["FAMILIES", "LineRecord", "LogFamily", "Parsed", "UnknownFormat", "detect", "family_of", "get", "iter_bgl_records", "record_shape", "resolve"]

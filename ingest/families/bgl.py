@@ -14,11 +14,14 @@ from collections.abc import Iterable
 from logmesh.ingest.bgl_templates import BglTemplates
 from logmesh.ingest.families.base import UNKNOWN_TEMPLATE, LineRecord, Parsed
 from logmesh.ingest.masking import line_shape
+from logmesh.v1 import log_record_pb2 as lr
 
 # after the label: epoch, date, node, timestamp, node again, type, component, level, message (may be empty)
 _REST = re.compile(r"^(\d+) (\d{4}\.\d\d\.\d\d) (\S+) (\d{4}-\d\d-\d\d-\d\d\.\d\d\.\d\d\.\d+) (\S+) (\S+) (\S+) (\S+) ?(.*)$",
                    re.S)
 NORMAL = "-"
+_LEVELS = {"INFO": lr.LEVEL_INFO, "WARNING": lr.LEVEL_WARN, "ERROR": lr.LEVEL_ERROR, "SEVERE": lr.LEVEL_ERROR,
+           "FATAL": lr.LEVEL_FATAL, "FAILURE": lr.LEVEL_FATAL}  # the enum's nearest; level_name keeps the printed one
 
 
 class BglFamily:
@@ -29,8 +32,13 @@ class BglFamily:
         self.templates = templates
 
     def parse(self, text: str, line_number: int = 0) -> Parsed:
+        """A line with its label column (loghub's files) or without it (a live BGL log: it starts with the
+        epoch): the label, when there is one, goes to `Parsed.label` only."""
         text = text.rstrip("\r\n")
-        label, _, rest = text.partition(" ")
+        if text[:1].isdigit() and _REST.match(text):  # no label column
+            label, rest = NORMAL, text
+        else:
+            label, _, rest = text.partition(" ")
         truth = None if label == NORMAL else label
         m = _REST.match(rest)
         if m is None:  # kept whole (without its label) and counted by the caller
@@ -44,4 +52,27 @@ class BglFamily:
 
     def looks_like(self, lines: Iterable[str]) -> float:
         lines = [l for l in lines if l.strip()]
-        return sum(_REST.match(l.rstrip("\r\n").partition(" ")[2]) is not None for l in lines) / len(lines) if lines else 0.0
+        return sum(self.parse(l).record.parsed for l in lines) / len(lines) if lines else 0.0
+
+    def record(self, text: str, source: str = "", line_number: int = 0, labels: bool = False) -> lr.LogRecord:
+        """One raw line as the LogRecord ingest produces and the scorer reads: family "bgl", the node id as its
+        session key (block_ids), the printed level in level_name. The line's label goes into label and
+        alert_category only with `labels` (replay and evaluation); detectors never read those fields."""
+        parsed = self.parse(text, line_number)
+        r = parsed.record
+        record = lr.LogRecord(id=f"{source}:{line_number}" if source else f"line:{line_number}", source=source,
+                              line_number=line_number, family=self.name, component=r.component,
+                              message=r.message, template_id=r.template_id, level_name=r.level,
+                              level=_LEVELS.get(r.level, lr.LEVEL_UNSPECIFIED))
+        record.block_ids.extend(r.session_keys)
+        if r.time is not None:
+            record.event_time.FromNanoseconds(int(r.time * 1e9))
+        if labels:
+            record.label = lr.LABEL_ANOMALY if parsed.label else lr.LABEL_NORMAL
+            record.alert_category = parsed.label or ""
+        return record
+
+
+def record_shape(record: lr.LogRecord) -> str:
+    """The masked text BGL's line models read (as in training: component and printed level, then the message)."""
+    return line_shape(f"{record.component} {record.level_name}" if record.component else "", record.message)

@@ -109,3 +109,38 @@ def test_windows_and_any_line_rule():
     w = windows(np.arange(7), 3)
     assert [x.tolist() for x in w] == [[0, 1, 2], [3, 4, 5], [6]]
     assert Counter(len(x) for x in windows(np.arange(250), 100)) == {100: 2, 50: 1}
+
+
+def test_the_logrecord_of_a_bgl_line_is_keyed_by_node_and_carries_the_label_only_when_asked(templates):
+    from logmesh.ingest.families import record_shape
+    from logmesh.ingest.families.bgl import BglFamily
+    from logmesh.v1 import log_record_pb2 as lr
+    family = BglFamily(templates)
+    bare = family.record(LINE, "BGL.log", 7)
+    assert (bare.id, bare.family, list(bare.block_ids), bare.level_name, bare.component) == (
+        "BGL.log:7", "bgl", ["R30-M0-N9-C:J16-U01"], "FATAL", "KERNEL")
+    assert bare.event_time.seconds == 1118535595 and bare.level == lr.LEVEL_FATAL
+    assert bare.label == lr.LABEL_UNSPECIFIED and not bare.alert_category and "KERNDTLB" not in str(bare)
+    labelled = family.record(LINE, "BGL.log", 7, labels=True)
+    assert (labelled.label, labelled.alert_category) == (lr.LABEL_ANOMALY, "KERNDTLB")
+    assert family.record("- " + LINE.partition(" ")[2], labels=True).label == lr.LABEL_NORMAL
+    # the shape the job embeds and the scorer keys by is the one training read
+    assert record_shape(bare) == family.parse(LINE).record.shape
+
+
+def test_a_bgl_line_without_its_label_column_parses_the_same():
+    from logmesh.ingest.families.bgl import BglFamily
+    family = BglFamily()
+    live = family.parse(LINE.partition(" ")[2])  # a live BGL log has no label column
+    assert live.label is None and live.record == family.parse(LINE).record
+    assert family.looks_like([LINE.partition(" ")[2], LINE]) == 1.0
+
+
+def test_auto_format_falls_back_to_hdfs_for_a_file_in_no_known_format(bgl_dir, tmp_path):
+    from logmesh.ingest.families import resolve
+    junk = tmp_path / "junk.log"
+    junk.write_text("not a log line\nnor this\n")
+    assert resolve("auto", [bgl_dir / "BGL_2k.log"]) == "bgl" and resolve("auto", [junk]) == "hdfs"
+    assert resolve("auto", ["-"]) == "hdfs" and resolve("bgl", [junk]) == "bgl"
+    with pytest.raises(ValueError, match="unknown log format"):
+        resolve("spirit", [junk])
