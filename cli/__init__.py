@@ -54,6 +54,17 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
               "Print the scorer's GetStats as JSON with the proto's field names (as grpcurl does): lines and "
               "blocks scored, anomalies, rejected items, latency p50/p99, the loaded model and why none is.",
               "anomalies:setup_stats"),
+    "incidents": ("list the scorer's incidents (alerts grouped into stories), or --watch them",
+                  "Page through the incidents the scorer grouped from its anomaly history (ListIncidents), most "
+                  "recently changed first: alerts of one block, or of blocks failing on the same nodes, template "
+                  "and minutes, as one story with its kind, time window, sessions, nodes and summary title. "
+                  "--watch follows every change (WatchIncidents), resumable with --after UPDATE_ID. "
+                  "`logmesh incident ID` shows one in full.", "incidents:setup_incidents"),
+    "incident": ("show one incident: evidence lines, counts against normal, similar past incidents, summary",
+                 "Show one incident (GetIncident): its sessions, nodes and reasons, its summary, the evidence lines "
+                 "by record id with how many of the incident's lines share their template and the share of normal "
+                 "training sessions that hold it, and the most similar past incidents (vector search in the store) "
+                 "with what analysts said about them.", "incidents:setup_incident"),
     "ingest": ("produce raw HDFS logs to Kafka as LogRecords", None, "ingest:setup_ingest"),
     "generate": ("write realistic HDFS logs with labelled anomalous blocks", None, "ingest:setup_generate"),
     "stream": ("run the Spark Structured Streaming job (Kafka -> scorer -> Kafka, Qdrant)",

@@ -103,7 +103,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            cache_bytes=args.cache_mb << 20, anomalies_topic=args.anomalies_topic or None,
                            kafka_options=_history_kafka_options(args), qdrant_url=args.qdrant_url,
                            qdrant_api_key=args.qdrant_api_key or os.environ.get("QDRANT_API_KEY"),
-                           feedback_topic=args.feedback_topic or None)
+                           feedback_topic=args.feedback_topic or None,
+                           incidents_topic=args.incidents_topic or None, incident_window_s=args.incident_window)
     except StateError as exc:
         raise UserError(str(exc)) from None
     except RuntimeError as exc:
@@ -203,6 +204,14 @@ def _setup_scorer(s: argparse.ArgumentParser) -> None:
                    help="the compacted topic at --bootstrap where analyst labels are kept (FeedbackService, `logmesh "
                         "feedback`; `make kafka-up` creates it): read back at start, so labels and their suppressions "
                         "survive a restart; '' turns feedback off (default %(default)s)")
+    s.add_argument("--incidents-topic", default="logmesh.incidents",
+                   help="the compacted topic at --bootstrap where incidents are kept (IncidentService, `logmesh "
+                        "incidents`; `make kafka-up` creates it): the history's alerts grouped into incidents, read "
+                        "back at start with their ids; needs --anomalies-topic; '' turns incidents off (default "
+                        "%(default)s). Without a --state-dir incidents are kept in memory only, like the history")
+    s.add_argument("--incident-window", type=POSITIVE_SECONDS, default=300.0, metavar="SECONDS",
+                   help="alerts on the same node and template within this many seconds of event time join one "
+                        "incident, and an incident no alert joined for this long closes (default %(default)s)")
     s.add_argument("--dlq-topic", default=None, help="the streaming job's dead-letter topic, e.g. logmesh.dlq")
     s.add_argument("--state-dir", default=None,
                    help=f"folder where the anomaly history (entries, their ids, how far the topic was read) and the "

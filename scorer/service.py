@@ -33,6 +33,7 @@ from logmesh.v1 import common_pb2, score_pb2, scorer_service_pb2 as spb
 
 if TYPE_CHECKING:
     from logmesh.scorer.analyst.feedback import FeedbackBook
+    from logmesh.scorer.analyst.incidents import IncidentBook
     from logmesh.scorer.similar import SimilarCases
 
 log = logging.getLogger("logmesh.scorer")
@@ -53,6 +54,7 @@ class ScorerServicer:
                                       positions=state.positions if state else None)
         self.feed: AnomalyFeed | None = None
         self.feedback: "FeedbackBook | None" = None  # set by serve() with a feedback topic
+        self.incidents: "IncidentBook | None" = None  # set by serve() with an incidents topic
         self.stats = ScorerStats()
         scorer_metrics.track(self)  # /metrics reads self.stats, the model and the history at scrape time
         self.max_watchers = max(1, limits.workers // 2)  # each watcher holds a worker thread
@@ -92,6 +94,8 @@ class ScorerServicer:
             if self._closed.is_set():
                 return
             self._closed.set()
+        if self.incidents is not None:
+            self.incidents.stop()  # before the state dir goes: its vector store lives there
         if self.feed is not None:
             self.feed.stop()
             if self.feed.similar is not None:
@@ -270,7 +274,8 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
           history_bytes: int = DEFAULT_HISTORY_BYTES, cache_bytes: int | None = None,
           anomalies_topic: str | None = None, kafka_options: Mapping[str, str] | None = None,
           qdrant_url: str | None = None, qdrant_api_key: str | None = None,
-          feedback_topic: str | None = None) -> Server:
+          feedback_topic: str | None = None, incidents_topic: str | None = None,
+          incident_window_s: float = 300.0) -> Server:
     """Starts the scorer; it stays NOT_SERVING (and says why) until an artifact loads. With both
     `kafka_bootstrap` and `dlq_topic`, GetStats also reports the dead-letter topic's message count; with both
     `kafka_bootstrap` and `anomalies_topic` the anomaly history reads that topic (librdkafka `kafka_options`
@@ -278,7 +283,9 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     history and counters survive a restart (raises StateError when the folder is unusable or another scorer
     holds it). `history_bytes` bounds the history, `cache_bytes` the shape caches. With `kafka_bootstrap` and
     `feedback_topic` it serves FeedbackService too (scorer/analyst/feedback.py): labels kept in that topic,
-    suppressions marked on the history's entries as they are served."""
+    suppressions marked on the history's entries as they are served. With the history and `incidents_topic` it
+    serves IncidentService (scorer/analyst/incidents.py): the history's alerts grouped into incidents (grouped
+    within `incident_window_s` of event time), kept in that compacted topic."""
     client = EmbedderClient(embedder, timeout=30.0)
     holder: dict[str, Server] = {}
 
@@ -310,6 +317,9 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     services: list = [(SERVICE, servicer)]
     if kafka_bootstrap and feedback_topic:
         services.append(_feedback(servicer, kafka_bootstrap, feedback_topic, kafka_options, security))
+    if kafka_bootstrap and anomalies_topic and incidents_topic:
+        services.append(_incidents(servicer, kafka_bootstrap, incidents_topic, state_dir, models, embed, kafka_options,
+                                   qdrant_url, qdrant_api_key, incident_window_s))
     try:
         server = holder["server"] = Server(services, port, host, limits, security)
     except BaseException:
@@ -331,6 +341,8 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     models.refresh()
     if servicer.feed is not None:
         servicer.feed.start()
+    if servicer.incidents is not None:
+        servicer.incidents.start()
     if models.scorer is None:
         log.warning("scorer NOT_SERVING", extra={"reason": models.status})
     models.watch(reload_interval)
@@ -353,6 +365,41 @@ def _feedback(servicer: ScorerServicer, bootstrap: str, topic: str, kafka_option
     servicer.history.mark = book.suppressing_anomaly
     servicer.history.on_recorded = book.count_recorded
     return FEEDBACK_SERVICE, FeedbackServicer(book, tokens=bool(security and security.tokens))
+
+
+def _incidents(servicer: ScorerServicer, bootstrap: str, topic: str, state_dir: Path | None, models: ModelManager,
+               embed, kafka_options: Mapping[str, str] | None, qdrant_url: str | None, qdrant_api_key: str | None,
+               window_s: float):  # type: ignore[no-untyped-def]
+    """The IncidentBook over the history (servicer.incidents), wired to the feedback book when there is one, and
+    its IncidentService."""
+    from logmesh.scorer.analyst.incident_service import SERVICE as INCIDENT_SERVICE, IncidentServicer
+    from logmesh.scorer.analyst.incident_setup import open_book
+    feedback = servicer.feedback
+    book = servicer.incidents = open_book(
+        servicer.history, bootstrap, topic, state_dir, models, _shape_vectors(models, embed), kafka_options,
+        qdrant_url, qdrant_api_key, window_s,
+        suppression=feedback.suppressing_incident if feedback is not None else None,
+        analyst_label=feedback.label_for_incident if feedback is not None else None)
+    if feedback is not None:
+        feedback.incident = book.get
+        feedback.on_change(book.refresh_suppressions)
+    return INCIDENT_SERVICE, IncidentServicer(book, servicer.max_watchers, servicer.stopping)
+
+
+def _shape_vectors(models: ModelManager, embed):  # type: ignore[no-untyped-def]
+    """Masked shapes -> vectors: the scorer's memo of anomalous shapes, else the embedder (what it cannot
+    reach is left out)."""
+    def vectors(shapes: list[str]) -> dict[str, np.ndarray]:
+        scorer = models.scorer
+        known = dict(scorer.anomalous_vectors(shapes)) if scorer is not None else {}
+        missing = [s for s in shapes if s not in known]
+        if missing:
+            try:
+                known.update(zip(missing, embed(missing, 10.0)))
+            except EmbedderUnreachable:
+                pass
+        return known
+    return vectors
 
 
 def _similar_cases(url: str, api_key: str | None, models: ModelManager,

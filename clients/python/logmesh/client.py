@@ -327,3 +327,80 @@ class ScorerClient(_Client):
                 break
         return out, page_token
 
+
+
+class IncidentClient(_Client):
+    """IncidentService, served by the scorer: incidents grouped from its anomaly history."""
+    service = "logmesh.v1.IncidentService"
+
+    def __init__(self, address: str = DEFAULT_SCORER, timeout: float = 30.0,
+                 security: ChannelSecurity | None = None) -> None:
+        from logmesh.v1 import incident_service_pb2_grpc as igrpc
+        super().__init__(address, timeout, security)
+        self.stub = igrpc.IncidentServiceStub(self.channel)
+
+    def page(self, page_size: int = 50, page_token: str = "", state: int = 0, include_suppressed: bool = False):  # type: ignore[no-untyped-def]
+        """One ListIncidents page, most recently changed first."""
+        from logmesh.v1 import incident_service_pb2 as ipb
+        return self.stub.ListIncidents(ipb.ListIncidentsRequest(page_size=page_size, page_token=page_token, state=state,
+                                                                include_suppressed=include_suppressed),
+                                       timeout=self.timeout)
+
+    def list(self, limit: int = 50, page_token: str = "", state: int = 0, include_suppressed: bool = False):  # type: ignore[no-untyped-def]
+        """Up to `limit` incidents over pages the server cut short, and the token to continue with ("" at the end)."""
+        out: list = []
+        while len(out) < limit:
+            page = self.page(min(limit - len(out), 500), page_token, state, include_suppressed)
+            out.extend(page.incidents)
+            page_token = page.next_page_token
+            if not page_token:
+                break
+        return out, page_token
+
+    def get(self, incident_id: str):  # type: ignore[no-untyped-def]
+        from logmesh.v1 import incident_service_pb2 as ipb
+        return self.stub.GetIncident(ipb.GetIncidentRequest(incident_id=incident_id), timeout=self.timeout).incident
+
+    def watch(self, after_update_id: int = 0, timeout: float | None = None) -> Iterator:  # type: ignore[type-arg]
+        """Incident changes as they happen (with `after_update_id`, first every change after it, oldest first),
+        until cancelled, the server goes away or `timeout` passes."""
+        from logmesh.v1 import incident_service_pb2 as ipb
+        stream = self.stub.WatchIncidents(ipb.WatchIncidentsRequest(after_update_id=after_update_id), timeout=timeout)
+        try:
+            for reply in stream:
+                yield reply.incident
+        finally:
+            stream.cancel()
+
+    def follow(self, after_update_id: int = 0, on_reconnect: Callable[[str], None] = lambda status: None,
+               retry_seconds: float = 1.0) -> Iterator:  # type: ignore[type-arg]
+        """Like watch, forever: after the scorer restarts it resubscribes after the last update id yielded (the
+        incidents topic keeps them), so no change is lost or repeated."""
+        from logmesh.v1 import incident_service_pb2 as ipb
+        last, down, first = after_update_id, False, True
+        while True:
+            try:
+                stream = self.stub.WatchIncidents(ipb.WatchIncidentsRequest(after_update_id=last),
+                                                  wait_for_ready=not first)
+                try:
+                    stream.initial_metadata()
+                    if down:
+                        on_reconnect(f"reconnected; resuming after update {last}")
+                        down = False
+                    elif first:
+                        on_reconnect(f"subscribed at {self.address}" + (f" after update {last}" if last else ""))
+                    first = False
+                    for reply in stream:
+                        last = reply.incident.update_id
+                        yield reply.incident
+                finally:
+                    stream.cancel()
+                problem = "the scorer ended the stream (stopping)"
+            except grpc.RpcError as exc:
+                if first or exc.code() not in _RETRYABLE:
+                    raise
+                problem = f"{exc.code().name}: {exc.details()}"
+            if not down:
+                on_reconnect(f"lost the scorer at {self.address} ({problem}); reconnecting ...")
+                down = True
+            time.sleep(retry_seconds)

@@ -1,0 +1,61 @@
+"""The incident book as the scorer process builds it (scorer/service.py): its durable topic, its vector store for
+similar incidents, and what the served model says about normal sessions."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from logmesh.scorer.analyst.grouping import DEFAULT_WINDOW_S
+from logmesh.scorer.analyst.incident_store import MemoryIncidentStore, TopicIncidentStore
+from logmesh.scorer.analyst.incident_vectors import COLLECTION, IncidentVectors
+from logmesh.scorer.analyst.incidents import IncidentBook
+
+log = logging.getLogger("logmesh.scorer.incidents")
+VECTORS_DIR = "incident-vectors"  # in the state dir: qdrant-edge's folder of the incidents collection
+
+
+def normal_fraction(models: Any) -> Callable[[str], float]:
+    """template -> share of the served model's complete normal training sessions holding it (NaN when the
+    artifact predates NormalProfile.session_fraction and the template is a normal one)."""
+    def fraction(template: str) -> float:
+        block = models.block_scorer
+        profile = block.model.profile
+        fractions = getattr(profile, "session_fraction", None)
+        if fractions:
+            return float(fractions.get(template, 0.0))
+        return float("nan") if template in profile.normal_events else 0.0
+    return fraction
+
+
+def open_book(history: Any, bootstrap: str, topic: str, state_dir: Path | None, models: Any,
+              shape_vectors: Callable[[list[str]], Mapping[str, np.ndarray]],
+              kafka_options: Mapping[str, str] | None = None, qdrant_url: str | None = None,
+              qdrant_api_key: str | None = None, window_s: float = DEFAULT_WINDOW_S, **book_options: Any) -> IncidentBook:
+    """A book (not started) whose incidents live in `topic` at `bootstrap`. Without a state dir the history is
+    memory only, so its ids restart with the process: the incidents do too (kept in memory, not in the topic,
+    which would otherwise hold ids that no longer mean the same anomalies)."""
+    if state_dir is not None:
+        stable = hashlib.blake2b(f"{Path(state_dir).resolve()}|{topic}".encode(), digest_size=8).hexdigest()
+        store: Any = TopicIncidentStore(bootstrap, topic, f"logmesh-incidents-{stable}", kafka_options)
+    else:
+        log.warning("no --state-dir: incidents are kept in memory only (the anomaly history is too)")
+        store = MemoryIncidentStore()
+    vectors = None
+    try:
+        from logmesh.streaming.vector_store import open_store
+        if qdrant_url:
+            vstore = open_store(url=qdrant_url, collection=COLLECTION, api_key=qdrant_api_key, timeout=5)
+        else:
+            where = Path(state_dir) / VECTORS_DIR if state_dir is not None else Path(
+                tempfile.mkdtemp(prefix="logmesh-incident-vectors-"))
+            vstore = open_store(path=str(where), collection=COLLECTION)
+        vectors = IncidentVectors(vstore, shape_vectors)
+    except Exception as exc:  # noqa: BLE001 - incidents go on without similar ones; say why
+        log.error("no vector store for similar incidents; incidents are kept without them",
+                  extra={"error": str(exc), "qdrant_url": qdrant_url or ""})
+    return IncidentBook(history, store, vectors, normal_fraction(models), window_s, **book_options)

@@ -1,0 +1,201 @@
+"""Where incidents live durably: the compacted topic logmesh.incidents (key = incident id, value = the Incident
+as it stands), behind a small interface with an in-memory twin.
+
+The book writes each round of changes as one Kafka transaction (`put`): a crash leaves either all of a round's
+incidents in the topic or none, so the history ids the incidents hold say exactly which anomalies were grouped
+(no anomaly grouped twice, none lost, after a restart). The transactional id is stable per state dir and
+topic, so a restarted scorer's `init_transactions` aborts what a crashed one left open at once (instead of
+read_committed readers waiting out the transaction timeout). `load` reads the topic from its beginning to its
+end (read_committed) and keeps the latest value of each key: compaction keeps nothing else anyway.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any, Iterable, Mapping, Protocol
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from logmesh.v1 import incident_pb2
+
+log = logging.getLogger("logmesh.scorer.incidents.store")
+_rdkafka_log = logging.getLogger("logmesh.scorer.rdkafka")
+DEFAULT_TOPIC = "logmesh.incidents"
+
+
+class IncidentStore(Protocol):
+    def load(self, stop: threading.Event) -> list[incident_pb2.Incident]:
+        """Every stored incident (the latest value of each), oldest change first; waits while the store cannot
+        be read, until `stop` is set (then returns what it has, possibly nothing)."""
+    def put(self, incidents: Iterable[incident_pb2.Incident]) -> None:
+        """Stores these incidents atomically (all or none); raises when they could not be stored."""
+    def close(self) -> None: ...
+
+
+class MemoryIncidentStore:
+    """Keeps incidents in this process only (a scorer without a state dir: its history is not durable either)."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, bytes] = {}
+
+    def load(self, stop: threading.Event) -> list[incident_pb2.Incident]:
+        found = [incident_pb2.Incident.FromString(v) for v in self._held.values()]
+        return sorted(found, key=lambda i: i.update_id)
+
+    def put(self, incidents: Iterable[incident_pb2.Incident]) -> None:
+        for i in incidents:
+            self._held[i.incident_id] = i.SerializeToString()
+
+    def close(self) -> None:
+        pass
+
+
+def _error(exc: KafkaException) -> KafkaError | None:
+    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+
+
+class TopicIncidentStore:
+    """Incidents in a compacted Kafka topic (one partition, as deploy/kafka/kafka.sh creates logmesh.incidents)."""
+
+    def __init__(self, bootstrap: str, topic: str = DEFAULT_TOPIC, transactional_id: str | None = None,
+                 kafka_options: Mapping[str, str] | None = None, timeout_s: float = 10.0) -> None:
+        self.bootstrap, self.topic, self.timeout_s = bootstrap, topic, timeout_s
+        self.transactional_id = transactional_id or f"logmesh-incidents-{uuid.uuid4().hex[:12]}"
+        self.kafka_options = dict(kafka_options or {})
+        self._producer: Producer | None = None
+        self._failed: list[str] = []
+
+    def _common(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "logger": _rdkafka_log, "log_level": 0,
+                                "socket.timeout.ms": max(1000, int(self.timeout_s * 1000))}
+        conf.update(self.kafka_options)
+        return conf
+
+    # -- reading --------------------------------------------------------------------------------
+    def load(self, stop: threading.Event) -> list[incident_pb2.Incident]:
+        delay, warned = 0.5, False
+        while not stop.is_set():
+            try:
+                return self._read_all()
+            except KafkaException as exc:
+                if not warned:
+                    log.warning("incidents topic unreadable; retrying (new alerts wait in the anomaly history)",
+                                extra={"topic": self.topic, "error": str(exc)})
+                    warned = True
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+        return []
+
+    def _read_all(self) -> list[incident_pb2.Incident]:
+        consumer = Consumer({**self._common(), "group.id": f"logmesh-incidents-{uuid.uuid4().hex[:8]}",
+                             "enable.auto.commit": False, "isolation.level": "read_committed",
+                             "enable.partition.eof": True, "fetch.max.bytes": 64 * 1024 * 1024,
+                             "receive.message.max.bytes": 100 * 1024 * 1024})
+        try:
+            metadata = consumer.list_topics(self.topic, timeout=self.timeout_s).topics.get(self.topic)
+            if metadata is None or metadata.error is not None:
+                error = metadata.error if metadata is not None else None
+                if error is not None and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise KafkaException(f"no topic {self.topic} (`make kafka-up` creates it, compacted)")
+                raise KafkaException(error or f"no metadata for {self.topic}")
+            partitions = sorted(metadata.partitions)
+            ends = {}
+            for p in partitions:
+                _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
+                ends[p] = high
+            todo = {p for p, high in ends.items() if high > 0}
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in todo])
+            latest: dict[str, bytes | None] = {}
+            bad = 0
+            deadline = time.monotonic() + max(60.0, 6 * self.timeout_s)
+            while todo:
+                if time.monotonic() > deadline:
+                    raise KafkaException(f"reading {self.topic} to its end took too long")
+                for msg in consumer.consume(500, timeout=1.0):
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            todo.discard(msg.partition())
+                        elif error.fatal() or not error.retriable():
+                            raise KafkaException(error)
+                        continue
+                    key = (msg.key() or b"").decode("utf-8", "replace")
+                    latest.pop(key, None)  # re-insert: the dict's order is the order of last changes
+                    latest[key] = msg.value()
+                    if msg.offset() + 1 >= ends[msg.partition()]:
+                        todo.discard(msg.partition())
+        finally:
+            consumer.close()
+        out = []
+        for key, value in latest.items():
+            if value is None:  # a tombstone: deleted
+                continue
+            try:
+                incident = incident_pb2.Incident.FromString(value)
+            except Exception:  # noqa: BLE001 - one damaged record loses one incident, not the book
+                bad += 1
+                continue
+            if incident.incident_id != key:
+                bad += 1
+                continue
+            out.append(incident)
+        if bad:
+            log.warning("skipped incidents-topic records that are no logmesh.v1.Incident under their id",
+                        extra={"topic": self.topic, "skipped": bad})
+        return sorted(out, key=lambda i: i.update_id)
+
+    # -- writing --------------------------------------------------------------------------------
+    def _new_producer(self) -> Producer:
+        conf = {**self._common(), "transactional.id": self.transactional_id, "enable.idempotence": True,
+                "acks": "all", "linger.ms": 5, "compression.type": "lz4", "message.max.bytes": 16 * 1024 * 1024,
+                "transaction.timeout.ms": 60_000}
+        producer = Producer(conf)
+        producer.init_transactions(max(self.timeout_s, 30.0))
+        return producer
+
+    def _delivered(self, err, msg) -> None:  # type: ignore[no-untyped-def]
+        if err is not None:
+            self._failed.append(str(err))
+
+    def put(self, incidents: Iterable[incident_pb2.Incident]) -> None:
+        batch = [(i.incident_id.encode(), i.SerializeToString()) for i in incidents]
+        if not batch:
+            return
+        try:
+            if self._producer is None:
+                self._producer = self._new_producer()
+            producer = self._producer
+            producer.begin_transaction()
+            for key, value in batch:
+                while True:
+                    try:
+                        producer.produce(self.topic, key=key, value=value, on_delivery=self._delivered)
+                        break
+                    except BufferError:
+                        producer.poll(0.1)
+            producer.commit_transaction(max(self.timeout_s, 30.0))
+            self._failed = []
+        except KafkaException as exc:
+            err = _error(exc)
+            self._drop_producer(abort=err is not None and err.txn_requires_abort())
+            raise KafkaException(f"incidents not stored in {self.topic}: {err.str() if err else exc}") from None
+
+    def _drop_producer(self, abort: bool) -> None:
+        """After a failed round: abort what is open, and start the next round with a fresh producer (same
+        transactional id: it fences this one and aborts whatever it left)."""
+        producer, self._producer, self._failed = self._producer, None, []
+        if producer is None:
+            return
+        if abort:
+            try:
+                producer.abort_transaction(self.timeout_s)
+            except KafkaException:
+                pass  # the next producer's init_transactions aborts it
+        producer.flush(0)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(self.timeout_s)
+            self._producer = None

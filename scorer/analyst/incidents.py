@@ -1,0 +1,510 @@
+"""The incident book: the anomaly history's alerts grouped into incidents (scorer/analyst/grouping.py), kept
+durably (scorer/analyst/incident_store.py), with similar past incidents from the vector store
+(scorer/analyst/incident_vectors.py), summaries and suppressions attached, and a feed of every change.
+
+One thread of the book's own does all the work, in rounds: it reads the history's entries after the last one it
+grouped (the history wakes it; the history is the queue, so nothing is copied or lost while the book is busy),
+groups them, applies the summaries and suppression refreshes handed to it, closes incidents a window went past,
+stores the round's changed incidents in one transaction, and only then publishes them (listeners, watchers).
+Every change moves the incident's `update_id` to the next position of the feed; a change of its evidence also
+moves its `version` (once per round). After a restart the book reads its incidents back, continues their ids
+and update ids, and groups the history's entries after the highest history id any incident holds: each anomaly
+is grouped once.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from logmesh.scorer.analyst import grouping
+from logmesh.scorer.analyst.grouping import CLOSED, OPEN, DEFAULT_WINDOW_S, Facts, OpenIndex
+from logmesh.scorer.analyst.incident_store import IncidentStore, MemoryIncidentStore
+from logmesh.scorer.analyst.incident_vectors import label, title_of
+from logmesh.v1 import feedback_pb2, incident_pb2, score_pb2
+
+if TYPE_CHECKING:
+    from logmesh.scorer.analyst.incident_vectors import IncidentVectors
+    from logmesh.scorer.history import AnomalyHistory
+
+log = logging.getLogger("logmesh.scorer.incidents")
+Listener = Callable[[incident_pb2.Incident], None]
+MAX_EVIDENCE = 32  # evidence lines an incident cites
+PER_TEMPLATE = 3  # lines cited per template (its count covers all its lines)
+MAX_IDS = 5000  # anomaly ids kept (the newest; the highest is what a restart resumes after)
+MAX_SESSIONS, MAX_NODES, MAX_REASONS = 1000, 256, 20
+MESSAGE_BYTES = 1024
+MAX_HOMES = 200_000  # sessions whose incident is remembered after it closed (a late FINAL joins it)
+ROUND = 500  # history entries grouped per round
+
+
+def _cap_text(text: str, limit: int = MESSAGE_BYTES) -> str:
+    data = text.encode("utf-8")
+    return text if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
+
+
+def _ts(s: float) -> Timestamp:
+    t = Timestamp()
+    t.FromNanoseconds(int(s * 1e9))
+    return t
+
+
+def _telling(e: incident_pb2.EvidenceLine) -> tuple:
+    """Sort key, most telling first: templates normal sessions rarely hold, then rarer in the incident, then older."""
+    fraction = e.normal_session_fraction if math.isfinite(e.normal_session_fraction) else 1.0
+    return (fraction, e.count_in_incident, e.event_time.seconds, e.event_time.nanos, e.record_id)
+
+
+class IncidentBook:
+    """Incidents grouped from `history` (a logmesh.scorer.history.AnomalyHistory), kept in `store`.
+
+    `normal_fraction(template_id)` is the share of normal training sessions holding a template (the served
+    model's NormalProfile); `vectors` finds similar past incidents; `suppression(incident)` names the feedback
+    that suppresses an incident ("" for none), `analyst_label(incident_id)` an incident's analyst label."""
+
+    def __init__(self, history: "AnomalyHistory | None" = None, store: IncidentStore | None = None,
+                 vectors: "IncidentVectors | None" = None, normal_fraction: Callable[[str], float] | None = None,
+                 window_s: float = DEFAULT_WINDOW_S, family: str = "hdfs", max_incidents: int = 50_000, *,
+                 suppression: Callable[[incident_pb2.Incident], str] | None = None,
+                 analyst_label: Callable[[str], feedback_pb2.FeedbackLabel] | None = None) -> None:
+        self.history, self.store, self.vectors = history, store or MemoryIncidentStore(), vectors
+        self.normal_fraction = normal_fraction
+        self.window_s, self.family, self.max_incidents = window_s, family, max_incidents
+        self.suppression, self.analyst_label = suppression, analyst_label
+        self._incidents: OrderedDict[str, incident_pb2.Incident] = OrderedDict()  # oldest change first
+        self._index = OpenIndex(window_s)
+        self._homes: OrderedDict[str, str] = OrderedDict()  # session -> the incident that holds it
+        self._joined: dict[str, float] = {}  # open incident -> monotonic time an alert last joined
+        self._lock = threading.Condition()
+        self._listeners: list[Listener] = []
+        self._commands: deque[Callable[[set[str]], None]] = deque()  # summaries to attach
+        self._recheck_all = False  # refresh_suppressions asked
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ready = threading.Event()  # set once the stored incidents are read back
+        self._next_number = 1
+        self._last_update = 0  # the feed's latest position
+        self._published = 0  # every change up to here is stored and announced
+        self._last_grouped = 0  # the highest history id grouped (or passed over as no alert)
+        self._watermark = 0.0  # the newest event time seen (seconds)
+        self._dirty: set[str] = set()  # changed but not stored yet (the store was down)
+        self._store_failing = False
+        self.opened = 0  # incidents started by this process (metrics)
+        self.status = "loading"
+        if history is not None:
+            history.on_add(lambda entries: self._wake.set())
+
+    # -- the interface the analyst loop shares (prompts/interfaces.md) -----------------------------
+    def get(self, incident_id: str) -> incident_pb2.Incident | None:
+        with self._lock:
+            found = self._incidents.get(incident_id)
+            return _copy(found) if found is not None else None
+
+    def subscribe(self, listener: Listener) -> None:
+        """`listener(incident)` after every change, from the book's thread, once the change is stored."""
+        self._listeners.append(listener)
+
+    def attach_summary(self, incident_id: str, summary: incident_pb2.IncidentSummary) -> None:
+        """Keeps `summary` when it was written for the incident's current version (moves update_id only)."""
+        kept = _copy(summary)
+
+        def apply(changed: set[str]) -> None:
+            incident = self._incidents.get(incident_id)
+            if incident is not None and kept.incident_version == incident.version:
+                incident.summary.CopyFrom(kept)
+                changed.add(incident_id)
+        self._command(apply)
+
+    def refresh_suppressions(self) -> None:
+        """Asks `suppression` (and `analyst_label`, for the similar incidents) again for every incident."""
+        self._recheck_all = True
+        self._wake.set()
+
+    # -- reading (the servicer) -------------------------------------------------------------------
+    def page(self, size: int, before_update: int | None, state: int = 0, include_suppressed: bool = False,
+             max_bytes: int = 4 * 1024 * 1024 - 4096) -> tuple[list[incident_pb2.Incident], int | None]:
+        """Up to `size` incidents changed before `before_update`, most recently changed first (at most
+        `max_bytes` serialized), and the update id to continue below (None when nothing older matches)."""
+        out: list[incident_pb2.Incident] = []
+        total = 0
+        with self._lock:
+            for incident in reversed(self._incidents.values()):
+                if incident.update_id > self._published or (before_update is not None and incident.update_id >= before_update):
+                    continue
+                if (state and incident.state != state) or (incident.suppressed_by_feedback_id and not include_suppressed):
+                    continue
+                cost = incident.ByteSize() + 8
+                if len(out) == size or (out and total + cost > max_bytes):
+                    return out, out[-1].update_id
+                out.append(_copy(incident))
+                total += cost
+        return out, None
+
+    def changes_after(self, after_update: int, timeout: float, limit: int = 256) -> tuple[list[incident_pb2.Incident], int]:
+        """Incidents whose latest change is after `after_update`, oldest change first (each as it stands now),
+        and the position to wait after next; waits up to `timeout` seconds for a change."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._published > after_update, timeout)
+            newer = []
+            for incident in reversed(self._incidents.values()):
+                if incident.update_id <= after_update:
+                    break
+                if incident.update_id <= self._published:
+                    newer.append(incident)
+            chosen = [_copy(i) for i in newer[-limit:][::-1]]
+            last = chosen[-1].update_id if len(newer) > limit else max(self._published, after_update)
+        return chosen, last
+
+    @property
+    def last_update_id(self) -> int:
+        with self._lock:
+            return self._published
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._incidents)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            open_ = sum(1 for i in self._incidents.values() if i.state == OPEN)
+            return {"open": open_, "closed": len(self._incidents) - open_}
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> "IncidentBook":
+        self._thread = threading.Thread(target=self._run, name="incident-book", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._lock:
+            self._lock.notify_all()
+        self.store.close()
+        if self.vectors is not None:
+            self.vectors.close()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """True once everything the history holds is grouped and stored (tests, and a clean stop)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            last = self.history.last_id if self.history is not None else 0
+            with self._lock:
+                if (self.ready.is_set() and self._last_grouped >= last and not self._dirty and not self._commands
+                        and not self._recheck_all):
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def _command(self, apply: Callable[[set[str]], None]) -> None:
+        self._commands.append(apply)
+        self._wake.set()
+
+    # -- the book's thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._load(self.store.load(self._stop))
+        except Exception:  # noqa: BLE001 - a book that cannot load must not take the scorer down
+            log.exception("incidents could not be read back; the book starts empty")
+        self.ready.set()
+        self.status = "live"
+        tick = max(0.05, min(5.0, self.window_s / 4))
+        while not self._stop.is_set():
+            more = False
+            try:
+                more = self._round()
+            except Exception:  # noqa: BLE001 - say it, keep the book alive
+                log.exception("incident round failed; retrying")
+                self._stop.wait(1.0)
+            if not more:
+                self._wake.wait(tick if not self._store_failing else 2.0)
+                self._wake.clear()
+
+    def _load(self, incidents: list[incident_pb2.Incident]) -> None:
+        with self._lock:
+            for incident in incidents:
+                self._hold(incident)
+            last_history = self.history.last_id if self.history is not None else 0
+            if self._last_grouped > last_history:
+                log.warning("the incidents topic holds anomalies newer than the anomaly history (a history without "
+                            "its state dir?): grouping the history's entries as new",
+                            extra={"grouped_to": self._last_grouped, "history_last": last_history})
+                self._last_grouped = 0
+            self._published = self._last_update
+            self._trim()
+        log.info("incidents reloaded", extra={"incidents": len(incidents), "open": len(self._index),
+                                              "last_update_id": self._last_update, "grouped_to": self._last_grouped})
+
+    def _hold(self, incident: incident_pb2.Incident) -> None:
+        self._incidents.pop(incident.incident_id, None)
+        self._incidents[incident.incident_id] = incident
+        number = incident.incident_id.removeprefix("inc-")
+        if number.isdigit():
+            self._next_number = max(self._next_number, int(number) + 1)
+        self._last_update = max(self._last_update, incident.update_id)
+        if incident.anomaly_ids:
+            self._last_grouped = max(self._last_grouped, max(incident.anomaly_ids))
+        self._watermark = max(self._watermark, grouping.seconds(incident.last_seen_time))
+        for s in incident.session_keys:
+            self._home(s, incident.incident_id)
+        if incident.state == OPEN:
+            self._index.hold(incident)
+            self._joined[incident.incident_id] = time.monotonic()
+
+    def _round(self) -> bool:
+        """One round; True when the history has more entries waiting."""
+        entries: list[score_pb2.Anomaly] = []
+        if self.history is not None and not self._dirty:  # while the store is down, nothing new is grouped
+            entries, _ = self.history.wait_after(self._last_grouped, timeout=0, limit=ROUND)
+        changed: set[str] = set()
+        evidence: set[str] = set()
+        recheck, self._recheck_all = self._recheck_all, False
+        with self._lock:
+            for entry in entries:
+                self._group(entry, changed, evidence)
+            while self._commands:
+                self._commands.popleft()(changed)
+            self._close_stale(changed)
+            asked = set(self._incidents) if recheck else set()
+            snapshots = {i: _copy(self._incidents[i]) for i in changed | asked if i in self._incidents}
+        # the callbacks run outside the lock: feedback and the vector store may take locks of their own
+        similar = {}
+        if self.vectors is not None:
+            for incident_id in evidence:
+                found = self.vectors.update(snapshots[incident_id], self.analyst_label) if incident_id in snapshots else None
+                if found is not None:
+                    similar[incident_id] = found
+        suppressed = {i: self._suppression_of(s) for i, s in snapshots.items()}
+        labels = {i: [label(self.analyst_label, s.incident_id) for s in snapshots[i].similar] for i in asked}
+        with self._lock:
+            for incident_id, found in similar.items():
+                incident = self._incidents.get(incident_id)
+                if incident is None:
+                    continue
+                for s in found:
+                    other = self._incidents.get(s.incident_id)
+                    if other is not None:
+                        s.title = title_of(other)
+                del incident.similar[:]
+                incident.similar.extend(found)
+            for incident_id, feedback_id in suppressed.items():
+                incident = self._incidents.get(incident_id)
+                if incident is not None and feedback_id is not None and feedback_id != incident.suppressed_by_feedback_id:
+                    incident.suppressed_by_feedback_id = feedback_id
+                    changed.add(incident_id)
+            for incident_id, new in labels.items():
+                incident = self._incidents.get(incident_id)
+                if incident is not None and incident_id not in similar and len(new) == len(incident.similar) and \
+                        new != [s.analyst_label for s in incident.similar]:
+                    for s, value in zip(incident.similar, new):
+                        s.analyst_label = value
+                    changed.add(incident_id)
+            for incident_id in sorted(changed, key=lambda i: (self._incidents[i].update_id if i in self._incidents else 0, i)):
+                incident = self._incidents.get(incident_id)
+                if incident is None:
+                    continue
+                if incident_id in evidence:
+                    incident.version += 1
+                self._last_update += 1
+                incident.update_id = self._last_update
+                self._incidents.move_to_end(incident_id)
+            self._dirty |= changed
+            pending = [self._incidents[i] for i in self._dirty if i in self._incidents]
+            pending.sort(key=lambda i: i.update_id)
+            batch = [_copy(i) for i in pending]
+        if batch and not self._put(batch):
+            return False
+        with self._lock:
+            self._dirty.clear()
+            self._published = self._last_update
+            self._trim()
+            self._lock.notify_all()
+        for incident in batch:
+            for listener in self._listeners:
+                try:
+                    listener(_copy(incident))
+                except Exception:  # noqa: BLE001 - one listener's bug must not stop the feed
+                    log.exception("incident listener failed", extra={"incident_id": incident.incident_id})
+        return len(entries) == ROUND
+
+    def _put(self, batch: list[incident_pb2.Incident]) -> bool:
+        try:
+            self.store.put(batch)
+        except Exception as exc:  # noqa: BLE001 - the store's trouble: retried next round, nothing published
+            if not self._store_failing:
+                log.warning("incidents not stored; retrying (nothing new is grouped meanwhile; the anomaly "
+                            "history keeps the alerts)", extra={"error": str(exc), "incidents": len(batch)})
+            self._store_failing = True
+            self.status = f"store failing: {exc}"
+            return False
+        if self._store_failing:
+            log.info("incidents stored again", extra={"incidents": len(batch)})
+        self._store_failing = False
+        self.status = "live"
+        return True
+
+    def _suppression_of(self, incident: incident_pb2.Incident) -> str | None:
+        """The feedback id that suppresses `incident` ("" for none), None when it could not be asked."""
+        if self.suppression is None:
+            return None
+        try:
+            return self.suppression(incident) or ""
+        except Exception:  # noqa: BLE001 - feedback's own trouble must not stop grouping
+            log.exception("suppression failed", extra={"incident_id": incident.incident_id})
+            return None
+
+    # -- grouping ---------------------------------------------------------------------------------
+    def _group(self, entry: score_pb2.Anomaly, changed: set[str], evidence: set[str]) -> None:
+        if entry.id <= self._last_grouped:
+            return
+        self._last_grouped = entry.id
+        if not grouping.groupable(entry):
+            return
+        f = grouping.facts(entry)
+        if f.event_s is not None:
+            self._watermark = max(self._watermark, f.event_s)
+        incident_id = self._index.match(f) or self._reopen(f, changed)
+        if incident_id is None:
+            incident_id = self._open(f)
+        incident = self._incidents[incident_id]
+        self._apply(incident, entry, f)
+        self._index.add(incident_id, f)
+        for s in f.sessions:
+            self._home(s, incident_id)
+        self._joined[incident_id] = time.monotonic()
+        changed.add(incident_id)
+        evidence.add(incident_id)
+
+    def _reopen(self, f: Facts, changed: set[str]) -> str | None:
+        """A closed incident that holds one of the entry's sessions and whose latest line is within a window of
+        it (a block's FINAL verdict, a late line of the same story): it opens again."""
+        for s in f.sessions:
+            incident = self._incidents.get(self._homes.get(s, ""))
+            if incident is not None and incident.state == CLOSED and (
+                    f.event_s is None or f.event_s - grouping.seconds(incident.last_seen_time) <= self.window_s):
+                incident.state = OPEN
+                self._index.hold(incident)
+                changed.add(incident.incident_id)
+                return incident.incident_id
+        return None
+
+    def _open(self, f: Facts) -> str:
+        incident_id = f"inc-{self._next_number:06d}"
+        self._next_number += 1
+        incident = incident_pb2.Incident(incident_id=incident_id, state=OPEN, family=self.family)
+        when = f.event_s if f.event_s is not None else f.recorded_s
+        incident.first_seen_time.CopyFrom(_ts(when))
+        incident.last_seen_time.CopyFrom(_ts(when))
+        self._incidents[incident_id] = incident
+        self.opened += 1
+        return incident_id
+
+    def _apply(self, incident: incident_pb2.Incident, entry: score_pb2.Anomaly, f: Facts) -> None:
+        incident.anomaly_ids.append(entry.id)
+        if len(incident.anomaly_ids) > MAX_IDS:
+            del incident.anomaly_ids[:len(incident.anomaly_ids) - MAX_IDS]
+        _add_unique(incident.session_keys, f.sessions, MAX_SESSIONS)
+        _add_unique(incident.nodes, f.nodes, MAX_NODES)
+        if f.event_s is not None:
+            if f.event_s < grouping.seconds(incident.first_seen_time):
+                incident.first_seen_time.CopyFrom(_ts(f.event_s))
+            if f.event_s > grouping.seconds(incident.last_seen_time):
+                incident.last_seen_time.CopyFrom(_ts(f.event_s))
+        if entry.HasField("line"):
+            r = entry.line
+            incident.max_score = max(incident.max_score, r.score)
+            incident.kind = grouping.stronger(incident.kind, grouping.line_kind(r))
+            _add_unique(incident.reasons, [r.reason] if r.reason else [], MAX_REASONS)
+            self._cite(incident, r)
+        else:
+            b = entry.block
+            incident.max_score = max(incident.max_score, b.score)
+            incident.kind = grouping.stronger(incident.kind, grouping.block_kind(b))
+            if b.HasField("first_time") and grouping.seconds(b.first_time) < grouping.seconds(incident.first_seen_time):
+                incident.first_seen_time.CopyFrom(b.first_time)
+            _add_unique(incident.reasons, [f"{b.block_id}: {r}" for r in b.reasons], MAX_REASONS)
+
+    def _fraction(self, line: score_pb2.ScoreResult) -> float:
+        if line.new_template or self.normal_fraction is None:
+            return 0.0 if line.new_template else float("nan")
+        try:
+            return float(self.normal_fraction(line.template_id))
+        except Exception:  # noqa: BLE001 - no model loaded yet, an old artifact: unknown, not zero
+            return float("nan")
+
+    def _cite(self, incident: incident_pb2.Incident, r: score_pb2.ScoreResult) -> None:
+        """Counts the line under its template and cites it while its template has fewer than PER_TEMPLATE lines
+        cited; keeps at most MAX_EVIDENCE lines, most telling first, every template cited at least once while
+        they fit."""
+        template = r.template_id or "unknown"
+        same = [e for e in incident.evidence if e.template_id == template]
+        count = (same[0].count_in_incident if same else 0) + 1
+        if len(same) < PER_TEMPLATE:
+            e = incident.evidence.add(record_id=r.record_id, template_id=template, message=_cap_text(r.message),
+                                      component=r.component, normal_session_fraction=self._fraction(r),
+                                      session_key=r.block_ids[0] if r.block_ids else "")
+            if r.HasField("event_time"):
+                e.event_time.CopyFrom(r.event_time)
+        for e in incident.evidence:
+            if e.template_id == template:
+                e.count_in_incident = count
+        lines = sorted(incident.evidence, key=_telling)
+        if len(lines) > MAX_EVIDENCE:
+            firsts, rest, seen = [], [], set()
+            for e in lines:
+                (rest if e.template_id in seen else firsts).append(e)
+                seen.add(e.template_id)
+            keep = {id(e) for e in (firsts + rest)[:MAX_EVIDENCE]}
+            lines = [e for e in lines if id(e) in keep]
+        kept = [_copy(e) for e in lines]
+        del incident.evidence[:]
+        incident.evidence.extend(kept)
+
+    def _close_stale(self, changed: set[str]) -> None:
+        now = time.monotonic()
+        idle = [i for i in self._index.ids() if now - self._joined.get(i, now) > self.window_s]
+        for incident_id in dict.fromkeys(self._index.stale(self._watermark) + idle):
+            self._index.remove(incident_id)
+            self._joined.pop(incident_id, None)
+            incident = self._incidents.get(incident_id)
+            if incident is not None and incident.state == OPEN:
+                incident.state = CLOSED
+                changed.add(incident_id)
+
+    def _home(self, session: str, incident_id: str) -> None:
+        self._homes.pop(session, None)
+        self._homes[session] = incident_id
+        while len(self._homes) > MAX_HOMES:
+            self._homes.popitem(last=False)
+
+    def _trim(self) -> None:
+        """Past max_incidents, the least recently changed closed incidents leave memory (the topic keeps them)."""
+        excess = len(self._incidents) - self.max_incidents
+        if excess <= 0:
+            return
+        gone = [i for i, inc in self._incidents.items() if inc.state == CLOSED][:excess]
+        for incident_id in gone:
+            del self._incidents[incident_id]
+        log.info("oldest closed incidents left memory", extra={"incidents": len(gone)})
+
+
+def _add_unique(field, values: Iterable[str], limit: int) -> None:  # type: ignore[no-untyped-def]
+    have = set(field)
+    for v in values:
+        if v and v not in have and len(field) < limit:
+            field.append(v)
+            have.add(v)
+
+
+def _copy(message):  # type: ignore[no-untyped-def]
+    out = type(message)()
+    out.CopyFrom(message)
+    return out
