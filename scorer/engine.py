@@ -17,7 +17,7 @@ from logmesh import vectors
 from logmesh.runtime.bytecache import MiB, ByteLRU
 from logmesh.runtime.grpc_server import Limits, item_error
 from logmesh.ingest.hdfs import parse_line
-from logmesh.ingest.masking import line_shape
+from logmesh.ingest.families import family_of, record_shape
 from logmesh.scorer.artifacts import Artifact
 from logmesh.scorer.ensemble import THRESHOLD, majority
 from logmesh.scorer.new_templates import NewTemplates
@@ -41,8 +41,19 @@ EmbedShapes = Callable[[list[str], float | None], np.ndarray]
 ANOMALY, NORMAL = score_pb2.VERDICT_ANOMALY, score_pb2.VERDICT_NORMAL
 
 
-def resolve_record(item: spb.ScoreItem, limits: Limits) -> tuple[log_record_pb2.LogRecord | None, str | None]:
-    """The item's LogRecord, or why there is none."""
+def parse_hdfs(text: str) -> log_record_pb2.LogRecord:
+    record = parse_line(text, "raw")
+    if not record.component:  # not HDFS: a line of another family is marked as such, so it is refused by name
+        from logmesh.ingest.families.bgl import BglFamily
+        if BglFamily().parse(text).record.parsed:
+            record.family = "bgl"
+    return record
+
+
+def resolve_record(item: spb.ScoreItem, limits: Limits,
+                   parse: Callable[[str], log_record_pb2.LogRecord] = parse_hdfs
+                   ) -> tuple[log_record_pb2.LogRecord | None, str | None]:
+    """The item's LogRecord (a raw line parsed with `parse`, the served family's parser), or why there is none."""
     which = item.WhichOneof("input")
     if which is None:
         return None, "item has neither record nor raw_line; set one"
@@ -58,7 +69,7 @@ def resolve_record(item: spb.ScoreItem, limits: Limits) -> tuple[log_record_pb2.
     if size > limits.max_line_bytes:
         return None, f"line is {size} bytes; the limit is {limits.max_line_bytes} bytes (--max-line-bytes)"
     if which == "raw_line":
-        record = parse_line(text, "raw")
+        record = parse(text)
         # Raw lines get a content-derived id, so the same line scored twice has the same id.
         record.id = "raw:" + hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
         return record, None
@@ -87,7 +98,9 @@ class LineScorer:
         shapes: list[str] = []
         given: dict[str, np.ndarray] = {}  # shape -> embedding the caller sent
         for item, result in zip(items, results):
-            record, problem = resolve_record(item, self._limits)
+            record, problem = resolve_record(item, self._limits, self.parse_raw)
+            if problem is None:
+                problem = self.check_record(record)  # type: ignore[arg-type]
             if problem is None and item.HasField("embedding"):
                 problem = vectors.check(item.embedding, EMBEDDING_DIM)
             if problem is not None:
@@ -96,7 +109,7 @@ class LineScorer:
                 records.append(None)
                 shapes.append("")
                 continue
-            shape = line_shape(record.component, record.message)
+            shape = self.shape(record)  # type: ignore[arg-type]
             if item.HasField("embedding"):
                 given.setdefault(shape, vectors.from_message(item.embedding))
             records.append(record)
@@ -106,8 +119,8 @@ class LineScorer:
         probabilities, unavailable = self._probabilities(wanted, given, timeout)
         scored_time = Timestamp()
         scored_time.GetCurrentTime()
-        template_of = {s: r.template_id for s, r in zip(shapes, records) if r is not None}
-        verdicts = {shape: self._verdict(row, template_of.get(shape, ""), shape) for shape, row in probabilities.items()}
+        record_of = {s: r for s, r in zip(shapes, records) if r is not None}
+        verdicts = {shape: self._line_verdict(row, record_of[shape], shape) for shape, row in probabilities.items()}
         for record, shape, result in zip(records, shapes, results):
             if record is None:
                 continue
@@ -143,6 +156,29 @@ class LineScorer:
                 self._memo.put_many(fresh)  # type: ignore[arg-type]
                 self._anomalous.put_many(flagged)  # type: ignore[arg-type]
         return known, unavailable
+
+    # What differs between families (scorer/bgl_serving.py is BGL's): raw-line parsing, which records this model
+    # may judge, the shape its members read, and the per-shape verdict.
+    family = "hdfs"
+
+    @staticmethod
+    def parse_raw(text: str) -> log_record_pb2.LogRecord:
+        return parse_hdfs(text)
+
+    def check_record(self, record: log_record_pb2.LogRecord) -> str | None:
+        """Why this model cannot judge `record` (a line of another family), or None."""
+        family = family_of(record)
+        if family == self.family:
+            return None
+        return (f"record {record.id[:100]!r} is a {family} line; this scorer serves a {self.family} model "
+                f"({self.artifact.version}): send it to a scorer whose --model-dir holds a {family} model")
+
+    @staticmethod
+    def shape(record: log_record_pb2.LogRecord) -> str:
+        return record_shape(record)
+
+    def _line_verdict(self, row: np.ndarray, record: log_record_pb2.LogRecord, shape: str) -> score_pb2.ScoreResult:
+        return self._verdict(row, record.template_id, shape)
 
     def anomalous_vectors(self, shapes: list[str]) -> dict[str, np.ndarray]:
         """The embeddings of those `shapes` this scorer judged anomalous and still remembers."""

@@ -1,4 +1,7 @@
-"""Keeps the newest good artifact of a model dir loaded, and swaps to newer ones without a restart."""
+"""Keeps the newest good artifact of a model dir loaded, and swaps to newer ones without a restart.
+
+The artifact's family (meta "family": hdfs or bgl) picks the line and session scorers. A scorer keeps the family
+it first loaded: a newer artifact of another family is refused (its clients send lines of the served one)."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +16,15 @@ from logmesh.scorer.engine import EmbedShapes, LineScorer, cache_budgets
 from logmesh.runtime.grpc_server import Limits
 
 log = logging.getLogger("logmesh.scorer.models")
+
+
+def _bgl():  # type: ignore[no-untyped-def]
+    from logmesh.scorer.bgl_serving import BglLineScorer, BglSessionScorer
+    return BglLineScorer, BglSessionScorer
+
+
+#: family -> (line scorer class, session scorer class), as the artifact's meta names its family
+SCORERS = {"hdfs": lambda: (LineScorer, BlockScorer), "bgl": _bgl}
 
 
 class ModelManager:
@@ -47,18 +59,27 @@ class ModelManager:
         try:
             artifact = artifacts.load(self.model_dir, version)
             family = artifact.meta.get("family", "hdfs")
-            if family != "hdfs" or artifact.models.get("block") is None:  # a BGL artifact has no session model
+            serving = self.scorer.family if self.scorer else None
+            if serving and family != serving:  # the clients send lines of the family being served
                 raise artifacts.ArtifactError(
-                    f"artifact {self.model_dir / version} is a {family} model; the scorer serves HDFS models so "
-                    f"far: keep other families' artifacts in a folder of their own (logmesh train --out DIR)")
+                    f"artifact {self.model_dir / version} is a {family} model, and this scorer serves {serving} "
+                    f"lines: keep other families' artifacts in a folder of their own (logmesh train --out DIR) "
+                    f"and serve them with a scorer of their own")
+            if family not in SCORERS:
+                raise artifacts.ArtifactError(f"artifact {self.model_dir / version} is a {family} model; the "
+                                              f"scorer serves {', '.join(SCORERS)} models")
+            if family == "hdfs" and artifact.models.get("block") is None:
+                raise artifacts.ArtifactError(f"artifact {self.model_dir / version} has no block model; retrain "
+                                              f"it with `logmesh train --out {self.model_dir}`")
         except artifacts.ArtifactError as exc:
             self._failed.add(version)
             kept = f"; still serving {current}" if current else ""
             self.status = f"{exc}{kept}"
             log.error("artifact failed to load", extra={"version": version, "reason": str(exc), "kept": current})
             return False
-        self.scorer = LineScorer(artifact, self._embed, self._limits, **self._caches)
-        self.block_scorer = BlockScorer(artifact)
+        line_scorer, session_scorer = SCORERS[family]()
+        self.scorer = line_scorer(artifact, self._embed, self._limits, **self._caches)
+        self.block_scorer = session_scorer(artifact)
         self.loaded_at = time.time()
         self.loads += 1
         self.status = ""
