@@ -29,8 +29,7 @@ def _open_similar_store(args: argparse.Namespace):  # type: ignore[no-untyped-de
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
-    from logmesh.ingest.hdfs import parse_line
-    from logmesh.ingest.masking import line_shape
+    from logmesh.ingest.families import record_shape
     if bool(args.line) == bool(args.block):
         raise UserError("give a log line or --block BLOCK_ID (one of them)")
     security = channel_security(args)
@@ -44,14 +43,15 @@ def cmd_similar(args: argparse.Namespace) -> int:
                 return 1
             vector, wanted = found[args.block].vector, {"kind": "block"}
         else:
-            record = parse_line(args.line)
+            family = _family(args.format, args.line)
+            record = _parse(family, args.line)
             if not record.component:
-                print(f"warning: the line did not parse as an HDFS log line (template unknown); searching with "
-                      f"its whole text", file=sys.stderr)
+                print(f"warning: the line did not parse as an {family.upper()} log line (template unknown); "
+                      f"searching with its whole text", file=sys.stderr)
             target(args, "embedder", args.embedder)
             from logmesh.client import EmbedderClient
             with EmbedderClient(args.embedder, security=security) as embedder:
-                vector = embedder.embed(line_shape(record.component, record.message))
+                vector = embedder.embed(record_shape(record))  # the shape the job embedded and stored
             wanted = {"kind": "line"}
         hits = store.search(vector, limit=args.limit + bool(args.block), filter=wanted)
     finally:
@@ -71,10 +71,26 @@ def cmd_similar(args: argparse.Namespace) -> int:
     return 0
 
 
+def _family(name: str, line: str) -> str:
+    """--format, or for auto the family the line parses as (HDFS when neither)."""
+    from logmesh.ingest.families.bgl import BglFamily
+    return name if name != "auto" else ("bgl" if BglFamily().looks_like([line]) else "hdfs")
+
+
+def _parse(family: str, line: str):  # type: ignore[no-untyped-def]
+    if family == "bgl":
+        from logmesh.ingest.families.bgl import BglFamily
+        return BglFamily().record(line, "cli", 0)  # the label column, if any, is not read
+    from logmesh.ingest.hdfs import parse_line
+    return parse_line(line)
+
+
 def setup(p: argparse.ArgumentParser) -> None:
     from logmesh.client import DEFAULT_EMBEDDER
-    p.add_argument("line", nargs="?", help="a raw HDFS log line")
-    p.add_argument("--block", help="a block id whose stored session vector to search with")
+    p.add_argument("line", nargs="?", help="a raw HDFS or BGL log line")
+    p.add_argument("--format", choices=("auto", "hdfs", "bgl"), default="auto",
+                   help="log family of the line (default: detected from it)")
+    p.add_argument("--block", help="a block id (BGL: a node id) whose stored session vector to search with")
     p.add_argument("--limit", type=POSITIVE, default=10, help="most neighbours to print (default %(default)s)")
     p.add_argument("--qdrant-url", default=None, help="Qdrant server; default: the embedded store at --qdrant-path")
     p.add_argument("--qdrant-api-key", default=os.environ.get("QDRANT_API_KEY"),

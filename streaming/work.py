@@ -22,6 +22,7 @@ import pandas as pd
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from logmesh import vectors
+from logmesh.ingest.families import record_shape
 from logmesh.ingest.masking import line_shape
 from logmesh.streaming.decode import KafkaRow, Rejected, decode
 from logmesh.streaming.retry import RetryItems, with_retry
@@ -148,7 +149,7 @@ def score_messages(rows: list[KafkaRow], settings: WorkSettings, what: str = "ta
             good.append(i)
     if not good:
         return out
-    shapes = {i: line_shape(out.records[i].component, out.records[i].message) for i in good}  # type: ignore[union-attr]
+    shapes = {i: record_shape(out.records[i]) for i in good}  # the family's shape, as the scorer keys it
     table, refused = _embed(list(dict.fromkeys(shapes.values())), settings, what)
     kept = []
     for i in good:
