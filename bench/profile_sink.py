@@ -7,6 +7,7 @@ Runs logmesh.streaming.job.run unchanged, after wrapping (in this process only, 
   run the plan: Kafka read, the block operator's state function with its decode/embed/score calls, and the
   transactional writes; then the embedded store's upsert)
 - the embedded store's upsert -> "store_upsert"
+- the write tasks' producers, by kind (sink.BatchReport.producers) -> "producers_new", "_cached", "_fenced"
 and a StreamingQueryListener records Spark's own durationMs per micro-batch (triggerExecution,
 addBatch, latestOffset, queryPlanning, walCommit, commitOffsets) and the state operator's metrics.
 One JSON line per batch, two kinds: {"kind": "sink", ...} and {"kind": "spark", ...}.
@@ -60,6 +61,14 @@ def main() -> None:
             cls._bench_wrapped = True
         return store
     job.open_store = patched_open_store
+
+    original_report = sink_mod.BatchSink._report
+
+    def report(self, *a, **k):  # type: ignore[no-untyped-def]
+        out = original_report(self, *a, **k)
+        acc.update({f"producers_{kind}": n for kind, n in getattr(out, "producers", {}).items()})
+        return out
+    sink_mod.BatchSink._report = report
 
     original_call = sink_mod.BatchSink.__call__
 

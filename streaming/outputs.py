@@ -23,6 +23,22 @@ from logmesh.v1 import score_pb2
 
 log = logging.getLogger("logmesh.stream.outputs")
 _rdkafka_log = logging.getLogger("logmesh.stream.rdkafka")  # librdkafka's own lines, through logging
+
+
+class _FencedIsExpected(logging.Filter):
+    """librdkafka logs a producer fenced by a newer one of its transactional id at ERROR/CRITICAL. Here that is
+    the protocol working (a retry fencing the attempt it replaces, a write task's reused producer replaced,
+    sink.py): debug. What follows it (the write redone, or the task failing) is logged by the caller."""
+
+    MARKS = ("fenced by a newer instance", "old epoch", "_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and any(m in record.getMessage() for m in self.MARKS):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_rdkafka_log.addFilter(_FencedIsExpected())
 JOB_ID_FILE = "job-id"
 
 
@@ -88,9 +104,15 @@ class ResultProducer:
             time.sleep(delay)
             delay, attempt = min(delay * 2, 10.0), attempt + 1
 
-    def recover(self) -> None:
-        """A fresh producer with the same transactional id: it fences this one and aborts whatever it left open."""
-        log.warning("recreating the transactional producer", extra={"transactional_id": self.transactional_id})
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_transaction
+
+    def recover(self, quiet: bool = False) -> None:
+        """A fresh producer with the same transactional id: it fences this one and aborts whatever it left open.
+        `quiet`: an expected replacement (a cached producer found fenced), logged at debug."""
+        log.log(logging.DEBUG if quiet else logging.WARNING, "recreating the transactional producer",
+                extra={"transactional_id": self.transactional_id})
         self._in_transaction = False
         self._errors = []
         self._producer = self._new_producer()

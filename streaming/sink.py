@@ -12,7 +12,10 @@ Exactly once, per (job, micro-batch n, Spark partition p):
         skip if the driver knows (n, p) committed
         producer with transactional.id "logmesh-stream-{job}-p{p}"; init_transactions fences every earlier
           producer of that id (an earlier attempt of the task, a zombie executor, a crashed job) and aborts
-          its open transaction
+          its open transaction. A first attempt (a = 0) may reuse this Python worker's producer of the id,
+          kept only after a commit: every earlier attempt is finished or fenced by then; if another producer
+          of the id was initialised since, this one is fenced, commits nothing, and a fresh one redoes the
+          write (_task_producer)
         a > 0 (a retry): read the ledger record (job/p); if it says n, the earlier attempt committed: skip
         begin; dead letters, scores, line anomalies, block ALERT/FINAL; flush           -> after-produce
         with --qdrant-url: upsert the partition's points                               -> after-store
@@ -65,7 +68,7 @@ log = logging.getLogger("logmesh.stream.sink")
 CRASH_ENV = "LOGMESH_SINK_CRASH_AT"
 REPORT_SCHEMA = ("kind string, partition int, attempt int, pid int, work_pids string, rows long, scored long, "
                  "dead long, line_anomalies long, blocks long, alerts long, closed long, cut long, skipped boolean, "
-                 "write_attempts int, seconds double, point_id string, vector binary, payload string")
+                 "write_attempts int, producer string, seconds double, point_id string, vector binary, payload string")
 REPORT_COLUMNS = [column.split()[0] for column in REPORT_SCHEMA.split(", ")]
 TASK_PARTITIONS_FILE = "task-partitions"
 
@@ -147,6 +150,8 @@ class BatchReport:
     seconds: float = 0.0
     skipped: bool = False  # every partition that had rows was committed before (a replay): nothing written
     write_attempts: int = 0
+    # write tasks' producers: fresh ones (init_transactions), reused ones, reused ones found fenced (replaced)
+    producers: dict[str, int] = dataclasses.field(default_factory=dict)
     partitions: int = 0  # tasks that had rows
     skipped_partitions: list[int] = dataclasses.field(default_factory=list)
     task_pids: list[int] = dataclasses.field(default_factory=list)  # the Python workers that wrote
@@ -161,6 +166,42 @@ def _task_store(settings: WriterSettings):  # type: ignore[no-untyped-def]
     if settings.qdrant_url not in _stores:
         _stores[settings.qdrant_url] = open_store(url=settings.qdrant_url, api_key=settings.qdrant_api_key)  # type: ignore[index]
     return _stores[settings.qdrant_url]  # type: ignore[index]
+
+
+# This Python worker's transactional producers, by transactional id, each left by a write that committed.
+# A fresh producer's init_transactions (and its connections) cost ~65 ms against ~30 ms for a whole
+# transaction on a warm one (local broker, this box), per task and micro-batch.
+_producers: dict[str, ResultProducer] = {}
+
+
+def _task_producer(settings: WriterSettings, partition: int, attempt: int) -> tuple[ResultProducer, str]:
+    """The producer for the task's transactional id, and whether it is "cached" or "new".
+
+    A first attempt may reuse this worker's producer of that id: it ended its last transaction with a
+    commit, and every earlier attempt of this partition's tasks is finished or already fenced (a batch
+    starts after the previous one's tasks all succeeded, a retry fences with a fresh producer, and the
+    driver fences every id before a query restarts). If another worker (or the driver) has since
+    initialised the id, this producer is fenced: its writes fail with nothing committed, and _write
+    replaces it by a fresh one. A retry (attempt > 0) always starts a fresh producer, whose
+    init_transactions fences the attempts before it and aborts what they left open."""
+    tid = task_transactional_id(settings.job, partition)
+    cached = _producers.pop(tid, None)
+    if cached is not None and attempt == 0:
+        return cached, "cached"
+    if cached is not None:
+        cached.close()
+    return ResultProducer(settings.bootstrap, settings.scores_topic, settings.anomalies_topic, settings.dlq_topic,
+                          extra=settings.kafka_options, transactional_id=tid,
+                          init_budget_s=settings.retry_budget_s), "new"
+
+
+def _release_producer(settings: WriterSettings, partition: int, producer: ResultProducer, clean: bool) -> None:
+    """Keeps a producer whose task ended cleanly (no transaction open) for this worker's next task of the
+    partition; closes any other (a transaction it left open is the next producer's to abort)."""
+    if clean and not producer.in_transaction:
+        _producers[task_transactional_id(settings.job, partition)] = producer
+    else:
+        producer.close()
 
 
 def write_partition(settings: WriterSettings, batch_id: int, done: set[int]):  # type: ignore[no-untyped-def]
@@ -178,29 +219,31 @@ def write_partition(settings: WriterSettings, batch_id: int, done: set[int]):  #
         partition, attempt = context.partitionId(), context.attemptNumber()
         out = _Outputs.of(frame)
         committed = partition in done
-        write_attempts = 0
+        write_attempts, producer_kind = 0, ""
         if not committed and out.has_messages():
-            producer = ResultProducer(settings.bootstrap, settings.scores_topic, settings.anomalies_topic,
-                                      settings.dlq_topic, extra=settings.kafka_options,
-                                      transactional_id=task_transactional_id(settings.job, partition),
-                                      init_budget_s=settings.retry_budget_s)
+            producer, producer_kind = _task_producer(settings, partition, attempt)
+            clean = False
             try:
                 if attempt > 0:  # an earlier attempt may have committed before it died
                     last = read_ledger(settings.bootstrap, settings.ledger_topic, settings.job,
                                        settings.kafka_options, partition=partition).get(partition, -1)
                     committed = last >= batch_id
                 if not committed:
-                    write_attempts = _write(producer, out, settings, batch_id, partition, attempt)
+                    write_attempts, fenced = _write(producer, out, settings, batch_id, partition, attempt,
+                                                    cached=producer_kind == "cached")
+                    producer_kind = "fenced" if fenced else producer_kind
+                clean = True
             finally:
-                producer.close()
+                _release_producer(settings, partition, producer, clean)
         elif not committed and out.points and settings.qdrant_url:
             _task_store(settings).upsert(out.points)
         report = (("report", partition, attempt, os.getpid(), ",".join(map(str, sorted(out.work_pids))), len(frame),
                    len(out.scores), len(out.rejected), len(out.line_alerts), out.blocks, out.alerts, out.closed,
-                   out.cut, committed, write_attempts, time.perf_counter() - started, None, None, out.logs),)
+                   out.cut, committed, write_attempts, producer_kind, time.perf_counter() - started, None, None,
+                   out.logs),)
         points = () if settings.qdrant_url else tuple(
             ("point", partition, attempt, None, None, None, None, None, None, None, None, None, None, None, None,
-             None, p.id, p.vector.tobytes(), json.dumps(p.payload)) for p in out.points)
+             None, None, p.id, p.vector.tobytes(), json.dumps(p.payload)) for p in out.points)
         yield pd.DataFrame([*report, *points], columns=REPORT_COLUMNS, dtype=object)
     return run
 
@@ -267,11 +310,12 @@ class _Outputs:
 
 
 def _write(producer: ResultProducer, out: _Outputs, settings: WriterSettings, batch_id: int, partition: int,
-           attempt: int) -> int:
+           attempt: int, cached: bool = False) -> tuple[int, bool]:
     """One transaction: outputs, (--qdrant-url) store, ledger record, commit. A Kafka failure aborts it and
-    the whole write is redone (bounded backoff); returns the number of attempts."""
+    the whole write is redone (bounded backoff); returns the number of attempts, and whether a `cached`
+    producer had to be replaced first (it was fenced: another producer of its id was initialised since)."""
     deadline = time.monotonic() + settings.retry_budget_s
-    delay, tries = 0.5, 1
+    delay, tries, replaced = 0.5, 1, False
     while True:
         try:
             producer.begin()
@@ -287,7 +331,15 @@ def _write(producer: ResultProducer, out: _Outputs, settings: WriterSettings, ba
             producer.ledger_record(settings.ledger_topic, ledger_key(settings.job, partition), batch_id)
             producer.commit()
             _task_crash_point("after-commit", batch_id, partition, attempt, settings)
-            return tries
+            return tries, replaced
+        except SystemError as exc:
+            # confluent-kafka raises SystemError ("exception <class 'str'> is not a BaseException subclass")
+            # from flush() once the producer is fenced; only a reused producer is expected to be
+            if not cached or replaced:
+                raise
+            _replace_fenced(producer, batch_id, partition, exc)
+            replaced = True
+            continue
         except KafkaException as exc:
             err = exc.args[0] if exc.args and hasattr(exc.args[0], "fatal") else None
             fatal = bool(err is not None and err.fatal())
@@ -296,6 +348,10 @@ def _write(producer: ResultProducer, out: _Outputs, settings: WriterSettings, ba
                     producer.abort()
                 except KafkaException:
                     fatal = True  # cannot abort: a fresh producer fences this one and aborts for it
+            if cached and not replaced:
+                _replace_fenced(producer, batch_id, partition, exc)
+                replaced = True
+                continue
             if time.monotonic() + delay > deadline:
                 raise GaveUp(f"writing partition {partition} of batch {batch_id}: {exc} after {tries} attempts") from exc
             log.warning("partition transaction failed; redoing its writes",
@@ -305,6 +361,14 @@ def _write(producer: ResultProducer, out: _Outputs, settings: WriterSettings, ba
             if fatal:
                 producer.recover()
             delay, tries = min(delay * 2, 15.0), tries + 1
+
+
+def _replace_fenced(producer: ResultProducer, batch_id: int, partition: int, exc: BaseException) -> None:
+    """A reused producer failed, most likely fenced by a newer producer of its id (see _task_producer):
+    nothing of its transaction commits; a fresh producer fences in turn, and the caller redoes the write."""
+    log.debug("cached producer failed (fenced); a fresh one redoes the write",
+              extra={"batch_id": batch_id, "partition": partition, "error": str(exc)[:300]})
+    producer.recover(quiet=True)
 
 
 class BatchSink:
@@ -353,6 +417,8 @@ class BatchSink:
             report.blocks_closed += r.closed
             report.blocks_cut += r.cut
             report.write_attempts = max(report.write_attempts, r.write_attempts)
+            if r.producer:
+                report.producers[r.producer] = report.producers.get(r.producer, 0) + 1
             report.task_pids.append(r.pid)
             report.work_pids.extend(int(p) for p in (r.work_pids or "").split(",") if p)
             if r.skipped:

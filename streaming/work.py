@@ -158,7 +158,7 @@ def score_messages(rows: list[KafkaRow], settings: WorkSettings, what: str = "ta
         else:
             out.vectors[i] = table[shapes[i]]
             kept.append(i)
-    results, invalid = _score(kept, out, settings, what)
+    results, invalid = _score(kept, out, settings, what, shapes)
     for i in kept:
         if i in invalid:
             out.rejected[i] = f"scorer rejected the line: {invalid[i]}"
@@ -183,9 +183,10 @@ def _embed(distinct: list[str], settings: WorkSettings, what: str) -> tuple[dict
     return {s: matrix[i] for i, s in enumerate(distinct) if s not in refused}, refused
 
 
-def _score(kept: list[int], lines: Lines, settings: WorkSettings,
-           what: str) -> tuple[dict[int, score_pb2.ScoreResult], dict[int, str]]:
-    """Results by position; lines the scorer rejects as invalid apart. Each item carries its vector."""
+def _score(kept: list[int], lines: Lines, settings: WorkSettings, what: str,
+           shapes: dict[int, str]) -> tuple[dict[int, score_pb2.ScoreResult], dict[int, str]]:
+    """Results by position; lines the scorer rejects as invalid apart. The first line of each shape (`shapes`:
+    by position, as masked for the embedder) carries its vector."""
     client = scorer_client(settings.scorer)
     results: dict[int, score_pb2.ScoreResult] = {}
     invalid: dict[int, str] = {}
@@ -194,8 +195,7 @@ def _score(kept: list[int], lines: Lines, settings: WorkSettings,
     # scorer embeds nothing, and the other lines of the shape stay small
     items, sent = {}, set()
     for i in kept:
-        record = lines.records[i]
-        shape = line_shape(record.component, record.message)  # type: ignore[union-attr]
+        record, shape = lines.records[i], shapes[i]
         if shape in sent or not ATTACH_VECTORS:
             items[i] = spb.ScoreItem(record=record)
         else:
