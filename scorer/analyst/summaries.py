@@ -55,7 +55,7 @@ class Summarizer:
     "no --llm-url". `llm_timeout`: seconds per LLM call (each of the two attempts)."""
 
     def __init__(self, deliver: Deliver, *, llm_url: str | None = None, llm_model: str | None = None,
-                 llm_token: str | None = None, llm_timeout: float = 30.0, max_tokens: int = 400,
+                 llm_token: str | None = None, llm_timeout: float = 30.0, max_tokens: int = 512,
                  queue_size: int = 64, cache_size: int = 4096) -> None:
         self._deliver = deliver
         self._client = ChatClient(llm_url, llm_model, llm_token, llm_timeout, max_tokens) if llm_url else None
@@ -151,11 +151,12 @@ class Summarizer:
         assert self._client is not None
         messages = summary_prompt.messages(incident)
         citable = summary_prompt.citable_ids(incident)
+        schema = summary_prompt.answer_schema(incident)
         kind, reason = "", ""
         for attempt in (1, 2):
             started = time.monotonic()
             try:
-                answer = self._client.chat_json(messages)
+                answer = self._client.chat_json(messages, schema)
                 TOKENS.inc(answer.completion_tokens)
                 with self._cond:
                     self._counts["tokens"] += answer.completion_tokens

