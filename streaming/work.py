@@ -23,7 +23,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from logmesh import vectors
 from logmesh.ingest.families import record_shape
-from logmesh.ingest.masking import line_shape
 from logmesh.streaming.decode import KafkaRow, Rejected, decode
 from logmesh.streaming.retry import RetryItems, with_retry
 from logmesh.v1 import log_record_pb2, score_pb2, scorer_service_pb2 as spb
