@@ -104,7 +104,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            kafka_options=_history_kafka_options(args), qdrant_url=args.qdrant_url,
                            qdrant_api_key=args.qdrant_api_key or os.environ.get("QDRANT_API_KEY"),
                            feedback_topic=args.feedback_topic or None,
-                           incidents_topic=args.incidents_topic or None, incident_window_s=args.incident_window)
+                           incidents_topic=args.incidents_topic or None, incident_window_s=args.incident_window,
+                           incident_outputs=_incident_outputs(args))
     except StateError as exc:
         raise UserError(str(exc)) from None
     except RuntimeError as exc:
@@ -117,6 +118,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 DEFAULT_STATE_DIR = "var/scorer-state"
+
+
+def _incident_outputs(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """--llm-* and --notify-* as the scorer's IncidentOutputs; a bad --notify-url is one error line."""
+    from logmesh.scorer.analyst.notify import Target
+    from logmesh.scorer.analyst.outputs import IncidentOutputs
+    for spec in args.notify_urls:
+        try:
+            Target.parse(spec)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    if args.llm_url and not args.llm_url.startswith(("http://", "https://")):
+        raise UserError(f"--llm-url {args.llm_url!r}: want the base URL of an OpenAI-compatible API, "
+                        "e.g. http://127.0.0.1:8000/v1")
+    return IncidentOutputs(llm_url=args.llm_url, llm_model=args.llm_model, llm_timeout=args.llm_timeout,
+                           notify_urls=tuple(args.notify_urls), notify_wait=args.notify_wait)
 
 
 def _history_kafka_options(args: argparse.Namespace) -> dict[str, str]:
@@ -212,6 +229,25 @@ def _setup_scorer(s: argparse.ArgumentParser) -> None:
     s.add_argument("--incident-window", type=POSITIVE_SECONDS, default=300.0, metavar="SECONDS",
                    help="alerts on the same node and template within this many seconds of event time join one "
                         "incident, and an incident no alert joined for this long closes (default %(default)s)")
+    g = s.add_argument_group("incident summaries and notifications", "each incident version is summarised "
+                             "off the scoring path (README: Incident summaries)")
+    g.add_argument("--llm-url", default=None, metavar="URL",
+                   help="base URL of an OpenAI-compatible chat-completions API (vLLM, llama.cpp's server, Ollama, "
+                        "TGI), e.g. http://127.0.0.1:8000/v1; bearer token from $LOGMESH_LLM_TOKEN. Without it "
+                        "every summary is built from the evidence (marked fallback, reason 'no --llm-url')")
+    g.add_argument("--llm-model", default=None,
+                   help="model name to ask for (default: the first model the server lists at /models)")
+    g.add_argument("--llm-timeout", type=POSITIVE_SECONDS, default=30.0, metavar="SECONDS",
+                   help="seconds per LLM call, connect to last byte; the call is tried twice, then the summary "
+                        "is built from the evidence (default %(default)s)")
+    g.add_argument("--notify-url", dest="notify_urls", action="append", default=[], metavar="[FORMAT=]URL",
+                   help="webhook for incidents (repeatable), one notification per incident: FORMAT alertmanager "
+                        "(Alertmanager's webhook JSON, the default) or slack ({\"text\": ...}), e.g. "
+                        "slack=https://hooks.slack.com/services/...; retried, then kept in "
+                        "STATE_DIR/notify-dead-letters.jsonl")
+    g.add_argument("--notify-wait", type=SECONDS, default=30.0, metavar="SECONDS",
+                   help="seconds a notification waits for the incident's summary before it goes without one "
+                        "(default %(default)s)")
     s.add_argument("--dlq-topic", default=None, help="the streaming job's dead-letter topic, e.g. logmesh.dlq")
     s.add_argument("--state-dir", default=None,
                    help=f"folder where the anomaly history (entries, their ids, how far the topic was read) and the "

@@ -34,6 +34,7 @@ from logmesh.v1 import common_pb2, score_pb2, scorer_service_pb2 as spb
 if TYPE_CHECKING:
     from logmesh.scorer.analyst.feedback import FeedbackBook
     from logmesh.scorer.analyst.incidents import IncidentBook
+    from logmesh.scorer.analyst.outputs import IncidentOutputs
     from logmesh.scorer.similar import SimilarCases
 
 log = logging.getLogger("logmesh.scorer")
@@ -275,7 +276,7 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
           anomalies_topic: str | None = None, kafka_options: Mapping[str, str] | None = None,
           qdrant_url: str | None = None, qdrant_api_key: str | None = None,
           feedback_topic: str | None = None, incidents_topic: str | None = None,
-          incident_window_s: float = 300.0) -> Server:
+          incident_window_s: float = 300.0, incident_outputs: "IncidentOutputs | None" = None) -> Server:
     """Starts the scorer; it stays NOT_SERVING (and says why) until an artifact loads. With both
     `kafka_bootstrap` and `dlq_topic`, GetStats also reports the dead-letter topic's message count; with both
     `kafka_bootstrap` and `anomalies_topic` the anomaly history reads that topic (librdkafka `kafka_options`
@@ -285,7 +286,8 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     `feedback_topic` it serves FeedbackService too (scorer/analyst/feedback.py): labels kept in that topic,
     suppressions marked on the history's entries as they are served. With the history and `incidents_topic` it
     serves IncidentService (scorer/analyst/incidents.py): the history's alerts grouped into incidents (grouped
-    within `incident_window_s` of event time), kept in that compacted topic."""
+    within `incident_window_s` of event time), kept in that compacted topic, each summarised and notified as
+    `incident_outputs` says (scorer/analyst/outputs.py; default: fallback summaries, no webhooks)."""
     client = EmbedderClient(embedder, timeout=30.0)
     holder: dict[str, Server] = {}
 
@@ -342,6 +344,9 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     if servicer.feed is not None:
         servicer.feed.start()
     if servicer.incidents is not None:
+        from logmesh.scorer.analyst.outputs import IncidentOutputs, wire
+        for close in wire(servicer.incidents, incident_outputs or IncidentOutputs(), state_dir):
+            server.on_stop(close)
         servicer.incidents.start()
     if models.scorer is None:
         log.warning("scorer NOT_SERVING", extra={"reason": models.status})
