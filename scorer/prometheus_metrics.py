@@ -5,6 +5,7 @@ scorer/stats.py), for every scorer servicer alive in the process, on the process
     logmesh_scorer_block_verdicts_total{verdict, evidence_kind}   (evidence_kind: scorer/session_model.py's six)
     logmesh_scorer_model_info{version}, logmesh_scorer_model_loaded_timestamp_seconds, logmesh_scorer_model_reloads_total
     logmesh_scorer_history_entries, logmesh_scorer_history_live, logmesh_scorer_dead_letters
+    logmesh_scorer_feedback_total{label, action}, logmesh_scorer_suppressed_alerts_total   (with --feedback-topic)
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from logmesh.runtime.metrics import REGISTRY
+from logmesh.v1 import feedback_pb2 as fpb
 
 _LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _LOCK = threading.Lock()
@@ -38,13 +40,26 @@ class _ScorerCollector(Collector):
         live = GaugeMetricFamily("logmesh_scorer_history_live",
                                  "1 while the history has read the anomalies topic up to its end, 0 otherwise.")
         dead = GaugeMetricFamily("logmesh_scorer_dead_letters", "Messages in the job's dead-letter topic, as last read.")
+        feedback = CounterMetricFamily("logmesh_scorer_feedback", "Analyst labels stored since start, by label and "
+                                       "action.", labels=("label", "action"))
+        suppressed = CounterMetricFamily("logmesh_scorer_suppressed_alerts", "New alerts and flagged lines that "
+                                         "arrived covered by an analyst's suppression (served marked).")
         # one sample per label set, summed over the servicers (tests run several in one process); duplicate
         # samples would be an invalid exposition
         totals = dict.fromkeys(("lines", "flagged", "rejected", "reloads", "entries"), 0)
         kinds: dict[tuple[str, str], int] = {}
         versions: dict[str, float] = {}
         feeds, live_feeds, dead_total, dead_known = 0, 0, 0, False
+        labelled: dict[tuple[str, str], int] = {}
+        suppressed_total, books = 0, 0
         for s in servicers:
+            book = getattr(s, "feedback", None)
+            if book is not None:
+                books += 1
+                suppressed_total += book.suppressed_new
+                for (label, action), n in list(book.counts.items()):
+                    key = (fpb.FeedbackLabel.Name(label), fpb.FeedbackAction.Name(action))
+                    labelled[key] = labelled.get(key, 0) + n
             stats = s.stats
             with stats._lock:
                 totals["lines"] += stats.lines_scored
@@ -79,7 +94,11 @@ class _ScorerCollector(Collector):
             live.add_metric((), 1 if live_feeds == feeds else 0)
         if dead_known:
             dead.add_metric((), dead_total)
-        yield from (lines, flagged, rejected, blocks, reloads, model, loaded, entries, live, dead)
+        for key, n in sorted(labelled.items()):
+            feedback.add_metric(key, n)
+        if books:
+            suppressed.add_metric((), suppressed_total)
+        yield from (lines, flagged, rejected, blocks, reloads, model, loaded, entries, live, dead, feedback, suppressed)
 
 
 REGISTRY.register(_ScorerCollector())
