@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -16,7 +18,8 @@ from logmesh.scorer.analyst.incident_vectors import COLLECTION, IncidentVectors
 from logmesh.scorer.analyst.incidents import IncidentBook
 
 log = logging.getLogger("logmesh.scorer.incidents")
-VECTORS_DIR = "incident-vectors"  # in the state dir: qdrant-edge's folder of the incidents collection
+VECTORS_DIR = "incident-vectors"
+OWNER_FILE = "incidents-owner"  # in the state dir: whose records in the incidents topic are this book's  # in the state dir: qdrant-edge's folder of the incidents collection
 
 
 def normal_fraction(models: Any) -> Callable[[str], float]:
@@ -32,6 +35,21 @@ def normal_fraction(models: Any) -> Callable[[str], float]:
     return fraction
 
 
+def _owner(state_dir: Path) -> str:
+    """This state dir's book id (made once, kept in the folder): the owner its incident records carry."""
+    path = state_dir / OWNER_FILE
+    try:
+        owner = path.read_text().strip()
+    except FileNotFoundError:
+        owner = ""
+    if not owner:
+        owner = uuid.uuid4().hex
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(owner + "\n")
+        os.replace(tmp, path)
+    return owner
+
+
 def open_book(history: Any, bootstrap: str, topic: str, state_dir: Path | None, models: Any,
               shape_vectors: Callable[[list[str]], Mapping[str, np.ndarray]],
               kafka_options: Mapping[str, str] | None = None, qdrant_url: str | None = None,
@@ -41,7 +59,8 @@ def open_book(history: Any, bootstrap: str, topic: str, state_dir: Path | None, 
     which would otherwise hold ids that no longer mean the same anomalies)."""
     if state_dir is not None:
         stable = hashlib.blake2b(f"{Path(state_dir).resolve()}|{topic}".encode(), digest_size=8).hexdigest()
-        store: Any = TopicIncidentStore(bootstrap, topic, f"logmesh-incidents-{stable}", kafka_options)
+        store: Any = TopicIncidentStore(bootstrap, topic, f"logmesh-incidents-{stable}", kafka_options,
+                                        owner=_owner(Path(state_dir)))
     else:
         log.warning("no --state-dir: incidents are kept in memory only (the anomaly history is too)")
         store = MemoryIncidentStore()

@@ -7,6 +7,11 @@ incidents in the topic or none, so the history ids the incidents hold say exactl
 topic, so a restarted scorer's `init_transactions` aborts what a crashed one left open at once (instead of
 read_committed readers waiting out the transaction timeout). `load` reads the topic from its beginning to its
 end (read_committed) and keeps the latest value of each key: compaction keeps nothing else anyway.
+
+Each record carries its book's owner id (header `logmesh.owner`, kept in the state dir): a scorer with another
+state dir pointed at the same topic (a test, a fresh state dir) reads back only its own incidents, and numbers
+its new ones after every id the topic holds, so it overwrites none of the others. Two scorers writing one topic
+at the same time would still race for ids: give each replica its own --incidents-topic.
 """
 from __future__ import annotations
 
@@ -26,9 +31,11 @@ DEFAULT_TOPIC = "logmesh.incidents"
 
 
 class IncidentStore(Protocol):
+    highest_number: int  # after load: the highest incident number stored, this book's or another's
+
     def load(self, stop: threading.Event) -> list[incident_pb2.Incident]:
-        """Every stored incident (the latest value of each), oldest change first; waits while the store cannot
-        be read, until `stop` is set (then returns what it has, possibly nothing)."""
+        """Every stored incident of this book (the latest value of each), oldest change first; waits while the
+        store cannot be read, until `stop` is set (then returns what it has, possibly nothing)."""
     def put(self, incidents: Iterable[incident_pb2.Incident]) -> None:
         """Stores these incidents atomically (all or none); raises when they could not be stored."""
     def close(self) -> None: ...
@@ -39,6 +46,7 @@ class MemoryIncidentStore:
 
     def __init__(self) -> None:
         self._held: dict[str, bytes] = {}
+        self.highest_number = 0
 
     def load(self, stop: threading.Event) -> list[incident_pb2.Incident]:
         found = [incident_pb2.Incident.FromString(v) for v in self._held.values()]
@@ -52,6 +60,14 @@ class MemoryIncidentStore:
         pass
 
 
+OWNER_HEADER = "logmesh.owner"
+
+
+def _number(incident_id: str) -> int:
+    digits = incident_id.removeprefix("inc-")
+    return int(digits) if digits.isdigit() else 0
+
+
 def _error(exc: KafkaException) -> KafkaError | None:
     return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
 
@@ -60,8 +76,10 @@ class TopicIncidentStore:
     """Incidents in a compacted Kafka topic (one partition, as deploy/kafka/kafka.sh creates logmesh.incidents)."""
 
     def __init__(self, bootstrap: str, topic: str = DEFAULT_TOPIC, transactional_id: str | None = None,
-                 kafka_options: Mapping[str, str] | None = None, timeout_s: float = 10.0) -> None:
+                 kafka_options: Mapping[str, str] | None = None, timeout_s: float = 10.0, owner: str = "") -> None:
         self.bootstrap, self.topic, self.timeout_s = bootstrap, topic, timeout_s
+        self.owner = owner or uuid.uuid4().hex
+        self.highest_number = 0
         self.transactional_id = transactional_id or f"logmesh-incidents-{uuid.uuid4().hex[:12]}"
         self.kafka_options = dict(kafka_options or {})
         self._producer: Producer | None = None
@@ -108,6 +126,7 @@ class TopicIncidentStore:
             todo = {p for p, high in ends.items() if high > 0}
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in todo])
             latest: dict[str, bytes | None] = {}
+            foreign: set[str] = set()
             bad = 0
             deadline = time.monotonic() + max(60.0, 6 * self.timeout_s)
             while todo:
@@ -122,8 +141,13 @@ class TopicIncidentStore:
                             raise KafkaException(error)
                         continue
                     key = (msg.key() or b"").decode("utf-8", "replace")
+                    self.highest_number = max(self.highest_number, _number(key))
                     latest.pop(key, None)  # re-insert: the dict's order is the order of last changes
-                    latest[key] = msg.value()
+                    if dict(msg.headers() or ()).get(OWNER_HEADER) == self.owner.encode():
+                        latest[key] = msg.value()
+                        foreign.discard(key)
+                    else:
+                        foreign.add(key)
                     if msg.offset() + 1 >= ends[msg.partition()]:
                         todo.discard(msg.partition())
         finally:
@@ -141,6 +165,9 @@ class TopicIncidentStore:
                 bad += 1
                 continue
             out.append(incident)
+        if foreign:
+            log.info("the incidents topic holds incidents of other scorers' state dirs; left alone",
+                     extra={"topic": self.topic, "incidents": len(foreign)})
         if bad:
             log.warning("skipped incidents-topic records that are no logmesh.v1.Incident under their id",
                         extra={"topic": self.topic, "skipped": bad})
@@ -171,7 +198,8 @@ class TopicIncidentStore:
             for key, value in batch:
                 while True:
                     try:
-                        producer.produce(self.topic, key=key, value=value, on_delivery=self._delivered)
+                        producer.produce(self.topic, key=key, value=value, on_delivery=self._delivered,
+                                         headers=[(OWNER_HEADER, self.owner.encode())])
                         break
                     except BufferError:
                         producer.poll(0.1)

@@ -212,6 +212,7 @@ class IncidentBook:
     def _run(self) -> None:
         try:
             self._load(self.store.load(self._stop))
+            self._next_number = max(self._next_number, getattr(self.store, "highest_number", 0) + 1)
         except Exception:  # noqa: BLE001 - a book that cannot load must not take the scorer down
             log.exception("incidents could not be read back; the book starts empty")
         self.ready.set()

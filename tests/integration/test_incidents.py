@@ -258,3 +258,25 @@ def test_restart_keeps_incidents_ids_and_resumes_the_feed(scene, story) -> None:
         if incident.update_id == fresh.update_id:
             break
     assert replay == sorted(replay) and len(replay) == len(set(replay))
+
+
+def test_another_state_dir_on_the_same_topic_leaves_these_incidents_alone(scene, story, tmp_path) -> None:
+    """A scorer with a fresh state dir on the same topics (its history reads the anomalies again, numbering them
+    afresh) keeps its own incidents, numbered after every id the topic holds: it overwrites none of these."""
+    mine = {i.incident_id: i.SerializeToString() for i in scene.all()}
+    other = fed_scorer(scene.models, scene.embedder, scene.anomalies, tmp_path / "other-state",
+                       incidents_topic=scene.incidents, incident_window_s=300.0)
+    try:
+        book = other.servicers["IncidentService"].book
+        history = other.servicers["ScorerService"].history
+        wait_for(lambda: history.last_id >= 6 and book.wait_idle(1), 60, "the other book to group the topic")
+        with IncidentClient(other.address) as client:
+            theirs, _ = client.list(1000)
+        highest = max(int(i.removeprefix("inc-")) for i in mine)
+        assert theirs and all(int(i.incident_id.removeprefix("inc-")) > highest for i in theirs)
+        assert sorted(a for i in theirs for a in i.anomaly_ids) == [1, 2, 3, 4, 5, 6]
+    finally:
+        other.stop(1)
+    scene.stop()
+    scene.start()
+    assert {i.incident_id: i.SerializeToString() for i in scene.all()} == mine
