@@ -192,6 +192,39 @@ def test_k8s_kafka_requires_credentials_and_the_job_uses_its_own(k8s):
     assert 'username="stream" password="pw-123";' in spark_options["sasl.jaas.config"]
 
 
+def test_k8s_vllm_serves_the_summarizer_on_a_gpu_and_the_scorer_points_at_it(k8s):
+    """deploy/k8s/llm.yaml: vLLM's OpenAI server on one GPU per pod, probed on /health, behind a Service and an
+    HPA; the scorer's --llm-url and --llm-model (from logmesh-config) name that Service and the served model,
+    and the real `logmesh serve scorer` parser accepts the scorer's args."""
+    from logmesh.cli import build_parser
+    dep = _find(k8s, "Deployment", "logmesh-llm")
+    pod = dep["spec"]["template"]["spec"]
+    (vllm,) = pod["containers"]
+    assert vllm["command"] == ["vllm"] and vllm["args"][0] == "serve"
+    for side in ("requests", "limits"):
+        assert vllm["resources"][side]["nvidia.com/gpu"] == 1, side
+    (port,) = vllm["ports"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert vllm[probe]["httpGet"] == {"path": "/health", "port": port["name"]}, probe
+    args = vllm["args"]
+    assert args[args.index("--port") + 1] == str(port["containerPort"])
+    svc = _find(k8s, "Service", "logmesh-llm")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    (svc_port,) = svc["spec"]["ports"]
+    assert svc_port["targetPort"] == port["name"]
+    hpa = _find(k8s, "HorizontalPodAutoscaler", "logmesh-llm")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "logmesh-llm"}
+    assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    config = _find(k8s, "ConfigMap", "logmesh-config")["data"]
+    assert config["LLM_URL"] == f"http://logmesh-llm:{svc_port['port']}/v1"
+    assert args[args.index("--served-model-name") + 1] == "$(LLM_MODEL)" and config["LLM_MODEL"]
+    assert {"name": "logmesh-config"} in [e["configMapRef"] for e in vllm["envFrom"]]
+    (scorer,) = _find(k8s, "Deployment", "logmesh-scorer")["spec"]["template"]["spec"]["containers"]
+    expand = lambda arg: re.sub(r"\$\((\w+)\)", lambda m: config[m.group(1)], arg)  # noqa: E731 - as the kubelet does
+    parsed = build_parser("serve").parse_args([expand(a) for a in scorer["args"]])
+    assert (parsed.llm_url, parsed.llm_model) == (config["LLM_URL"], config["LLM_MODEL"])
+
+
 def test_kustomize_builds_and_the_built_manifests_decode_strictly(validator, tmp_path):
     """kubectl's built-in kustomize, offline: the scripts' ConfigMap is generated from deploy/k8s/kafka/ and
     its hashed name replaces every reference."""
