@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from logmesh.cli.common import POSITIVE, UserError
@@ -61,6 +62,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     logs.setup(args.log_level)
     data = Path(args.data)
     if _family(data, args.format) == "bgl":
+        if args.feedback or args.feedback_file:
+            raise UserError("--feedback trains HDFS models so far; BGL artifacts do not take analyst labels yet")
         out = Path(args.out)
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -82,17 +85,61 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"cannot create --out {out}: {exc.strerror}; give a folder you can write to") from None
     if not os.access(out, os.W_OK):
         raise UserError(f"cannot write to --out {out}: give a folder you can write to")
+    feedback = _read_feedback(args)  # before the embedding model loads: a bad source fails fast
+    store = _open_store(args) if feedback is not None else None
     from logmesh.embedder.encoder import SentenceEncoder
     from logmesh.scorer.train import train
     encoder = SentenceEncoder(threads=args.threads)
     try:
         path = train(data, out, encoder.encode, seed=args.seed, limit=args.limit, sessions=args.sessions,
-                     quiet_seconds=args.quiet_seconds, validation=args.validation, target_fpr=args.target_fpr)
+                     quiet_seconds=args.quiet_seconds, validation=args.validation, target_fpr=args.target_fpr,
+                     feedback=feedback, feedback_weight=args.feedback_weight, tolerance=args.shadow_tolerance,
+                     force_promote=args.force_promote, lookup=_lookup(store))
     except FileNotFoundError as exc:  # e.g. logs whose blocks the labels do not name
         raise UserError(f"{exc}; check that the logs and anomaly_label.csv belong together") from None
+    finally:
+        if store is not None:
+            store.close()
     from logmesh.scorer.train import summary
-    print(summary(path, json.loads((path / "meta.json").read_text())))
-    return 0
+    meta = json.loads((path / "meta.json").read_text())
+    print(summary(path, meta))
+    return 0 if meta.get("promotion", {}).get("promoted", True) else 3
+
+
+def _open_store(args: argparse.Namespace):
+    """The vector store --qdrant-path / --qdrant-url name, or None."""
+    if not (args.qdrant_url or args.qdrant_path):
+        return None
+    from logmesh.cli.similar import _open_similar_store
+    return _open_similar_store(args)
+
+
+def _lookup(store):
+    if store is None:
+        return None
+    from logmesh.scorer.feedback_training import StoreLookup
+    return StoreLookup(store)
+
+
+def _read_feedback(args: argparse.Namespace):
+    """The analyst labels `--feedback` / `--feedback-file` name, selected for training; None without either."""
+    if not (args.feedback or args.feedback_file):
+        return None
+    from logmesh.scorer import feedback_source
+    from logmesh.scorer.feedback_training import select
+    try:
+        read = (feedback_source.read_file(Path(args.feedback_file)) if args.feedback_file
+                else feedback_source.read_topic(args.bootstrap, args.feedback_topic))
+    except feedback_source.FeedbackSourceError as exc:
+        raise UserError(str(exc)) from None
+    for problem in read.unreadable:
+        print(f"warning: {read.source}: {problem}; skipped", file=sys.stderr)
+    fset = select(read.feedback, source=read.source)
+    if not fset.labels:
+        print(f"warning: {read.source}: none of its {fset.total} labels trains "
+              f"({', '.join(f'{len(v)} {k}' for k, v in fset.ignored.items()) or 'it is empty'}); training on the data "
+              "alone, with the shadow comparison", file=sys.stderr)
+    return fset
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -116,6 +116,7 @@ class RawLog:
     end_time: float | None
     closed: list[bool] = dataclasses.field(default_factory=list)  # set by scorer/completeness.py
     decision: dict = dataclasses.field(default_factory=dict)
+    block_ids: list[str] = dataclasses.field(default_factory=list)  # aligned with sessions (feedback names blocks)
 
 
 @dataclasses.dataclass
@@ -185,7 +186,7 @@ def read_corpus(data_dir: Path, limit: int | None = None, progress=None, stall_t
             names = list(blocks)
             corpus.logs.append(RawLog(path.name, [blocks[b] for b in names], [labels[b] for b in names],
                                       [first[b] for b in names], [last[b] for b in names],
-                                      [last_time[b] for b in names], end_line, end_time))
+                                      [last_time[b] for b in names], end_line, end_time, block_ids=names))
         if limit and corpus.lines >= limit:
             break
     if not corpus.lines:

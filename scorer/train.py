@@ -21,7 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from logmesh.scorer import artifacts, completeness
+from logmesh.scorer import artifacts, completeness, shadow
+from logmesh.scorer import feedback_training as fbt
 from logmesh.scorer.baselines import EventCountBaseline, make_baselines
 from logmesh.scorer.dataset import OPEN_TAIL, Corpus, fingerprint, log_files, read_corpus
 from logmesh.scorer.ensemble import LineEnsemble, combine, evidence_labels
@@ -36,6 +37,7 @@ Embed = Callable[[list[str]], np.ndarray]
 #: Validation effort: (folds, repeats, run the family hold-outs and the chronological split)
 VALIDATION = {"full": (5, 2, True), "quick": (3, 1, True), "none": (0, 0, False)}
 TARGET_FPR = 0.0005
+REJECTED = "rejected"  # where a candidate the shadow evaluation refused is kept (no scorer loads it)
 
 
 def file_digest(path: Path) -> str:
@@ -68,9 +70,10 @@ def decide_completeness(corpus: Corpus, mode: str = "auto", quiet_seconds: float
 
 
 def corpus_blocks(corpus: Corpus) -> val.Blocks:
-    sessions, labels, closed, part, source, order = [], [], [], [], [], []
+    sessions, labels, closed, part, source, order, ids = [], [], [], [], [], [], []
     for f in corpus.session_files:
         n = len(f.sessions)
+        ids += [""] * n
         sessions += f.sessions
         labels += f.labels
         closed += [True] * n
@@ -79,6 +82,7 @@ def corpus_blocks(corpus: Corpus) -> val.Blocks:
         order += list(range(n))
     for g in corpus.logs:
         n = len(g.sessions)
+        ids += g.block_ids or [""] * n
         sessions += g.sessions
         labels += g.labels
         closed += g.closed
@@ -86,7 +90,7 @@ def corpus_blocks(corpus: Corpus) -> val.Blocks:
         source += [g.name] * n
         order += list(range(n))
     return val.Blocks(sessions, np.asarray(labels), np.asarray(closed, bool), np.asarray(part), np.asarray(source),
-                      np.asarray(order))
+                      np.asarray(order), np.asarray(ids, object))
 
 
 def model_factories() -> dict[str, Callable[[int], object]]:
@@ -149,9 +153,27 @@ def _line_validation(ensemble_seed: int, shapes: list[str], templates: list[str]
             "recall": s["recall"], "fpr": s["fpr"], "tp": s["tp"], "fp": s["fp"], "fn": s["fn"], "tn": s["tn"]}
 
 
+def _serving(out_dir: Path):
+    """The artifact a scorer on `out_dir` serves (the newest HDFS one that loads), or None."""
+    for version in reversed(artifacts.versions(out_dir)):
+        try:
+            a = artifacts.load(out_dir, version)
+        except artifacts.ArtifactError:
+            continue
+        if a.meta.get("family", "hdfs") == "hdfs" and isinstance(a.models.get("block"), SessionModel):
+            return a
+    return None
+
+
 def train(data_dir: Path, out_dir: Path, embed: Embed, seed: int = 0, limit: int | None = None,
           sessions: str = "auto", quiet_seconds: float = completeness.QUIET_SECONDS, validation: str = "full",
-          target_fpr: float = TARGET_FPR) -> Path:
+          target_fpr: float = TARGET_FPR, feedback: "fbt.FeedbackSet | None" = None,
+          feedback_weight: int = fbt.DEFAULT_WEIGHT, tolerance: float = shadow.DEFAULT_TOLERANCE,
+          force_promote: bool = False, lookup: "fbt.StoreLookup | None" = None) -> Path:
+    """Fits and saves an artifact. With `feedback`, the analyst's labels are folded in (scorer/feedback_training.py)
+    and the candidate is shadow-evaluated against the serving artifact of `out_dir` (scorer/shadow.py): promoted
+    (saved in `out_dir`) when not worse beyond `tolerance` or `force_promote`, else saved in `out_dir/rejected`
+    (which no scorer loads); meta["promotion"] says which and why."""
     if validation not in VALIDATION:
         raise ValueError(f"--validation must be one of {', '.join(VALIDATION)}, not {validation!r}")
     started = time.perf_counter()
@@ -164,7 +186,9 @@ def train(data_dir: Path, out_dir: Path, embed: Embed, seed: int = 0, limit: int
                               "blocks": corpus.blocks, "session_files": len(corpus.session_files),
                               "seconds": round(read_s, 1)})
     decide_completeness(corpus, sessions, quiet_seconds, stall=stall)
-    blocks = corpus_blocks(corpus)
+    data_blocks = corpus_blocks(corpus)
+    applied = fbt.apply(data_blocks, feedback, feedback_weight, lookup) if feedback is not None else None
+    blocks = applied.blocks if applied else data_blocks
     metrics, threshold = validate(blocks, validation, seed, target_fpr)
 
     session_model = SessionModel(seed).fit(blocks.sessions, blocks.labels.tolist(), blocks.closed.tolist())
@@ -177,6 +201,8 @@ def train(data_dir: Path, out_dir: Path, embed: Embed, seed: int = 0, limit: int
     keys = sorted(corpus.shapes)
     shapes, templates = [k[0] for k in keys], [k[1] for k in keys]
     y = evidence_labels(templates, session_model.profile.normal_events)
+    if applied and applied.templates:  # the analyst's template labels override the rule
+        y = np.asarray([int(applied.templates.get(t, v)) for t, v in zip(templates, y)], y.dtype)
     vectors = np.asarray(embed(shapes), np.float32) if shapes else np.zeros((0, 384), np.float32)
     if len(set(y.tolist())) < 2:
         raise ValueError(f"the lines of {data_dir} hold only {'evidence' if y.any() else 'ordinary'} templates; "
@@ -215,7 +241,21 @@ def train(data_dir: Path, out_dir: Path, embed: Embed, seed: int = 0, limit: int
         "line_verdict": "majority of members voting P(line carries failure evidence) >= 0.5",
     }
     models = {"line": ensemble, "block": session_model, "drain": drain, "baselines": baselines}
-    path = artifacts.save(out_dir, version, models, meta)
+    target = out_dir
+    if feedback is not None:
+        meta["feedback"] = {**feedback.describe(), **applied.report}
+        folds, repeats, _ = VALIDATION[validation if validation != "none" else "quick"]
+        serving = _serving(out_dir)
+        meta["shadow"] = shadow.compare(data_blocks, feedback, applied, feedback_weight, serving, session_model,
+                                        folds, repeats, seed, tolerance,
+                                        lambda what: log.info("validating", extra={"step": what}))
+        promoted = meta["shadow"]["promote"] or force_promote
+        meta["promotion"] = {"promoted": promoted, "forced": bool(force_promote and not meta["shadow"]["promote"]),
+                             "reason": meta["shadow"]["reason"]}
+        if not promoted:
+            target = out_dir / REJECTED
+        meta["train_seconds"] = round(time.perf_counter() - started, 2)
+    path = artifacts.save(target, version, models, meta)
     log.info("saved artifact", extra={"path": str(path), "seconds": meta["train_seconds"]})
     return path
 
@@ -241,4 +281,27 @@ def summary(path: Path, meta: dict) -> str:
     t = meta["validation"]["threshold"]
     lines.append(f"  threshold {t['value']:.2f}: out-of-fold FPR {t['oof_fpr']:.3%}, recall {t['oof_recall']:.4f}"
                  + ("" if t["met"] else f" (target {t['target_fpr']:.3%} not met)"))
-    return "\n".join(lines)
+    return "\n".join(lines + feedback_summary(meta))
+
+
+def feedback_summary(meta: dict) -> list[str]:
+    fb = meta.get("feedback")
+    if not fb:
+        return []
+    ignored = ", ".join(f"{v['count']} {k}" for k, v in fb["ignored"].items())
+    out = [f"  feedback from {fb['source']}: {fb['read']} read, {fb['training']} train ({fb['sessions_labelled']} "
+           f"sessions, {len(fb['templates'])} templates; {fb['training_rows_relabelled']} training sessions relabelled)"
+           + (f"; ignored: {ignored}" if ignored else "")
+           + (f"; {len(fb['unresolved'])} name blocks or sequences whose events are unknown" if fb["unresolved"] else "")]
+    sh = meta["shadow"]
+    if sh.get("serving"):
+        f = sh["feedback_set"]
+        if f["sessions"]:
+            out.append(f"  feedback set ({f['sessions']} sessions): serving {sh['serving']} agrees with the analyst on "
+                       f"{f['serving']['agrees']}, the candidate on {f['candidate']['agrees']}")
+    p = meta["promotion"]
+    out.append(f"  {'PROMOTED' if p['promoted'] else 'NOT PROMOTED'}{' (forced)' if p['forced'] else ''}: {p['reason']}")
+    if not p["promoted"]:
+        out.append("  the candidate is kept in the rejected/ folder beside the models, which no scorer loads; "
+                   "retrain with --force-promote to promote it anyway")
+    return out

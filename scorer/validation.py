@@ -34,11 +34,12 @@ class Blocks:
     part: np.ndarray
     source: np.ndarray
     order: np.ndarray  # position of the block in its source, by first line
+    ids: np.ndarray | None = None  # block ids of raw-log blocks ("" for session-file sessions), for feedback
 
     def take(self, mask: np.ndarray) -> "Blocks":
         idx = np.flatnonzero(mask)
         return Blocks([self.sessions[i] for i in idx], self.labels[idx], self.closed[idx], self.part[idx],
-                      self.source[idx], self.order[idx])
+                      self.source[idx], self.order[idx], None if self.ids is None else self.ids[idx])
 
     def __len__(self) -> int:
         return len(self.sessions)
