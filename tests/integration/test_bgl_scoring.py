@@ -134,3 +134,24 @@ def test_an_hdfs_scorer_refuses_bgl_lines_by_name(scorer, unseen):
             call()
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "is a bgl line" in info.value.details() and "hdfs model" in info.value.details()
+
+
+def _logmesh(*argv: str):  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+    from pathlib import Path as P
+    return subprocess.run([str(P(sys.executable).with_name("logmesh")), *argv], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_the_score_command_takes_bgl_lines_and_says_when_the_scorer_serves_another_family(bgl_scorer, scorer, unseen):
+    lines = unseen.read_text().splitlines()
+    alert = next(l for l in lines if l.startswith("KERNDTLB"))
+    normal = next(l for l in lines if l.endswith("instruction cache parity error corrected"))
+    out = _logmesh("score", "--scorer", bgl_scorer.address, alert, normal)  # detected as BGL
+    assert out.returncode == 0, out.stderr
+    verdicts = [l.split()[0] for l in out.stdout.splitlines()]
+    assert verdicts == ["ANOMALY", "NORMAL"]
+    out = _logmesh("score", "--format", "bgl", "--scorer", scorer.address, normal)  # an HDFS scorer
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "is a bgl line" in out.stderr and "hdfs model" in out.stderr

@@ -63,6 +63,21 @@ def test_ingest_keys_bgl_records_by_node_and_keeps_labels_only_when_asked(admin,
         assert sum(r.template_id != "unknown" for _, r in records) > LINES * 0.9  # named by the list beside the file
 
 
+def test_the_ingest_command_detects_bgl_and_reports_what_it_produced(admin, replay):
+    import json
+    import subprocess
+    import sys
+    topic = f"t{uuid.uuid4().hex[:8]}.logs"
+    out = subprocess.run([str(Path(sys.executable).with_name("logmesh")), "ingest", "--topic", topic, "--no-progress",
+                          "--json", "--limit", "300", str(replay)], capture_output=True, text=True, timeout=120)
+    admin.created.append(topic)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.splitlines()[-1])
+    assert summary["produced"] == 300 and summary["unparsed"] == 0
+    keys = {m.key().decode() for m in _consume_all(topic)}
+    assert keys <= {l.split(" ")[3] for l in replay.read_text().splitlines()}  # node ids, not record ids
+
+
 def test_replay_scores_every_bgl_line_once_alerts_each_flagged_node_once(admin, embedder_server, bgl_scorer, replay,
                                                                          tmp_path):
     from logmesh.client import ScorerClient
