@@ -60,6 +60,11 @@ def _train_bgl(args: argparse.Namespace, data: Path, out: Path) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from logmesh.runtime import logs
     logs.setup(args.log_level)
+    if args.from_store:
+        return _train_from_store(args)
+    if args.data is None:
+        raise UserError("--data is required: a folder of labelled HDFS or BGL logs (or --from-store with "
+                        "--qdrant-path / --qdrant-url for a site without labels)")
     data = Path(args.data)
     if _family(data, args.format) == "bgl":
         if args.feedback or args.feedback_file:
@@ -104,6 +109,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     meta = json.loads((path / "meta.json").read_text())
     print(summary(path, meta))
     return 0 if meta.get("promotion", {}).get("promoted", True) else 3
+
+
+def _train_from_store(args: argparse.Namespace) -> int:
+    if args.data is not None or args.feedback or args.feedback_file:
+        raise UserError("--from-store learns from the vector store alone: leave out --data and --feedback")
+    if not (args.qdrant_url or args.qdrant_path):
+        raise UserError("--from-store needs the store the streaming job writes: --qdrant-path DIR (the embedded "
+                        "store, var/qdrant by default for `logmesh stream`) or --qdrant-url URL")
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out {out}: {exc.strerror}; give a folder you can write to") from None
+    from logmesh.scorer import store_training
+    store = _open_store(args)
+    try:
+        path = store_training.train_from_store(store, out, args.qdrant_url or args.qdrant_path, seed=args.seed)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        store.close()
+    print(store_training.summary(path, json.loads((path / "meta.json").read_text())))
+    return 0
 
 
 def _open_store(args: argparse.Namespace):
@@ -155,8 +183,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def setup_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="folder with raw HDFS *.log files and anomaly_label.csv, or BGL *.log files (labels in their first "
-                   "column; loghub's BGL_templates.csv beside them is used when present)")
+    p.add_argument("--data", default=None, help="folder with raw HDFS *.log files and anomaly_label.csv, or BGL *.log files (labels in their first "
+                   "column; loghub's BGL_templates.csv beside them is used when present); required unless --from-store")
+    p.add_argument("--from-store", action="store_true",
+                   help="no labels: learn a model of normal behaviour from the ended blocks the vector store holds "
+                        "(--qdrant-path / --qdrant-url; events of each block, no label, no verdict). It catches "
+                        "exceptions and other rare kinds of line, new templates and missing steps of a common write; "
+                        "it misses failures as common as normal traffic and failures made of ordinary events (e.g. "
+                        "re-replication then a delete), and flags rare normal behaviour until it is common. Saved as "
+                        "family hdfs-normal, which the scorer does not serve yet")
     p.add_argument("--out", default="models", help="model dir to add the artifact to (default %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the split and the models; same data and seed, same artifact (default %(default)s)")
