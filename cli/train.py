@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from logmesh.cli.common import POSITIVE, UserError
+from logmesh.cli.common import POSITIVE, Unreachable, UserError
 
 
 def _check_labels(path: Path, flag: str) -> None:
@@ -158,6 +158,8 @@ def _read_feedback(args: argparse.Namespace):
     try:
         read = (feedback_source.read_file(Path(args.feedback_file)) if args.feedback_file
                 else feedback_source.read_topic(args.bootstrap, args.feedback_topic))
+    except feedback_source.BrokerUnreachable as exc:
+        raise Unreachable(str(exc)) from None
     except feedback_source.FeedbackSourceError as exc:
         raise UserError(str(exc)) from None
     for problem in read.unreadable:

@@ -26,6 +26,10 @@ class FeedbackSourceError(Exception):
     """The feedback cannot be read; the message says where and what to do."""
 
 
+class BrokerUnreachable(FeedbackSourceError):
+    """No Kafka broker answered at the bootstrap address."""
+
+
 @dataclasses.dataclass
 class Read:
     """What a source held: the feedback, and the records that were not Feedback (skipped, named)."""
@@ -74,7 +78,7 @@ def read_topic(bootstrap: str, topic: str = TOPIC, timeout_s: float = 30.0,
         try:
             meta = consumer.list_topics(topic, timeout=timeout_s)
         except KafkaException as exc:
-            raise FeedbackSourceError(f"no Kafka broker answered at {bootstrap} ({exc.args[0]}); check --bootstrap, "
+            raise BrokerUnreachable(f"no Kafka broker answered at {bootstrap} ({exc.args[0]}); check --bootstrap, "
                                       "or train from an export with --feedback-file") from None
         t = meta.topics.get(topic)
         if t is None or t.error is not None or not t.partitions:
