@@ -701,7 +701,9 @@ def render(res: dict[str, Any]) -> str:
            f"min / median / max over {res['runs']} runs unless a row says otherwise. Harness time (all sections) "
            f"{res.get('elapsed_s', 0) / 60:.1f} min." + "".join(
                f" Rerun on {r['date']} (load {r['load_avg_at_start'][0]:.1f}): {', '.join(r['sections'])}."
-               for r in res.get("reruns", [])), ""]
+               for r in res.get("reruns", [])), "",
+           "![gRPC hops: items per second, min-median-max](benchmarks_hops.png)",
+           "![end-to-end latency and throughput per replay rate](benchmarks_e2e.png)", ""]
     h = res.get("hops")
     if h and "lines_per_s" in h:
         L = h["lines_per_s"]
@@ -936,6 +938,11 @@ def run_all(args: argparse.Namespace) -> int:
         if doc.exists() and "<!-- bench:end -->" in doc.read_text():
             keep = doc.read_text().split("<!-- bench:end -->", 1)[1]
         doc.write_text(md + "\n<!-- bench:end -->" + (keep or "\n"))
+        try:  # the pictures beside it (bench/plots.py; needs the plots extra)
+            from bench import plots
+            plots.write(res, doc.parent)
+        except ImportError as exc:
+            say(f"no plots ({exc}): pip install 'logmesh[plots]'")
     say(f"wrote {path} and docs/benchmarks.md in {res['elapsed_s'] / 60:.1f} min")
     return 0
 
