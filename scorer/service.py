@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from logmesh.scorer.analyst.feedback import FeedbackBook
     from logmesh.scorer.analyst.incidents import IncidentBook
     from logmesh.scorer.analyst.outputs import IncidentOutputs
+    from logmesh.scorer.analyst.summaries import Summarizer
     from logmesh.scorer.similar import SimilarCases
 
 log = logging.getLogger("logmesh.scorer")
@@ -56,6 +57,7 @@ class ScorerServicer:
         self.feed: AnomalyFeed | None = None
         self.feedback: "FeedbackBook | None" = None  # set by serve() with a feedback topic
         self.incidents: "IncidentBook | None" = None  # set by serve() with an incidents topic
+        self.summarizer: "Summarizer | None" = None  # set by serve() with the incidents (GetStats.summaries)
         self.stats = ScorerStats()
         scorer_metrics.track(self)  # /metrics reads self.stats, the model and the history at scrape time
         self.max_watchers = max(1, limits.workers // 2)  # each watcher holds a worker thread
@@ -246,6 +248,8 @@ class ScorerServicer:
             reply.calls.CopyFrom(common_pb2.CallCounts(**self.call_events.counts()))
         reply.history_status = self.feed.status if self.feed is not None else "off"
         reply.history_entries = len(self.history)
+        if self.summarizer is not None:
+            reply.summaries.CopyFrom(self.summarizer.counts())
         return reply
 
 
@@ -345,7 +349,8 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
         servicer.feed.start()
     if servicer.incidents is not None:
         from logmesh.scorer.analyst.outputs import IncidentOutputs, wire
-        for close in wire(servicer.incidents, incident_outputs or IncidentOutputs(), state_dir):
+        servicer.summarizer, closers = wire(servicer.incidents, incident_outputs or IncidentOutputs(), state_dir)
+        for close in closers:
             server.on_stop(close)
         servicer.incidents.start()
     if models.scorer is None:

@@ -23,9 +23,9 @@ class IncidentOutputs:
     notify_wait: float = 30.0
 
 
-def wire(book: Any, outputs: IncidentOutputs, state_dir: Path | None) -> list[Callable[[], None]]:
+def wire(book: Any, outputs: IncidentOutputs, state_dir: Path | None) -> tuple[Any, list[Callable[[], None]]]:
     """Subscribes a Summarizer (always: without --llm-url every summary is the fallback) and, with targets, a
-    Notifier to `book`; returns what closes them, in order."""
+    Notifier to `book`; returns the summarizer (GetStats counts it) and what closes them, in order."""
     from logmesh.scorer.analyst.notify import Notifier, Target
     from logmesh.scorer.analyst.summaries import Summarizer
     summarizer = Summarizer(book.attach_summary, llm_url=outputs.llm_url, llm_model=outputs.llm_model,
@@ -39,4 +39,4 @@ def wire(book: Any, outputs: IncidentOutputs, state_dir: Path | None) -> list[Ca
                             wait_for_summary=outputs.notify_wait)
         book.subscribe(notifier.on_incident)
         closers.append(notifier.close)
-    return closers
+    return summarizer, closers

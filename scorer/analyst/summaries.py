@@ -10,7 +10,8 @@ IncidentBook.attach_summary), from the worker thread.
 - Cached per (incident_id, version): an incident whose summary exists for its version is not asked again.
 - Metrics on the process registry (runtime/metrics.py): logmesh_summaries_total{source},
   logmesh_summary_fallbacks_total{reason}, logmesh_summary_seconds (LLM call latency, successful or not),
-  logmesh_summary_tokens_total, logmesh_summary_requests_dropped_total{where}; `stats()` the same as numbers.
+  logmesh_summary_tokens_total, logmesh_summary_requests_dropped_total{where}; `stats()` the same as numbers,
+  `counts()` as GetStats' SummaryCounts.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from prometheus_client import Counter, Histogram
 from logmesh.runtime.metrics import REGISTRY
 from logmesh.scorer.analyst import fallback_summary, summary_check, summary_prompt
 from logmesh.scorer.analyst.llm_client import ChatClient, LLMError
-from logmesh.v1 import incident_pb2
+from logmesh.v1 import incident_pb2, scorer_service_pb2
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,15 @@ class Summarizer:
             out["latency_p50_s"] = latencies[len(latencies) // 2]
             out["latency_p95_s"] = latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))]
         return out
+
+    def counts(self) -> scorer_service_pb2.SummaryCounts:
+        """stats() as GetStats' SummaryCounts."""
+        st = self.stats()
+        return scorer_service_pb2.SummaryCounts(
+            llm=int(st.get("written_llm", 0)), fallback=int(st.get("written_fallback", 0)),
+            fallback_reasons={k.removeprefix("fallback_"): int(v) for k, v in st.items() if k.startswith("fallback_")},
+            waiting=int(st["waiting"]), latency_p50_seconds=st.get("latency_p50_s", 0.0),
+            latency_p95_seconds=st.get("latency_p95_s", 0.0), completion_tokens=int(st.get("tokens", 0)))
 
     def close(self, timeout: float = 5.0) -> None:
         """Stops the worker (what still waits is not summarised) and closes the HTTP client."""

@@ -38,6 +38,9 @@ def test_without_llm_url_every_incident_gets_the_fallback_for_its_version(data_d
             assert summary.source == incident_pb2.SUMMARY_SOURCE_FALLBACK and summary.fallback_reason == NO_LLM
             assert summary.incident_version == 1 and summary.generated_time.seconds > 0
         assert s.stats()["fallback_no_llm_url"] == len(incidents)
+        counts = s.counts()  # GetStats' SummaryCounts
+        assert (counts.llm, counts.fallback, dict(counts.fallback_reasons)) == (
+            0, len(incidents), {"no_llm_url": len(incidents)})
     finally:
         s.close()
 
