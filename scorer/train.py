@@ -270,7 +270,7 @@ def summary(path: Path, meta: dict) -> str:
     grouped = meta.get("validation", {}).get("grouped_kfold")
     if not grouped:
         lines.append("  not validated (--validation none)")
-        return "\n".join(lines)
+        return "\n".join(lines + feedback_summary(meta))
     lines.append(f"  grouped by distinct sequence ({meta['validation']['distinct_sequences']:,} of "
                  f"{meta['validation']['sessions']:,} sessions), worst repeat, complete sessions:")
     for name, r in grouped.items():
