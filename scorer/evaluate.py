@@ -73,12 +73,13 @@ class _Reader:
 
 def evaluate(model_dir, logs, labels, open_tail: int = OPEN_TAIL, embed=None, from_line: int = 0,
              until_line: int = 0, sessions: str = "auto", quiet_seconds: float = QUIET_SECONDS,
-             baselines: bool = True, kinds=None) -> dict:
+             baselines: bool = True, kinds=None, plot_dir=None) -> dict:
     """Metrics of the newest artifact in `model_dir` on the raw log(s) `logs` with block labels
     `labels` (anomaly_label.csv). `embed` (texts -> vectors) defaults to an in-process MiniLM.
     `from_line` > 0 judges only blocks first seen after that line (a chronological hold-out inside one
     log); `until_line` > 0 skips blocks first seen after it, so judged blocks can finish their life.
-    `kinds` (a BlockId,Kind CSV, as `logmesh generate` writes) adds the recall on each failure kind."""
+    `kinds` (a BlockId,Kind CSV, as `logmesh generate` writes) adds the recall on each failure kind.
+    `plot_dir` writes the pictures of scorer/plots.py there (logmesh and the baselines, the same blocks)."""
     import numpy as np
 
     from logmesh.ingest.reader import ReadStats, expand_paths
@@ -97,6 +98,10 @@ def evaluate(model_dir, logs, labels, open_tail: int = OPEN_TAIL, embed=None, fr
         raise artifacts.ArtifactError(f"no model artifact in {model_dir}; make one with `logmesh train`")
     artifact = artifacts.load(model_dir, version)
     ensemble, model = artifact.models["line"], artifact.models["block"]
+    if artifact.meta.get("family") == "hdfs-normal":
+        raise artifacts.ArtifactError(f"artifact {version} was learnt from the vector store without labels "
+                                      "(train --from-store): its held-out figures are in its meta.json (held_out); "
+                                      "evaluate judges supervised artifacts: give --model-dir of one")
     if not isinstance(model, SessionModel):
         raise artifacts.ArtifactError(f"artifact {version} was made by an older logmesh (no session model); "
                                       f"retrain with `logmesh train --out {model_dir}`")
@@ -164,9 +169,13 @@ def evaluate(model_dir, logs, labels, open_tail: int = OPEN_TAIL, embed=None, fr
 
     result_baselines = {}
     stored = artifact.models.get("baselines") or {}
+    pictured = {"logmesh": {"scores": np.asarray([j.score for j in judgements], float), "predicted": block_pred,
+                            "threshold": float(model.threshold)}}
     if baselines and stored:
         for name, b in stored.items():
-            result_baselines[name] = section(b.probabilities(events) >= b.threshold)
+            p = np.asarray(b.probabilities(events), float)
+            result_baselines[name] = section(p >= b.threshold)
+            pictured[name] = {"scores": p, "predicted": p >= b.threshold, "threshold": float(b.threshold)}
     flagged_kinds = Counter(j.kind for j, p in zip(judgements, block_pred) if p)
     digests, overlap = {}, []
     trained_on = artifact.meta.get("data", {}).get("files", {})
@@ -209,6 +218,11 @@ def evaluate(model_dir, logs, labels, open_tail: int = OPEN_TAIL, embed=None, fr
         for row in by_kind.values():
             row["recall"] = row["detected"] / row["blocks"]
         result["by_kind"] = dict(sorted(by_kind.items()))
+    if plot_dir is not None:
+        from logmesh.scorer import plots
+        name = ", ".join(Path(p).name for p in paths)
+        result["plots"] = [str(p) for p in plots.write(Path(plot_dir), truth, pictured,
+                                                        f"model {version} on {name} ({len(blocks):,} blocks)")]
     if overlap:
         result["warning"] = (f"the log overlaps the model's training data ({', '.join(overlap)}): these figures are "
                              f"in-sample; see the artifact's validation in meta.json")
@@ -254,6 +268,9 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--kinds", default=None,
                    help="BlockId,Kind CSV (as `logmesh generate` writes beside its log): add the recall on each "
                         "failure kind")
+    p.add_argument("--plot", metavar="DIR", default=None,
+                   help="HDFS: also write confusion_matrix.png, precision_recall.png and score_histogram.png of "
+                        "logmesh and the baselines into DIR (needs the plots extra: matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -291,6 +308,8 @@ def format_table(r: dict) -> str:
                    f"a line flagged in {row['line_flagged']}")
     c = r["block"]["confusion"]["matrix"]
     out.append(f"logmesh confusion (rows truth, cols predicted; normal, anomaly): {c}")
+    if r.get("plots"):
+        out.append("plots: " + ", ".join(r["plots"]))
     return "\n".join(out)
 
 
@@ -303,6 +322,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         except (UnknownFormat, OSError):
             args.format = "hdfs"
     if getattr(args, "format", "hdfs") == "bgl":
+        if getattr(args, "plot", None):
+            print("error: --plot draws HDFS evaluations so far; leave it out for BGL logs", file=sys.stderr)
+            return 2
         from logmesh.scorer import bgl
         try:
             result = bgl.evaluate_bgl(Path(args.model_dir), Path(args.logs), window=args.window, all_lines=args.all_lines)
@@ -314,8 +336,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         result = evaluate(args.model_dir, args.logs, args.labels, open_tail=args.open_tail,
                           from_line=args.from_line, until_line=args.until_line, sessions=args.sessions,
-                          quiet_seconds=args.quiet_seconds, baselines=args.baselines, kinds=args.kinds)
-    except (artifacts.ArtifactError, FileNotFoundError, ValueError) as exc:
+                          quiet_seconds=args.quiet_seconds, baselines=args.baselines, kinds=args.kinds,
+                          plot_dir=args.plot)
+    except (artifacts.ArtifactError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result) if args.json else format_table(result))
