@@ -65,6 +65,7 @@ class FeedbackBook:
         self._write = threading.Lock()  # one submission at a time: a client key is checked and stored atomically
         self._suppressions = Suppressions()
         self._listeners: list[Callable[[], None]] = []
+        self._incident_ids: dict[str, tuple[float, frozenset[int]]] = {}  # incident id -> (when asked, its anomaly ids)
         self._loaded = threading.Event()
         self._problem = "loading"
         self._stop = threading.Event()
@@ -130,7 +131,19 @@ class FeedbackBook:
     def suppressing_anomaly(self, anomaly: score_pb2.Anomaly) -> str:
         with self._lock:
             index = self._suppressions
-        return index.anomaly(anomaly, self.incident) if index else ""
+        return index.anomaly(anomaly, self._incident_anomalies) if index else ""
+
+    def _incident_anomalies(self, incident_id: str) -> frozenset[int]:
+        """The history ids an incident holds, asked of the IncidentBook at most every 0.2 s per incident (a page
+        of entries asks once per entry)."""
+        now = time.monotonic()
+        cached = self._incident_ids.get(incident_id)
+        if cached is not None and now - cached[0] < 0.2:
+            return cached[1]
+        found = self.incident(incident_id) if self.incident is not None else None
+        ids = frozenset(found.anomaly_ids) if found is not None else frozenset()
+        self._incident_ids[incident_id] = (now, ids)
+        return ids
 
     def suppressing_incident(self, incident: incident_pb2.Incident) -> str:
         with self._lock:
@@ -150,7 +163,7 @@ class FeedbackBook:
         with self._lock:
             index = self._suppressions
         if index:
-            self.suppressed_new += sum(1 for e in entries if index.anomaly(e, self.incident))
+            self.suppressed_new += sum(1 for e in entries if index.anomaly(e, self._incident_anomalies))
 
     # -- submitting and listing -------------------------------------------------------------------------------
     def submit(self, given: fpb.Feedback, author: str) -> tuple[fpb.Feedback, bool]:

@@ -13,7 +13,7 @@ evidence lines (ITEM on lines, TEMPLATE) or nodes (NODE) is: suppressing part of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Container, Iterable
 
 from logmesh.scorer.analyst.feedback_scope import line_node, sequence_key
 from logmesh.v1 import feedback_pb2 as fpb, incident_pb2, score_pb2
@@ -65,9 +65,9 @@ class Suppressions:
     def __bool__(self) -> bool:
         return any((self.records, self.blocks, self.incidents, self.templates, self.nodes, self.sequences))
 
-    def anomaly(self, entry: score_pb2.Anomaly,
-                incident: Callable[[str], incident_pb2.Incident | None] | None = None) -> str:
-        """The id of the oldest label covering `entry` ("" when none)."""
+    def anomaly(self, entry: score_pb2.Anomaly, incident_anomalies: Callable[[str], Container[int]] | None = None) -> str:
+        """The id of the oldest label covering `entry` ("" when none); `incident_anomalies(incident_id)` are the
+        history ids an incident holds."""
         found: list[str] = []
         if entry.HasField("line"):
             line = entry.line
@@ -80,11 +80,8 @@ class Suppressions:
             found.append(self.blocks.get(block.block_id, ""))
             if self.sequences and block.events:
                 found.append(self.sequences.get(sequence_key(block.events), ""))
-        if self.incidents and incident is not None and entry.id:
-            for incident_id, fb_id in self.incidents.items():
-                held = incident(incident_id)
-                if held is not None and entry.id in held.anomaly_ids:
-                    found.append(fb_id)
+        if self.incidents and incident_anomalies is not None and entry.id:
+            found += [fb_id for incident_id, fb_id in self.incidents.items() if entry.id in incident_anomalies(incident_id)]
         return _oldest(found)
 
     def incident(self, inc: incident_pb2.Incident) -> str:
