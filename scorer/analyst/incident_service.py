@@ -25,8 +25,9 @@ class IncidentServicer:
 
     def _loaded(self, context: grpc.ServicerContext) -> None:
         if not self.book.ready.is_set():
+            problem = getattr(self.book.store, "problem", "")
             context.abort(grpc.StatusCode.UNAVAILABLE, "the incident book is still reading its incidents back from "
-                                                       "Kafka (is the broker up?); retry in a moment")
+                                                       "Kafka" + (f" ({problem})" if problem else "") + "; retry in a moment")
 
     def ListIncidents(self, request: ipb.ListIncidentsRequest, context: grpc.ServicerContext) -> ipb.ListIncidentsResponse:
         reject_undecodable(request, context)

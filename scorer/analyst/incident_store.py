@@ -80,6 +80,7 @@ class TopicIncidentStore:
         self.bootstrap, self.topic, self.timeout_s = bootstrap, topic, timeout_s
         self.owner = owner or uuid.uuid4().hex
         self.highest_number = 0
+        self.problem = ""  # why the topic could not be read back yet ("" once it was)
         self.transactional_id = transactional_id or f"logmesh-incidents-{uuid.uuid4().hex[:12]}"
         self.kafka_options = dict(kafka_options or {})
         self._producer: Producer | None = None
@@ -96,8 +97,11 @@ class TopicIncidentStore:
         delay, warned = 0.5, False
         while not stop.is_set():
             try:
-                return self._read_all()
+                found = self._read_all()
+                self.problem = ""
+                return found
             except KafkaException as exc:
+                self.problem = str(exc)
                 if not warned:
                     log.warning("incidents topic unreadable; retrying (new alerts wait in the anomaly history)",
                                 extra={"topic": self.topic, "error": str(exc)})

@@ -222,3 +222,28 @@ def test_restart_resumes_ids_update_ids_and_groups_nothing_twice() -> None:
         assert again.get("inc-000003").update_id > 2  # the feed goes on where it was
     finally:
         again.stop()
+
+
+def test_an_entry_without_event_time_joins_by_session_and_moves_no_times() -> None:
+    b = Book()
+    try:
+        untimed = score_pb2.Anomaly(block=score_pb2.BlockVerdict(block_id="blk_1", verdict=ANOMALY, score=0.9,
+                                                                 kind=ALERT, evidence_kind="missing_step"))
+        b.feed(line("r1", "blk_1", T0), untimed, line("r2", "blk_2", T0 + 60))  # recorded now, in 2026
+        [incident] = b.all()
+        assert list(incident.session_keys) == ["blk_1", "blk_2"]  # the wall clock did not split the story
+        assert (incident.first_seen_time.seconds, incident.last_seen_time.seconds) == (T0, T0 + 60)
+    finally:
+        b.stop()
+
+
+def test_console_views_keep_strings_as_data() -> None:
+    from logmesh.console import incident_views
+    incident = incident_pb2.Incident(incident_id="inc-000007", state=grouping.OPEN, kind=K.INCIDENT_KIND_EXCEPTION)
+    incident.evidence.add(record_id="r2", message="<b>late</b>", event_time=_ts(T0 + 5), normal_session_fraction=float("nan"))
+    incident.evidence.add(record_id="r1", message="early", event_time=_ts(T0), normal_session_fraction=0.25)
+    view = incident_views.detail(incident)
+    assert [e["record_id"] for e in view["timeline"]] == ["r1", "r2"]
+    assert [e["normal_session_fraction"] for e in view["evidence"]] == [None, 0.25]  # NaN: unknown, not a number
+    assert view["evidence"][0]["message"] == "<b>late</b>" and view["state"] == "open" and view["kind"] == "exception"
+    assert view["summary"] is None
