@@ -291,7 +291,8 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     suppressions marked on the history's entries as they are served. With the history and `incidents_topic` it
     serves IncidentService (scorer/analyst/incidents.py): the history's alerts grouped into incidents (grouped
     within `incident_window_s` of event time), kept in that compacted topic, each summarised and notified as
-    `incident_outputs` says (scorer/analyst/outputs.py; default: fallback summaries, no webhooks)."""
+    `incident_outputs` says (scorer/analyst/outputs.py; `logmesh serve scorer` always passes one: without
+    --llm-url the summaries are the fallback; None: no summaries, no notifications)."""
     client = EmbedderClient(embedder, timeout=30.0)
     holder: dict[str, Server] = {}
 
@@ -347,9 +348,9 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     models.refresh()
     if servicer.feed is not None:
         servicer.feed.start()
-    if servicer.incidents is not None:
-        from logmesh.scorer.analyst.outputs import IncidentOutputs, wire
-        servicer.summarizer, closers = wire(servicer.incidents, incident_outputs or IncidentOutputs(), state_dir)
+    if servicer.incidents is not None and incident_outputs is not None:
+        from logmesh.scorer.analyst.outputs import wire
+        servicer.summarizer, closers = wire(servicer.incidents, incident_outputs, state_dir)
         for close in closers:
             server.on_stop(close)
         servicer.incidents.start()
