@@ -63,7 +63,7 @@ def resolve_record(item: spb.ScoreItem, limits: Limits,
             return None, "raw_line is empty; send a log line"
     else:
         text = item.record.message
-        if not text.strip():
+        if not text.strip() and not (item.record.family == "bgl" and item.record.component):  # BGL: may print none
             return None, f"record {item.record.id!r} has an empty message; nothing to score"
     size = len(text.encode("utf-8"))
     if size > limits.max_line_bytes:

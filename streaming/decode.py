@@ -46,6 +46,6 @@ def decode(row: KafkaRow) -> log_record_pb2.LogRecord | Rejected:
         return Rejected(row, f"not a LogRecord: {exc}")
     if len(unknown_fields.UnknownFieldSet(record)):
         return Rejected(row, "not a LogRecord: it carries fields LogRecord does not have (another message type?)")
-    if not record.id or not record.message:
+    if not record.id or not (record.message or (record.family == "bgl" and record.component)):  # BGL: may print none
         return Rejected(row, "LogRecord without id or message: nothing to score")
     return record
