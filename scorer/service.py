@@ -353,7 +353,8 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
         servicer.summarizer, closers = wire(servicer.incidents, incident_outputs, state_dir)
         for close in closers:
             server.on_stop(close)
-        servicer.incidents.start()
+    if servicer.incidents is not None:
+        servicer.incidents.start()  # with or without outputs: the book groups either way
     if models.scorer is None:
         log.warning("scorer NOT_SERVING", extra={"reason": models.status})
     models.watch(reload_interval)
