@@ -92,6 +92,38 @@ SINGLE_PASS_BUCKETS = 2
 _heap_frozen = False
 
 
+def _murmur3_int(value: int, seed: int = 42) -> int:
+    """Spark's hash of an int column (Murmur3 x86_32 of its 4 bytes, seed 42: what HashPartitioning uses)."""
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF
+    k = rotl((value & 0xFFFFFFFF) * 0xCC9E2D51 & 0xFFFFFFFF, 15) * 0x1B873593 & 0xFFFFFFFF
+    h = (rotl(seed ^ k, 13) * 5 + 0xE6546B64) & 0xFFFFFFFF
+    h ^= 4
+    h = (h ^ (h >> 16)) * 0x85EBCA6B & 0xFFFFFFFF
+    h = (h ^ (h >> 13)) * 0xC2B2AE35 & 0xFFFFFFFF
+    h ^= h >> 16
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+def spread_bucket_keys(buckets: int, partitions: int) -> list[int]:
+    """Bucket keys that Spark's shuffle (hash partitioning on the key, `partitions` ways) sends to partitions
+    0, 1, ..., partitions - 1, 0, ... in turn: the i-th is the smallest unused int whose hash lands in
+    partition i % partitions.
+
+    With the keys 0 and 1 of pmod(hash(block), 2), both buckets hash to shuffle partition 1 of 2: the state
+    function, which decodes, embeds and scores every line in the single pass, ran in one task while the other
+    task got no rows, one core idle (docs/benchmarks.md, "After the executor rework")."""
+    keys: list[int] = []
+    candidate = 0
+    while len(keys) < buckets:
+        wanted = len(keys) % partitions
+        while _murmur3_int(candidate) % partitions != wanted or candidate in keys:
+            candidate += 1
+        keys.append(candidate)
+        candidate = 0
+    return keys
+
+
 def _freeze_worker_heap() -> None:
     """Once per pyspark worker process: move what is alive now (pyspark, pandas, pyarrow, protobuf, all
     imported by the time a UDF runs) into the GC's permanent generation.
@@ -485,7 +517,7 @@ def _record_time(source):  # type: ignore[no-untyped-def]
 
 def with_block_sessions(source, quiet_ms: int, clock: str = "processing",  # type: ignore[no-untyped-def]
                         lateness_ms: int = 10_000, plan: str = "two-branch", stall_ms: int | None = None,
-                        work=None):
+                        work=None, bucket_keys: list[int] | None = None):
     """Kafka rows -> line rows plus block summary rows, keyed and stateful per block, ended on `clock`
     (and, on the processing clock, finalized as cut after `stall_ms` of a stopped stream; None: never),
     by one of PLANS (the single pass needs the processing clock). With `work` (work.WorkSettings: what
@@ -504,7 +536,12 @@ def with_block_sessions(source, quiet_ms: int, clock: str = "processing",  # typ
     if plan == "single-pass":
         rows = _record_time(source).select("topic", "partition", "offset", "key", "value", "timestamp", "record_ms",
                                            F.col("key").cast("string").alias("block_id"))
-        buckets = rows.withColumn("bucket", F.pmod(F.hash("block_id"), F.lit(SINGLE_PASS_BUCKETS))).groupBy("bucket")
+        bucket = F.pmod(F.hash("block_id"), F.lit(SINGLE_PASS_BUCKETS))
+        if bucket_keys:  # keys that land in distinct shuffle partitions (spread_bucket_keys); None: 0, 1, ...
+            if len(bucket_keys) != SINGLE_PASS_BUCKETS:
+                raise ValueError(f"{len(bucket_keys)} bucket keys for {SINGLE_PASS_BUCKETS} buckets")
+            bucket = F.element_at(F.array(*(F.lit(k) for k in bucket_keys)), bucket + 1)
+        buckets = rows.withColumn("bucket", bucket).groupBy("bucket")
         return buckets.applyInPandasWithState(track_lines_and_blocks(quiet_ms, stall_ms, work),
                                               OUTPUT_SCHEMA if work is None else WORK_SCHEMA, STATE_SCHEMA,
                                               "Update", "ProcessingTimeTimeout")

@@ -64,6 +64,21 @@ def _fence_and_read_ledger(config: StreamConfig, sink: BatchSink, job: str) -> L
     return Ledger(config.bootstrap, job, config.ledger_topic, config.kafka_options)
 
 
+def _warm_python_workers(spark, config: StreamConfig) -> None:  # type: ignore[no-untyped-def]
+    """Forks and readies the Python workers a micro-batch uses (work.warm_up_task): one per shuffle partition
+    for the state function and one for its write task, as a batch runs them. Off on a cluster, whose
+    executors start on their own schedule."""
+    if not config.master.startswith("local"):
+        return
+    from logmesh.streaming.work import warm_up_task
+    started = time.perf_counter()
+    warm = warm_up_task(work_settings(config))
+    pids = (spark.range(0, SHUFFLE_PARTITIONS, 1, SHUFFLE_PARTITIONS).mapInPandas(warm, "pid int")
+            .mapInPandas(warm, "pid int").collect())
+    log.info("python workers ready", extra={"workers": len({r.pid for r in pids}),
+                                            "seconds": round(time.perf_counter() - started, 2)})
+
+
 def work_settings(config: StreamConfig) -> WorkSettings:
     return WorkSettings(config.embedder, config.scorer, config.store_lines, retry_budget_s=config.retry_budget_s)
 
@@ -85,6 +100,26 @@ def block_plan(checkpoint: str | Path, clock: str, record: bool = True) -> str:
     return plan
 
 
+BUCKET_KEYS_FILE = "block-bucket-keys"
+
+
+def bucket_keys(checkpoint: str | Path, plan: str, record: bool = True) -> list[int] | None:
+    """The single pass's state keys, fixed per checkpoint like the plan: spread over the shuffle partitions
+    (block_sessions.spread_bucket_keys) for a checkpoint started with this file; None (keys 0, 1: both in one
+    shuffle partition) for a single-pass checkpoint started before it, whose state is keyed so."""
+    path = Path(checkpoint) / BUCKET_KEYS_FILE
+    if path.exists():
+        return [int(k) for k in path.read_text().split(",")]
+    if plan != "single-pass" or (Path(checkpoint) / "spark").exists():
+        return None
+    from logmesh.streaming.block_sessions import SINGLE_PASS_BUCKETS, spread_bucket_keys
+    keys = spread_bucket_keys(SINGLE_PASS_BUCKETS, SHUFFLE_PARTITIONS)
+    if record:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(",".join(map(str, keys)) + "\n")
+    return keys
+
+
 def kafka_source_options(config: StreamConfig) -> dict[str, str]:
     """Options of Spark's Kafka source: ours, then the user's Kafka settings as kafka.KEY (they win)."""
     options = {"kafka.bootstrap.servers": config.bootstrap, "subscribe": config.topic,
@@ -100,11 +135,12 @@ def kafka_source_options(config: StreamConfig) -> dict[str, str]:
     return options
 
 
-def _start_query(spark, config: StreamConfig, sink: BatchSink, plan: str):  # type: ignore[no-untyped-def]
+def _start_query(spark, config: StreamConfig, sink: BatchSink, plan: str,  # type: ignore[no-untyped-def]
+                 keys: list[int] | None = None):
     reader = spark.readStream.format("kafka").options(**kafka_source_options(config))
     from logmesh.streaming.block_sessions import with_block_sessions
     stream = with_block_sessions(reader.load(), config.block_quiet_ms, config.block_clock, config.event_lateness_ms,
-                                 plan, config.block_stall_ms or None, work_settings(config))
+                                 plan, config.block_stall_ms or None, work_settings(config), keys)
     writer = (stream.writeStream.foreachBatch(sink).outputMode("update")
               .option("checkpointLocation", str(Path(config.checkpoint) / "spark"))
               .queryName("logmesh-stream"))
@@ -163,10 +199,16 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
     from logmesh.streaming.spark import session
     check_block_clock(config.checkpoint, config.block_clock)
     plan = block_plan(config.checkpoint, config.block_clock)
+    keys = bucket_keys(config.checkpoint, plan)
     progress = {"batches": 0}
+    if config.metrics_port is not None:  # first: a taken port fails before Spark starts
+        from logmesh.runtime.metrics import serve_metrics
+        serve_metrics(config.metrics_port, config.metrics_host, component="stream")
+    from logmesh.streaming import metrics
 
     def report(r) -> None:  # type: ignore[no-untyped-def]
         progress["batches"] += 1
+        metrics.record_report(r)
         if on_report is not None:
             on_report(r)
 
@@ -178,10 +220,16 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
     # threads running (seen once: the forked child died before exec, "Java gateway process exited").
     spark = session(master=config.master)
     try:
+        if config.metrics_port is not None:
+            metrics.listen(spark)
         sink, store = build_sink(config, report)
     except BaseException:
         spark.stop()
         raise
+    try:
+        _warm_python_workers(spark, config)
+    except Exception as exc:  # noqa: BLE001 - only the first batch's speed depends on it
+        log.warning("could not ready the Python workers before the first batch", extra={"error": str(exc)[:300]})
     # Block timeouts fire in micro-batches without new data; a run that drains the topic and stops
     # (--once, availableNow) must not keep running such batches forever.
     spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", str(not config.once).lower())
@@ -190,7 +238,7 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
     try:
         stop.__enter__()
         while True:
-            query = _start_query(spark, config, sink, plan)
+            query = _start_query(spark, config, sink, plan, keys)
             log.info("stream started", extra={"topic": config.topic, "checkpoint": config.checkpoint,
                                               "block_plan": plan, "once": config.once, "restarts": failures})
             try:

@@ -68,6 +68,25 @@ def scorer_client(address: str):  # type: ignore[no-untyped-def]
     return _clients[key]
 
 
+def warm_up_task(settings: WorkSettings):  # type: ignore[no-untyped-def]
+    """A mapInPandas function that readies the Python worker it runs in before the first micro-batch: the
+    task code and what it imports (pandas, pyarrow, protobuf, grpc, confluent-kafka), the frozen heap, and
+    connected channels to both services. Spark then reuses the worker for the query's tasks, so the first
+    batch no longer pays for forking and importing in every worker it needs (two per task: the state
+    function's and the write task's)."""
+    def run(frames):  # type: ignore[no-untyped-def]
+        from logmesh.streaming import block_sessions, sink  # noqa: F401 (the imports are the point)
+        block_sessions._freeze_worker_heap()
+        for client in (embedder_client(settings.embedder), scorer_client(settings.scorer)):
+            try:
+                client.wait_until_serving(10)  # connects the channel
+            except Exception:  # noqa: BLE001 - a warm-up only: the tasks retry a service that is down
+                pass
+        seen = [int(p) for f in frames if "pid" in f for p in f["pid"]]  # the workers before this one
+        yield pd.DataFrame({"pid": [*seen, os.getpid()]})
+    return run
+
+
 class TaskLogs(logging.Handler):
     """Collects what `logmesh.stream` loggers emit during one task call, for the driver to log again."""
 

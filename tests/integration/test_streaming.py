@@ -86,6 +86,13 @@ def test_replay_scores_every_line_once_and_restart_adds_nothing(admin, embedder_
     assert work_pids and os.getpid() not in work_pids
     assert os.getpid() not in {p for r in reports for p in r.task_pids}
     assert sum(r.scored for r in reports) == LINES
+    # every write task does work: the single pass's two bucket keys land in distinct shuffle partitions (keys
+    # 0 and 1 both hashed to partition 1, so one task did every line while the other core idled), and both
+    # commit; two branches have the lines branch's 4 Kafka partitions and the state's 2 (whose block rows
+    # write only alerts, so not every one commits a transaction)
+    assert max(r.partitions for r in reports) == (2 if plan == "single-pass" else 4 + 2), [r.partitions for r in reports]
+    if plan == "single-pass":
+        assert sorted(ledger) == [0, 1], ledger
 
     run(config)  # a restart from the checkpoint: nothing new to read, nothing written again
     assert len(_consume_all(config.scores_topic)) == LINES
@@ -212,3 +219,74 @@ def test_a_checkpoint_keeps_the_block_plan_it_started_with(tmp_path):
     assert not (tmp_path / "unrecorded").exists()
     with pytest.raises(ValueError, match="processing clock only"):
         with_block_sessions(None, 1000, "event", plan="single-pass")
+
+
+def test_a_single_pass_checkpoint_keeps_its_bucket_keys_and_an_older_one_keeps_0_and_1(tmp_path):
+    """New single-pass checkpoints record keys that Spark's shuffle sends to distinct partitions; a single-pass
+    checkpoint started before (its state keyed 0 and 1) keeps those; two branches use their own 32 buckets."""
+    from logmesh.streaming.block_sessions import _murmur3_int
+    from logmesh.streaming.job import SHUFFLE_PARTITIONS, bucket_keys
+    keys = bucket_keys(tmp_path / "new", "single-pass")
+    assert sorted(_murmur3_int(k) % SHUFFLE_PARTITIONS for k in keys) == list(range(SHUFFLE_PARTITIONS))
+    (tmp_path / "new" / "spark").mkdir()
+    assert bucket_keys(tmp_path / "new", "single-pass") == keys  # recorded at the first start
+    (tmp_path / "older" / "spark").mkdir(parents=True)
+    assert bucket_keys(tmp_path / "older", "single-pass") is None
+    assert bucket_keys(tmp_path / "event", "two-branch") is None
+    # Spark's own hash of an int (F.hash, the function HashPartitioning uses) agrees on the first keys:
+    # pinned from pyspark 4.3 (spark.range(4).select(F.hash(F.col("id").cast("int"))))
+    assert [_murmur3_int(i) for i in range(4)] == [933211791, -559580957, 1765031574, -1823081949]
+
+
+def test_the_driver_serves_the_jobs_metrics(admin, embedder_server, scorer_server, first_lines, data_dir, tmp_path):
+    """`--metrics-port`: the driver's /metrics (scraped over HTTP, read with prometheus_client's parser) counts
+    what the job did: every line read and scored, the micro-batches, the blocks, and a lag of 0 on every input
+    partition once the topic is drained."""
+    import socket
+    import time
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from logmesh.runtime.metrics import stop_metrics
+    config = _topics(admin, f"t{uuid.uuid4().hex[:8]}")
+    config.embedder, config.scorer = embedder_server.address, scorer_server.address
+    config.qdrant_path, config.checkpoint = str(tmp_path / "qdrant"), str(tmp_path / "checkpoint")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        config.metrics_port = s.getsockname()[1]
+
+    def scrape() -> dict[tuple[str, tuple], float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{config.metrics_port}/metrics", timeout=10).read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    lines = 600
+    run_ingest(first_lines, BOOTSTRAP, config.topic, limit=lines, progress=False)
+    reports = []
+    try:
+        run(config, on_report=reports.append)
+        # the server outlives the query, in this process; Spark's listener bus may deliver the last
+        # batch's progress a moment after the query ended
+        deadline = time.monotonic() + 30
+        while True:
+            after = scrape()
+            lag = {dict(k[1])["partition"]: v for k, v in after.items()
+                   if k[0] == "logmesh_stream_kafka_consumer_lag" and dict(k[1])["topic"] == config.topic}
+            if (len(lag) == 4 and set(lag.values()) == {0}) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        stop_metrics()
+    # the registry is the process's: other tests' jobs may have counted before, so compare with what this
+    # job's own reports say, and with the lines produced
+    assert sum(r.scored for r in reports) == lines
+    assert after[("logmesh_stream_lines_scored_total", ())] >= lines
+    assert after[("logmesh_stream_input_rows_total", ())] >= lines
+    assert after[("logmesh_stream_micro_batches_total", (("kind", "data"),))] >= 1
+    assert after[("logmesh_stream_blocks_scored_total", ())] >= sum(r.blocks for r in reports) > 0
+    assert after[("logmesh_stream_micro_batch_duration_seconds_count", ())] >= 1
+    assert after[("logmesh_build_info", (("component", "stream"),))] == 1
+    assert sorted(lag) == ["0", "1", "2", "3"] and set(lag.values()) == {0}, lag
+    producers = {dict(k[1])["producer"]: v for k, v in after.items() if k[0] == "logmesh_stream_write_tasks_total"}
+    assert producers.get("new", 0) >= 1, producers  # the first write of each partition starts a producer
