@@ -269,3 +269,51 @@ def _seconds(text: str) -> float:
     t = Timestamp()
     t.FromJsonString(text)
     return t.seconds
+
+
+def test_a_label_on_an_incident_suppresses_it_and_its_alerts(admin, trained_models, embedder_server, tmp_path):
+    """With the IncidentBook: an incident labelled (ITEM, suppress) is marked in ListIncidents (hidden unless
+    include_suppressed) and its alerts in ListAnomalies; the label is what SimilarIncident shows of it; a node
+    label covering one of another incident's two nodes marks the line, not that incident."""
+    from logmesh.client import IncidentClient
+    from test_incidents import _blk, fresh_compacted, interrupted_line, mirror_line
+
+    anomalies, feedback, incidents = fresh_topic(admin, "t-feedback"), feedback_topic(admin), fresh_compacted(admin)
+    server = started(trained_models, embedder_server.address, anomalies, feedback, state_dir=tmp_path / "state",
+                     incidents_topic=incidents, incident_window_s=300.0)
+    scorer, client = Scorer(server.address), IncidentClient(server.address)
+    book = server.servicers["IncidentService"].book
+    try:
+        assert book.ready.wait(30)
+        a, other = _blk(), _blk()
+        lines = [score_pb2.Anomaly(line=scorer.client.score_line(raw)) for raw in (
+            mirror_line("213411", "10.251.122.65", "10.251.74.79", a), interrupted_line("213412", a),
+            mirror_line("213500", "10.250.5.10", "10.250.5.11", other))]
+        AnomalyWriter(anomalies).write(lines)
+        found = wait_for(lambda: len(client.list(100, include_suppressed=True)[0]) >= 2 and
+                         client.list(100, include_suppressed=True)[0], 30, "two incidents")
+        by_block = {i.session_keys[0]: i for i in found}
+        target, rest = by_block[a], by_block[other]
+        fb = scorer.submit(incident_id=target.incident_id, label=fpb.FEEDBACK_LABEL_FALSE_ALARM).feedback
+        marked = wait_for(lambda: next((i for i in client.list(100, include_suppressed=True)[0]
+                                        if i.incident_id == target.incident_id and i.suppressed_by_feedback_id), None),
+                          10, "the incident to be marked", every=0.05)
+        assert marked.suppressed_by_feedback_id == fb.feedback_id
+        assert target.incident_id not in [i.incident_id for i in client.list(100)[0]]  # hidden by default
+        marks = scorer.marks()
+        assert {marks[x.line.record_id] for x in lines[:2]} == {fb.feedback_id} and marks[lines[2].line.record_id] == ""
+        assert server.servicers["ScorerService"].feedback.label_for_incident(target.incident_id) == FALSE
+        # the other incident names two nodes: a NODE label on it is refused; one on its line covers the line,
+        # not the incident (one of its two nodes)
+        assert sorted(rest.nodes) == ["10.250.5.10", "10.250.5.11"]
+        with pytest.raises(grpc.RpcError) as info:
+            scorer.submit(incident_id=rest.incident_id, scope=fpb.FEEDBACK_SCOPE_NODE)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "spans 2 nodes" in info.value.details()
+        by_node = scorer.submit(record_id=lines[2].line.record_id, scope=fpb.FEEDBACK_SCOPE_NODE).feedback
+        assert by_node.scope_value == "10.250.5.10" and scorer.marks()[lines[2].line.record_id] == by_node.feedback_id
+        time.sleep(1.0)  # time for the book's refresh after the label (nothing should change)
+        assert client.get(rest.incident_id).suppressed_by_feedback_id == ""
+    finally:
+        scorer.close()
+        client.close()
+        server.stop(1)
