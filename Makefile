@@ -131,7 +131,7 @@ reliability: gen kafka-up  ## run the fault, bad-input and fuzz tests and render
 	rm -rf var/reliability
 	$(PY) -m pytest -q $(RELIABILITY_TESTS); rc=$$?; $(PY) tests/reliability.py && exit $$rc
 
-demo: gen onnx jars  ## run the main job on the embedded defaults (LOGS=, LABELS= to replay your own; SECURE=1: mutual TLS + tokens)
+demo: gen onnx jars  ## run the main job on the embedded defaults (LOGS=, LABELS= to replay your own; FORMAT=bgl for a BGL log; SECURE=1: mutual TLS + tokens)
 	$(PY) -m demo --data $(DATA) --models $(MODELS)
 
 down:  ## stop whatever a demo left running

@@ -76,9 +76,40 @@ class Stack:
             subprocess.run([str(KAFKA), "stop"], check=False)
 
 
+def prepare_bgl(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
+    """BGL: (log to replay, a folder to train on). The replay is LOGS (default: BGL_2k.log of the BGL data
+    folder); the model trains on the folder's other BGL samples (symlinks in the demo's work folder: the data is
+    read in place, never copied), so it never saw the replayed lines. Labels are the replay's own first column:
+    kept in the records for the report only, never read by the detector."""
+    from logmesh.ingest.bgl_templates import TEMPLATES_FILE
+    from logmesh.scorer.bgl import bgl_files
+    logs = Path(args.logs) if args.logs else None
+    source = Path(args.data)
+    if not bgl_files(source) and logs is not None:
+        source = logs.parent  # --data is HDFS's (make's default DATA): train beside the replayed sample
+    if logs is None:
+        logs = source / "BGL_2k.log"
+    if not logs.exists():
+        raise SystemExit(f"demo: no BGL log to replay at {logs}; give LOGS=<a loghub BGL file> (e.g. "
+                         "../shared/data/bgl/BGL_2k.log)")
+    others = [f for f in bgl_files(source) if f.resolve() != logs.resolve()]
+    if not others:
+        raise SystemExit(f"demo: no BGL sample to train on in {source} besides {logs.name}; give --data DIR with "
+                         "loghub BGL *.log files")
+    train_dir = work / "train-bgl"
+    shutil.rmtree(train_dir, ignore_errors=True)
+    train_dir.mkdir(parents=True)
+    for f in others + ([source / TEMPLATES_FILE] if (source / TEMPLATES_FILE).exists() else []):
+        (train_dir / f.name).symlink_to(f.resolve())
+    return logs, train_dir
+
+
 def prepare_data(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None, Path]:
     """(log to replay, its labels, a labelled folder to train on)."""
     from logmesh.ingest.generator import GeneratorConfig, write_generated
+    if args.format == "bgl":
+        logs, train_dir = prepare_bgl(args, work)
+        return logs, None, train_dir
     if args.logs:
         logs, labels = Path(args.logs), Path(args.labels) if args.labels else None
     else:
@@ -133,6 +164,8 @@ class Tally:
         self.finals = 0
         self.alerts: dict[str, score_pb2.BlockVerdict] = {}
         self.lines: dict[str, list[str]] = {}
+        self.labels: dict[str, tuple[bool, str, str, int]] = {}  # id -> (alert, category, session, time): BGL
+        self.flagged: set[str] = set()  # record ids of the anomalous lines
         self._consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"demo-{uuid.uuid4()}",
                                    "auto.offset.reset": "earliest", "enable.auto.commit": False})
         self._consumer.subscribe([names["logs"], names["scores"], names["anomalies"]])
@@ -155,7 +188,8 @@ class Tally:
         close and alert while the measured replay runs."""
         self.warm_up_blocks |= warm_up_blocks
         self.scored = self.line_anomalies = self.finals = 0
-        for table in (self.alerts, self.lines, self.produced_at, self.scored_at, self.block_lines, self.alerted_at,
+        for table in (self.alerts, self.lines, self.labels, self.flagged, self.produced_at, self.scored_at,
+                      self.block_lines, self.alerted_at,
                       self.scored_blocks, self._unscored):
             table.clear()
 
@@ -187,6 +221,10 @@ class Tally:
                     except Exception:
                         continue  # not a LogRecord: the job sends it to the DLQ
                     self.produced_at[record.id] = msg.timestamp()[1]
+                    if record.label:  # ground truth the replay carried (BGL --line-labels): the report's only
+                        self.labels[record.id] = (record.label == log_record_pb2.LABEL_ANOMALY, record.alert_category,
+                                                  record.block_ids[0] if record.block_ids else "",
+                                                  record.event_time.seconds)
                     self._unscored.append((msg.timestamp()[1], record.id))
                     if record.block_ids:
                         self.block_lines.setdefault(record.block_ids[0], []).append(
@@ -209,6 +247,7 @@ class Tally:
                     self.finals += 1
                 elif anomaly.HasField("line"):
                     self.line_anomalies += 1
+                    self.flagged.add(anomaly.line.record_id)
                     for block in anomaly.line.block_ids:
                         self.lines.setdefault(block, []).append(anomaly.line.message)
 
@@ -239,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="models", help="model dir (trained here when empty)")
     parser.add_argument("--logs", default=os.environ.get("LOGS") or None, help="log to replay (default: generated)")
     parser.add_argument("--labels", default=os.environ.get("LABELS") or None, help="anomaly_label.csv for --logs")
+    parser.add_argument("--format", choices=["auto", "hdfs", "bgl"], default=os.environ.get("FORMAT") or "auto",
+                        help="log family of --logs (also FORMAT=); auto: detected from its first lines. bgl: "
+                             "trains on the data folder's other BGL samples into MODELS/bgl (default %(default)s)")
     parser.add_argument("--lines", type=int, default=100_000, help="lines to generate when no --logs (default %(default)s)")
     parser.add_argument("--rate", type=float, default=None, help="replay rate in lines/s (default: as fast as possible)")
     parser.add_argument("--work", default="var/demo", help="demo state: data, checkpoint, vector store, logs")
@@ -270,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
                      "watermark past it: drop --warm-up-lines")
     if args.runs > 1 and args.logs:
         parser.error("--runs > 1 replays generated logs; it cannot be combined with --logs")
+    if args.format == "auto":
+        from logmesh.ingest.families import resolve
+        args.format = resolve("auto", [args.logs]) if args.logs else "hdfs"
+    if args.format == "bgl" and (args.runs > 1 or args.warm_up_lines > 1):
+        parser.error("--runs and --warm-up-lines replay generated HDFS logs; with a BGL log, leave them out")
 
     work = Path(args.work)
     run_dir = work / "run"
@@ -277,11 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work / stale, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     logs, labels, train_dir = prepare_data(args, work)
-    models = Path(args.models)
+    models = Path(args.models) / ("bgl" if args.format == "bgl" else "")  # a scorer serves one family
     if artifacts.newest(models) is None:
         say(f"no model in {models}/: training on {train_dir} ...")
-        subprocess.run([str(BIN), "train", "--data", str(train_dir), "--out", str(models), "--log-level", "warning"],
-                       check=True)
+        subprocess.run([str(BIN), "train", "--data", str(train_dir), "--out", str(models), "--log-level", "warning",
+                        "--format", args.format], check=True)
 
     stack = Stack(run_dir)
     tally: Tally | None = None
@@ -312,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                                "--block-quiet-ms", str(QUIET_MS if args.block_clock == "processing" else EVENT_QUIET_MS)])
         tally = Tally(dict(names))
         warm_up(names["logs"], logs, tally, interrupted, args.warm_up_lines, args.rate, work / "replay",
-                run_dir / "stream.log")
+                run_dir / "stream.log", args.format)
         for run in range(1, args.runs + 1):
             if interrupted.is_set():  # Ctrl-C during the warm-up
                 return 0
@@ -340,8 +387,10 @@ def measured_replay(args: argparse.Namespace, run: int, logs: Path, labels: Path
     the report; returns 1 when a part of the stack died or nothing moved for 3 minutes."""
     from logmesh.ingest.producer import run_ingest
     produced: dict[str, object] = {}
+    bgl = args.format == "bgl"  # BGL's labels are the lines' own: kept in the records for the report only
     replay = threading.Thread(target=lambda: produced.update(summary=run_ingest(
-        logs, BOOTSTRAP, topic, rate=args.rate, labels_csv=labels, progress=False)), daemon=True)
+        logs, BOOTSTRAP, topic, rate=args.rate, labels_csv=labels, progress=False, family=args.format,
+        line_labels=bgl)), daemon=True)
     started = time.monotonic()
     replay.start()
     say(f"replaying {logs} into {topic} ...")
@@ -369,6 +418,9 @@ def measured_replay(args: argparse.Namespace, run: int, logs: Path, labels: Path
             say(f"no progress for 3 minutes; see the logs in {stack.run_dir}")
             return 1
     figures = report(tally, labels, scoring_seconds or time.monotonic() - started, interrupted.is_set(), args.rate)
+    if bgl:
+        meta = artifacts.load(Path(args.models) / "bgl", artifacts.newest(Path(args.models) / "bgl")).meta
+        figures.update(report_bgl_lines(tally, meta["split"]["train_until"]))
     print("demo: result " + json.dumps({"run": run, "rate": args.rate, "log": str(logs), **figures,
                                          **({"cold_start": tally.cold_start} if run == 1 and tally.cold_start else {})}),
           flush=True)
@@ -470,7 +522,8 @@ def time_to_detect(tally: Tally, truth: dict[str, int]) -> dict[str, float]:
 
 
 def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event, lines: int = 1,
-            rate: float | None = None, folder: Path | None = None, job_log: Path | None = None) -> None:
+            rate: float | None = None, folder: Path | None = None, job_log: Path | None = None,
+            family: str = "hdfs") -> None:
     """Sends the log's first line and waits for its verdict, so the replay starts once Spark is up and
     the latency figures measure the pipeline, not the JVM's start. With `lines` > 1, then replays that
     many generated lines (other blocks than the replay's, seed 99) at `rate` and waits for their
@@ -480,7 +533,11 @@ def warm_up(topic: str, log: Path, tally: Tally, interrupted: threading.Event, l
     from confluent_kafka import Producer
     from logmesh.ingest.hdfs import parse_line
     with open(log, encoding="utf-8", errors="replace") as f:
-        record = parse_line(next(f), "warm-up", 0)
+        if family == "bgl":
+            from logmesh.ingest.families.bgl import BglFamily
+            record = BglFamily().record(next(f), "warm-up", 0)
+        else:
+            record = parse_line(next(f), "warm-up", 0)
     # a block of its own, kept out of every figure: the replay's first block must not get an extra line
     del record.block_ids[:]
     record.block_ids.append(WARM_UP_BLOCK)
@@ -597,6 +654,41 @@ def report(tally: Tally, labels: Path | None, seconds: float, interrupted: bool,
             f"(recall {figures['recall']:.3f}), {figures['false_alerts']} false alerts "
             "(alerts raised on open blocks count too)")
     return figures
+
+
+def report_bgl_lines(tally: Tally, cut: float) -> dict[str, float]:
+    """BGL: the lines' verdicts and the node alerts against the replay's label column (which the detector never
+    read). The model trained on other samples' lines up to its cut time; the replayed sample spans the same
+    months, so the headline figures are those of its lines after the cut (held out in time as well), with all
+    lines beside them."""
+    seen = {r: v for r, v in tally.labels.items() if r in tally.scored_at}
+    if not seen:
+        return {}
+    out: dict[str, float] = {}
+    for name, part in (("held_out", {r: v for r, v in seen.items() if v[3] > cut}), ("all", seen)):
+        alerts = sum(1 for v in part.values() if v[0])
+        tp = sum(1 for r, v in part.items() if v[0] and r in tally.flagged)
+        fp = sum(1 for r, v in part.items() if not v[0] and r in tally.flagged)
+        normal = len(part) - alerts
+        precision, recall = tp / max(tp + fp, 1), tp / max(alerts, 1)
+        f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+        what = "lines after the model's training cut" if name == "held_out" else "all lines"
+        say(f"against the label column (never read by the detector), {what} ({len(part):,}): {tp}/{alerts} alert "
+            f"lines flagged (recall {recall:.3f}), {fp} of {normal:,} normal lines flagged (FPR "
+            f"{fp / max(normal, 1):.3%}), line F1 {f1:.3f}")
+        out.update({f"{name}_lines": len(part), f"{name}_line_tp": tp, f"{name}_line_fp": fp,
+                    f"{name}_line_fn": alerts - tp, f"{name}_line_f1": round(f1, 4),
+                    f"{name}_line_fpr": round(fp / max(normal, 1), 5)})
+    nodes = {v[2] for v in seen.values() if v[0]}
+    alerted = set(tally.alerts)
+    missed = collections.Counter(v[1] for r, v in seen.items() if v[0] and r not in tally.flagged)
+    say(f"  nodes: {len(nodes & alerted)}/{len(nodes)} with an alert line alerted, {len(alerted - nodes)} alerted "
+        "without one")
+    if missed:
+        say("  missed alert lines by category: " + ", ".join(f"{c} {n}" for c, n in missed.most_common(8)))
+    out.update(nodes_with_alerts=len(nodes), nodes_alerted_right=len(nodes & alerted),
+               nodes_alerted_wrong=len(alerted - nodes))
+    return out
 
 
 if __name__ == "__main__":
