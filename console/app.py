@@ -26,8 +26,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from logmesh.client import ScorerClient
-from logmesh.console import feed, lookup, views
+from logmesh.client import IncidentClient, ScorerClient
+from logmesh.console import feed, incident_views, lookup, views
 from logmesh.console.pulse import Pulse
 from logmesh.security import ChannelSecurity
 from logmesh.v1 import scorer_service_pb2 as spb
@@ -40,6 +40,7 @@ HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options
            (b"referrer-policy", b"no-referrer")]
 #: Entries the feed page lists before the live ones arrive.
 FEED_ROWS = 50
+INCIDENT_STATES = {"all": 0, "open": 1, "closed": 2}
 
 
 class SecurityHeaders:
@@ -138,6 +139,52 @@ def create_app(scorer: str, security: ChannelSecurity | None = None, timeout: fl
         return page(request, "stats.html", stats=stats, counts=state["pulse"].template_counts(),
                     window_minutes=chart_minutes, feed_status=state["pulse"].feed_status)
 
+    # --- incidents (IncidentService, in the scorer process) ---
+
+    async def incident_call(fn: Callable, *args: Any) -> Any:
+        try:
+            return await run_in_threadpool(fn, *args)
+        except grpc.RpcError as exc:
+            status = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400}.get(exc.code(), 503)
+            detail = (f"the scorer at {scorer} serves no incidents (start it with --incidents-topic)"
+                      if exc.code() == grpc.StatusCode.UNIMPLEMENTED else
+                      f"the scorer at {scorer} answered {exc.code().name}: {exc.details()}")
+            raise HTTPException(status, detail) from None
+
+    def _incident_filters(request: Request) -> dict[str, Any]:
+        q = request.query_params
+        state_name = q.get("state", "all")
+        if state_name not in INCIDENT_STATES:
+            raise HTTPException(400, f"state must be one of {', '.join(INCIDENT_STATES)}, not {state_name[:40]!r}")
+        return {"state": state_name, "include_suppressed": q.get("include_suppressed", "") in ("1", "true", "on"),
+                "page_token": q.get("page_token", "")[:40]}
+
+    async def _incidents(request: Request) -> tuple[dict[str, Any], Any]:
+        f = _incident_filters(request)
+        reply = await incident_call(state["incidents"].page, FEED_ROWS, f["page_token"], INCIDENT_STATES[f["state"]],
+                                    f["include_suppressed"])
+        return f, reply
+
+    async def incidents_page(request: Request) -> Response:
+        f, reply = await _incidents(request)
+        return page(request, "incidents.html", incidents=[incident_views.summary(i) for i in reply.incidents],
+                    next_page_token=reply.next_page_token, filters=f)
+
+    async def _incident(request: Request) -> dict[str, Any]:
+        found = await incident_call(state["incidents"].get, request.path_params["incident_id"][:128])
+        return incident_views.detail(found)
+
+    async def incident_page(request: Request) -> Response:
+        return page(request, "incident.html", i=await _incident(request))
+
+    async def api_incidents(request: Request) -> Response:
+        _, reply = await _incidents(request)
+        return JSONResponse({"incidents": [incident_views.summary(i) for i in reply.incidents],
+                             "next_page_token": reply.next_page_token})
+
+    async def api_incident(request: Request) -> Response:
+        return JSONResponse(await _incident(request))
+
     # --- JSON and SSE ---
 
     async def _entry(request: Request) -> dict[str, Any]:
@@ -202,6 +249,7 @@ def create_app(scorer: str, security: ChannelSecurity | None = None, timeout: fl
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
         state["client"] = ScorerClient(scorer, timeout=timeout, security=security)
+        state["incidents"] = IncidentClient(scorer, timeout=timeout, security=security)
         state["pulse"] = Pulse(ScorerClient(scorer, timeout=timeout, security=security), stats_interval,
                                chart_minutes * 60).start()
         log.info("console ready", extra={"scorer": scorer, "tls": security.tls, "token": bool(security.token)})
@@ -210,10 +258,13 @@ def create_app(scorer: str, security: ChannelSecurity | None = None, timeout: fl
         finally:
             await run_in_threadpool(state["pulse"].stop)
             state["client"].close()
+            state["incidents"].close()
 
     routes = [
         Route("/", feed_page), Route("/anomaly/{anomaly_id}", anomaly_page), Route("/stats", stats_page),
         Route("/events", events), Route("/healthz", healthz),
+        Route("/incidents", incidents_page), Route("/incident/{incident_id}", incident_page),
+        Route("/api/incidents", api_incidents), Route("/api/incidents/{incident_id}", api_incident),
         Route("/api/anomalies", api_anomalies), Route("/api/anomalies/{anomaly_id}", api_anomaly),
         Route("/api/stats", api_stats), Route("/api/series", api_series), Route("/api/templates", api_templates),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

@@ -6,6 +6,7 @@ scorer/stats.py), for every scorer servicer alive in the process, on the process
     logmesh_scorer_model_info{version}, logmesh_scorer_model_loaded_timestamp_seconds, logmesh_scorer_model_reloads_total
     logmesh_scorer_history_entries, logmesh_scorer_history_live, logmesh_scorer_dead_letters
     logmesh_scorer_feedback_total{label, action}, logmesh_scorer_suppressed_alerts_total   (with --feedback-topic)
+    logmesh_scorer_incidents{state}, logmesh_scorer_incidents_opened_total   (with --incidents-topic)
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ class _ScorerCollector(Collector):
                                        "action.", labels=("label", "action"))
         suppressed = CounterMetricFamily("logmesh_scorer_suppressed_alerts", "New alerts and flagged lines that "
                                          "arrived covered by an analyst's suppression (served marked).")
+        incidents = GaugeMetricFamily("logmesh_scorer_incidents", "Incidents the incident book holds, by state.",
+                                      labels=("state",))
+        opened = CounterMetricFamily("logmesh_scorer_incidents_opened", "Incidents this process started.")
         # one sample per label set, summed over the servicers (tests run several in one process); duplicate
         # samples would be an invalid exposition
         totals = dict.fromkeys(("lines", "flagged", "rejected", "reloads", "entries"), 0)
@@ -52,7 +56,14 @@ class _ScorerCollector(Collector):
         feeds, live_feeds, dead_total, dead_known = 0, 0, 0, False
         labelled: dict[tuple[str, str], int] = {}
         suppressed_total, books = 0, 0
+        held, opened_total, incident_books = {"open": 0, "closed": 0}, 0, 0
         for s in servicers:
+            incident_book = getattr(s, "incidents", None)
+            if incident_book is not None:
+                incident_books += 1
+                opened_total += incident_book.opened
+                for state, n in incident_book.counts().items():
+                    held[state] += n
             book = getattr(s, "feedback", None)
             if book is not None:
                 books += 1
@@ -98,7 +109,12 @@ class _ScorerCollector(Collector):
             feedback.add_metric(key, n)
         if books:
             suppressed.add_metric((), suppressed_total)
-        yield from (lines, flagged, rejected, blocks, reloads, model, loaded, entries, live, dead, feedback, suppressed)
+        if incident_books:
+            for state, n in sorted(held.items()):
+                incidents.add_metric((state,), n)
+            opened.add_metric((), opened_total)
+        yield from (lines, flagged, rejected, blocks, reloads, model, loaded, entries, live, dead, feedback, suppressed,
+                    incidents, opened)
 
 
 REGISTRY.register(_ScorerCollector())

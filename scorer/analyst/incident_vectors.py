@@ -70,37 +70,42 @@ class IncidentVectors:
         norm = float(np.linalg.norm(mean))
         return (mean / norm).astype(np.float32) if norm > 0 and np.isfinite(norm) else None
 
-    def update(self, incident: incident_pb2.Incident,
-               analyst_label: Callable[[str], int] | None) -> list[incident_pb2.SimilarIncident] | None:
-        """Writes the incident's point and returns its most similar other incidents, most similar first
-        (None when the store or the embedder did not answer: the incident keeps what it had)."""
+    def update(self, incidents: list[incident_pb2.Incident],
+               analyst_label: Callable[[str], int] | None) -> dict[str, list[incident_pb2.SimilarIncident]]:
+        """Writes the incidents' points, then finds each one's most similar other incidents, most similar first
+        (written first, so incidents of one round find each other). Incidents left out of the result keep what
+        they had: the store or the embedder did not answer, or none of their lines could be embedded."""
         try:
-            vector = self.vector(incident)
-            if vector is None:
-                return None
-            hits = self.store.search(vector, limit=self.k + 1, filter={"kind": "incident"})
-            self.store.upsert([Point(incident.incident_id, vector, {
-                "kind": "incident", "incident_id": incident.incident_id, "title": title_of(incident),
-                "incident_kind": int(incident.kind), "sessions": list(incident.session_keys)[:20]})])
+            vectors = {i.incident_id: v for i in incidents if (v := self.vector(i)) is not None}
+            if not vectors:
+                return {}
+            self.store.upsert([Point(i.incident_id, vectors[i.incident_id], {
+                "kind": "incident", "incident_id": i.incident_id, "title": title_of(i),
+                "incident_kind": int(i.kind), "sessions": list(i.session_keys)[:20]})
+                for i in incidents if i.incident_id in vectors])
+            hits = {incident_id: self.store.search(v, limit=self.k + 1, filter={"kind": "incident"})
+                    for incident_id, v in vectors.items()}
         except Exception as exc:  # noqa: BLE001 - similar cases are a help, never a reason to lose an incident
             if not self._failing:
                 log.warning("similar incidents unavailable: the vector store or the embedder did not answer",
                             extra={"error": str(exc)})
             self._failing = True
-            return None
+            return {}
         if self._failing:
             log.info("similar incidents available again")
         self._failing = False
-        out = []
-        for hit in hits:
-            other = str(hit.payload.get("incident_id") or hit.key)
-            if other == incident.incident_id:
-                continue
-            out.append(incident_pb2.SimilarIncident(
-                incident_id=other, similarity=max(-1.0, min(1.0, float(hit.score))),
-                analyst_label=label(analyst_label, other), title=str(hit.payload.get("title", ""))[:512]))
-            if len(out) == self.k:
-                break
+        out: dict[str, list[incident_pb2.SimilarIncident]] = {}
+        for incident_id, found in hits.items():
+            similar = out[incident_id] = []
+            for hit in found:
+                other = str(hit.payload.get("incident_id") or hit.key)
+                if other == incident_id:
+                    continue
+                similar.append(incident_pb2.SimilarIncident(
+                    incident_id=other, similarity=max(-1.0, min(1.0, float(hit.score))),
+                    analyst_label=label(analyst_label, other), title=str(hit.payload.get("title", ""))[:512]))
+                if len(similar) == self.k:
+                    break
         return out
 
     def close(self) -> None:

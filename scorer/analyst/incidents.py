@@ -95,6 +95,7 @@ class IncidentBook:
         self._watermark = 0.0  # the newest event time seen (seconds)
         self._dirty: set[str] = set()  # changed but not stored yet (the store was down)
         self._store_failing = False
+        self._in_round = False  # a round is between its first step and its publication (wait_idle waits)
         self.opened = 0  # incidents started by this process (metrics)
         self.status = "loading"
         if history is not None:
@@ -198,8 +199,8 @@ class IncidentBook:
         while time.monotonic() < deadline:
             last = self.history.last_id if self.history is not None else 0
             with self._lock:
-                if (self.ready.is_set() and self._last_grouped >= last and not self._dirty and not self._commands
-                        and not self._recheck_all):
+                if (self.ready.is_set() and not self._in_round and self._last_grouped >= last and not self._dirty
+                        and not self._commands and not self._recheck_all):
                     return True
             time.sleep(0.05)
         return False
@@ -221,10 +222,15 @@ class IncidentBook:
         while not self._stop.is_set():
             more = False
             try:
+                with self._lock:
+                    self._in_round = True
                 more = self._round()
             except Exception:  # noqa: BLE001 - say it, keep the book alive
                 log.exception("incident round failed; retrying")
                 self._stop.wait(1.0)
+            finally:
+                with self._lock:
+                    self._in_round = False
             if not more:
                 self._wake.wait(tick if not self._store_failing else 2.0)
                 self._wake.clear()
@@ -278,11 +284,8 @@ class IncidentBook:
             snapshots = {i: _copy(self._incidents[i]) for i in changed | asked if i in self._incidents}
         # the callbacks run outside the lock: feedback and the vector store may take locks of their own
         similar = {}
-        if self.vectors is not None:
-            for incident_id in evidence:
-                found = self.vectors.update(snapshots[incident_id], self.analyst_label) if incident_id in snapshots else None
-                if found is not None:
-                    similar[incident_id] = found
+        if self.vectors is not None and evidence:
+            similar = self.vectors.update([snapshots[i] for i in sorted(evidence) if i in snapshots], self.analyst_label)
         suppressed = {i: self._suppression_of(s) for i, s in snapshots.items()}
         labels = {i: [label(self.analyst_label, s.incident_id) for s in snapshots[i].similar] for i in asked}
         with self._lock:

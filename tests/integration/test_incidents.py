@@ -100,6 +100,18 @@ class Scene:
         self.writer.write(entries)
         wait_for(lambda: self.book.wait_idle(1) and self.book._last_grouped >= target, 30,
                  "the book to group what was written")
+        self.settle()
+
+    def settle(self) -> None:
+        """Waits until the book is idle and, when the scorer summarises (a Summarizer is wired to the book: its
+        summaries land asynchronously), every incident has the summary of its version."""
+        summarising = self.server.servicers["ScorerService"].summarizer is not None
+
+        def settled() -> bool:
+            found, _ = self.book.page(10_000, None, include_suppressed=True)
+            return self.book.wait_idle(1) and (
+                not summarising or all(i.summary.incident_version == i.version for i in found))
+        wait_for(settled, 30, "the book to settle")
 
     def all(self) -> list[incident_pb2.Incident]:
         found, token = self.client.list(10_000, include_suppressed=True)
@@ -203,6 +215,18 @@ def test_pages_and_state_filter(scene, story) -> None:
     assert scene.client.page(state=K.INCIDENT_STATE_CLOSED).incidents == []
 
 
+def test_metrics_count_incidents(scene, story) -> None:
+    from prometheus_client import generate_latest
+
+    from logmesh.runtime.metrics import REGISTRY
+    text = generate_latest(REGISTRY).decode()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("logmesh_scorer_incidents")}
+    held = sum(1 for i in scene.all() if i.state == K.INCIDENT_STATE_OPEN)
+    assert samples['logmesh_scorer_incidents{state="open"}'] >= held >= 2
+    assert samples["logmesh_scorer_incidents_opened_total"] >= 2
+
+
 def test_cli_lists_shows_and_explains(scene, story) -> None:
     address = scene.server.address
     one = _by_session(scene.all())[(story["a"], story["b"])]
@@ -231,6 +255,7 @@ def test_cli_lists_shows_and_explains(scene, story) -> None:
 
 
 def test_restart_keeps_incidents_ids_and_resumes_the_feed(scene, story) -> None:
+    scene.settle()
     before = scene.all()
     mark = max(i.update_id for i in before)
     scene.stop()
@@ -263,6 +288,7 @@ def test_restart_keeps_incidents_ids_and_resumes_the_feed(scene, story) -> None:
 def test_another_state_dir_on_the_same_topic_leaves_these_incidents_alone(scene, story, tmp_path) -> None:
     """A scorer with a fresh state dir on the same topics (its history reads the anomalies again, numbering them
     afresh) keeps its own incidents, numbered after every id the topic holds: it overwrites none of these."""
+    scene.settle()
     mine = {i.incident_id: i.SerializeToString() for i in scene.all()}
     other = fed_scorer(scene.models, scene.embedder, scene.anomalies, tmp_path / "other-state",
                        incidents_topic=scene.incidents, incident_window_s=300.0)
@@ -280,3 +306,24 @@ def test_another_state_dir_on_the_same_topic_leaves_these_incidents_alone(scene,
     scene.stop()
     scene.start()
     assert {i.incident_id: i.SerializeToString() for i in scene.all()} == mine
+
+
+def test_readme_grpcurl_commands(scene, story, grpcurl) -> None:
+    """The README's IncidentService lines, run as written against this scorer (its port for 50052)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("<!-- incident-grpcurl:", 1)[1].split("<!-- /incident-grpcurl -->", 1)[0]
+    commands = [c for c in block.split("```bash", 1)[1].split("```", 1)[0].splitlines() if c.startswith("grpcurl")]
+    assert len(commands) == 3
+    port = scene.server.address.rsplit(":", 1)[1]
+    outputs = []
+    for command in commands:
+        line = command.replace("grpcurl", grpcurl, 1).replace("localhost:50052", f"localhost:{port}")
+        done = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=60)
+        streaming = "WatchIncidents" in command  # ended by its -max-time: grpcurl says DeadlineExceeded
+        assert done.returncode == 0 or (streaming and "DeadlineExceeded" in done.stderr), (command, done.stderr)
+        outputs.append(done.stdout)
+    listed, got, watched = outputs
+    # grpcurl prints the proto's own field names
+    assert '"incident_id": "inc-000001"' in listed or '"incident_id": "inc-000002"' in listed
+    assert json.loads(got)["incident"]["incident_id"] == "inc-000001"
+    assert '"incident_id"' in watched and '"update_id"' in watched
