@@ -395,7 +395,9 @@ def _incidents(servicer: ScorerServicer, bootstrap: str, topic: str, state_dir: 
     if feedback is not None:
         feedback.incident = book.get
         feedback.on_change(book.refresh_suppressions)
-    return INCIDENT_SERVICE, IncidentServicer(book, servicer.max_watchers, servicer.stopping)
+    # each watcher holds a worker thread: WatchAnomalies may take half the workers, WatchIncidents a quarter, so
+    # unary calls always keep some
+    return INCIDENT_SERVICE, IncidentServicer(book, max(1, servicer.limits.workers // 4), servicer.stopping)
 
 
 def _shape_vectors(models: ModelManager, embed):  # type: ignore[no-untyped-def]
