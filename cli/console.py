@@ -17,7 +17,8 @@ from logmesh.cli.common import (POSITIVE, POSITIVE_SECONDS, PORT, Unreachable, U
 HELP = "the analyst console: a web page over the scorer's anomaly history, default port 8080"
 DESCRIPTION = ("Serve the analyst console over HTTP: the live anomaly feed (server-sent events from WatchAnomalies, "
                "resumed after the last id a browser saw), a page per anomaly (verdict, reasons, evidence, events, "
-               "lines to read, similar past cases), rates over time and templates among anomalies. It reads the "
+               "lines to read, similar past cases, feedback buttons that call SubmitFeedback), rates over time and "
+               "templates among anomalies. It reads the "
                "scorer only over gRPC, with the CLI's TLS options and token. Its own HTTP is plaintext with no "
                "login: it listens on loopback unless --host says otherwise (then --allow-plaintext).")
 MINUTES = number(float, 1.0, 24 * 60.0, what="give minutes between 1 and 1440")
@@ -37,6 +38,9 @@ def setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-feeds", type=POSITIVE, default=16,
                    help="live feeds (browser tabs) open at once, each one WatchAnomalies call; more get 503 "
                         "(default %(default)s)")
+    p.add_argument("--author", default="console",
+                   help="who the feedback buttons' labels are given by, when the scorer runs without tokens (with "
+                        "tokens, the scorer records the token's identity); default: %(default)s")
     p.add_argument("--access-log", action="store_true", help="log every HTTP request (default: only errors)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="least severe log lines written to stderr (default %(default)s)")
@@ -100,7 +104,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     import uvicorn
     from logmesh.console import create_app
     app = create_app(args.scorer, security, timeout=args.timeout, stats_interval=args.stats_interval,
-                     chart_minutes=args.chart_minutes, max_feeds=args.max_feeds)
+                     chart_minutes=args.chart_minutes, max_feeds=args.max_feeds, author=args.author)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     logging.getLogger("logmesh.console").info(f"console at http://{shown}:{port}/",

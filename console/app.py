@@ -3,14 +3,18 @@
 Every page and endpoint reads the scorer through one ScorerClient (its channel carries the CLI's TLS and
 token); the pulse has a client of its own. A scorer that cannot be reached makes a page answer 503 with the
 reason, and the feed a `status` event, never a traceback. Responses carry a Content-Security-Policy that
-allows only this site's own scripts: even a log line that slipped past escaping could not run one.
+allows only this site's own scripts: even a log line that slipped past escaping could not run one. The feedback
+buttons POST to /feedback, which refuses (403) a request that names another origin; the referrer policy is
+same-origin so that the browser names this one on the console's own forms (no-referrer would send Origin: null).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlencode
 
 import grpc
 import jinja2
@@ -20,24 +24,24 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from logmesh.client import IncidentClient, ScorerClient
-from logmesh.console import feed, incident_views, lookup, views
+from logmesh.console import feed, feedback, incident_views, lookup, views
 from logmesh.console.pulse import Pulse
 from logmesh.security import ChannelSecurity
-from logmesh.v1 import scorer_service_pb2 as spb
+from logmesh.v1 import feedback_service_pb2 as fspb, feedback_service_pb2_grpc as fsgrpc, scorer_service_pb2 as spb
 
 log = logging.getLogger("logmesh.console")
 HERE = Path(__file__).resolve().parent
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-           (b"referrer-policy", b"no-referrer")]
+           (b"referrer-policy", b"same-origin")]
 #: Entries the feed page lists before the live ones arrive.
 FEED_ROWS = 50
 INCIDENT_STATES = {"all": 0, "open": 1, "closed": 2}
@@ -95,8 +99,10 @@ def _filters(request: Request) -> dict[str, Any]:
 
 
 def create_app(scorer: str, security: ChannelSecurity | None = None, timeout: float = 10.0,
-               stats_interval: float = 5.0, chart_minutes: float = 30.0, max_feeds: int = 16) -> Starlette:
-    """The console over the scorer at `scorer` (HOST:PORT or a pool, as the CLI takes it)."""
+               stats_interval: float = 5.0, chart_minutes: float = 30.0, max_feeds: int = 16,
+               author: str = "console") -> Starlette:
+    """The console over the scorer at `scorer` (HOST:PORT or a pool, as the CLI takes it); `author` is who its
+    feedback labels are given by (a scorer with tokens records the token's identity instead)."""
     security = security or ChannelSecurity.from_env()
     templates = Jinja2Templates(env=_environment())
     state: dict[str, Any] = {"feeds": 0}
@@ -113,7 +119,12 @@ def create_app(scorer: str, security: ChannelSecurity | None = None, timeout: fl
                                 f"the scorer at {scorer} answered {exc.code().name}: {exc.details()}") from None
 
     def page(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
-        return templates.TemplateResponse(request, name, {"scorer": scorer, **context}, status_code=status_code)
+        q = request.query_params
+        # the feedback buttons' outcome comes back in the query string (rendered escaped, like everything)
+        flash = {"feedback": q.get("feedback", "")[:64], "duplicate": q.get("duplicate", "") == "1",
+                 "feedback_error": q.get("feedback_error", "")[:500], "form_token": secrets.token_urlsafe(16)}
+        return templates.TemplateResponse(request, name, {"scorer": scorer, **flash, **context},
+                                          status_code=status_code)
 
     # --- pages ---
 
@@ -184,6 +195,35 @@ def create_app(scorer: str, security: ChannelSecurity | None = None, timeout: fl
 
     async def api_incident(request: Request) -> Response:
         return JSONResponse(await _incident(request))
+
+    # --- feedback buttons (FeedbackService, in the scorer process) ---
+
+    def submit(fb: Any) -> Any:
+        stub = fsgrpc.FeedbackServiceStub(client().channel)
+        return stub.SubmitFeedback(fspb.SubmitFeedbackRequest(feedback=fb), timeout=timeout)
+
+    async def post_feedback(request: Request) -> Response:
+        own = f"{request.url.scheme}://{request.url.netloc}"
+        if not feedback.same_origin(request.headers, own):
+            log.warning("feedback refused: another origin", extra={"origin": request.headers.get("origin", ""),
+                                                                  "referer": request.headers.get("referer", "")})
+            raise HTTPException(403, f"a feedback form must be posted from this console ({own}), not from another site")
+        try:
+            form = feedback.parse(await request.body())
+            back, fb = feedback.back(form), feedback.build(form, author)
+        except feedback.FormError as exc:
+            raise HTTPException(400, str(exc)) from None
+        try:
+            reply = await run_in_threadpool(submit, fb)
+        except grpc.RpcError as exc:
+            reason = (f"the scorer at {scorer} serves no feedback: start it with --feedback-topic (and --bootstrap)"
+                      if exc.code() == grpc.StatusCode.UNIMPLEMENTED else
+                      exc.details() if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else
+                      f"the scorer at {scorer} answered {exc.code().name}: {exc.details()}")
+            return RedirectResponse(f"{back}?{urlencode({'feedback_error': reason[:500]})}", 303)
+        log.info("feedback stored", extra={"feedback_id": reply.feedback.feedback_id, "duplicate": reply.duplicate})
+        query = {"feedback": reply.feedback.feedback_id} | ({"duplicate": "1"} if reply.duplicate else {})
+        return RedirectResponse(f"{back}?{urlencode(query)}", 303)
 
     # --- JSON and SSE ---
 
@@ -262,7 +302,7 @@ def create_app(scorer: str, security: ChannelSecurity | None = None, timeout: fl
 
     routes = [
         Route("/", feed_page), Route("/anomaly/{anomaly_id}", anomaly_page), Route("/stats", stats_page),
-        Route("/events", events), Route("/healthz", healthz),
+        Route("/events", events), Route("/healthz", healthz), Route("/feedback", post_feedback, methods=["POST"]),
         Route("/incidents", incidents_page), Route("/incident/{incident_id}", incident_page),
         Route("/api/incidents", api_incidents), Route("/api/incidents/{incident_id}", api_incident),
         Route("/api/anomalies", api_anomalies), Route("/api/anomalies/{anomaly_id}", api_anomaly),

@@ -63,7 +63,8 @@ def summary(entry: score_pb2.Anomaly) -> dict[str, Any]:
 
 def detail(entry: score_pb2.Anomaly) -> dict[str, Any]:
     """Everything the anomaly page shows about one entry."""
-    out = summary(entry) | {"trimmed": entry.trimmed, "source": entry.source}
+    out = summary(entry) | {"trimmed": entry.trimmed, "source": entry.source,
+                            "suppressed_by_feedback_id": entry.suppressed_by_feedback_id}
     if entry.HasField("line"):
         r = entry.line
         out.update(verdict=verdict(r.verdict), confidence=round(r.confidence, 4),

@@ -70,8 +70,18 @@ def writer(topic) -> AnomalyWriter:
 
 
 @pytest.fixture(scope="module")
-def fed_scorer(topic, trained_models, embedder_server):
-    server = fed_scorer_of(trained_models, embedder_server.address, topic)
+def feedback_topic(admin) -> str:
+    from confluent_kafka.admin import NewTopic
+    name = f"t-console.{uuid.uuid4().hex[:8]}.feedback"
+    for future in admin.create_topics([NewTopic(name, 1, 1, config={"cleanup.policy": "compact"})]).values():
+        future.result(30)
+    return name
+
+
+@pytest.fixture(scope="module")
+def fed_scorer(topic, feedback_topic, trained_models, embedder_server):
+    server = fed_scorer_of(trained_models, embedder_server.address, topic, feedback_topic=feedback_topic)
+    assert server.servicers["ScorerService"].feedback.wait_loaded(30), "the feedback topic to load"
     yield server
     server.stop(1)
 
@@ -336,6 +346,74 @@ def test_browser_sees_a_new_anomaly_live_and_its_hostile_line_as_text(console, s
     browser.save_screenshot(str(ARTIFACTS / "console-stats.png"))
 
 
+def test_false_alarm_button_stores_the_label_and_marks_the_anomaly_suppressed(console, writer, history, browser,
+                                                                              tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+    from logmesh.v1 import feedback_pb2 as fpb, feedback_service_pb2 as fspb, feedback_service_pb2_grpc as fsgrpc
+    tag = f"fb-{uuid.uuid4().hex[:8]}"
+    before = newest(history)
+    writer.write([line(tag, f"writeBlock blk_{tag} received exception java.io.IOException", f"blk_{tag}")])
+    anomaly_id = held(history, before + 1)
+    browser.get(console.url + f"/anomaly/{anomaly_id}")
+    assert not browser.find_elements(By.ID, "suppressed")
+    browser.find_element(By.ID, "fb-false-alarm").click()
+    stored = WebDriverWait(browser, 30).until(ec.visibility_of_element_located((By.ID, "feedback-id"))).text
+    assert re.fullmatch(r"fb-\d+", stored) and browser.current_url.startswith(f"{console.url}/anomaly/{anomaly_id}?")
+    # the page it came back to already shows the mark: the suppression applies at once
+    assert stored in browser.find_element(By.ID, "suppressed").text
+    browser.save_screenshot(str(tmp_path / "console-feedback.png"))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "console-feedback.png"))
+
+    labels = fsgrpc.FeedbackServiceStub(history.channel).ListFeedback(fspb.ListFeedbackRequest(), timeout=30).feedback
+    got = next(fb for fb in labels if fb.feedback_id == stored)
+    assert got.WhichOneof("subject") == "record_id" and got.record_id == f"rec-{tag}"
+    assert (got.label, got.scope, got.action) == (fpb.FEEDBACK_LABEL_FALSE_ALARM, fpb.FEEDBACK_SCOPE_ITEM,
+                                                   fpb.FEEDBACK_ACTION_SUPPRESS_AND_LEARN)
+    assert got.author == "console"
+    marked = {e.id: e.suppressed_by_feedback_id for e in history.list_anomalies(100_000)[0]}
+    assert marked[anomaly_id] == stored and marked.get(anomaly_id - 1) != stored
+
+    # a double submit of one button of one render (the same token) stores one label
+    form = {"record_id": f"rec-{tag}", "back": f"/anomaly/{anomaly_id}", "token": f"twice-{tag}",
+            "choice": "true_alarm"}
+    first, second = (httpx.post(console.url + "/feedback", data=form, timeout=30) for _ in range(2))
+    assert first.status_code == second.status_code == 303 and "duplicate" not in first.headers["location"]
+    assert second.headers["location"] == first.headers["location"] + "&duplicate=1"
+
+
+def test_feedback_post_refuses_other_origins_and_shows_the_scorers_reason_escaped(console, writer, history):
+    tag = f"fb-{uuid.uuid4().hex[:8]}"
+    before = newest(history)
+    writer.write([line(tag, "a line of no template <b>x</b>", f"blk_{tag}", template="")])
+    anomaly_id = held(history, before + 1)
+    form = {"record_id": f"rec-{tag}", "back": f"/anomaly/{anomaly_id}", "token": "t0ken-for-a-test",
+            "choice": "suppress_template"}
+    for headers in ({"origin": "http://evil.example"}, {"origin": "null"},
+                    {"referer": "http://evil.example/anomaly/1"}):
+        refused = httpx.post(console.url + "/feedback", data=form, headers=headers, timeout=30)
+        assert refused.status_code == 403 and "another site" in refused.text
+    assert not any(fb.record_id == f"rec-{tag}" for fb in _labels(history))  # nothing was stored
+    # from the console's own origin: the scorer's INVALID_ARGUMENT reason is shown on the page, escaped
+    sent = httpx.post(console.url + "/feedback", data=form, headers={"origin": console.url}, timeout=30)
+    assert sent.status_code == 303 and sent.headers["location"].startswith(f"/anomaly/{anomaly_id}?feedback_error=")
+    shown = httpx.get(console.url + sent.headers["location"], timeout=30).text
+    assert 'id="feedback-error"' in shown and "no template id" in shown
+    crafted = httpx.get(console.url + f"/anomaly/{anomaly_id}", params={"feedback_error": "<script>x</script>"},
+                        timeout=30).text
+    assert "<script>x</script>" not in crafted and "&lt;script&gt;x&lt;/script&gt;" in crafted
+    bad = httpx.post(console.url + "/feedback", data=form | {"back": "https://evil.example/"}, timeout=30)
+    assert bad.status_code == 400 and "back must be" in bad.text
+
+
+def _labels(history: ScorerClient) -> list:
+    from logmesh.v1 import feedback_service_pb2 as fspb, feedback_service_pb2_grpc as fsgrpc
+    stub = fsgrpc.FeedbackServiceStub(history.channel)
+    return list(stub.ListFeedback(fspb.ListFeedbackRequest(page_size=500, include_expired=True), timeout=30).feedback)
+
+
 # --- the command ---
 
 def _console_cmd(*args: str) -> list[str]:
@@ -357,7 +435,7 @@ def test_help_names_every_option_and_loads_no_web_stack():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.stderr.strip().splitlines()[-1] == "[]", out.stderr
     for option in ("--port", "--host", "--scorer", "--tls-ca", "--token", "--stats-interval", "--chart-minutes",
-                   "--max-feeds", "--allow-plaintext", "--access-log", "--log-level"):
+                   "--max-feeds", "--allow-plaintext", "--author", "--access-log", "--log-level"):
         assert option in out.stdout
     remote = subprocess.run(_console_cmd("--host", "0.0.0.0"), capture_output=True, text=True, timeout=60)
     assert remote.returncode == 2 and remote.stderr.startswith("error: --host 0.0.0.0 is not loopback")

@@ -5,6 +5,7 @@ timeline, similar incidents), the JSON twins, bad requests, and every log string
 in plain HTTP and in Debian's Chromium."""
 from __future__ import annotations
 
+import re
 import uuid
 
 import httpx
@@ -124,3 +125,17 @@ def test_browser_renders_hostile_lines_as_text(scene, browser) -> None:  # noqa:
     browser.get(f"{scene['console'].url}/incidents")
     assert one.incident_id in browser.find_element(By.ID, "incidents").text
     assert browser.execute_script("return window.pwned === undefined")
+
+
+def test_incident_page_has_the_feedback_buttons_and_says_when_the_scorer_serves_no_feedback(scene) -> None:
+    url, one, other = scene["console"].url, scene["one"], scene["other"]
+    page = httpx.get(f"{url}/incident/{one.incident_id}", timeout=30).text
+    form = re.search(r'<form method="post" action="/feedback" id="feedback-form">(.*?)</form>', page, re.S)[1]
+    assert f'name="incident_id" value="{one.incident_id}"' in form and 'value="false_alarm"' in form
+    # the scorer takes a NODE label only on an incident of one node: the button is there only then
+    assert ('value="suppress_node"' in form) == (len(one.nodes) == 1)
+    token = re.search(r'name="token" value="([^"]+)"', form)[1]
+    sent = httpx.post(f"{url}/feedback", data={"incident_id": one.incident_id, "back": f"/incident/{one.incident_id}",
+                                               "token": token, "choice": "false_alarm"}, timeout=30)
+    assert sent.status_code == 303  # this scorer runs without --feedback-topic: the page says so
+    assert "serves no feedback" in httpx.get(url + sent.headers["location"], timeout=30).text
