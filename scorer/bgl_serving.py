@@ -22,6 +22,7 @@ from logmesh.ingest.families.bgl import record_shape as bgl_shape
 from logmesh.ingest.hdfs import match_line
 from logmesh.runtime.grpc_server import item_error
 from logmesh.scorer.artifacts import Artifact
+from logmesh.scorer.block_scorer import copy_session
 from logmesh.scorer.engine import ANOMALY, NORMAL, LineScorer
 from logmesh.scorer.ensemble import THRESHOLD, majority
 from logmesh.v1 import log_record_pb2, score_pb2, scorer_service_pb2 as spb
@@ -124,13 +125,5 @@ class BglSessionScorer:
             v.evidence_kind = "anomalous_lines" if flagged else "none"
             if flagged:
                 v.reasons.append(f"{flagged} of {len(block.events)} lines flagged by the line ensemble")
-            v.events.extend(block.events)
-            v.kind = score_pb2.BLOCK_VERDICT_KIND_FINAL if block.closed else score_pb2.BLOCK_VERDICT_KIND_INTERIM
-            if block.HasField("first_time"):
-                v.first_time.CopyFrom(block.first_time)
-            if block.HasField("last_time"):
-                v.last_time.CopyFrom(block.last_time)
-            v.anomalous_record_ids.extend(block.anomalous_record_ids)
-            v.model_version = self.artifact.version
-            v.label = block.label
+            copy_session(v, block, self.artifact.version)
         return results

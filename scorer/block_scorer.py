@@ -20,6 +20,19 @@ from logmesh.v1 import score_pb2, scorer_service_pb2 as spb
 MAX_EVENTS = 100_000  # a block with more lines than this is not an HDFS block
 
 
+def copy_session(v: score_pb2.BlockVerdict, block: spb.BlockSession, model_version: str) -> None:
+    """What every family's session verdict carries over from the session it judged."""
+    v.events.extend(block.events)
+    v.kind = score_pb2.BLOCK_VERDICT_KIND_FINAL if block.closed else score_pb2.BLOCK_VERDICT_KIND_INTERIM
+    if block.HasField("first_time"):
+        v.first_time.CopyFrom(block.first_time)
+    if block.HasField("last_time"):
+        v.last_time.CopyFrom(block.last_time)
+    v.anomalous_record_ids.extend(block.anomalous_record_ids)
+    v.model_version = model_version
+    v.label = block.label
+
+
 class BlockScorer:
     def __init__(self, artifact: Artifact) -> None:
         self.artifact = artifact
@@ -69,15 +82,7 @@ class BlockScorer:
                     v.evidence_kind = judgement.kind
                 if cut[k] is not None:
                     v.reasons.append(cut[k])
-                v.events.extend(block.events)
-                v.kind = score_pb2.BLOCK_VERDICT_KIND_FINAL if block.closed else score_pb2.BLOCK_VERDICT_KIND_INTERIM
-                if block.HasField("first_time"):
-                    v.first_time.CopyFrom(block.first_time)
-                if block.HasField("last_time"):
-                    v.last_time.CopyFrom(block.last_time)
-                v.anomalous_record_ids.extend(block.anomalous_record_ids)
-                v.model_version = self.artifact.version
-                v.label = block.label
+                copy_session(v, block, self.artifact.version)
         return results
 
     def _cut_short(self, block: spb.BlockSession) -> str | None:
