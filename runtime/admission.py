@@ -137,6 +137,10 @@ class Admission(grpc.ServerInterceptor):
         self._stream_pool = futures.ThreadPoolExecutor(max_streams + SPARE_THREADS, thread_name_prefix="stream")
         self._health_pool = futures.ThreadPoolExecutor(HEALTH_THREADS, thread_name_prefix="health")
 
+    def unary_calls_in_server(self) -> int:
+        """How many unary calls are in the server now, working or waiting their turn."""
+        return self._calls.value
+
     def shutdown(self) -> None:
         for pool in (self.call_pool, self._stream_pool, self._health_pool):
             pool.shutdown(wait=False, cancel_futures=True)
