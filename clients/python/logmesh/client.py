@@ -23,6 +23,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tenacity import (RetryCallState, Retrying, retry_if_exception_type, retry_if_result, stop_after_delay,
+                      wait_fixed)
 
 from logmesh import vectors
 from logmesh.security import ChannelSecurity
@@ -94,6 +96,51 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.Statu
               grpc.StatusCode.ABORTED}
 
 
+class _StreamLost(Exception):
+    """A followed stream that was live ended or broke with a _RETRYABLE code: subscribe again."""
+
+
+def _follow(subscribe: Callable[[int, bool], grpc.Call], position: Callable[[object], int], after: int,
+            label: str, address: str, on_reconnect: Callable[[str], None], retry_seconds: float) -> Iterator:  # type: ignore[type-arg]
+    """The replies of `subscribe(after, wait_for_ready)`, forever: when a live stream ends or breaks with a
+    _RETRYABLE code, subscribes again after the last position yielded, `retry_seconds` later (tenacity, without
+    end). The first call fails fast and raises (a wrong address is an error, not an outage); later calls wait for
+    the server to come back. `on_reconnect` hears the first subscription, each outage once and each return."""
+    last, live, down = after, False, False
+
+    def lost(state: RetryCallState) -> None:
+        nonlocal down
+        if not down:
+            on_reconnect(f"lost the scorer at {address} ({state.outcome.exception()}); reconnecting ...")  # type: ignore[union-attr]
+            down = True
+
+    for attempt in Retrying(retry=retry_if_exception_type(_StreamLost), wait=wait_fixed(retry_seconds),
+                            before_sleep=lost):
+        with attempt:  # a caller that stops early (GeneratorExit) is not retried: it passes through
+            call = subscribe(last, live)
+            try:
+                try:
+                    call.initial_metadata()  # the scorer sends it once the subscription is live
+                    if call.done() and call.code() != grpc.StatusCode.OK:
+                        raise call  # type: ignore[misc]  # failed before it was live (the call is its RpcError)
+                    if down:
+                        on_reconnect(f"reconnected; resuming after {label}{last}")
+                        down = False
+                    elif not live:
+                        on_reconnect(f"subscribed at {address}" + (f" after {label}{last}" if last else ""))
+                    live = True
+                    for reply in call:
+                        last = position(reply)
+                        yield reply
+                except grpc.RpcError as exc:
+                    if not live or exc.code() not in _RETRYABLE:
+                        raise
+                    raise _StreamLost(f"{exc.code().name}: {exc.details()}") from exc
+            finally:
+                call.cancel()  # a no-op once it ended; frees the server when our caller stops early
+            raise _StreamLost("the scorer ended the stream (stopping)")
+
+
 class ItemFailed(Exception):
     """One item of a batch came back with a per-item error."""
 
@@ -140,18 +187,19 @@ class _Client:
     def wait_until_serving(self, timeout: float = 60.0) -> None:
         """Blocks until the health check says SERVING (for a pool: the replica that answered); raises
         TimeoutError with the last status."""
-        import time
         deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
+
+        def check() -> str:
             try:
-                last = self.health(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
-                if last == "SERVING":
-                    return
+                return self.health(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
             except grpc.RpcError as exc:
-                last = f"{exc.code().name}: {exc.details()}"
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.service} at {self.address} not SERVING after {timeout:.0f}s (last: {last})")
+                return f"{exc.code().name}: {exc.details()}"
+
+        def not_serving(state: RetryCallState) -> None:
+            raise TimeoutError(f"{self.service} at {self.address} not SERVING after {timeout:.0f}s "
+                               f"(last: {state.outcome.result()})")  # type: ignore[union-attr]
+        Retrying(retry=retry_if_result(lambda status: status != "SERVING"), wait=wait_fixed(0.1),
+                 stop=stop_after_delay(timeout), retry_error_callback=not_serving)(check)
 
     def close(self) -> None:
         self.channel.close()
@@ -273,36 +321,13 @@ class ScorerClient(_Client):
         id it yielded, so nothing the scorer still holds is lost or repeated (a scorer with a --state-dir keeps
         its ids across a restart). `on_reconnect` hears when the first subscription is live, and what happened
         once per outage and once on return."""
-        last, down, first = after_id, False, True
-        while True:
-            try:
-                request = spb.WatchAnomaliesRequest(min_score=min_score, block_id=block_id, component=component,
-                                                    blocks_only=blocks_only, after_id=last)
-                # the first call fails fast (a wrong address is an error); after an outage the call waits for
-                # the scorer to come back instead of failing at once
-                stream = self.stub.WatchAnomalies(request, wait_for_ready=not first)
-                try:
-                    stream.initial_metadata()  # the scorer sends it once the subscription is live
-                    if down:
-                        on_reconnect(f"reconnected; resuming after #{last}")
-                        down = False
-                    elif first:
-                        on_reconnect(f"subscribed at {self.address}" + (f" after #{last}" if last else ""))
-                    first = False
-                    for reply in stream:
-                        last = reply.anomaly.id
-                        yield reply.anomaly
-                finally:
-                    stream.cancel()  # a no-op once it ended; frees the server when our caller stops early
-                problem = "the scorer ended the stream (stopping)"
-            except grpc.RpcError as exc:
-                if first or exc.code() not in _RETRYABLE:
-                    raise
-                problem = f"{exc.code().name}: {exc.details()}"
-            if not down:
-                on_reconnect(f"lost the scorer at {self.address} ({problem}); reconnecting ...")
-                down = True
-            time.sleep(retry_seconds)
+        def subscribe(after: int, wait_for_ready: bool):  # type: ignore[no-untyped-def]
+            return self.stub.WatchAnomalies(spb.WatchAnomaliesRequest(
+                min_score=min_score, block_id=block_id, component=component, blocks_only=blocks_only,
+                after_id=after), wait_for_ready=wait_for_ready)
+        for reply in _follow(subscribe, lambda reply: reply.anomaly.id, after_id, "#", self.address, on_reconnect,
+                             retry_seconds):
+            yield reply.anomaly
 
     def stats(self) -> spb.GetStatsResponse:
         return self.stub.GetStats(spb.GetStatsRequest(), timeout=self.timeout)
@@ -377,30 +402,9 @@ class IncidentClient(_Client):
         """Like watch, forever: after the scorer restarts it resubscribes after the last update id yielded (the
         incidents topic keeps them), so no change is lost or repeated."""
         from logmesh.v1 import incident_service_pb2 as ipb
-        last, down, first = after_update_id, False, True
-        while True:
-            try:
-                stream = self.stub.WatchIncidents(ipb.WatchIncidentsRequest(after_update_id=last),
-                                                  wait_for_ready=not first)
-                try:
-                    stream.initial_metadata()
-                    if down:
-                        on_reconnect(f"reconnected; resuming after update {last}")
-                        down = False
-                    elif first:
-                        on_reconnect(f"subscribed at {self.address}" + (f" after update {last}" if last else ""))
-                    first = False
-                    for reply in stream:
-                        last = reply.incident.update_id
-                        yield reply.incident
-                finally:
-                    stream.cancel()
-                problem = "the scorer ended the stream (stopping)"
-            except grpc.RpcError as exc:
-                if first or exc.code() not in _RETRYABLE:
-                    raise
-                problem = f"{exc.code().name}: {exc.details()}"
-            if not down:
-                on_reconnect(f"lost the scorer at {self.address} ({problem}); reconnecting ...")
-                down = True
-            time.sleep(retry_seconds)
+        def subscribe(after: int, wait_for_ready: bool):  # type: ignore[no-untyped-def]
+            return self.stub.WatchIncidents(ipb.WatchIncidentsRequest(after_update_id=after),
+                                            wait_for_ready=wait_for_ready)
+        for reply in _follow(subscribe, lambda reply: reply.incident.update_id, after_update_id, "update ",
+                             self.address, on_reconnect, retry_seconds):
+            yield reply.incident
