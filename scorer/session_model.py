@@ -167,6 +167,8 @@ class SessionModel:
                 kind = "unfamiliar" if p >= self.threshold else "none"
                 if kind == "unfamiliar":
                     reasons.append("unlike the normal sessions seen in training, but without failure evidence")
+                    reasons += [f"breaks {inv.describe()} by {r:+d}, which no normal session like it was seen to keep"
+                                for inv, r in evidence.unchecked[:3]]
             out.append(Judgement(score, score >= self.threshold, reasons, kind))
         return out
 

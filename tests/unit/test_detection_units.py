@@ -123,3 +123,19 @@ def test_stall_times_are_learnt_per_state():
     assert stall.timeout(["E22", "E5"]) == 10  # the floor
     assert stall.timeout(["E22", "E5", "E5", "E5"]) == 120
     assert stall.timeout(["E9"]) == stall.fallback  # never observed
+
+
+def test_an_invariant_is_evidence_only_where_normal_sessions_were_seen_to_keep_it():
+    # 2,000 plain writes with deletes keep E11 = E23 (each replica written is deleted); 10 normal
+    # re-replications delete without an invalidSet line, so the relation holds at 99.5% overall and is
+    # broken by every re-replication: it was never checked on them, so breaking it is not a missing step
+    rerep = WRITE + ["E25", "E18", "E5", "E16", "E6", "E26", "E26", "E21"]
+    profile = NormalProfile(min_sessions=5, domain_sessions=10).fit([_normal(r % 5) for r in range(2000)] + [rerep] * 10)
+    ev = profile.evidence(rerep, closed=True)
+    assert not ev and any(inv.support < 1 for inv, _ in ev.unchecked)
+    assert profile.evidence(["E22", "E5", "E5"], closed=True).kind == "missing_step"  # a stalled plain write still is
+    no_receive = [e for e in rerep if e != "E6"]  # transmitted, never received: checked on the 10 re-replications
+    assert profile.evidence(no_receive, closed=True).kind == "missing_step"
+    # a count beyond what every normal session keeping the relation held (a block allocated twice) is outside it too
+    twice = ["E22"] + WRITE + ["E5"]
+    assert not profile.evidence(twice, closed=True) and profile.evidence(twice, closed=True).unchecked
