@@ -5,8 +5,10 @@ text, component) as points (streaming/vector_store.py). For an entry read from t
 
 - a block: its own point's vector, searched among the anomalous blocks; one case per distinct bag of events
   (fifty blocks that failed the same way are one case, not five neighbours), never the block itself;
-- a line: the embedding of its masked shape (`line_vectors`: the scorer's memo, else the embedder), searched
-  among the anomalous lines; one case per distinct masked shape, never the line itself.
+- a line: the embedding of its family's masked shape (`line_vectors`: the scorer's memo, else the embedder),
+  searched among the anomalous lines; one case per distinct masked text, never the line itself. The shape is the
+  one the job embedded and the scorer memoised: HDFS `component: message`, BGL `COMPONENT LEVEL: message` (the
+  result's level_name says which), so a BGL line is searched by its own vector, not by an HDFS-style shape.
 
 There is no second index here: the store is the one. The embedded store (qdrant-edge) is a folder only one
 process can open, and the job's process holds it, so this runs against a Qdrant server (--qdrant-url); without
@@ -83,7 +85,7 @@ class SimilarCases:
     def _fill_lines(self, lines: list[score_pb2.ScoreResult]) -> None:
         if not lines or self.line_vectors is None:
             return
-        shapes = [line_shape(r.component, r.message) for r in lines]
+        shapes = [result_shape(r) for r in lines]
         vectors = self.line_vectors(list(dict.fromkeys(shapes)))
         found: dict[str, list] = {}
         for shape in dict.fromkeys(shapes):
@@ -91,10 +93,10 @@ class SimilarCases:
                 found[shape] = self.store.search(vectors[shape], limit=self.k + _OVERFETCH,
                                                  filter={"kind": "line", "is_anomaly": True})
         for line, shape in zip(lines, shapes):
-            seen = {shape}  # one case per other shape: the lines of its own shape say nothing new
+            seen = {case_key(line.component, line.message)}  # the lines of its own shape say nothing new
             for hit in found.get(shape, ()):
                 p = hit.payload
-                other = line_shape(str(p.get("component", "")), str(p.get("text", "")))
+                other = case_key(str(p.get("component", "")), str(p.get("text", "")))
                 if p.get("record_id") == line.record_id or other in seen:
                     continue
                 seen.add(other)
@@ -103,6 +105,19 @@ class SimilarCases:
                                  verdict=score_pb2.VERDICT_ANOMALY)
                 if len(line.similar) == self.k:
                     break
+
+
+def result_shape(result: score_pb2.ScoreResult) -> str:
+    """The masked shape a line's result was scored by, as ingest/families.record_shape gives it for the record:
+    BGL (level_name set) `COMPONENT LEVEL: message`, HDFS `component: message`."""
+    if result.level_name:
+        return line_shape(f"{result.component} {result.level_name}" if result.component else "", result.message)
+    return line_shape(result.component, result.message)
+
+
+def case_key(component: str, text: str) -> str:
+    """What makes two similar cases one: the masked component and text (stored points carry no level)."""
+    return line_shape(component, text)
 
 
 def block_summary(events: Sequence[str], limit: int = 12) -> str:
