@@ -146,17 +146,31 @@ def fit_lines(shapes: list[str], truth: np.ndarray, vectors: dict[str, np.ndarra
 class NovelTemplates:
     """Evidence the members cannot have learnt: a line whose template training never saw, at a severity level
     where alerts are common in training (BGL: FATAL). The members judge kinds of line they were shown; the next
-    failure type is one nobody labelled (issue 16), so a never-seen template at an alerting level is flagged."""
+    failure type is one nobody labelled (issue 16), so a never-seen template at an alerting level is flagged,
+    unless `judge` (scorer/bgl_novelty.py: a template-level text model, its threshold chosen on a validation slice
+    inside training) says its text is that of the normal templates at that level (register dumps and the like)."""
     seen: set[str]
     alerting_levels: set[str]
+    judge: object = None  # TemplateJudge; absent from artifacts made before it (every new template then flagged)
 
     @classmethod
-    def fit(cls, events: list[str], levels: list[str], truth: np.ndarray, min_share: float = 0.1) -> "NovelTemplates":
+    def fit(cls, events: list[str], levels: list[str], truth: np.ndarray, min_share: float = 0.1,
+            shapes: list[str] | None = None, judge: tuple[float, float] | None = None) -> "NovelTemplates":
+        """`judge`: (C, tau) of a TemplateJudge to fit on these lines' templates (needs `shapes`)."""
         n, alerts = Counter(levels), Counter(l for l, y in zip(levels, truth.tolist()) if y)
-        return cls(set(events) - {"unknown"}, {l for l in n if l and alerts[l] / n[l] >= min_share})
+        out = cls(set(events) - {"unknown"}, {l for l in n if l and alerts[l] / n[l] >= min_share})
+        if judge is not None and shapes is not None:
+            from logmesh.scorer.bgl_novelty import TemplateJudge, template_rows
+            out.judge = TemplateJudge(*judge).fit(*template_rows(shapes, events, levels, truth, out.alerting_levels))
+        return out
 
-    def flags(self, events: list[str], levels: list[str]) -> np.ndarray:
-        return np.asarray([e not in self.seen and l in self.alerting_levels for e, l in zip(events, levels)], bool)
+    def flags(self, events: list[str], levels: list[str], shapes: list[str] | None = None) -> np.ndarray:
+        new = np.asarray([e not in self.seen and l in self.alerting_levels for e, l in zip(events, levels)], bool)
+        judge = getattr(self, "judge", None)
+        if judge is not None and shapes is not None and new.any():
+            where = np.flatnonzero(new)
+            new[where] = judge.passes([shapes[i] for i in where])
+        return new
 
 
 def predict_lines(ensemble, shapes: list[str], vectors: dict[str, np.ndarray]) -> np.ndarray:
@@ -184,18 +198,39 @@ def rates(truth, predicted, what: str) -> dict:
     return {**{k: s[k] for k in keep}, what: s["sessions"], "anomalies": s["anomalies"]}
 
 
+def fit_line_baselines(events: list[str], truth: np.ndarray, seed: int) -> dict:
+    """The line-level baselines: a decision tree and a logistic regression on the line's event (a one-event count
+    vector), fitted on the same training lines as the ensemble."""
+    from logmesh.scorer.baselines import make_baselines
+    baselines = make_baselines(seed)
+    for b in baselines.values():
+        b.fit([[e] for e in events], truth.astype(int).tolist())
+    return baselines
+
+
+def line_baseline_flags(baseline, events: list[str]) -> np.ndarray:
+    distinct = sorted(set(events))
+    if not distinct:
+        return np.zeros(0, bool)
+    by_event = dict(zip(distinct, (baseline.probabilities([[e] for e in distinct]) >= 0.5).tolist()))
+    return np.asarray([by_event[e] for e in events], bool)
+
+
 def judge(models: dict, part: Part, vectors: dict[str, np.ndarray], size: int, verdicts: bool = False) -> dict:
     """Line and window figures of logmesh, and window figures of the baselines, on one part; with `verdicts`,
     also every line's verdict (in judged order)."""
     line_pred = predict_lines(models["line"], part.shapes, vectors)
-    novel = models["novel"].flags(part.events, part.levels) if models.get("novel") else np.zeros(len(line_pred), bool)
+    novel = (models["novel"].flags(part.events, part.levels, part.shapes) if models.get("novel")
+             else np.zeros(len(line_pred), bool))
     line_pred = line_pred | novel
     window_pred = np.asarray([bool(line_pred[w].any()) for w in part.windows])
     wt = part.window_truth()
     out = {"line": rates(part.truth, line_pred, "lines"),
            "window": {**rates(wt, window_pred, "windows"), "size": size},
            "baselines": {name: {**rates(wt, b.probabilities(part.window_events()) >= 0.5, "windows"), "size": size}
-                         for name, b in models["baselines"].items()}}
+                         for name, b in models["baselines"].items()},
+           "line_baselines": {name: rates(part.truth, line_baseline_flags(b, part.events), "lines")
+                              for name, b in (models.get("line_baselines") or {}).items()}}
     by_cat = Counter(c for c in part.categories if c)
     caught = Counter(c for c, p in zip(part.categories, line_pred) if c and p)
     out["line_recall_by_category"] = {c: {"lines": n, "detected": caught[c], "recall": caught[c] / n}
@@ -207,7 +242,7 @@ def judge(models: dict, part: Part, vectors: dict[str, np.ndarray], size: int, v
 
 
 def leave_one_category_out(train: Part, vectors: dict[str, np.ndarray], seed: int, min_lines: int = LOCO_MIN_LINES,
-                           judged: Part | None = None) -> dict:
+                           judged: Part | None = None, judge: tuple[float, float] | None = None) -> dict:
     """Per alert category: members and baselines trained without its lines (and without the windows that
     hold them), judged on every line/window of it in `train` and `judged` (none of them seen in training);
     `line_fpr`: the share of `judged`'s normal lines the refit detectors flag (what the recall costs)."""
@@ -223,7 +258,10 @@ def leave_one_category_out(train: Part, vectors: dict[str, np.ndarray], seed: in
             continue
         ensemble = fit_lines([s for s, k in zip(train.shapes, keep) if k], train.truth[keep], vectors, seed)
         novel = NovelTemplates.fit([e for e, k in zip(train.events, keep) if k],
-                                   [l for l, k in zip(train.levels, keep) if k], train.truth[keep])
+                                   [l for l, k in zip(train.levels, keep) if k], train.truth[keep],
+                                   shapes=[s for s, k in zip(train.shapes, keep) if k], judge=judge)
+        line_baselines = fit_line_baselines([e for e, k in zip(train.events, keep) if k], train.truth[keep], seed)
+        lines_caught = Counter()
         held_windows = [w for w in train.windows if keep[w].all()]
         baselines = make_baselines(seed)
         for b in baselines.values():
@@ -233,7 +271,9 @@ def leave_one_category_out(train: Part, vectors: dict[str, np.ndarray], seed: in
         for p in parts:
             mine = [i for i, c in enumerate(p.categories) if c == cat]
             pred = predict_lines(ensemble, [p.shapes[i] for i in mine], vectors) | novel.flags(
-                [p.events[i] for i in mine], [p.levels[i] for i in mine])
+                [p.events[i] for i in mine], [p.levels[i] for i in mine], [p.shapes[i] for i in mine])
+            for name, b in line_baselines.items():
+                lines_caught[name] += int(line_baseline_flags(b, [p.events[i] for i in mine]).sum())
             lines += len(mine)
             detected += int(pred.sum())
             holding = [w for w in p.windows if any(p.categories[i] == cat for i in w)]
@@ -245,7 +285,7 @@ def leave_one_category_out(train: Part, vectors: dict[str, np.ndarray], seed: in
             # logmesh's window verdict: any flagged line (lines of other categories count too, as when served)
             flat = [i for w in holding for i in w]
             other = predict_lines(ensemble, [p.shapes[i] for i in flat], vectors) | novel.flags(
-                [p.events[i] for i in flat], [p.levels[i] for i in flat])
+                [p.events[i] for i in flat], [p.levels[i] for i in flat], [p.shapes[i] for i in flat])
             k = 0
             for w in holding:
                 wins_caught["logmesh"] += int(other[k:k + len(w)].any())
@@ -255,16 +295,40 @@ def leave_one_category_out(train: Part, vectors: dict[str, np.ndarray], seed: in
         if judged is not None:
             normal = np.flatnonzero(judged.truth == 0)
             flags = predict_lines(ensemble, [judged.shapes[i] for i in normal], vectors) | novel.flags(
-                [judged.events[i] for i in normal], [judged.levels[i] for i in normal])
+                [judged.events[i] for i in normal], [judged.levels[i] for i in normal],
+                [judged.shapes[i] for i in normal])
             fpr["line_fpr"] = float(flags.mean()) if len(normal) else 0.0
             quiet = [w for w in judged.windows if not judged.truth[w].any()]
             if quiet:
                 ev = [[judged.events[i] for i in w] for w in quiet]
                 fpr.update({f"window_fpr_{name}": float((b.probabilities(ev) >= 0.5).mean()) for name, b in baselines.items()})
         out[cat] = {"train_lines": n, "lines": lines, "line_recall": detected / lines if lines else 0.0, **fpr,
+                    **{f"line_recall_{m}": (lines_caught[m] / lines if lines else 0.0) for m in line_baselines},
                     "windows": wins, **{f"window_recall_{m}": (wins_caught[m] / wins if wins else 0.0)
                                         for m in ("logmesh", "decision_tree", "logistic_regression")}}
     return out
+
+
+def select_judge(samples: list[Sample], cut: float, window: int, vectors: dict[str, np.ndarray], seed: int):
+    """C and tau of the new-template judge, chosen on a chronological validation slice of the training part
+    (scorer/bgl_novelty.py); None when the slice cannot choose (one class before the inner cut, or no alert)."""
+    from logmesh.scorer.bgl_novelty import VALIDATION_SHARE, TemplateJudge, select, template_rows
+    times = np.concatenate([s.times for s in samples])
+    inner_cut = float(np.quantile(times[times <= cut], VALIDATION_SHARE))
+    drain = DrainTemplates()
+    inner = make_part(samples, lambda t: t <= inner_cut, drain, window)
+    drain.freeze()
+    val = make_part(samples, lambda t: (t > inner_cut) & (t <= cut), drain, window)
+    if len(set(inner.truth.tolist())) < 2 or not val.truth.any():
+        return None
+    ensemble = fit_lines(inner.shapes, inner.truth, vectors, seed)
+    novel = NovelTemplates.fit(inner.events, inner.levels, inner.truth)
+    flagged = novel.flags(val.events, val.levels)
+    rows = template_rows(inner.shapes, inner.events, inner.levels, inner.truth, novel.alerting_levels)
+    selection = select(val.truth, predict_lines(ensemble, val.shapes, vectors), flagged,
+                       [val.shapes[i] for i in np.flatnonzero(flagged)], lambda c: TemplateJudge(c, 0.0).fit(*rows))
+    log.info("chose the new-template judge on the validation slice", extra=selection.as_dict())
+    return selection
 
 
 def train_bgl(data: Path, out_dir: Path, embed: Embed, seed: int = 0, window: int = WINDOW,
@@ -294,12 +358,14 @@ def train_bgl(data: Path, out_dir: Path, embed: Embed, seed: int = 0, window: in
     baselines = make_baselines(seed)
     for b in baselines.values():
         b.fit(train.window_events(), train.window_truth().astype(int).tolist())
-    novel = NovelTemplates.fit(train.events, train.levels, train.truth)
+    selection = select_judge(samples, cut, window, vectors, seed)
+    judge_params = (selection.c, selection.tau) if selection else None
+    novel = NovelTemplates.fit(train.events, train.levels, train.truth, shapes=train.shapes, judge=judge_params)
     models = {"family": "bgl", "line": ensemble, "novel": novel, "block": None, "baselines": baselines, "drain": drain,
-              "templates": templates}
+              "templates": templates, "line_baselines": fit_line_baselines(train.events, train.truth, seed)}
     held_out = judge(models, held, vectors, window)
     log.info("judged the held-out part", extra={"lines": len(held.shapes), "f1": round(held_out["line"]["f1"], 4)})
-    left_out = leave_one_category_out(train, vectors, seed, judged=held) if loco else {}
+    left_out = leave_one_category_out(train, vectors, seed, judged=held, judge=judge_params) if loco else {}
     meta = {
         "family": "bgl",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(),
@@ -320,8 +386,12 @@ def train_bgl(data: Path, out_dir: Path, embed: Embed, seed: int = 0, window: in
         "held_out": held_out,
         "leave_one_category_out": left_out,
         "line_verdict": "majority of members voting P(alert) >= 0.5 on the line's masked shape, or a template "
-                        "training never saw at a level where >= 10% of training lines are alerts",
+                        "training never saw at a level where >= 10% of training lines are alerts whose text the "
+                        "template judge gives P(alert) >= tau",
         "alerting_levels": sorted(novel.alerting_levels),
+        "new_template_judge": ({**selection.as_dict(), "protocol": "C and tau chosen for the best line F1 on the "
+                                "training lines after the 80% quantile of the training lines' times, with every "
+                                "model fitted on the training lines before it"} if selection else None),
         "train_seconds": round(time.perf_counter() - started, 2),
     }
     version = artifacts.new_version(file_digest(files[0]))

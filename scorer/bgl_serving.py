@@ -77,7 +77,7 @@ class BglLineScorer(LineScorer):
         anomaly_votes = int((row >= THRESHOLD).sum())
         normal_votes = len(row) - anomaly_votes
         voted = bool(majority(row))
-        novel = bool(self._novel is not None and self._novel.flags([record.template_id], [record.level_name])[0])
+        novel = bool(self._novel is not None and self._novel.flags([record.template_id], [record.level_name], [shape])[0])
         if voted:
             reason = f"{anomaly_votes} of {len(row)} members: lines like this are alerts"
         elif novel:
@@ -89,7 +89,7 @@ class BglLineScorer(LineScorer):
                                     confidence=max(anomaly_votes, normal_votes) / len(row),
                                     anomaly_votes=anomaly_votes, normal_votes=normal_votes,
                                     model_version=self.artifact.version, new_template=novel and not voted,
-                                    reason=reason)
+                                    reason=reason, level_name=record.level_name)
         for name, p in zip(self.members, row):
             out.votes.add(model=name, verdict=ANOMALY if p >= THRESHOLD else NORMAL, score=float(p))
         return out

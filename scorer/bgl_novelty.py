@@ -1,0 +1,129 @@
+"""How a BGL template new to training is judged: a template-level text model with its threshold chosen on a
+chronological validation slice inside the training part (never on the judged part).
+
+Why: the line ensemble learns from lines, so the few templates with thousands of lines dominate it, and it calls
+almost every template it never saw normal. The earlier rule flagged every never-seen template at an alerting level
+(FATAL); on the shared samples that caught a whole category nobody labelled (KERNREC) but also every new FATAL
+register/status dump (`summary.....<NUM>`, `fpr<NUM>=<HEX> ...`) and a new `ciod: Error loading <path>` reason,
+which are normal in BGL's labelling. `TemplateJudge` learns, one row per training *template* (not per line, so the
+rare ones count), which template texts at those levels are alerts; a new template is flagged only when the judge
+gives it P(alert) >= `tau`. `select` fits candidate judges on the training lines before an inner cut and picks the
+regularisation and `tau` that give the best line F1 on the training lines after it (the validation slice), counting
+the members' own votes too, then refits the chosen judge on the whole training part.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline, make_union
+
+#: paths name a user's program or folder, not a kind of event: `ciod: Error loading /home/x/a.out` is one kind
+_PATH = re.compile(r"\S*/\S*")
+#: inverse regularisation strengths tried on the validation slice
+C_GRID = (1.0, 10.0, 100.0)
+TAU_GRID = tuple(round(x, 2) for x in np.arange(0.0, 1.0, 0.02))
+#: the validation slice: training lines after this quantile of the training lines' times
+VALIDATION_SHARE = 0.8
+
+
+def judge_text(shape: str) -> str:
+    return _PATH.sub("<PATH>", shape)
+
+
+def template_rows(shapes: Sequence[str], events: Sequence[str], levels: Sequence[str], truth: np.ndarray,
+                  alerting_levels: set[str]) -> tuple[list[str], np.ndarray]:
+    """One row per template at an alerting level: its commonest shape, labelled alert when most of its lines are."""
+    by: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for s, e, l, y in zip(shapes, events, levels, np.asarray(truth).tolist()):
+        if l in alerting_levels and e != "unknown":
+            by[e].append((s, y))
+    keys = sorted(by)
+    text = [judge_text(Counter(s for s, _ in by[e]).most_common(1)[0][0]) for e in keys]
+    return text, np.asarray([int(2 * sum(y for _, y in by[e]) >= len(by[e])) for e in keys])
+
+
+@dataclasses.dataclass
+class TemplateJudge:
+    """P(alert) of a template's text, fitted on one row per training template."""
+    c: float
+    tau: float
+    model: object = None
+    _memo: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def fit(self, text: list[str], labels: np.ndarray) -> "TemplateJudge":
+        if len(set(labels.tolist())) < 2:  # one class only: nothing to learn, every new template stays flagged
+            self.model = None
+            return self
+        self.model = make_pipeline(
+            make_union(TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True),
+                       TfidfVectorizer(token_pattern=r"[A-Za-z]+", ngram_range=(1, 2), sublinear_tf=True)),
+            LogisticRegression(C=self.c, class_weight="balanced", max_iter=5000)).fit(text, labels)
+        self._memo = {}
+        return self
+
+    def probability(self, shapes: Sequence[str]) -> np.ndarray:
+        """P(alert) per shape (memoised per shape: the stream asks once per new shape)."""
+        if self.model is None:
+            return np.ones(len(shapes))
+        new = sorted({s for s in shapes if s not in self._memo})
+        if new:
+            self._memo.update(zip(new, self.model.predict_proba([judge_text(s) for s in new])[:, 1].tolist()))
+            if len(self._memo) > 100_000:
+                self._memo = {s: self._memo[s] for s in shapes}
+        return np.asarray([self._memo[s] for s in shapes])
+
+    def passes(self, shapes: Sequence[str]) -> np.ndarray:
+        return self.probability(shapes) >= self.tau
+
+    def __getstate__(self) -> dict:
+        return {"c": self.c, "tau": self.tau, "model": self.model}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["c"], state["tau"], state["model"])
+
+
+def line_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
+    t, p = np.asarray(truth, bool), np.asarray(predicted, bool)
+    tp, wrong = int((t & p).sum()), int((t ^ p).sum())
+    return 2 * tp / (2 * tp + wrong) if tp + wrong else 1.0
+
+
+@dataclasses.dataclass
+class Selection:
+    c: float
+    tau: float
+    validation_f1: float
+    validation_f1_without_judge: float
+    validation_lines: int
+    validation_alerts: int
+    validation_new_template_lines: int
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def select(validation_truth: np.ndarray, voted: np.ndarray, novel: np.ndarray, novel_shapes: list[str],
+           fit_judge: Callable[[float], TemplateJudge]) -> Selection:
+    """The (C, tau) with the best validation line F1 given the members' votes `voted` and the never-seen-template
+    flags `novel` (both from models fitted before the inner cut); `novel_shapes`: the shapes of the flagged lines.
+    Ties keep the smaller tau (the rule is there for recall on kinds nobody labelled)."""
+    truth = np.asarray(validation_truth, bool)
+    base = line_f1(truth, voted | novel)
+    best: tuple[float, float, float] | None = None
+    where = np.flatnonzero(novel)
+    for c in C_GRID:
+        p = fit_judge(c).probability(novel_shapes) if len(where) else np.zeros(0)
+        for tau in TAU_GRID:
+            flags = np.zeros(len(truth), bool)
+            flags[where] = p >= tau
+            f1 = line_f1(truth, voted | flags)
+            if best is None or f1 > best[0] + 1e-12:
+                best = (f1, c, tau)
+    assert best is not None
+    return Selection(best[1], best[2], best[0], base, len(truth), int(truth.sum()), int(len(where)))
