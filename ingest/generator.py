@@ -218,6 +218,7 @@ class HdfsLogGenerator:
         self._episodes: list[_Episode] = []
         self._side: list[_Event] = []  # lines that name no block, queued with bid ""
         # The namenode's address, from its own stream so that the HDFS_v1 draws stay as they were.
+        self._replica_rng = random.Random(f"replica-{config.seed}")  # lines a re-replication added later
         nn = random.Random(f"namenode-{config.seed}")
         self._namenode = next(ip for ip in (f"10.251.{nn.randrange(256)}.{nn.randrange(1, 255)}" for _ in iter(int, 1))
                               if ip not in self._nodes)
@@ -414,7 +415,9 @@ class HdfsLogGenerator:
         return stored
 
     def _replicate(self, t: float, bid: str, size: int, stored: list[str], ev: list[_Event],
-                   timeout: bool, avoid: frozenset[str] = frozenset()) -> list[str]:
+                   timeout: bool, avoid: frozenset[str] = frozenset(), excess: bool = True) -> list[str]:
+        """A replica made elsewhere. `excess`: the block had all its replicas (a rebalance, as in the real
+        normal ones), so one old replica is removed afterwards; else it restores a lost one."""
         rng = self.rng
         if not stored:
             return stored
@@ -434,12 +437,25 @@ class HdfsLogGenerator:
             ev.append((ta + rng.uniform(1.0, 3.0), 19, f"INFO dfs.DataNode: {src}:50010 Starting thread to transfer block {bid} to {dst}:50010", "E18"))
             if rng.random() < 0.3:
                 return stored  # the second attempt never completes either
+        # What a normal re-replicated block holds in the session files' 18 normal ones, per round: E25 E18,
+        # the new replica's "Receiving block" (E5; HDFS 0.18 logs its own address as src and dest), E16,
+        # its "Received block ... of size" (E6), two addStoredBlock (E26) and one replica's file deleted
+        # (E21, with no invalidSet line). Without the E5, E5 = E9 + E6 broke on every one of them. The
+        # added lines draw from their own stream, so every other draw stays as it was.
+        side = self._replica_rng
         tt = ta + 3.0 + rng.uniform(0.0, 8.0)
         pid = self._xceiver_pid(tt)
         ev.append((tt, pid, f"INFO dfs.DataNode$DataTransfer: {src}:50010:Transmitted block {bid} to /{dst}:50010", "E16"))
-        ev.append((tt + rng.random(), pid + 1, f"INFO dfs.DataNode$DataXceiver: Received block {bid} src: /{dst}:{rng.randrange(32768, 61000)} dest: /{dst}:50010 of size {size}", "E6"))
+        t6 = tt + rng.random()
+        port = rng.randrange(32768, 61000)
+        ev.append((t6, pid + 1, f"INFO dfs.DataNode$DataXceiver: Received block {bid} src: /{dst}:{port} dest: /{dst}:50010 of size {size}", "E6"))
+        ev.append((tt - side.random(), pid + 1, f"INFO dfs.DataNode$DataXceiver: Receiving block {bid} src: /{dst}:{port} dest: /{dst}:50010", "E5"))
         ev.append((tt + 1.0 + rng.random(), self._handler_pid(),
                    f"INFO dfs.FSNamesystem: BLOCK* NameSystem.addStoredBlock: blockMap updated: {dst}:50010 is added to {bid} size {size}", "E26"))
+        if excess:  # the source's report of the block it sent; the now over-replicated block loses a file
+            ev.append((tt + 1.0 + side.random(), 26 + side.randrange(10),
+                       f"INFO dfs.FSNamesystem: BLOCK* NameSystem.addStoredBlock: blockMap updated: {src}:50010 is added to {bid} size {size}", "E26"))
+            ev.append((tt + side.uniform(5.0, 600.0), 19, f"INFO dfs.FSDataset: Deleting block {bid} file /mnt/hadoop/dfs/data/current/subdir{side.randrange(64)}/{bid}", "E21"))
         return [*stored, dst]
 
     def _reads(self, t: float, bid: str, stored: list[str], ev: list[_Event], horizon: float) -> None:
@@ -711,7 +727,7 @@ class HdfsLogGenerator:
         if rng.random() < 0.8:  # the namenode restores the third replica
             avoid = frozenset(x.node for x in self._episodes)
             stored = self._replicate(max(t_done, e.dead_at) if e.dead_at < math.inf else t_done, bid, length,
-                                     survivors, ev, timeout=False, avoid=avoid)
+                                     survivors, ev, timeout=False, avoid=avoid, excess=False)
         return stored, t_done
 
     def _unreachable_mirror(self, e: _Episode, t0: float, bid: str, pipeline: list[str], j: int,
