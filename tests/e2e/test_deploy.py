@@ -176,20 +176,15 @@ def test_k8s_kafka_requires_credentials_and_the_job_uses_its_own(k8s):
     assert broker["command"] == ["bash", "/opt/logmesh/broker.sh"]
     volumes = {v["name"]: v for v in kafka["volumes"]}
     assert volumes["scripts"]["configMap"]["name"] == "logmesh-kafka-scripts"
-    assert {i["key"] for i in volumes["users"]["secret"]["items"]} == {"admin", "ingest", "stream", "reader"}
+    assert {i["key"] for i in volumes["users"]["secret"]["items"]} == {"admin", "ingest", "stream", "reader", "scorer"}
     init = _find(k8s, "Job", "logmesh-kafka-init")["spec"]["template"]["spec"]
     assert init["containers"][0]["command"] == ["bash", "/opt/logmesh/acls.sh"]
     assert [i["key"] for v in init["volumes"] if "secret" in v for i in v["secret"]["items"]] == ["admin"]
     assert _find(k8s, "Service", "kafka")["spec"]["ports"][0]["port"] == 9092  # ConfigMap's KAFKA_BOOTSTRAP
+    # the job (and the history host) take their credentials from the Secret's <principal>.properties through
+    # --kafka-config: tests/unit/test_k8s_args.py checks the mounts, the keys and what the CLI reads from them
     (job,) = _find(k8s, "Deployment", "logmesh-stream")["spec"]["template"]["spec"]["containers"]
-    (password,) = [e for e in job["env"] if e["name"] == "KAFKA_PASSWORD"]
-    assert password["valueFrom"]["secretKeyRef"] == {"name": "logmesh-kafka-users", "key": "stream"}
-    env = {**_find(k8s, "ConfigMap", "logmesh-config")["data"], "KAFKA_PASSWORD": "pw-123"}
-    expand = lambda arg: re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg)  # noqa: E731 - as the kubelet does
-    kafka_options, spark_options = _stream_options([expand(a) for a in job["args"]])
-    assert kafka_options["security.protocol"] == "SASL_PLAINTEXT" and kafka_options["sasl.mechanism"] == "SCRAM-SHA-512"
-    assert kafka_options["sasl.username"] == "stream" and kafka_options["sasl.password"] == "pw-123"
-    assert 'username="stream" password="pw-123";' in spark_options["sasl.jaas.config"]
+    assert job["args"][job["args"].index("--kafka-config") + 1] == "/etc/logmesh/kafka/stream.properties"
 
 
 def test_k8s_vllm_serves_the_summarizer_on_a_gpu_and_the_scorer_points_at_it(k8s):
@@ -219,7 +214,8 @@ def test_k8s_vllm_serves_the_summarizer_on_a_gpu_and_the_scorer_points_at_it(k8s
     assert config["LLM_URL"] == f"http://logmesh-llm:{svc_port['port']}/v1"
     assert args[args.index("--served-model-name") + 1] == "$(LLM_MODEL)" and config["LLM_MODEL"]
     assert {"name": "logmesh-config"} in [e["configMapRef"] for e in vllm["envFrom"]]
-    (scorer,) = _find(k8s, "Deployment", "logmesh-scorer")["spec"]["template"]["spec"]["containers"]
+    # the history host (deploy/k8s/history.yaml) writes the incidents and asks for their summaries
+    (scorer,) = _find(k8s, "StatefulSet", "logmesh-history")["spec"]["template"]["spec"]["containers"]
     expand = lambda arg: re.sub(r"\$\((\w+)\)", lambda m: config[m.group(1)], arg)  # noqa: E731 - as the kubelet does
     parsed = build_parser("serve").parse_args([expand(a) for a in scorer["args"]])
     assert (parsed.llm_url, parsed.llm_model) == (config["LLM_URL"], config["LLM_MODEL"])
@@ -405,7 +401,7 @@ def test_ingest_alone_writes_logs_and_cannot_forge_results(secure_kafka, tmp_pat
 def test_nobody_but_admin_reconfigures_or_deletes_a_topic(secure_kafka):
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
-    for user in ("ingest", "stream", "reader"):
+    for user in ("ingest", "stream", "reader", "scorer"):
         admin = AdminClient(_conf(secure_kafka, user))
         shorter = ConfigResource("topic", "logmesh.dlq", incremental_configs=[
             ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)])
@@ -452,6 +448,53 @@ def test_the_job_alone_writes_results_and_the_ledger_and_readers_read_them(secur
     assert msg.error() is None and score_pb2.Anomaly.FromString(msg.value()) == anomaly
     msg = read("someone-elses-group")  # outside the reader's group prefix
     assert msg is not None and msg.error() is not None and msg.error().name() == "GROUP_AUTHORIZATION_FAILED"
+
+
+def test_the_history_host_reads_anomalies_and_keeps_incidents_and_feedback_as_scorer(secure_kafka):
+    """deploy/k8s/history.yaml's principal `scorer`, with the scorer's own Kafka code: the anomaly history reads
+    logmesh.anomalies (read_committed, a group of its own), incidents go in a transaction (ids logmesh-incidents-*)
+    and come back, a label is written and read back; it cannot write the job's topics, and the reader cannot
+    write incidents or labels."""
+    import threading
+    import time
+    from confluent_kafka import Producer
+    from logmesh.scorer.analyst.feedback_topic import FeedbackTopic
+    from logmesh.scorer.analyst.incident_store import TopicIncidentStore
+    from logmesh.scorer.history import AnomalyHistory
+    from logmesh.scorer.history_service import AnomalyFeed
+    from logmesh.v1 import feedback_pb2, incident_pb2, score_pb2
+    options = _client_file(secure_kafka["secrets"] / "scorer.properties")
+    anomaly = score_pb2.Anomaly(block=score_pb2.BlockVerdict(block_id="blk_history", score=0.8, kind=2))
+    producer = Producer(_conf(secure_kafka, "stream"))  # the job's principal writes the topic
+    producer.produce("logmesh.anomalies", anomaly.SerializeToString(), b"blk_history")
+    assert producer.flush(30) == 0
+    history = AnomalyHistory()
+    seen: list = []
+    history.on_add(seen.extend)
+    feed = AnomalyFeed(history, secure_kafka["bootstrap"], "logmesh.anomalies", options).start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any(e.block.block_id == "blk_history" for e in seen):
+            assert time.monotonic() < deadline, f"the history read nothing as scorer: {feed.status}"
+            time.sleep(0.2)
+    finally:
+        feed.stop()
+    store = TopicIncidentStore(secure_kafka["bootstrap"], "logmesh.incidents", "logmesh-incidents-deploytest", options)
+    try:
+        store.put([incident_pb2.Incident(incident_id="inc-1", version=1, update_id=1)])
+        assert [i.incident_id for i in store.load(threading.Event())] == ["inc-1"]
+    finally:
+        store.close()
+    labels = FeedbackTopic(secure_kafka["bootstrap"], "logmesh.feedback", options)
+    try:
+        labels.append(feedback_pb2.Feedback(feedback_id="fb-deploytest", record_id="r1"))
+        assert "fb-deploytest" in [f.feedback_id for f in labels.read_all()]
+    finally:
+        labels.close()
+    for topic in ("logmesh.anomalies", "logmesh.scores", "logmesh.sink-ledger", "logmesh.logs"):
+        assert _produce(secure_kafka, "scorer", topic).name() == "TOPIC_AUTHORIZATION_FAILED", topic
+    for topic in ("logmesh.incidents", "logmesh.feedback"):
+        assert _produce(secure_kafka, "reader", topic).name() == "TOPIC_AUTHORIZATION_FAILED", topic
 
 
 def test_the_readme_console_consumer_and_protoc_recipe_decodes_an_anomaly(secure_kafka):

@@ -6,6 +6,9 @@
 #   stream  reads logmesh.logs; alone writes logmesh.scores, logmesh.anomalies, logmesh.dlq and
 #           logmesh.sink-ledger, in transactions (transactional ids logmesh-stream-*); reads the ledger back
 #   reader  reads logmesh.scores, logmesh.anomalies and logmesh.dlq (consumer groups logmesh-reader*)
+#   scorer  the history host (deploy/k8s/history.yaml): reads logmesh.anomalies and logmesh.dlq; reads and
+#           writes logmesh.feedback and logmesh.incidents (incidents in transactions, ids logmesh-incidents-*);
+#           writes no result topic and not the ledger
 # Nobody but admin may create, delete or reconfigure a topic (e.g. shorten the DLQ's retention).
 #
 # env: LOGMESH_KAFKA_BOOTSTRAP (kafka:9092), LOGMESH_KAFKA_SECRETS or LOGMESH_KAFKA_PASSWORD_ADMIN,
@@ -35,7 +38,8 @@ admin=(--bootstrap-server "$BOOTSTRAP" --command-config "$CONF/admin-client.prop
 
 # name partitions configs
 for spec in "logmesh.logs 4 -" "logmesh.scores 4 -" "logmesh.anomalies 1 -" "logmesh.dlq 1 retention.ms=604800000" \
-            "logmesh.sink-ledger 1 cleanup.policy=compact"; do
+            "logmesh.sink-ledger 1 cleanup.policy=compact" "logmesh.incidents 1 cleanup.policy=compact" \
+            "logmesh.feedback 1 cleanup.policy=compact"; do
   read -r name parts configs <<<"$spec"
   extra=()
   [[ "$configs" == - ]] || extra=(--config "$configs")
@@ -56,4 +60,12 @@ acl --allow-principal User:stream --operation Read --resource-pattern-type prefi
 acl --allow-principal User:reader --operation Read --operation Describe \
   --topic logmesh.scores --topic logmesh.anomalies --topic logmesh.dlq
 acl --allow-principal User:reader --operation Read --resource-pattern-type prefixed --group logmesh-reader
+acl --allow-principal User:scorer --operation Read --operation Describe --topic logmesh.anomalies --topic logmesh.dlq
+acl --allow-principal User:scorer --operation Read --operation Write --operation Describe \
+  --topic logmesh.feedback --topic logmesh.incidents
+acl --allow-principal User:scorer --operation Write --operation Describe \
+  --resource-pattern-type prefixed --transactional-id logmesh-incidents-
+# its readers assign partitions and commit nothing, but name a group each (random suffixes)
+acl --allow-principal User:scorer --operation Read --resource-pattern-type prefixed \
+  --group logmesh-history- --group logmesh-incidents- --group logmesh-feedback- --group logmesh-scorer-
 echo "kafka-acls: topics and ACLs in place on $BOOTSTRAP"

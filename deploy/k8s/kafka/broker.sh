@@ -3,11 +3,11 @@
 # every request (ACLs, deny by default). Used by compose.yaml, the Kubernetes StatefulSet (kafka.yaml) and
 # tests/e2e/test_deploy.py, which runs it against the jars of deploy/kafka/fetch.sh.
 #
-# Principals: admin (super user: the broker itself, topics and ACLs), ingest, stream, reader; their passwords
+# Principals: admin (super user: the broker itself, topics and ACLs), ingest, stream, reader, scorer; their passwords
 # are files in $LOGMESH_KAFKA_SECRETS (deploy/k8s/kafka/make-secrets.sh writes them, mode 600). What each
 # may do is set by acls.sh. The controller listener is bound to 127.0.0.1 and authenticated too (PLAIN, admin).
 #
-# env: LOGMESH_KAFKA_SECRETS (/run/secrets/logmesh-kafka) or LOGMESH_KAFKA_PASSWORD_ADMIN/_INGEST/_STREAM/_READER
+# env: LOGMESH_KAFKA_SECRETS (/run/secrets/logmesh-kafka) or LOGMESH_KAFKA_PASSWORD_ADMIN/_INGEST/_STREAM/_READER/_SCORER
 #      (compose passes them from make-secrets.sh's kafka.env), LOGMESH_KAFKA_DATA (/var/lib/kafka/data),
 #      LOGMESH_KAFKA_CONF (/tmp/logmesh-kafka: the generated server.properties, mode 600),
 #      LOGMESH_KAFKA_LISTEN (0.0.0.0:9092) and LOGMESH_KAFKA_ADVERTISE (kafka:9092): the SASL listener,
@@ -24,7 +24,7 @@ LISTEN="${LOGMESH_KAFKA_LISTEN:-0.0.0.0:9092}"
 ADVERTISE="${LOGMESH_KAFKA_ADVERTISE:-kafka:9092}"
 CPORT="${LOGMESH_KAFKA_CONTROLLER_PORT:-9093}"
 read -r -a RUN <<<"${LOGMESH_KAFKA_RUN:-/opt/kafka/bin/kafka-run-class.sh}"
-USERS=(admin ingest stream reader)
+USERS=(admin ingest stream reader scorer)
 
 die() { echo "kafka-broker: error: $*" >&2; exit 1; }
 

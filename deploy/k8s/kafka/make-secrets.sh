@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Writes one random password per Kafka principal (admin ingest stream reader) into DIR, and two client files
+# Writes one random password per Kafka principal (admin ingest stream reader scorer) into DIR, and two client files
 # per principal: DIR/<name>.properties for librdkafka (kcat -F; its lines are `logmesh ingest/stream
 # --kafka-option`s) and DIR/<name>-java.properties for Java clients (kafka-console-consumer
 # --consumer.config, Kafka's CLI tools); kafka.env and stream.env for compose's env_file. All readable by
-# their owner only; existing files are kept.
+# their owner only; existing passwords and client files are kept (kafka.env is rewritten from them, so a
+# principal added later gets its line).
 #
 #   deploy/k8s/kafka/make-secrets.sh var/kafka-secrets
 #   kubectl create secret generic logmesh-kafka-users --from-file=var/kafka-secrets   # Kubernetes
@@ -12,7 +13,8 @@ DIR="${1:?usage: make-secrets.sh DIR}"
 umask 077  # every file below: owner only
 mkdir -p "$DIR"
 chmod 700 "$DIR"
-for user in admin ingest stream reader; do
+USERS=(admin ingest stream reader scorer)
+for user in "${USERS[@]}"; do
   [[ -s "$DIR/$user" ]] || openssl rand -hex 24 >"$DIR/$user"
   [[ -s "$DIR/$user.properties" ]] || cat >"$DIR/$user.properties" <<PROPS
 security.protocol=SASL_PLAINTEXT
@@ -27,8 +29,8 @@ sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule require
 PROPS
 done
 # for compose (env_file, read by the compose CLI as you, so containers need no access to these files)
-[[ -s "$DIR/kafka.env" ]] || for user in admin ingest stream reader; do
+for user in "${USERS[@]}"; do
   echo "LOGMESH_KAFKA_PASSWORD_${user^^}=$(cat "$DIR/$user")"
 done >"$DIR/kafka.env"
 [[ -s "$DIR/stream.env" ]] || echo "LOGMESH_KAFKA_PASSWORD=$(cat "$DIR/stream")" >"$DIR/stream.env"
-echo "make-secrets: passwords and client files for admin ingest stream reader in $DIR (mode 600)"
+echo "make-secrets: passwords and client files for ${USERS[*]} in $DIR (mode 600)"
