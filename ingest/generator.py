@@ -339,16 +339,21 @@ class HdfsLogGenerator:
 
         # Events that must precede the deletion come first; the deletion then waits for them.
         t_last = t_written
+        tail = ev
         if kind == "replication_timeout" or (not kind and rng.random() < 0.004):
             # A replica is re-made elsewhere (0.4% of real Normal blocks); the anomaly is the
             # pending replication timing out first (E29) and the namenode asking again.
             stored = self._replicate(t_written, bid, size, stored, ev, timeout=bool(kind))
             t_last = max(e[0] for e in ev)
+            if not kind and self._replica_rng.random() < 16 / 18:
+                # 16 of the 18 real normal re-replicated blocks hold nothing after it (no read, no
+                # verification, no deletion of the file); the tail is still drawn, to keep the stream
+                tail = []
         if kind == "redundant_add" and stored:
             t_last = t_written + rng.uniform(1.0, 600.0)
             ev.append((t_last, handler(),
                        f"WARN dfs.FSNamesystem: BLOCK* NameSystem.addStoredBlock: Redundant addStoredBlock request received for {bid} on {rng.choice(stored)}:50010 size {size}", "E27"))
-        self._block_tail(t0, bid, kind, size, stored, t_written, t_last, ev)
+        self._block_tail(t0, bid, kind, size, stored, t_written, t_last, tail)
         return bid, kind, ev
 
     def _block_tail(self, t0: float, bid: str, kind: str, size: int, stored: list[str], t_written: float,

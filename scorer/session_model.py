@@ -12,7 +12,9 @@ and "failing" were the same thing to it. So:
   invariant), or when it holds two events that co-occur in many failing sessions and almost never in
   a normal one (a re-replication followed by a delete of the file). An unfamiliar session without evidence stays normal, with a
   score held below the threshold, and says so. A template training never saw at all is novel
-  evidence the forest cannot weigh: such a session is anomalous ("new template") whatever it says.
+  evidence the forest cannot weigh: such a session is anomalous ("new template") whatever it says; so is
+  an ended session breaking an invariant where normal sessions were seen to keep it (a checked missing
+  step: scorer/normal_profile.py), since the forest never saw most ways a step goes missing.
 
 A stream judges a session before it ends, so training also shows open prefixes: a prefix of a normal
 session is normal; a prefix of a failing one counts as failing only once it holds an evidence event.
@@ -30,6 +32,11 @@ from logmesh.scorer.normal_profile import Evidence, NormalProfile
 
 #: Score given at most to a session the gate holds back (no evidence, not a known failure pattern).
 UNFAMILIAR_CAP = 0.25
+#: Score given at least to a session that breaks an invariant where normal sessions were seen to keep it
+#: (invariant mining's own rule: a checked relation broken is the anomaly). Above every threshold the
+#: chooser can pick (0.5-0.99), so validation scores what the shipped model does. The forest alone knew
+#: no better than 0.73 for a replica whose addStoredBlock never came (no such block in the real data).
+MISSING_STEP_FLOOR = 0.99
 #: Two events form a failure pattern when they co-occur in at least this many failing sessions ...
 MIN_PATTERN_SUPPORT = 20
 #: ... and in at most this share of normal sessions (re-replication followed by a delete of the file).
@@ -157,6 +164,8 @@ class SessionModel:
             if any(e not in self.profile.known_events for e in evidence.events):
                 # a template training never saw: the forest cannot know it, the gate does; novel evidence
                 kind, score = "new_template", max(float(p), self.threshold)
+            elif evidence.broken and not evidence.events:  # a checked missing step, nothing the forest must weigh
+                kind, score = evidence.kind, max(float(p), MISSING_STEP_FLOOR)
             elif evidence:
                 kind, score = evidence.kind, float(p)
             elif pattern:

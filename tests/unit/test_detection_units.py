@@ -83,6 +83,16 @@ def test_an_unfamiliar_normal_session_without_evidence_is_not_a_failure():
     assert not j.anomalous
 
 
+def test_a_checked_missing_step_is_a_failure_whatever_the_forest_learnt():
+    model = _model()
+    lost = [e for e in WRITE if e != "E26"] + ["E26", "E26"] + DELETE[:2] + DELETE[3:5]  # one replica never stored
+    assert model._raw([lost], [True])[0] < model.threshold  # no failing session like it in training
+    [j] = model.judge([lost], [True])
+    assert j.anomalous and j.kind == "missing_step" and any("E26" in r for r in j.reasons)
+    [j] = model.judge([_normal(2)], [True])
+    assert not j.anomalous
+
+
 def test_a_new_template_in_a_session_is_evidence():
     [j] = _model().judge([WRITE + ["unknown"]], [False])
     assert "new template unknown" in j.reasons
