@@ -567,7 +567,7 @@ def pyspy_summary(raw: Path, top: int = 15) -> dict[str, Any]:
         while frames and (frames[0].startswith("process ") or frames[0].startswith("thread ")):
             f = frames.pop(0)
             head = f if f.startswith("process ") else head  # the innermost process of the chain
-        kind = ("pyspark daemon/workers (block-state UDF)" if "pyspark" in head
+        kind = ("pyspark daemon/workers (executor tasks)" if "pyspark" in head
                 else "driver Python (foreachBatch sink, py4j)" if "profile_sink" in head else head[:60] or "?")
         procs[kind] = procs.get(kind, 0) + count
         if not frames:
@@ -637,18 +637,25 @@ def section_profile(rate_: float = 2000, lines: int = 40_000, quick: bool = Fals
     recs = [json.loads(l) for l in out.read_text().splitlines()]
     sinks = {r["batch_id"]: r for r in recs if r["kind"] == "sink" and r["start"] >= mark}
     sparks = {r["batch_id"]: r for r in recs if r["kind"] == "spark" and r["batch_id"] in sinks}
-    keys = ["call", "topandas_and_frame", "process", "decode", "mask", "embed_rpc", "score_rpc", "blocks_total",
-            "block_rpc", "store_retrieve", "store_upsert", "kafka_produce", "kafka_flush", "ledger"]
+    # what profile_sink.py records since the executor rework: the foreachBatch call (the write tasks run the
+    # whole plan on the executors), the driver's embedded-store upsert, the tasks' producers by kind, and
+    # Spark's own durations and state metrics per micro-batch
+    keys = ["call", "store_upsert"]
+    spark_keys = ("triggerExecution", "latestOffset", "queryPlanning", "addBatch", "walCommit", "commitOffsets")
     batches = []
     for b, s in sorted(sinks.items()):
         d = sparks.get(b, {}).get("duration_ms", {})
+        state = sparks.get(b, {}).get("state") or []
         row = {"batch_id": b, "rows": sparks.get(b, {}).get("rows"), **{k: s.get(k, 0.0) for k in keys},
-               "spark_trigger_s": d["triggerExecution"] / 1e3 if d else None,
-               "spark_addBatch_s": d["addBatch"] / 1e3 if d else None}
-        row["spark_outside_sink_s"] = row["spark_trigger_s"] - row["call"] if d else None
+               **{f"producers_{k}": s.get(f"producers_{k}", 0) for k in ("new", "cached", "fenced")},
+               **{f"spark_{k}_s": (d[k] / 1e3 if k in d else None) for k in spark_keys},
+               "state_rows": sum(o.get("numRowsTotal") or 0 for o in state) if state else None,
+               "state_memory_mib": sum(o.get("memoryUsedBytes") or 0 for o in state) / 2**20 if state else None}
+        row["spark_trigger_s"] = row.pop("spark_triggerExecution_s")
+        row["spark_outside_sink_s"] = row["spark_trigger_s"] - row["call"] if row["spark_trigger_s"] is not None else None
         batches.append(row)
     agg = {}
-    for k in keys + ["spark_trigger_s", "spark_addBatch_s", "spark_outside_sink_s"]:
+    for k in keys + ["spark_trigger_s", "spark_outside_sink_s"] + [f"spark_{k}_s" for k in spark_keys[1:]]:
         vals = [b[k] for b in batches if b.get(k) is not None]
         if vals:
             agg[k] = {"mean_s": float(np.mean(vals)), "p50_s": float(np.median(vals)), "max_s": float(np.max(vals)),
@@ -854,33 +861,41 @@ def render(res: dict[str, Any]) -> str:
     if p and p.get("per_step"):
         s = dict(p["per_step"])
         with_spark = [b for b in p["per_batch"] if b.get("spark_trigger_s")]  # batches the listener reported
-        for key in ("spark_trigger_s", "spark_addBatch_s", "spark_outside_sink_s"):
+        for key in ("spark_trigger_s", "spark_outside_sink_s"):
             vals = [b[key] for b in with_spark if b.get(key) is not None]
             if vals:
                 s[key] = {"mean_s": float(np.mean(vals)), "p50_s": float(np.median(vals)), "max_s": float(np.max(vals))}
         out += [f"## Where a micro-batch's time goes (`bench/profile_sink.py`, {f0(p['rate'])} lines/s, "
                 f"{f0(p['lines'])} lines, {p['batches']} batches, mean {p['rows_per_batch_mean']:.0f} rows/batch)", "",
-                "The Spark job run unchanged in a process that wraps each sink step with a stopwatch and a "
-                "StreamingQueryListener for Spark's own durations. Seconds per batch:", "",
+                "The Spark job run unchanged in a process that times the foreachBatch call and the driver's "
+                "embedded-store upsert, with a StreamingQueryListener for Spark's own durations. Since the executor "
+                "rework the foreachBatch body runs the batch's write tasks, which run the whole plan on the "
+                "executors (Kafka read, block state, decode, embed and score calls, transactional writes): their "
+                "inside is not timed here (py-spy below samples it). Seconds per batch:", "",
                 "| step | mean | p50 | max | share of trigger |", "|---|---:|---:|---:|---:|"]
         trig = s.get("spark_trigger_s", {}).get("mean_s") or s["call"]["mean_s"]
         labels = {"spark_trigger_s": "Spark triggerExecution (whole micro-batch)",
-                  "spark_outside_sink_s": "  Spark outside foreachBatch (offsets, planning, WAL, commit)",
-                  "call": "  foreachBatch body", "topandas_and_frame": "    toPandas (runs the Kafka read + block-state plan) + frame",
-                  "process": "    sink.process", "decode": "      decode", "mask": "      mask (line_shape)",
-                  "embed_rpc": "      embed RPC", "score_rpc": "      score RPC", "blocks_total": "      blocks (retrieve + merge + RPC)",
-                  "block_rpc": "        block RPC", "store_retrieve": "        vector store retrieve",
-                  "store_upsert": "      vector store upsert", "kafka_produce": "      Kafka produce", "kafka_flush": "      Kafka flush",
-                  "ledger": "    ledger mark"}
+                  "spark_latestOffset_s": "  latestOffset (Kafka end offsets)",
+                  "spark_queryPlanning_s": "  queryPlanning",
+                  "spark_addBatch_s": "  addBatch",
+                  "call": "    foreachBatch body (the write tasks: the plan on the executors)",
+                  "store_upsert": "      embedded vector store upsert (driver)",
+                  "spark_walCommit_s": "  walCommit",
+                  "spark_commitOffsets_s": "  commitOffsets",
+                  "spark_outside_sink_s": "  Spark outside foreachBatch (offsets, planning, WAL, commit)"}
         for key, label in labels.items():
             if key in s:
                 v = s[key]
                 out.append(f"| {label} | {v['mean_s']:.3f} | {v['p50_s']:.3f} | {v['max_s']:.3f} | {100 * v['mean_s'] / trig:.0f}% |")
-        out += ["", "Per batch with rows (seconds): " + "; ".join(
-            f"#{b['batch_id']} {b['rows']:,} rows: trigger {b['spark_trigger_s'] or float('nan'):.2f}, toPandas {b['topandas_and_frame']:.2f}, "
-            f"sink {b['process']:.2f} (embed {b['embed_rpc']:.2f}, score {b['score_rpc']:.2f}, blocks {b['blocks_total']:.2f}, "
-            f"upsert {b['store_upsert']:.2f}, flush {b['kafka_flush']:.2f})"
-            for b in p["per_batch"] if b.get("rows")) + ".", ""]
+        def one(b: dict[str, Any]) -> str:
+            text = (f"#{b['batch_id']} {b['rows']:,} rows: trigger {b.get('spark_trigger_s') or float('nan'):.2f}, "
+                    f"foreachBatch {b.get('call', 0.0):.2f}, upsert {b.get('store_upsert', 0.0):.2f}")
+            if "producers_new" in b:
+                text += f", producers new/cached/fenced {b['producers_new']}/{b['producers_cached']}/{b['producers_fenced']}"
+            if b.get("state_rows") is not None:
+                text += f", state {b['state_rows']:,} rows / {b['state_memory_mib']:.0f} MiB"
+            return text
+        out += ["", "Per batch with rows (seconds): " + "; ".join(one(b) for b in p["per_batch"] if b.get("rows")) + ".", ""]
         spy = p.get("pyspy")
         if spy and spy.get("samples"):
             out += [f"py-spy (25 Hz, `--subprocesses`: the driver Python and the pyspark workers; on-CPU samples only, "
