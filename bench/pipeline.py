@@ -479,7 +479,9 @@ def section_vectors(runs: int, quick: bool) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------- e2e
 DEMO_RESULT = re.compile(r"^demo: result (\{.*\})$", re.M)
-DEMO_TICK = re.compile(r"demo:\s+(\d+)s\s+scored\s+([\d,]+)")
+# the demo's progress line: "demo:   12s  produced  24,000/30,000  scored  23,114 (+2,310)  ..." (older demos
+# printed no "produced" field)
+DEMO_TICK = re.compile(r"demo:\s+(\d+)s\s+(?:produced\s+[\d,/]+\s+)?scored\s+([\d,]+)")
 WARM_UP_S = 10  # seconds of input the job scores before the measured runs (see run_demo)
 
 
@@ -839,8 +841,10 @@ def render(res: dict[str, Any]) -> str:
             return "/".join(fmt(x) for x in (min(v), statistics.median(v), max(v))) if v else "n/a"
         for rate_, rs in groups.items():
             ok = [r for r in rs if r.get("rc") == 0]
-            target = ("≥ 10,000 lines/s sustained" if rate_ is None else
-                      "p99 ≤ 1 s; time to detect p99 < 3 s" if rate_ == 2000 else "")
+            # issue 18's targets: full speed not below 7.4k-9.4k lines/s (its baseline), aiming at 20,000;
+            # cold start p99 <= 1.5 s at 2,000 lines/s
+            target = ("≥ 20,000 lines/s sustained (aim; 7.4k-9.4k before issue 18)" if rate_ is None else
+                      "cold start p99 ≤ 1.5 s; p99 ≤ 1 s; time to detect p99 < 3 s" if rate_ == 2000 else "")
             cold = [r["cold_start"]["p99_s"] for r in rs if r.get("cold_start")]
             blocks = sorted({r["ttd_blocks"] for r in ok if "ttd_blocks" in r})
             out.append(f"| {'full speed' if rate_ is None else f0(rate_) + ' lines/s'} | {f0(rs[0]['lines'])} | "
