@@ -105,7 +105,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            qdrant_api_key=args.qdrant_api_key or os.environ.get("QDRANT_API_KEY"),
                            feedback_topic=args.feedback_topic or None,
                            incidents_topic=args.incidents_topic or None, incident_window_s=args.incident_window,
-                           incident_outputs=_incident_outputs(args))
+                           incident_outputs=_incident_outputs(args), incident_book=args.incidents_book or None,
+                           incident_lease_timeout_s=args.incident_lease_timeout)
     except StateError as exc:
         raise UserError(str(exc)) from None
     except RuntimeError as exc:
@@ -229,6 +230,15 @@ def _setup_scorer(s: argparse.ArgumentParser) -> None:
     s.add_argument("--incident-window", type=POSITIVE_SECONDS, default=300.0, metavar="SECONDS",
                    help="alerts on the same node and template within this many seconds of event time join one "
                         "incident, and an incident no alert joined for this long closes (default %(default)s)")
+    s.add_argument("--incidents-book", default=None, metavar="NAME",
+                   help="the incident book replicas share (give every replica of one deployment the same NAME and "
+                        "the same topics, each its own --state-dir): the replica holding the book's lease groups, "
+                        "numbers, summarises and notifies incidents, the others follow and serve reads, and one takes "
+                        "over when the owner dies (default: this state dir's own book)")
+    s.add_argument("--incident-lease-timeout", type=POSITIVE_SECONDS, default=10.0, metavar="SECONDS",
+                   help="how long a dead owner keeps the incident book's lease before another replica takes it over "
+                        "(the lease consumer group's session timeout: at least the broker's "
+                        "group.min.session.timeout.ms, 6 by default; default %(default)s)")
     g = s.add_argument_group("incident summaries and notifications", "each incident version is summarised "
                              "off the scoring path (README: Incident summaries)")
     g.add_argument("--llm-url", default=None, metavar="URL",

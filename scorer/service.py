@@ -280,7 +280,8 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
           anomalies_topic: str | None = None, kafka_options: Mapping[str, str] | None = None,
           qdrant_url: str | None = None, qdrant_api_key: str | None = None,
           feedback_topic: str | None = None, incidents_topic: str | None = None,
-          incident_window_s: float = 300.0, incident_outputs: "IncidentOutputs | None" = None) -> Server:
+          incident_window_s: float = 300.0, incident_outputs: "IncidentOutputs | None" = None,
+          incident_book: str | None = None, incident_lease_timeout_s: float = 10.0) -> Server:
     """Starts the scorer; it stays NOT_SERVING (and says why) until an artifact loads. With both
     `kafka_bootstrap` and `dlq_topic`, GetStats also reports the dead-letter topic's message count; with both
     `kafka_bootstrap` and `anomalies_topic` the anomaly history reads that topic (librdkafka `kafka_options`
@@ -292,7 +293,9 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     serves IncidentService (scorer/analyst/incidents.py): the history's alerts grouped into incidents (grouped
     within `incident_window_s` of event time), kept in that compacted topic, each summarised and notified as
     `incident_outputs` says (scorer/analyst/outputs.py; `logmesh serve scorer` always passes one: without
-    --llm-url the summaries are the fallback; None: no summaries, no notifications)."""
+    --llm-url the summaries are the fallback; None: no summaries, no notifications). Replicas that pass one
+    `incident_book` name share one book: the one holding its lease owns it, the others follow and serve reads
+    (a dead owner's lease passes on after `incident_lease_timeout_s`; scorer/analyst/incident_lease.py)."""
     client = EmbedderClient(embedder, timeout=30.0)
     holder: dict[str, Server] = {}
 
@@ -326,7 +329,8 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
         services.append(_feedback(servicer, kafka_bootstrap, feedback_topic, kafka_options, security))
     if kafka_bootstrap and anomalies_topic and incidents_topic:
         services.append(_incidents(servicer, kafka_bootstrap, incidents_topic, state_dir, models, embed, kafka_options,
-                                   qdrant_url, qdrant_api_key, incident_window_s))
+                                   qdrant_url, qdrant_api_key, incident_window_s, incident_book,
+                                   incident_lease_timeout_s))
     try:
         server = holder["server"] = Server(services, port, host, limits, security)
     except BaseException:
@@ -381,7 +385,7 @@ def _feedback(servicer: ScorerServicer, bootstrap: str, topic: str, kafka_option
 
 def _incidents(servicer: ScorerServicer, bootstrap: str, topic: str, state_dir: Path | None, models: ModelManager,
                embed, kafka_options: Mapping[str, str] | None, qdrant_url: str | None, qdrant_api_key: str | None,
-               window_s: float):  # type: ignore[no-untyped-def]
+               window_s: float, book_name: str | None = None, lease_timeout_s: float = 10.0):  # type: ignore[no-untyped-def]
     """The IncidentBook over the history (servicer.incidents), wired to the feedback book when there is one, and
     its IncidentService."""
     from logmesh.scorer.analyst.incident_service import SERVICE as INCIDENT_SERVICE, IncidentServicer
@@ -389,11 +393,13 @@ def _incidents(servicer: ScorerServicer, bootstrap: str, topic: str, state_dir: 
     feedback = servicer.feedback
     book = servicer.incidents = open_book(
         servicer.history, bootstrap, topic, state_dir, models, _shape_vectors(models, embed), kafka_options,
-        qdrant_url, qdrant_api_key, window_s,
+        qdrant_url, qdrant_api_key, window_s, book=book_name, lease_timeout_s=lease_timeout_s,
         suppression=feedback.suppressing_incident if feedback is not None else None,
         analyst_label=feedback.label_for_incident if feedback is not None else None)
     if feedback is not None:
         feedback.incident = book.get
+        if book_name and book.lease is not None:  # replicas of one book: the owner numbers labels, all follow
+            feedback.owner = book.lease.owner.is_set
         feedback.on_change(book.refresh_suppressions)
     # each watcher holds a worker thread: WatchAnomalies may take half the workers, WatchIncidents a quarter, so
     # unary calls always keep some

@@ -11,7 +11,10 @@ One message per label, never rewritten; a reader that meets one id twice keeps t
 On start the book reads the topic to its end (on a thread, retried while the broker is away; until then
 SubmitFeedback / ListFeedback answer UNAVAILABLE), so labels, ids and client keys survive a restart:
 a repeat of a client key returns the stored label, also after one. Ids are fb-<n>, one scorer writing the
-topic (as one scorer reads the anomalies topic).
+topic. Replicas of one incident book (--incidents-book): only the replica owning the book takes labels (`owner`;
+the others answer UNAVAILABLE, which a client retries through the Service to another replica), and every
+replica follows the topic, so each serves and applies every label within a second; a new owner reads the topic
+to its end again before it numbers one.
 
 Suppression: `suppressing_anomaly` is asked when the history serves an entry (ListAnomalies, WatchAnomalies)
 and `suppressing_incident` by the IncidentBook; both see a new label the moment SubmitFeedback returns, and
@@ -70,6 +73,8 @@ class FeedbackBook:
         self._problem = "loading"
         self._stop = threading.Event()
         self._timer: threading.Timer | None = None
+        self.owner: Callable[[], bool] | None = None  # replicas: True while this one owns the book (set by serve)
+        self._owned = False
         self.counts: dict[tuple[int, int], int] = {}  # (label, action) -> stored since start (metrics)
         self.suppressed_new = 0  # alerts that arrived already covered by a suppression (metrics)
         if topic is None:
@@ -101,6 +106,28 @@ class FeedbackBook:
         self._loaded.set()
         log.info("feedback loaded", extra={"topic": self.topic.topic, "labels": len(self._labels),
                                            "next_id": self.next_id, "suppressing": bool(self._suppressions)})
+        if self.owner is not None:
+            self._follow()
+
+    def _follow(self) -> None:
+        """Replicas: applies the labels other replicas store, as they land."""
+        assert self.topic is not None
+        warned = False
+        while not self._stop.is_set():
+            try:
+                labels = self.topic.follow(1.0)
+                warned = False
+            except FeedbackStoreError as exc:
+                if not warned:
+                    log.warning("cannot follow the feedback topic; retrying", extra={"error": str(exc)})
+                    warned = True
+                self._stop.wait(1.0)
+                continue
+            if labels:
+                with self._lock:
+                    for fb in labels:
+                        self._hold(fb)
+                self._changed()
 
     def _set_problem(self, problem: str) -> None:
         if self._problem != problem:
@@ -175,6 +202,7 @@ class FeedbackBook:
         if problem:
             raise FeedbackRejected(problem)
         with self._write:
+            self._check_owner()
             if given.client_key:
                 with self._lock:
                     at = self._by_key.get(given.client_key)
@@ -205,6 +233,27 @@ class FeedbackBook:
                                            "scope": fpb.FeedbackScope.Name(fb.scope), "scope_value": fb.scope_value,
                                            "action": fpb.FeedbackAction.Name(fb.action), "author": fb.author})
         return fb, False
+
+    def _check_owner(self) -> None:
+        """Replicas: refuses unless this one owns the book; a new owner first reads what the former one stored."""
+        if self.owner is None:
+            return
+        if not self.owner():
+            self._owned = False
+            raise FeedbackUnavailable("this scorer replica follows the incident book another replica owns, and only "
+                                      "the owner numbers labels; send it again (a Service routes the retry to "
+                                      "another replica) or to the owner (its /metrics says "
+                                      "logmesh_incident_book_owner 1)")
+        if not self._owned:
+            assert self.topic is not None
+            try:
+                labels = self.topic.read_all()
+            except FeedbackStoreError as exc:
+                raise FeedbackUnavailable(f"{exc}; nothing was stored, send it again") from None
+            with self._lock:
+                for fb in labels:
+                    self._hold(fb)
+            self._owned = True
 
     def _subject_exists(self, fb: fpb.Feedback) -> incident_pb2.Incident | None:
         subject = fb.WhichOneof("subject")

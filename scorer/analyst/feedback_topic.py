@@ -33,6 +33,8 @@ class FeedbackTopic:
         self.kafka_options = dict(kafka_options or {})
         self._producer: Producer | None = None
         self._lock = threading.Lock()
+        self._read_to: dict[int, int] = {}  # partition -> the offset read_all read to (follow goes on from there)
+        self._follower: Consumer | None = None
 
     def _conf(self, **extra: Any) -> dict[str, Any]:
         conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "logger": _rdkafka_log, "log_level": 0,
@@ -55,6 +57,7 @@ class FeedbackTopic:
             ends = {}
             for p in partitions:
                 low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
+                self._read_to[p] = high
                 if high > low:
                     ends[p] = high
             if not ends:
@@ -90,6 +93,29 @@ class FeedbackTopic:
         finally:
             consumer.close()
 
+    def follow(self, timeout: float) -> list[fpb.Feedback]:
+        """The labels written since read_all (or the last follow), in topic order; waits up to `timeout` s for
+        the first. What a replica that does not own the book applies: the owner's labels as they land."""
+        if self._follower is None:
+            consumer = Consumer(self._conf(**{"group.id": f"logmesh-feedback-{uuid.uuid4().hex[:8]}",
+                                              "enable.auto.commit": False, "isolation.level": "read_committed"}))
+            consumer.assign([TopicPartition(self.topic, p, offset) for p, offset in (self._read_to or {0: 0}).items()])
+            self._follower = consumer
+        out: list[fpb.Feedback] = []
+        try:
+            for msg in self._follower.consume(500, timeout=timeout):
+                if msg.error() is not None or not msg.value():
+                    continue
+                try:
+                    fb = fpb.Feedback.FromString(msg.value())
+                except Exception:  # noqa: BLE001 - a damaged message loses one label (read_all says so)
+                    continue
+                if fb.feedback_id:
+                    out.append(fb)
+        except KafkaException as exc:
+            raise FeedbackStoreError(f"cannot follow {self.topic}: {exc}") from None
+        return out
+
     def append(self, fb: fpb.Feedback) -> None:
         """Writes `fb` and waits for the broker's acknowledgement; raises FeedbackStoreError when it did not come."""
         with self._lock:
@@ -111,5 +137,8 @@ class FeedbackTopic:
             raise FeedbackStoreError(f"cannot write to {self.topic}: {outcome[0].str()}")
 
     def close(self) -> None:
+        if self._follower is not None:
+            self._follower.close()
+            self._follower = None
         if self._producer is not None:
             self._producer.flush(self.timeout_s)

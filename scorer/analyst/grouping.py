@@ -1,7 +1,8 @@
 """Which alerts belong together: the grouping rules of the incident book (scorer/analyst/incidents.py).
 
 An anomaly from the history joins an open incident when
-- it names a session (an HDFS block id; a BGL node or window) the incident already covers, or
+- it names a session (an HDFS block id; a BGL node or window) the incident already covers (a BGL node's
+  alerts are one incident while they come within a window of each other; its node id is the incident's node), or
 - it is a flagged line that shares a node and a template with the incident and its event time lies within the
   grouping window of the incident's latest line (blocks failing on the same DataNodes the same way, minutes
   apart, are one story).
@@ -30,6 +31,8 @@ _RANK = {K.INCIDENT_KIND_NEW_TEMPLATE: 5, K.INCIDENT_KIND_EXCEPTION: 4, K.INCIDE
 _BLOCK_KINDS = {"new_template": K.INCIDENT_KIND_NEW_TEMPLATE, "evidence_event": K.INCIDENT_KIND_EXCEPTION,
                 "missing_step": K.INCIDENT_KIND_MISSING_STEP, "failure_pattern": K.INCIDENT_KIND_RARE_SEQUENCE}
 # an IPv4 address (a DataNode, a client), without its port: "/10.251.42.84:50010" -> "10.251.42.84"
+# a BlueGene/L node id, the session key BGL lines carry (ingest/families/bgl.py): "R02-M1-N0-C:J12-U11"
+_BGL_NODE = re.compile(r"R\d\d-M\d-N[0-9A-F]-[CI]:J\d\d-U\d\d")
 _IPV4 = re.compile(r"(?<![\d.])((?:25[0-5]|2[0-4]\d|1?\d?\d)(?:\.(?:25[0-5]|2[0-4]\d|1?\d?\d)){3})(?![\d.])")
 
 
@@ -86,11 +89,13 @@ def facts(entry: score_pb2.Anomaly) -> Facts:
     if entry.HasField("line"):
         r = entry.line
         when = seconds(r.event_time) if r.HasField("event_time") else None
-        return Facts(tuple(dict.fromkeys(r.block_ids)), tuple(nodes_of(r.message)), r.template_id, when, recorded)
+        nodes = nodes_of(r.message) + [k for k in r.block_ids if _BGL_NODE.fullmatch(k)]  # a BGL line's node
+        return Facts(tuple(dict.fromkeys(r.block_ids)), tuple(dict.fromkeys(nodes)), r.template_id, when, recorded)
     b = entry.block
+    nodes = (b.block_id,) if _BGL_NODE.fullmatch(b.block_id) else ()  # a BGL node's session
     when = (seconds(b.last_time) if b.HasField("last_time") else seconds(b.first_time) if b.HasField("first_time")
             else None)
-    return Facts((b.block_id,), (), "", when, recorded)
+    return Facts((b.block_id,), nodes, "", when, recorded)
 
 
 @dataclass

@@ -8,10 +8,13 @@ topic, so a restarted scorer's `init_transactions` aborts what a crashed one lef
 read_committed readers waiting out the transaction timeout). `load` reads the topic from its beginning to its
 end (read_committed) and keeps the latest value of each key: compaction keeps nothing else anyway.
 
-Each record carries its book's owner id (header `logmesh.owner`, kept in the state dir): a scorer with another
-state dir pointed at the same topic (a test, a fresh state dir) reads back only its own incidents, and numbers
-its new ones after every id the topic holds, so it overwrites none of the others. Two scorers writing one topic
-at the same time would still race for ids: give each replica its own --incidents-topic.
+Each record carries its book's id (header `logmesh.owner`): the --incidents-book name replicas share, else
+an id kept in the state dir. A scorer of another book pointed at the same topic (a test, a fresh state dir)
+reads back only its own book's incidents, and numbers its new ones after every id the topic holds. Replicas of
+one book share its transactional id too: one of them owns the book at a time (incident_lease.py), and the
+owner's `fence` (init_transactions) aborts whatever a former owner left open and fences its producer, so a
+stalled former owner cannot commit over the new one. The followers `follow` the topic: the owner's committed
+changes as they land.
 """
 from __future__ import annotations
 
@@ -85,6 +88,8 @@ class TopicIncidentStore:
         self.kafka_options = dict(kafka_options or {})
         self._producer: Producer | None = None
         self._failed: list[str] = []
+        self._read_to: dict[int, int] = {}  # partition -> the offset load() read to (follow() goes on from there)
+        self._follower: Consumer | None = None
 
     def _common(self) -> dict[str, Any]:
         conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "logger": _rdkafka_log, "log_level": 0,
@@ -128,6 +133,7 @@ class TopicIncidentStore:
                 _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
                 ends[p] = high
             todo = {p for p, high in ends.items() if high > 0}
+            self._read_to = dict(ends)
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in todo])
             latest: dict[str, bytes | None] = {}
             foreign: set[str] = set()
@@ -177,7 +183,52 @@ class TopicIncidentStore:
                         extra={"topic": self.topic, "skipped": bad})
         return sorted(out, key=lambda i: i.update_id)
 
+    def follow(self, timeout: float) -> list[incident_pb2.Incident]:
+        """This book's incidents committed since the last load() or follow(), in topic order (waits up to
+        `timeout` s for the first); what a follower replica applies. Raises KafkaException when unreadable."""
+        if self._follower is None:
+            consumer = Consumer({**self._common(), "group.id": f"logmesh-incidents-{uuid.uuid4().hex[:8]}",
+                                 "enable.auto.commit": False, "isolation.level": "read_committed",
+                                 "fetch.max.bytes": 64 * 1024 * 1024, "receive.message.max.bytes": 100 * 1024 * 1024})
+            consumer.assign([TopicPartition(self.topic, p, self._read_to.get(p, OFFSET_BEGINNING))
+                             for p in (self._read_to or {0: 0})])
+            self._follower = consumer
+        out: list[incident_pb2.Incident] = []
+        wait = timeout
+        while True:
+            messages = self._follower.consume(500, timeout=wait)
+            for msg in messages:
+                error = msg.error()
+                if error is not None:
+                    if error.fatal():
+                        raise KafkaException(error)
+                    continue
+                key = (msg.key() or b"").decode("utf-8", "replace")
+                self.highest_number = max(self.highest_number, _number(key))
+                if dict(msg.headers() or ()).get(OWNER_HEADER) != self.owner.encode() or msg.value() is None:
+                    continue
+                try:
+                    incident = incident_pb2.Incident.FromString(msg.value())
+                except Exception:  # noqa: BLE001 - one damaged record loses one incident, not the book
+                    continue
+                if incident.incident_id == key:
+                    out.append(incident)
+            if len(messages) < 500:
+                return out
+            wait = 0
+
+    def stop_following(self) -> None:
+        if self._follower is not None:
+            self._follower.close()
+            self._follower = None
+
     # -- writing --------------------------------------------------------------------------------
+    def fence(self) -> None:
+        """Takes the book's transactional id (a new owner, before it reads the topic to its end): aborts what
+        a former owner left open and fences its producer. Raises KafkaException when the broker cannot."""
+        self._drop_producer(abort=False)
+        self._producer = self._new_producer()
+
     def _new_producer(self) -> Producer:
         conf = {**self._common(), "transactional.id": self.transactional_id, "enable.idempotence": True,
                 "acks": "all", "linger.ms": 5, "compression.type": "lz4", "message.max.bytes": 16 * 1024 * 1024,
@@ -214,6 +265,10 @@ class TopicIncidentStore:
             self._drop_producer(abort=err is not None and err.txn_requires_abort())
             raise KafkaException(f"incidents not stored in {self.topic}: {err.str() if err else exc}") from None
 
+    def drop_producer(self) -> None:
+        """This replica stopped owning the book: its producer goes (the new owner has fenced it, or will)."""
+        self._drop_producer(abort=False)
+
     def _drop_producer(self, abort: bool) -> None:
         """After a failed round: abort what is open, and start the next round with a fresh producer (same
         transactional id: it fences this one and aborts whatever it left)."""
@@ -228,6 +283,7 @@ class TopicIncidentStore:
         producer.flush(0)
 
     def close(self) -> None:
+        self.stop_following()
         if self._producer is not None:
             self._producer.flush(self.timeout_s)
             self._producer = None

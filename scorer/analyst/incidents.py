@@ -10,6 +10,12 @@ Every change moves the incident's `update_id` to the next position of the feed; 
 moves its `version` (once per round). After a restart the book reads its incidents back, continues their ids
 and update ids, and groups the history's entries after the highest history id any incident holds: each anomaly
 is grouped once.
+
+Replicas (scorer/analyst/incident_lease.py): with a lease, only the replica holding it runs rounds, calls the
+listeners (summaries, notifications) and writes; the others follow the topic and serve what the owner
+committed. A replica that gains the lease fences the former owner, reads the topic to its end, continues the
+ids after every id it holds, and hands the listeners every open incident and every incident whose summary is
+missing or older than its version (what a crashed owner left pending; a lone scorer does the same at start).
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from logmesh.scorer.analyst.incident_vectors import label, title_of
 from logmesh.v1 import feedback_pb2, incident_pb2, score_pb2
 
 if TYPE_CHECKING:
+    from logmesh.scorer.analyst.incident_lease import IncidentLease
     from logmesh.scorer.analyst.incident_vectors import IncidentVectors
     from logmesh.scorer.history import AnomalyHistory
 
@@ -64,14 +71,17 @@ class IncidentBook:
     """Incidents grouped from `history` (a logmesh.scorer.history.AnomalyHistory), kept in `store`.
 
     `normal_fraction(template_id)` is the share of normal training sessions holding a template (the served
-    model's NormalProfile); `vectors` finds similar past incidents; `suppression(incident)` names the feedback
+    model's NormalProfile); `family` names the logs (or says it, asked per new incident: the served model's);
+    `vectors` finds similar past incidents; `suppression(incident)` names the feedback
     that suppresses an incident ("" for none), `analyst_label(incident_id)` an incident's analyst label."""
 
     def __init__(self, history: "AnomalyHistory | None" = None, store: IncidentStore | None = None,
                  vectors: "IncidentVectors | None" = None, normal_fraction: Callable[[str], float] | None = None,
-                 window_s: float = DEFAULT_WINDOW_S, family: str = "hdfs", max_incidents: int = 50_000, *,
+                 window_s: float = DEFAULT_WINDOW_S, family: str | Callable[[], str] = "hdfs",
+                 max_incidents: int = 50_000, *,
                  suppression: Callable[[incident_pb2.Incident], str] | None = None,
-                 analyst_label: Callable[[str], feedback_pb2.FeedbackLabel] | None = None) -> None:
+                 analyst_label: Callable[[str], feedback_pb2.FeedbackLabel] | None = None,
+                 lease: "IncidentLease | None" = None) -> None:
         self.history, self.store, self.vectors = history, store or MemoryIncidentStore(), vectors
         self.normal_fraction = normal_fraction
         self.window_s, self.family, self.max_incidents = window_s, family, max_incidents
@@ -98,6 +108,10 @@ class IncidentBook:
         self._in_round = False  # a round is between its first step and its publication (wait_idle waits)
         self.opened = 0  # incidents started by this process (metrics)
         self.status = "loading"
+        self.lease = lease
+        self.role = "follower" if lease is not None else "owner"
+        if lease is not None:
+            lease.on_change = self._wake.set
         if history is not None:
             history.on_add(lambda entries: self._wake.set())
 
@@ -119,6 +133,16 @@ class IncidentBook:
             incident = self._incidents.get(incident_id)
             if incident is not None and kept.incident_version == incident.version:
                 incident.summary.CopyFrom(kept)
+                changed.add(incident_id)
+        self._command(apply)
+
+    def mark_notified(self, incident_id: str, target_key: str) -> None:
+        """Records that `target_key` (notify.Target.key) has handled the incident, in the incident itself, so
+        the replica that owns the book next sends it no second time."""
+        def apply(changed: set[str]) -> None:
+            incident = self._incidents.get(incident_id)
+            if incident is not None and target_key not in incident.notified_targets:
+                incident.notified_targets.append(target_key)
                 changed.add(incident_id)
         self._command(apply)
 
@@ -180,6 +204,8 @@ class IncidentBook:
     def start(self) -> "IncidentBook":
         self._thread = threading.Thread(target=self._run, name="incident-book", daemon=True)
         self._thread.start()
+        if self.lease is not None:
+            self.lease.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -187,6 +213,8 @@ class IncidentBook:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.lease is not None:
+            self.lease.close()
         with self._lock:
             self._lock.notify_all()
         self.store.close()
@@ -217,9 +245,13 @@ class IncidentBook:
         except Exception:  # noqa: BLE001 - a book that cannot load must not take the scorer down
             log.exception("incidents could not be read back; the book starts empty")
         self.ready.set()
-        self.status = "live"
+        self.status = "live" if self.lease is None else "following"
+        if self.lease is None:
+            self._requeue()
         tick = max(0.05, min(5.0, self.window_s / 4))
         while not self._stop.is_set():
+            if self.lease is not None and not self._own(tick):
+                continue
             more = False
             try:
                 with self._lock:
@@ -235,12 +267,84 @@ class IncidentBook:
                 self._wake.wait(tick if not self._store_failing else 2.0)
                 self._wake.clear()
 
-    def _load(self, incidents: list[incident_pb2.Incident]) -> None:
+    # -- replicas: following the owner, taking over ---------------------------------------------
+    def _own(self, tick: float) -> bool:
+        """True when this replica owns the book (taking it over first when it just gained the lease); else
+        follows the owner's topic for a while and returns False."""
+        assert self.lease is not None
+        if self.lease.owner.is_set():
+            return self.role == "owner" or self._take_over()
+        if self.role == "owner":
+            self.role, self.status = "follower", "following"
+            with self._lock:
+                self._dirty.clear()  # not stored: the new owner groups those alerts again from its history
+            self.store.drop_producer()
+        try:
+            followed = self.store.follow(min(1.0, tick))
+        except Exception as exc:  # noqa: BLE001 - the broker's trouble: say it once, keep following
+            if self.status == "following":
+                log.warning("cannot follow the incidents topic; retrying", extra={"error": str(exc)})
+            self.status = f"following, topic unreadable: {exc}"
+            self._stop.wait(1.0)
+            return False
+        self.status = "following"
+        if followed:
+            with self._lock:
+                for incident in followed:
+                    self._index.remove(incident.incident_id)
+                    self._joined.pop(incident.incident_id, None)
+                    self._hold(incident)
+                self._published = self._last_update
+                self._trim()
+                self._lock.notify_all()
+        return False
+
+    def _take_over(self) -> bool:
+        """Fences the former owner, reads the topic to its end and continues from there."""
+        try:
+            self.store.fence()
+            self.store.stop_following()
+            incidents = self.store.load(self._stop)
+        except Exception as exc:  # noqa: BLE001 - try again next turn; nothing was written
+            log.warning("taking over the incident book failed; retrying", extra={"error": str(exc)})
+            self._stop.wait(1.0)
+            return False
+        with self._lock:
+            self._incidents.clear()
+            self._index = OpenIndex(self.window_s)
+            self._homes.clear()
+            self._joined.clear()
+            self._dirty.clear()
+            self._load(incidents, fresh_history_check=False)
+        self._next_number = max(self._next_number, getattr(self.store, "highest_number", 0) + 1)
+        self.role, self.status = "owner", "live"
+        log.info("incident book taken over", extra={"incidents": len(incidents), "next_id": self._next_number,
+                                                     "grouped_to": self._last_grouped})
+        self._requeue()
+        return True
+
+    def _requeue(self) -> None:
+        """Hands the listeners what a former owner (or this scorer before a crash) left pending: every open
+        incident and every one whose summary is missing or older than its version (the notifier skips what
+        notified_targets or its own record says was sent)."""
+        with self._lock:
+            pending = [_copy(i) for i in self._incidents.values()
+                       if i.state == OPEN or i.summary.incident_version != i.version]
+        for incident in pending:
+            for listener in self._listeners:
+                try:
+                    listener(incident)
+                except Exception:  # noqa: BLE001 - one listener's bug must not stop the others
+                    log.exception("incident listener failed", extra={"incident_id": incident.incident_id})
+        if pending:
+            log.info("incidents handed to summaries and notifications again", extra={"incidents": len(pending)})
+
+    def _load(self, incidents: list[incident_pb2.Incident], fresh_history_check: bool = True) -> None:
         with self._lock:
             for incident in incidents:
                 self._hold(incident)
             last_history = self.history.last_id if self.history is not None else 0
-            if self._last_grouped > last_history:
+            if fresh_history_check and self._last_grouped > last_history:
                 log.warning("the incidents topic holds anomalies newer than the anomaly history (a history without "
                             "its state dir?): grouping the history's entries as new",
                             extra={"grouped_to": self._last_grouped, "history_last": last_history})
@@ -403,7 +507,8 @@ class IncidentBook:
     def _open(self, f: Facts) -> str:
         incident_id = f"inc-{self._next_number:06d}"
         self._next_number += 1
-        incident = incident_pb2.Incident(incident_id=incident_id, state=OPEN, family=self.family)
+        family = self.family() if callable(self.family) else self.family
+        incident = incident_pb2.Incident(incident_id=incident_id, state=OPEN, family=family)
         when = f.event_s if f.event_s is not None else f.recorded_s
         incident.first_seen_time.CopyFrom(_ts(when))
         incident.last_seen_time.CopyFrom(_ts(when))

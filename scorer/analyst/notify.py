@@ -6,7 +6,10 @@ thread per target posts the payload of notify_formats.py with retries (tenacity)
   or a close lands later: the notification links the incident, the console and `logmesh incident ID` follow it.
 - Suppressed (by analyst feedback) when due: not sent, logged, and counted as done.
 - Dedup: the incident ids a target has handled (sent or dead-lettered) are appended to
-  STATE_DIR/notify/<target>.sent, so a restart (the book replaying its topic) sends nothing twice.
+  STATE_DIR/notify/<target>.sent, so a restart (the book replaying its topic) sends nothing twice, and the
+  incident records the target's key (Incident.notified_targets, via `on_handled`), so another replica that
+  takes the book over sends nothing twice either. (A crash between the POST and that record being stored
+  sends that one incident again: webhooks have no transactions; Alertmanager dedups by its labels.)
 - Dead letter: after the last attempt, or at once on a 4xx other than 408/429, the payload, the target and the
   error go to STATE_DIR/notify-dead-letters.jsonl: a file beside the scorer's other state rather than a Kafka
   topic, because a webhook outage often comes with a network problem that a broker would share, and a line of
@@ -23,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import httpx
@@ -100,7 +103,7 @@ class _TargetWorker:
     def offer(self, incident: incident_pb2.Incident) -> None:
         with self.cond:
             key = incident.incident_id
-            if key in self.handled or self.closed:
+            if key in self.handled or self.target.key in incident.notified_targets or self.closed:
                 return
             first = self.pending[key][0] if key in self.pending else time.monotonic()
             self.pending[key] = (first, incident)
@@ -175,6 +178,7 @@ class _TargetWorker:
             if self.sent_file is not None:
                 with self.sent_file.open("a") as f:
                     f.write(incident.incident_id + "\n")
+        self.n.on_handled(incident.incident_id, self.target.key)
 
     def idle(self) -> bool:
         return not self.busy and not self.pending
@@ -184,7 +188,11 @@ class Notifier:
     """Notifications of incidents to `targets`. `state_dir` None: dedup in memory only, dead letters logged."""
 
     def __init__(self, targets: list[Target], *, state_dir: Path | None = None, wait_for_summary: float = 30.0,
-                 attempts: int = 4, backoff: float = 0.5, timeout: float = 10.0, console_url: str = "") -> None:
+                 attempts: int = 4, backoff: float = 0.5, timeout: float = 10.0, console_url: str = "",
+                 on_handled: Callable[[str, str], None] = lambda incident_id, target_key: None) -> None:
+        """`on_handled(incident_id, target_key)` after each incident a target sent or dead-lettered (the
+        scorer passes IncidentBook.mark_notified: the incident records it, for the next owner of the book)."""
+        self.on_handled = on_handled
         self.state_dir = Path(state_dir) if state_dir else None
         self.wait_for_summary, self.attempts, self.backoff = wait_for_summary, attempts, backoff
         self.console_url = console_url

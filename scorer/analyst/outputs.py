@@ -36,7 +36,7 @@ def wire(book: Any, outputs: IncidentOutputs, state_dir: Path | None) -> tuple[A
              else "built from the evidence (no --llm-url)")
     if outputs.notify_urls:
         notifier = Notifier([Target.parse(u) for u in outputs.notify_urls], state_dir=state_dir,
-                            wait_for_summary=outputs.notify_wait)
+                            wait_for_summary=outputs.notify_wait, on_handled=book.mark_notified)
         book.subscribe(notifier.on_incident)
         closers.append(notifier.close)
     return summarizer, closers

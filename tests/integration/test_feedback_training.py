@@ -33,6 +33,12 @@ from logmesh.streaming.vector_store import Point, open_store
 from logmesh.v1 import feedback_pb2 as fpb
 
 BOOTSTRAP = "127.0.0.1:9092"
+# The label teaches that re-replication (E16) is normal, and some failing sessions of the data hold E16 too, so
+# the shadow comparison measures a real cost on the data's labels: the candidate's F1 at 2.93% drop against the
+# serving recipe was 0.0092-0.0094 here (worst repeat, quick validation): inside the default 0.01 by a hair.
+# What this test means is "a small, measured cost, promoted under the operator's tolerance", not "inside 0.01 by
+# luck": it trains with a tolerance of 0.03 and asserts the drop stays at least 0.01 under it.
+TOLERANCE = 0.03
 LOGMESH = str(Path(sys.executable).with_name("logmesh"))
 _BLOCK = re.compile(r"blk_-?\d+")
 
@@ -119,7 +125,8 @@ def test_a_false_alarm_the_analyst_marked_does_not_come_back_after_the_retrain(a
     assert sorted(f.feedback_id for f in read.feedback) == ["fb-1", "fb-2", "fb-3", "fb-4"]
     assert len(read.unreadable) == 1 and "fb-6" in read.unreadable[0]
     fset = fbt.select(read.feedback, source=read.source)
-    path = train(data, models, encoder.encode, validation="quick", feedback=fset, lookup=fbt.StoreLookup(store))
+    path = train(data, models, encoder.encode, validation="quick", feedback=fset, lookup=fbt.StoreLookup(store),
+                 tolerance=TOLERANCE)
     store.close()
 
     meta = json.loads((path / "meta.json").read_text())
@@ -136,6 +143,11 @@ def test_a_false_alarm_the_analyst_marked_does_not_come_back_after_the_retrain(a
     shadow = meta["shadow"]
     assert shadow["serving"] == serving_path.name and meta["promotion"] == {
         "promoted": True, "forced": False, "reason": shadow["reason"]}
+    assert shadow["tolerance"] == {"f1_at_prevalence_drop": TOLERANCE}
+    f1 = {r: shadow["validation"][r]["worst"]["complete"]["f1_at_prevalence"] for r in ("serving_recipe", "candidate")}
+    drop = f1["serving_recipe"] - f1["candidate"]
+    print(f"shadow: candidate F1 {f1['candidate']:.4f} vs serving recipe {f1['serving_recipe']:.4f}, drop {drop:.4f}")
+    assert drop <= TOLERANCE - 0.01, f"the label costs more than measured before (~0.009): {shadow['reason']}"
     for recipe in ("serving_recipe", "candidate"):
         worst = shadow["validation"][recipe]["worst"]["complete"]
         assert worst["sessions"] > 18_000 and 0 < worst["f1_at_prevalence"] <= 1
