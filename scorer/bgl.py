@@ -470,6 +470,8 @@ def format_table(r: dict) -> str:
         out.append(f"  {f['file']}: {f['lines']:,} lines ({f['unparsed']} unparsed, kept), {f['judged']}")
     out.append(f"{'':<46} {'precision':>9} {'recall':>7} {'f1':>7} {'fpr':>9} {'tp':>6} {'fp':>6} {'fn':>6} {'tn':>7}")
     out.append(_row(f"logmesh lines ({r['line']['lines']:,}, {r['line']['anomalies']:,} alerts)", r["line"]))
+    for name, m in r.get("line_baselines", {}).items():
+        out.append(_row(f"baseline lines: {name}", m))
     w = r["window"]
     out.append(_row(f"logmesh windows of {w['size']} ({w['windows']:,}, {w['anomalies']:,} anomalous)", w))
     for name, m in r["baselines"].items():

@@ -111,7 +111,8 @@ def result_shape(result: score_pb2.ScoreResult) -> str:
     """The masked shape a line's result was scored by, as ingest/families.record_shape gives it for the record:
     BGL (level_name set) `COMPONENT LEVEL: message`, HDFS `component: message`."""
     if result.level_name:
-        return line_shape(f"{result.component} {result.level_name}" if result.component else "", result.message)
+        from logmesh.ingest.families.bgl import message_shape
+        return message_shape(f"{result.component} {result.level_name}" if result.component else "", result.message)
     return line_shape(result.component, result.message)
 
 
