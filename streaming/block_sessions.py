@@ -536,10 +536,9 @@ def with_block_sessions(source, quiet_ms: int, clock: str = "processing",  # typ
     if plan == "single-pass":
         rows = _record_time(source).select("topic", "partition", "offset", "key", "value", "timestamp", "record_ms",
                                            F.col("key").cast("string").alias("block_id"))
-        bucket = F.pmod(F.hash("block_id"), F.lit(SINGLE_PASS_BUCKETS))
-        if bucket_keys:  # keys that land in distinct shuffle partitions (spread_bucket_keys); None: 0, 1, ...
-            if len(bucket_keys) != SINGLE_PASS_BUCKETS:
-                raise ValueError(f"{len(bucket_keys)} bucket keys for {SINGLE_PASS_BUCKETS} buckets")
+        # keys that land in distinct shuffle partitions (spread_bucket_keys), one bucket each; None: 0, 1
+        bucket = F.pmod(F.hash("block_id"), F.lit(len(bucket_keys) if bucket_keys else SINGLE_PASS_BUCKETS))
+        if bucket_keys:
             bucket = F.element_at(F.array(*(F.lit(k) for k in bucket_keys)), bucket + 1)
         buckets = rows.withColumn("bucket", bucket).groupBy("bucket")
         return buckets.applyInPandasWithState(track_lines_and_blocks(quiet_ms, stall_ms, work),

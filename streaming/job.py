@@ -1,6 +1,7 @@
 """`logmesh stream`: the Structured Streaming job from `logmesh.logs` to the scorer, Kafka and Qdrant."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -9,8 +10,8 @@ from pathlib import Path
 
 from logmesh.client import EmbedderClient, ScorerClient
 from logmesh.ingest.kafka_options import check_kafka_options
-from logmesh.streaming.options import (BLOCK_CLOCK_FILE, StreamConfig, add_args, check_block_clock,  # noqa: F401
-                                       check_block_timing, config_from_args)
+from logmesh.streaming.options import (BLOCK_CLOCK_FILE, SHUFFLE_PARTITIONS, StreamConfig, add_args,  # noqa: F401
+                                       check_block_clock, check_block_timing, config_from_args, shuffle_partitions)
 from logmesh.streaming.outputs import Ledger, ensure_ledger_topic, job_id
 from logmesh.streaming.sink import CRASH_ENV, BatchSink, WriterSettings
 from logmesh.streaming.vector_store import open_store
@@ -18,7 +19,6 @@ from logmesh.streaming.work import WorkSettings
 
 log = logging.getLogger("logmesh.stream")
 FETCH_MAX_WAIT_MS = "10"  # Spark's Kafka consumers; --spark-kafka-option fetch.max.wait.ms=... overrides it
-SHUFFLE_PARTITIONS = 2  # spark.sql.shuffle.partitions (spark.py): the block operator's partitions
 
 
 def build_sink(config: StreamConfig, on_report=None) -> tuple[BatchSink, object]:  # type: ignore[no-untyped-def]
@@ -58,7 +58,7 @@ def _fence_and_read_ledger(config: StreamConfig, sink: BatchSink, job: str) -> L
     admin = AdminClient({"bootstrap.servers": config.bootstrap, **config.kafka_options})
     topic = admin.list_topics(config.topic, timeout=30).topics.get(config.topic)
     inputs = len(topic.partitions) if topic is not None and topic.error is None else 0
-    count = max(sink.task_partitions(), inputs + SHUFFLE_PARTITIONS)
+    count = max(sink.task_partitions(), inputs + (config.shuffle_partitions or SHUFFLE_PARTITIONS))
     fence(config.bootstrap, [legacy_transactional_id(job), *(task_transactional_id(job, p) for p in range(count))],
           config.kafka_options, config.retry_budget_s)
     return Ledger(config.bootstrap, job, config.ledger_topic, config.kafka_options)
@@ -73,7 +73,8 @@ def _warm_python_workers(spark, config: StreamConfig) -> None:  # type: ignore[n
     from logmesh.streaming.work import warm_up_task
     started = time.perf_counter()
     warm = warm_up_task(work_settings(config))
-    pids = (spark.range(0, SHUFFLE_PARTITIONS, 1, SHUFFLE_PARTITIONS).mapInPandas(warm, "pid int")
+    partitions = config.shuffle_partitions or SHUFFLE_PARTITIONS
+    pids = (spark.range(0, partitions, 1, partitions).mapInPandas(warm, "pid int")
             .mapInPandas(warm, "pid int").collect())
     log.info("python workers ready", extra={"workers": len({r.pid for r in pids}),
                                             "seconds": round(time.perf_counter() - started, 2)})
@@ -103,17 +104,19 @@ def block_plan(checkpoint: str | Path, clock: str, record: bool = True) -> str:
 BUCKET_KEYS_FILE = "block-bucket-keys"
 
 
-def bucket_keys(checkpoint: str | Path, plan: str, record: bool = True) -> list[int] | None:
-    """The single pass's state keys, fixed per checkpoint like the plan: spread over the shuffle partitions
-    (block_sessions.spread_bucket_keys) for a checkpoint started with this file; None (keys 0, 1: both in one
-    shuffle partition) for a single-pass checkpoint started before it, whose state is keyed so."""
+def bucket_keys(checkpoint: str | Path, plan: str, record: bool = True,
+                partitions: int = SHUFFLE_PARTITIONS) -> list[int] | None:
+    """The single pass's state keys, fixed per checkpoint like the plan: one per shuffle partition (at least
+    SINGLE_PASS_BUCKETS), spread over them (block_sessions.spread_bucket_keys) for a checkpoint started with
+    this file; None (keys 0, 1: both in one shuffle partition) for a single-pass checkpoint started before
+    it, whose state is keyed so."""
     path = Path(checkpoint) / BUCKET_KEYS_FILE
     if path.exists():
         return [int(k) for k in path.read_text().split(",")]
     if plan != "single-pass" or (Path(checkpoint) / "spark").exists():
         return None
     from logmesh.streaming.block_sessions import SINGLE_PASS_BUCKETS, spread_bucket_keys
-    keys = spread_bucket_keys(SINGLE_PASS_BUCKETS, SHUFFLE_PARTITIONS)
+    keys = spread_bucket_keys(max(SINGLE_PASS_BUCKETS, partitions), partitions)
     if record:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(",".join(map(str, keys)) + "\n")
@@ -199,7 +202,9 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
     from logmesh.streaming.spark import session
     check_block_clock(config.checkpoint, config.block_clock)
     plan = block_plan(config.checkpoint, config.block_clock)
-    keys = bucket_keys(config.checkpoint, plan)
+    config = dataclasses.replace(config, shuffle_partitions=shuffle_partitions(config.checkpoint,
+                                                                                config.shuffle_partitions))
+    keys = bucket_keys(config.checkpoint, plan, partitions=config.shuffle_partitions)
     progress = {"batches": 0}
     if config.metrics_port is not None:  # first: a taken port fails before Spark starts
         from logmesh.runtime.metrics import serve_metrics
@@ -218,7 +223,7 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
         logging.getLogger("py4j").setLevel(logging.WARNING)
     # Spark first: launching its JVM forks this process, which must not happen while gRPC channels have
     # threads running (seen once: the forked child died before exec, "Java gateway process exited").
-    spark = session(master=config.master)
+    spark = session(master=config.master, shuffle_partitions=config.shuffle_partitions)
     try:
         if config.metrics_port is not None:
             metrics.listen(spark)

@@ -57,6 +57,9 @@ class StreamConfig:
     retry_budget_s: float = 300.0  # a service down longer than this fails the batch (and the query: restarted)
     max_query_restarts: int = 10  # consecutive restarts of a failed query without a batch done in between
     metrics_port: int | None = None  # the driver serves Prometheus metrics here (streaming/metrics.py); None: off
+    # spark.sql.shuffle.partitions, and as many state buckets: how many tasks do the per-line work. Spark freezes
+    # it into a checkpoint at its first start; None: the checkpoint's, or 2 (job.SHUFFLE_PARTITIONS) for a new one
+    shuffle_partitions: int | None = None
     metrics_host: str = "127.0.0.1"
 
 
@@ -108,6 +111,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="retry a down service this long per batch before failing it (default %(default)s)")
     p.add_argument("--max-query-restarts", type=int, default=d.max_query_restarts,
                    help="restart a failed query from its checkpoint up to this many times in a row (default %(default)s)")
+    p.add_argument("--shuffle-partitions", type=int, default=None, metavar="N",
+                   help="state partitions of a NEW checkpoint: the block state is split into N buckets, one task "
+                        "each, so at most N executor cores do the per-line work (decode, embed and score calls, "
+                        "writes). Fixed at the checkpoint's first start (Spark keeps it in its offset log); an "
+                        "existing checkpoint keeps its own. Default: 2, or the checkpoint's")
     p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                    help="serve Prometheus metrics from the driver at http://--metrics-host:PORT/metrics "
                         "(micro-batches and their parts, lines, blocks, alerts, dead letters, Kafka lag per "
@@ -129,7 +137,11 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
     try:
         check_kafka_options(values["kafka_options"])
         check_block_clock(values["checkpoint"], values["block_clock"], record=False)
+        shuffle_partitions(values["checkpoint"], values.get("shuffle_partitions"), record=False)
         check_block_timing(values["block_quiet_ms"], values["block_stall_ms"], values["block_clock"])
+        partitions = values.get("shuffle_partitions")
+        if partitions is not None and partitions < 1:
+            raise ValueError(f"--shuffle-partitions must be at least 1, not {partitions}")
         port = values.get("metrics_port")
         if port is not None and not 0 < port < 65536:
             raise ValueError(f"--metrics-port must be a TCP port (1-65535), not {port}")
@@ -171,3 +183,26 @@ def check_block_clock(checkpoint: str | Path, clock: str, record: bool = True) -
     if record:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(clock + "\n")
+
+
+SHUFFLE_PARTITIONS = 2  # spark.sql.shuffle.partitions of a new checkpoint (--shuffle-partitions): the block operator's
+SHUFFLE_PARTITIONS_FILE = "shuffle-partitions"
+
+
+def shuffle_partitions(checkpoint: str | Path, wanted: int | None = None, record: bool = True) -> int:
+    """The checkpoint's spark.sql.shuffle.partitions: what it recorded at its first start (2 for one started
+    before this was recorded: Spark froze the session's 2 into its offset log), else `wanted` or
+    SHUFFLE_PARTITIONS, recorded (`record`). Another `wanted` for an existing checkpoint is refused
+    with ValueError: Spark would keep the frozen value anyway, and the state is keyed by it."""
+    path = Path(checkpoint) / SHUFFLE_PARTITIONS_FILE
+    kept = int(path.read_text().strip()) if path.exists() else (
+        SHUFFLE_PARTITIONS if (Path(checkpoint) / "spark").exists() else None)
+    if kept is not None and wanted is not None and wanted != kept:
+        raise ValueError(f"checkpoint {checkpoint} keeps its state in {kept} shuffle partitions, fixed at its first "
+                         f"start; it cannot switch to --shuffle-partitions {wanted}. Start it without the option, or "
+                         "use a new --checkpoint (its offsets and block state start over)")
+    value = kept if kept is not None else (wanted or SHUFFLE_PARTITIONS)
+    if record and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{value}\n")
+    return value

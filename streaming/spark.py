@@ -18,7 +18,8 @@ def kafka_jars() -> str:
     return JARS_LIST.read_text().strip()
 
 
-def session(app: str = "logmesh-stream", master: str = "local[2]", driver_memory: str = "1g"):  # type: ignore[no-untyped-def]
+def session(app: str = "logmesh-stream", master: str = "local[2]", driver_memory: str = "1g",  # type: ignore[no-untyped-def]
+            shuffle_partitions: int = 2):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # else workers miss the venv's pyarrow
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -31,8 +32,8 @@ def session(app: str = "logmesh-stream", master: str = "local[2]", driver_memory
              # on a cluster the application's UI and its REST API (/api/v1/applications/<id>/executors: tasks per
              # executor) are how one watches the job; local mode does without
              .config("spark.ui.enabled", str(not master.startswith("local")).lower())
-             # frozen into the checkpoint at first start; 2 matches the cores here (FIELD-NOTES)
-             .config("spark.sql.shuffle.partitions", "2")
+             # frozen into the checkpoint at first start (job.shuffle_partitions); 2 matches the cores here (FIELD-NOTES)
+             .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
              # the default manager forks chmod/readlink per checkpoint file: 115-145 ms -> 50-85 ms per batch
              .config("spark.sql.streaming.checkpointFileManagerClass",
                      "org.apache.spark.sql.execution.streaming.checkpointing.FileSystemBasedCheckpointFileManager")
