@@ -32,7 +32,7 @@ def session(app: str = "logmesh-stream", master: str = "local[2]", driver_memory
              # on a cluster the application's UI and its REST API (/api/v1/applications/<id>/executors: tasks per
              # executor) are how one watches the job; local mode does without
              .config("spark.ui.enabled", str(not master.startswith("local")).lower())
-             # frozen into the checkpoint at first start (job.shuffle_partitions); 2 matches the cores here (FIELD-NOTES)
+             # frozen into the checkpoint at first start (options.shuffle_partitions); 2 matches the cores here (FIELD-NOTES)
              .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
              # the default manager forks chmod/readlink per checkpoint file: 115-145 ms -> 50-85 ms per batch
              .config("spark.sql.streaming.checkpointFileManagerClass",
