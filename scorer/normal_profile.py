@@ -166,8 +166,8 @@ class NormalProfile:
 
     def checked(self, k: int, counts: Counter) -> bool:
         """Was invariant k checked on normal sessions like this one (every pair of its events, every count)?"""
-        if not getattr(self, "domains", None):
-            return True  # an artifact trained before domains: every invariant applies, as then
+        if not getattr(self, "domains", None) or not getattr(self, "domain_sessions", 0):
+            return True  # no domains (an artifact trained before them, or domain_sessions=0): every invariant applies
         idx = [self.domain_index.get(e) for e in counts]
         if any(i is None for i in idx):
             return False  # an event no normal session held: nothing was checked with it
