@@ -89,6 +89,7 @@ class _TargetWorker:
         self.n, self.target = notifier, target
         self.sent_file = notifier.state_dir / "notify" / f"{target.key}.sent" if notifier.state_dir else None
         self.handled: set[str] = set()
+        self.sending: set[str] = set()  # taken for a POST, not done yet: a newer offer meanwhile is not a second one
         if self.sent_file is not None:
             self.sent_file.parent.mkdir(parents=True, exist_ok=True)
             if self.sent_file.exists():
@@ -103,7 +104,8 @@ class _TargetWorker:
     def offer(self, incident: incident_pb2.Incident) -> None:
         with self.cond:
             key = incident.incident_id
-            if key in self.handled or self.target.key in incident.notified_targets or self.closed:
+            if (key in self.handled or key in self.sending or self.target.key in incident.notified_targets
+                    or self.closed):
                 return
             first = self.pending[key][0] if key in self.pending else time.monotonic()
             self.pending[key] = (first, incident)
@@ -121,6 +123,7 @@ class _TargetWorker:
                     if at <= now:
                         due.append(incident)
                         del self.pending[key]
+                        self.sending.add(key)
                     else:
                         soonest = at if soonest is None else min(soonest, at)
                 if due:
@@ -138,6 +141,9 @@ class _TargetWorker:
                 except Exception:  # a bug in one payload must not stop the others
                     log.exception("notification of incident %s to %s failed", incident.incident_id,
                                   self.target.shown)
+                finally:
+                    with self.cond:
+                        self.sending.discard(incident.incident_id)
 
     def handle(self, incident: incident_pb2.Incident) -> None:
         if incident.suppressed_by_feedback_id:
