@@ -12,7 +12,7 @@ from logmesh.client import EmbedderClient, ScorerClient
 from logmesh.ingest.kafka_options import check_kafka_options
 from logmesh.streaming.options import (BLOCK_CLOCK_FILE, SHUFFLE_PARTITIONS, StreamConfig, add_args,  # noqa: F401
                                        check_block_clock, check_block_timing, config_from_args, shuffle_partitions)
-from logmesh.streaming.outputs import Ledger, ensure_ledger_topic, job_id
+from logmesh.streaming.outputs import WRITER_SLOTS, Ledger, ensure_ledger_topic, job_id
 from logmesh.streaming.sink import CRASH_ENV, BatchSink, WriterSettings
 from logmesh.streaming.vector_store import open_store
 from logmesh.streaming.work import WorkSettings
@@ -36,7 +36,8 @@ def build_sink(config: StreamConfig, on_report=None) -> tuple[BatchSink, object]
     job = job_id(config.checkpoint)
     settings = WriterSettings(config.bootstrap, config.scores_topic, config.anomalies_topic, config.dlq_topic,
                               config.ledger_topic, job, dict(config.kafka_options), config.retry_budget_s,
-                              config.qdrant_url, config.qdrant_api_key, os.environ.get(CRASH_ENV), os.getpid())
+                              config.qdrant_url, config.qdrant_api_key, os.environ.get(CRASH_ENV), os.getpid(),
+                              WRITER_SLOTS if config.master.startswith("local") else 0)
     store = open_store(url=config.qdrant_url, path=config.qdrant_path, api_key=config.qdrant_api_key)
     store.ensure_collection()
     sink = BatchSink(settings, None, store, config.checkpoint, on_report)  # type: ignore[arg-type]
@@ -54,12 +55,12 @@ def _fence_and_read_ledger(config: StreamConfig, sink: BatchSink, job: str) -> L
     crashed attempt left open; then the ledger (read_committed) holds exactly what committed."""
     from confluent_kafka.admin import AdminClient
 
-    from logmesh.streaming.outputs import fence, legacy_transactional_id, task_transactional_id
+    from logmesh.streaming.outputs import fence, legacy_transactional_id, partition_transactional_ids
     admin = AdminClient({"bootstrap.servers": config.bootstrap, **config.kafka_options})
     topic = admin.list_topics(config.topic, timeout=30).topics.get(config.topic)
     inputs = len(topic.partitions) if topic is not None and topic.error is None else 0
     count = max(sink.task_partitions(), inputs + (config.shuffle_partitions or SHUFFLE_PARTITIONS))
-    fence(config.bootstrap, [legacy_transactional_id(job), *(task_transactional_id(job, p) for p in range(count))],
+    fence(config.bootstrap, [legacy_transactional_id(job), *(i for p in range(count) for i in partition_transactional_ids(job, p))],
           config.kafka_options, config.retry_budget_s)
     return Ledger(config.bootstrap, job, config.ledger_topic, config.kafka_options)
 

@@ -1,6 +1,6 @@
 """The job's Kafka outputs: per-line results, anomalies, the dead-letter topic, and the sink's ledger.
 
-With a `transactional_id` (what the job's tasks use: one per Spark partition, task_transactional_id)
+With a `transactional_id` (what the job's tasks use: one per Spark partition and writer slot, task_transactional_id)
 the messages a task writes for its partition of a micro-batch, its ledger record included, are one
 Kafka transaction: consumers reading with isolation.level=read_committed (librdkafka's default) see all
 of it or none of it. `init_transactions` fences an earlier producer with the same id (an earlier attempt
@@ -247,11 +247,26 @@ def ensure_ledger_topic(bootstrap: str, topic: str = LEDGER_TOPIC, extra: dict[s
     return True
 
 
-def task_transactional_id(job: str, partition: int) -> str:
-    """The transactional id of the tasks that write Spark partition `partition` of `job`'s micro-batches:
-    every attempt of that task, in any batch, uses it, so each one's init_transactions fences the one
-    before (a retried task, a zombie executor) and aborts what it left open."""
-    return f"logmesh-stream-{job}-p{partition}"
+# Write slots per partition (local mode, sink.py): each Python worker that writes takes one (sink._writer_slot)
+# and writes partition p with the id of (p, its slot), so two workers that take turns at p's write task do not
+# fence each other's cached producer every batch. Local mode runs 4 workers (2 per task); a slot two workers
+# share (more workers than slots) only costs a fresh producer now and then.
+WRITER_SLOTS = 4
+
+
+def task_transactional_id(job: str, partition: int, slot: int | None = None) -> str:
+    """The transactional id a write task of Spark partition `partition` of `job`'s micro-batches uses: the
+    one of its worker's write slot (sink.py), or without `slot` the partition's own id, which tasks used
+    before slots (still fenced: a checkpoint started then may have left a transaction open)."""
+    base = f"logmesh-stream-{job}-p{partition}"
+    return base if slot is None else f"{base}-w{slot}"
+
+
+def partition_transactional_ids(job: str, partition: int) -> list[str]:
+    """Every id a writer of `partition` may have used: what a retry of its task, or the driver before a
+    (re)start, fences so that no earlier attempt can still commit."""
+    return [task_transactional_id(job, partition), *(task_transactional_id(job, partition, s)
+                                                     for s in range(WRITER_SLOTS))]
 
 
 def legacy_transactional_id(job: str) -> str:
@@ -261,10 +276,17 @@ def legacy_transactional_id(job: str) -> str:
 
 def fence(bootstrap: str, ids: list[str], extra: dict[str, str] | None = None, budget_s: float = 300.0) -> None:
     """init_transactions on each id: a crashed attempt's open transactions are aborted and its producers
-    fenced, so the ledger's read_committed end is the true end."""
-    for transactional_id in ids:
-        producer = ResultProducer(bootstrap, extra=extra, transactional_id=transactional_id, init_budget_s=budget_s)
-        producer.close()
+    fenced, so the ledger's read_committed end is the true end. In parallel (each init is a few broker
+    round trips, ~65 ms here, and a job fences partitions x (1 + WRITER_SLOTS) ids); the first failure is
+    raised once all are done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(transactional_id: str) -> None:
+        ResultProducer(bootstrap, extra=extra, transactional_id=transactional_id, init_budget_s=budget_s).close()
+
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(ids)))) as pool:
+        for future in [pool.submit(one, i) for i in ids]:
+            future.result()
 
 
 class Ledger:

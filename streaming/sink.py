@@ -10,13 +10,17 @@ Exactly once, per (job, micro-batch n, Spark partition p):
     driver: the ledger says which partitions of n committed already (read at start, after fencing)
     task p, attempt a:
         skip if the driver knows (n, p) committed
-        producer with transactional.id "logmesh-stream-{job}-p{p}"; init_transactions fences every earlier
-          producer of that id (an earlier attempt of the task, a zombie executor, a crashed job) and aborts
-          its open transaction. A first attempt (a = 0) may reuse this Python worker's producer of the id,
-          kept only after a commit: every earlier attempt is finished or fenced by then; if another producer
-          of the id was initialised since, this one is fenced, commits nothing, and a fresh one redoes the
-          write (_task_producer)
-        a > 0 (a retry): read the ledger record (job/p); if it says n, the earlier attempt committed: skip
+        producer with transactional.id "logmesh-stream-{job}-p{p}" (on a cluster), or in local mode
+          "logmesh-stream-{job}-p{p}-w{s}", s this Python worker's write slot (_writer_slot: one of
+          WRITER_SLOTS, held by one live worker of the host): the two workers that take turns at p's write
+          task then keep a producer each instead of fencing each other's every batch. A first attempt
+          (a = 0) may reuse this worker's producer of its id, kept only after a commit: every earlier
+          attempt is finished or fenced by then; if another producer of the id was initialised since (a
+          retry, the driver, another worker of one id), this one is fenced, commits nothing, and a fresh
+          one redoes the write (_task_producer)
+        a > 0 (a retry): init_transactions on every id of p (the slotless one and each slot's) fences every
+          earlier attempt, whichever worker ran it, and aborts its open transaction; then a fresh producer;
+          then read the ledger record (job/p); if it says n, the earlier attempt committed: skip
         begin; dead letters, scores, line anomalies, block ALERT/FINAL; flush           -> after-produce
         with --qdrant-url: upsert the partition's points                               -> after-store
         the ledger record (key job/p, value n) in the same transaction; commit          -> after-commit
@@ -24,8 +28,14 @@ Exactly once, per (job, micro-batch n, Spark partition p):
     driver: upsert the points into the embedded store (one process may open it)          -> after-store
         then Spark commits batch n (offsets and the block state of n)
 
+Why slots only in local mode: a stage resubmitted after a shuffle fetch failure (a lost executor's map
+output, on a cluster) starts its tasks again at attempt 0 while a task of the earlier stage attempt may still
+be running, and pyspark's TaskContext does not say which stage attempt a task belongs to. With one id per
+partition the two attempts share the id, so at most one of them is live at a time; with an id per worker
+they would not fence each other. Local mode has one executor and no remote shuffle reads.
+
 A crash before a task's commit leaves an open transaction that the next attempt, or the restarted job
-(which fences every task's id before it reads the ledger), aborts: read_committed consumers never see it,
+(which fences every id of every partition before it reads the ledger), aborts: read_committed consumers never see it,
 and the partition is written again. A crash after the commit but before Spark committed the batch makes
 Spark replay n from the state of n-1: the executors recompute the same rows (same input, same state, the
 batch's own timestamp and watermark), the ledger skips the Kafka writes of every partition that
@@ -57,8 +67,8 @@ from confluent_kafka import KafkaException
 
 from logmesh.streaming import work
 from logmesh.streaming.decode import KafkaRow, Rejected
-from logmesh.streaming.outputs import (ALL, Ledger, ResultProducer, TransactionAborted, ledger_key, read_ledger,
-                                       task_transactional_id)
+from logmesh.streaming.outputs import (ALL, WRITER_SLOTS, Ledger, ResultProducer, TransactionAborted, fence, ledger_key,
+                                       partition_transactional_ids, read_ledger, task_transactional_id)
 from logmesh.streaming.retry import GaveUp
 from logmesh.streaming.vector_store import Point
 from logmesh.v1 import score_pb2
@@ -134,6 +144,9 @@ class WriterSettings:
     qdrant_api_key: str | None = None
     crash: str | None = None
     driver_pid: int = 0
+    # ids per write slot (outputs.WRITER_SLOTS) or, 0, one per partition: local mode only (job.build_sink), see
+    # the module's protocol on a resubmitted stage
+    writer_slots: int = 0
 
 
 @dataclasses.dataclass
@@ -174,22 +187,57 @@ def _task_store(settings: WriterSettings):  # type: ignore[no-untyped-def]
 _producers: dict[str, ResultProducer] = {}
 
 
-def _task_producer(settings: WriterSettings, partition: int, attempt: int) -> tuple[ResultProducer, str]:
-    """The producer for the task's transactional id, and whether it is "cached" or "new".
+_slot: list = []  # this worker's write slot, and the open file whose lock holds it
+
+
+def _writer_slot(settings: WriterSettings) -> int:
+    """This Python worker's write slot (outputs.WRITER_SLOTS), taken once and held for its life: the first
+    slot whose lock file (per job, in the temp folder of this host) no other live worker holds; the lock
+    goes with the process. With every slot taken, one by the pid (shared: fencing between the two, as
+    with one id per partition)."""
+    if not _slot:
+        import fcntl
+        import tempfile
+        folder = Path(tempfile.gettempdir()) / "logmesh-stream-writers"
+        folder.mkdir(exist_ok=True)
+        for slot in range(settings.writer_slots or WRITER_SLOTS):
+            handle = open(folder / f"{settings.job}-w{slot}.lock", "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                continue
+            _slot.extend((slot, handle))
+            break
+        else:
+            _slot.extend((os.getpid() % (settings.writer_slots or WRITER_SLOTS), None))
+    return _slot[0]
+
+
+def _task_producer(settings: WriterSettings, partition: int, attempt: int, retry: bool | None = None
+                   ) -> tuple[ResultProducer, str]:
+    """The producer for the task's transactional id (its partition and this worker's write slot), and
+    whether it is "cached" or "new".
 
     A first attempt may reuse this worker's producer of that id: it ended its last transaction with a
     commit, and every earlier attempt of this partition's tasks is finished or already fenced (a batch
-    starts after the previous one's tasks all succeeded, a retry fences with a fresh producer, and the
+    starts after the previous one's tasks all succeeded, a retry fences every id of the partition, and the
     driver fences every id before a query restarts). If another worker (or the driver) has since
     initialised the id, this producer is fenced: its writes fail with nothing committed, and _write
-    replaces it by a fresh one. A retry (attempt > 0) always starts a fresh producer, whose
-    init_transactions fences the attempts before it and aborts what they left open."""
-    tid = task_transactional_id(settings.job, partition)
+    replaces it by a fresh one. A retry (`retry`; by default attempt > 0) fences every id a writer of the
+    partition may have used (outputs.partition_transactional_ids: the other slots' too, which a first
+    attempt in another worker used) and starts a fresh producer, whose init_transactions fences the
+    attempts before it in this slot and aborts what they left open."""
+    retry = attempt > 0 if retry is None else retry
+    tid = task_transactional_id(settings.job, partition, _writer_slot(settings) if settings.writer_slots else None)
     cached = _producers.pop(tid, None)
-    if cached is not None and attempt == 0:
+    if cached is not None and not retry:
         return cached, "cached"
     if cached is not None:
         cached.close()
+    if retry:
+        fence(settings.bootstrap, [i for i in partition_transactional_ids(settings.job, partition) if i != tid],
+              settings.kafka_options, settings.retry_budget_s)
     return ResultProducer(settings.bootstrap, settings.scores_topic, settings.anomalies_topic, settings.dlq_topic,
                           extra=settings.kafka_options, transactional_id=tid,
                           init_budget_s=settings.retry_budget_s), "new"
@@ -199,7 +247,7 @@ def _release_producer(settings: WriterSettings, partition: int, producer: Result
     """Keeps a producer whose task ended cleanly (no transaction open) for this worker's next task of the
     partition; closes any other (a transaction it left open is the next producer's to abort)."""
     if clean and not producer.in_transaction:
-        _producers[task_transactional_id(settings.job, partition)] = producer
+        _producers[producer.transactional_id] = producer
     else:
         producer.close()
 
@@ -217,14 +265,15 @@ def write_partition(settings: WriterSettings, batch_id: int, done: set[int]):  #
         frame = pd.concat(parts, ignore_index=True)
         context = TaskContext.get()
         partition, attempt = context.partitionId(), context.attemptNumber()
+        retry = attempt > 0
         out = _Outputs.of(frame)
         committed = partition in done
         write_attempts, producer_kind = 0, ""
         if not committed and out.has_messages():
-            producer, producer_kind = _task_producer(settings, partition, attempt)
+            producer, producer_kind = _task_producer(settings, partition, attempt, retry)
             clean = False
             try:
-                if attempt > 0:  # an earlier attempt may have committed before it died
+                if retry:  # an earlier attempt may have committed before it died
                     last = read_ledger(settings.bootstrap, settings.ledger_topic, settings.job,
                                        settings.kafka_options, partition=partition).get(partition, -1)
                     committed = last >= batch_id
