@@ -279,8 +279,13 @@ def summary(path: Path, meta: dict) -> str:
             lines.append(f"    {name:<20} recall {m['recall']:.4f}  FPR {m['fpr']:.3%} (<= {m['fpr_ci95'][1]:.3%} at 95%, "
                          f"{m['fp']}/{m['normal']})  F1 at 2.93% prevalence {m['f1_at_prevalence']:.3f}")
     t = meta["validation"]["threshold"]
-    lines.append(f"  threshold {t['value']:.2f}: out-of-fold FPR {t['oof_fpr']:.3%}, recall {t['oof_recall']:.4f}"
-                 + ("" if t["met"] else f" (target {t['target_fpr']:.3%} not met)"))
+    if t.get("oof_fpr") is None:
+        lines.append(f"  threshold {t['value']:.2f}: no complete normal session to choose it on (only cut logs?), "
+                     "so the floor; add complete sessions (session files, or a log of finished blocks)")
+    else:
+        recall = (f"recall {t['oof_recall']:.4f}" if t.get("anomalous", 1) else "no anomalous complete session")
+        lines.append(f"  threshold {t['value']:.2f}: out-of-fold FPR {t['oof_fpr']:.3%}, {recall}"
+                     + ("" if t["met"] else f" (target {t['target_fpr']:.3%} not met)"))
     return "\n".join(lines + feedback_summary(meta))
 
 

@@ -237,12 +237,15 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray, complete: np.ndarra
     (the highest recall at that FPR); if none reaches it, the threshold with the lowest FPR."""
     normal = (labels == 0) & complete
     anomalous = (labels == 1) & complete
+    counts = {"normal": int(normal.sum()), "anomalous": int(anomalous.sum())}
+    if not normal.any():  # nothing to choose on (e.g. only cut logs): the floor, said as such
+        return float(floor), {"target_fpr": target_fpr, "oof_fpr": None, "oof_recall": None, "met": False, **counts}
     best = None
     for t in np.round(np.arange(floor, 0.991, 0.01), 2):
         fpr = float((scores[normal] >= t).mean()) if normal.any() else 0.0
         recall = float((scores[anomalous] >= t).mean()) if anomalous.any() else 0.0
         if fpr <= target_fpr:
-            return float(t), {"target_fpr": target_fpr, "oof_fpr": fpr, "oof_recall": recall, "met": True}
+            return float(t), {"target_fpr": target_fpr, "oof_fpr": fpr, "oof_recall": recall, "met": True, **counts}
         if best is None or fpr < best[1]:
             best = (float(t), fpr, recall)
-    return best[0], {"target_fpr": target_fpr, "oof_fpr": best[1], "oof_recall": best[2], "met": False}
+    return best[0], {"target_fpr": target_fpr, "oof_fpr": best[1], "oof_recall": best[2], "met": False, **counts}

@@ -149,3 +149,15 @@ def test_an_invariant_is_evidence_only_where_normal_sessions_were_seen_to_keep_i
     # a count beyond what every normal session keeping the relation held (a block allocated twice) is outside it too
     twice = ["E22"] + WRITE + ["E5"]
     assert not profile.evidence(twice, closed=True) and profile.evidence(twice, closed=True).unchecked
+
+
+def test_the_threshold_is_chosen_on_complete_sessions_and_says_when_there_are_none():
+    from logmesh.scorer.validation import choose_threshold
+    scores = np.array([0.1, 0.2, 0.7, 0.95, 0.99])
+    labels = np.array([0, 0, 0, 1, 1])
+    t, choice = choose_threshold(scores, labels, np.ones(5, bool), target_fpr=0.0)
+    assert t == 0.71 and choice["met"] and choice["oof_fpr"] == 0.0 and choice["oof_recall"] == 1.0
+    assert (choice["normal"], choice["anomalous"]) == (3, 2)
+    # only cut logs: nothing complete to choose on, so the floor, and no made-up FPR or recall
+    t, choice = choose_threshold(scores, labels, np.zeros(5, bool), target_fpr=0.0)
+    assert t == 0.5 and not choice["met"] and choice["oof_fpr"] is None and choice["oof_recall"] is None
