@@ -3,7 +3,8 @@ the consumer group `logmesh-incidents-lease-<book>` (the topic has one partition
 
 The owner groups alerts into incidents, numbers them, summarises and notifies them; the other replicas follow
 the topic and serve reads. When the owner dies the broker notices within the session timeout and assigns the
-partition to another member; a clean stop leaves the group at once. The lease alone cannot stop a stalled owner
+partition to another member; a clean stop leaves the group at once. A replica that joins while another owns
+the book takes nothing from it (cooperative-sticky assignment). The lease alone cannot stop a stalled owner
 that has not noticed its loss yet from writing: fencing does (the book's producer shares one transactional id
 per book, so the new owner's init_transactions aborts the old one's open transaction and makes its later
 commits fail; TopicIncidentStore.fence).
@@ -43,6 +44,10 @@ class IncidentLease:
         conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "group.id": self.group, "logger": _rdkafka_log,
                                 "log_level": 0, "enable.auto.commit": False, "session.timeout.ms": session_ms,
                                 "heartbeat.interval.ms": max(500, session_ms // 4),
+                                # sticky, incremental: a replica that joins takes nothing from the owner (the
+                                # eager range assignor hands the partition to the lowest member id on every
+                                # join, so starting a second replica could move the book: a takeover for nothing)
+                                "partition.assignment.strategy": "cooperative-sticky",
                                 "client.id": f"logmesh-lease-{uuid.uuid4().hex[:8]}"}
         if member:  # static membership: the same member rejoining takes its lease back without a rebalance
             conf["group.instance.id"] = member
