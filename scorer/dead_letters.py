@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import uuid
+from typing import Mapping
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -24,7 +25,8 @@ log = logging.getLogger("logmesh.scorer.dead_letters")
 class DeadLetterCount:
     """The committed message count of `topic` at `bootstrap`, refreshed in the background at most every `ttl_s`."""
 
-    def __init__(self, bootstrap: str, topic: str, ttl_s: float = 2.0, timeout_s: float = 2.0) -> None:
+    def __init__(self, bootstrap: str, topic: str, ttl_s: float = 2.0, timeout_s: float = 2.0,
+                 kafka_options: Mapping[str, str] | None = None) -> None:
         self.bootstrap, self.topic = bootstrap, topic
         self.ttl_s, self.timeout_s = ttl_s, timeout_s
         self._count: int | None = None
@@ -35,13 +37,18 @@ class DeadLetterCount:
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()  # held while a refresh runs: one at a time
         self._first = threading.Event()  # set after the first attempt, whatever its outcome
-        self._consumer = Consumer({
+        self.conf = {
             "bootstrap.servers": bootstrap, "group.id": f"logmesh-scorer-dlq-count-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False, "isolation.level": "read_committed", "enable.partition.eof": True,
             "fetch.max.bytes": 64 * 1024 * 1024, "receive.message.max.bytes": 100 * 1024 * 1024,
             "socket.timeout.ms": max(1000, int(timeout_s * 1000)),
             "reconnect.backoff.ms": 1000, "reconnect.backoff.max.ms": 10_000,
-            "log_level": 0})  # librdkafka would log every failed reconnect; we log an outage once
+            "log_level": 0}  # librdkafka would log every failed reconnect; we log an outage once
+        # the operator's client settings (--kafka-option / --kafka-config: TLS, SASL) as the history's consumer
+        # gets them, so a secured broker's DLQ can be counted; the counting semantics stay ours
+        self.conf.update({k: v for k, v in (kafka_options or {}).items()
+                          if k not in ("group.id", "enable.auto.commit", "isolation.level", "enable.partition.eof")})
+        self._consumer = Consumer(self.conf)
         self._start_refresh()
 
     def value(self) -> int | None:

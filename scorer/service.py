@@ -320,7 +320,7 @@ def serve(port: int, model_dir: Path, embedder: str, host: str = "127.0.0.1", li
     servicer.embedder_probe = probe
     if kafka_bootstrap and dlq_topic:
         from logmesh.scorer.dead_letters import DeadLetterCount
-        servicer.stats.dead_letters = DeadLetterCount(kafka_bootstrap, dlq_topic)
+        servicer.stats.dead_letters = DeadLetterCount(kafka_bootstrap, dlq_topic, kafka_options=kafka_options)
     if kafka_bootstrap and anomalies_topic:
         similar = _similar_cases(qdrant_url, qdrant_api_key, models, embed) if qdrant_url else None
         servicer.feed = AnomalyFeed(servicer.history, kafka_bootstrap, anomalies_topic, kafka_options, similar)

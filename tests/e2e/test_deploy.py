@@ -491,6 +491,22 @@ def test_the_history_host_reads_anomalies_and_keeps_incidents_and_feedback_as_sc
         assert "fb-deploytest" in [f.feedback_id for f in labels.read_all()]
     finally:
         labels.close()
+    # GetStats' dead-letter count reads the DLQ with the same client settings (it ignored them before)
+    from logmesh.scorer.dead_letters import DeadLetterCount
+    dlq = Producer({**_conf(secure_kafka, "stream"), "transactional.id": "logmesh-stream-deploytest-dlq"})
+    dlq.init_transactions(30)  # the job writes the DLQ in transactions
+    dlq.begin_transaction()
+    dlq.produce("logmesh.dlq", b"\xffnot a LogRecord", b"deploytest")
+    dlq.commit_transaction(30)
+    counter = DeadLetterCount(secure_kafka["bootstrap"], "logmesh.dlq", ttl_s=0.2, timeout_s=5.0,
+                              kafka_options=options)
+    try:
+        deadline = time.monotonic() + 60
+        while not counter.value():
+            assert time.monotonic() < deadline, "the dead-letter count read nothing as scorer"
+            time.sleep(0.3)
+    finally:
+        counter.close()
     for topic in ("logmesh.anomalies", "logmesh.scores", "logmesh.sink-ledger", "logmesh.logs"):
         assert _produce(secure_kafka, "scorer", topic).name() == "TOPIC_AUTHORIZATION_FAILED", topic
     for topic in ("logmesh.incidents", "logmesh.feedback"):
