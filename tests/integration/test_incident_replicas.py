@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from anomaly_topic import AnomalyWriter, fresh_topic, line
+from llm_server import free_port as _port
 from logmesh.client import IncidentClient, ScorerClient
 from logmesh.v1 import feedback_pb2 as fpb, feedback_service_pb2 as fspb, feedback_service_pb2_grpc as fsgrpc
 from test_incidents import fresh_compacted
@@ -28,13 +29,6 @@ from webhook_receiver import WebhookReceiver
 
 LOGMESH = str(Path(sys.executable).with_name("logmesh"))
 LEASE_S = 6.0  # the broker's group.min.session.timeout.ms (6 s by default) is the least it takes
-
-
-def _port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Replica:
