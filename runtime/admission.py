@@ -141,6 +141,10 @@ class Admission(grpc.ServerInterceptor):
         """How many unary calls are in the server now, working or waiting their turn."""
         return self._calls.value
 
+    def streams_in_server(self) -> int:
+        """How many streams hold a slot now (a cancelled stream keeps it until its handler returns)."""
+        return self._streams.value
+
     def shutdown(self) -> None:
         for pool in (self.call_pool, self._stream_pool, self._health_pool):
             pool.shutdown(wait=False, cancel_futures=True)

@@ -9,6 +9,7 @@ import pytest
 from logmesh.client import EmbedderClient
 from logmesh.runtime.grpc_server import Limits
 from logmesh.v1 import embedder_service_pb2 as epb, embedder_service_pb2_grpc as egrpc
+from waiting import wait_for
 
 
 @pytest.fixture()
@@ -103,6 +104,9 @@ def test_streams_past_the_server_wide_limit_are_refused_not_queued(limited_embed
             call.cancel()
         for channel in channels:
             channel.close()
+    # a cancelled stream leaves its slot when the server's handler returns, a moment after the client's cancel
+    wait_for(lambda: server.admission.streams_in_server() == 0 or None, 30,
+             "the server to release the cancelled streams' slots", every=0.01)
     with EmbedderClient(server.address) as client:
         assert client.embed_many(["served again once the streams end"]).shape == (1, 384)
     reliability("grpc", "more open streams than --max-open-streams (2)",
