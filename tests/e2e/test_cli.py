@@ -5,7 +5,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ EXCEPTION_LINE = ("081109 214043 2561 INFO dfs.DataNode$DataXceiver: writeBlock 
 
 
 from kafka_helpers import _free_port  # noqa: E402  (tests/ is on the path)
+from waiting import wait_for  # noqa: E402
 
 
 def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -185,7 +185,9 @@ def test_in_flight_calls_finish_during_a_graceful_stop(trained_models, stalling_
 
     caller = threading.Thread(target=call)
     caller.start()
-    time.sleep(0.3)  # the call is now waiting on the slow embedder
+    # the call is in the server (waiting on the slow embedder) before the stop begins
+    wait_for(lambda: server.admission.unary_calls_in_server() >= 1 or None, 30, "the call to reach the scorer",
+             every=0.01)
     server.stop(grace=5)
     caller.join(10)
     assert outcome["result"].model_version
