@@ -84,6 +84,10 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "health": ("check both servers' gRPC health (exit 0 when both are SERVING)",
                "Check grpc.health.v1 of the scorer and of the embedder it uses (it names it in GetStats; "
                "--embedder checks another). Exit 0 when both are SERVING, 1 otherwise.", "health:setup"),
+    "datasets": ("list or fetch the full loghub datasets (HDFS_v1, BGL) from Zenodo",
+                 "`logmesh datasets list` shows the datasets known and what of each is already in the data root; "
+                 "`logmesh datasets fetch hdfs|bgl` downloads one from Zenodo (resumable, md5-checked, sha256 "
+                 "written beside it) and unpacks it (docs/datasets.md).", "datasets:setup"),
 }
 
 
