@@ -139,13 +139,28 @@ def test_the_history_host_reads_kafka_with_its_own_credentials_and_keeps_its_sta
     assert args.qdrant_url == CONFIG["QDRANT_URL"] and args.llm_url == CONFIG["LLM_URL"]
     _reaches(args.embedder, "logmesh-embedder", want_pool=True)
     (sts,) = [d for d in DOCS if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "logmesh-history"]
-    assert sts["spec"]["replicas"] == 1  # one writer of incidents and notifications
+    assert sts["spec"]["replicas"] == 2  # one book: test_the_history_replicas_share_one_incident_book
     assert not any(d["kind"] == "HorizontalPodAutoscaler" and d["spec"]["scaleTargetRef"]["name"] == "logmesh-history"
                    for d in DOCS)
     mount, _ = _mount_of(args.state_dir, container, pod)
     assert mount["name"] in {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
     assert sts["spec"]["serviceName"] == "logmesh-history"
     _reaches(CONFIG["HISTORY_ADDR"], "logmesh-history", want_pool=False)
+
+
+def test_the_history_replicas_share_one_incident_book():
+    """Two replicas, one book (the lease picks the writer), each its own state dir, a lease timeout the broker
+    takes (its group.min.session.timeout.ms: 6 s by default), and a disruption budget that keeps one up."""
+    container, pod, argv = CONTAINERS["logmesh-history"]
+    args = _parse(argv)
+    (sts,) = [d for d in DOCS if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "logmesh-history"]
+    assert sts["spec"]["replicas"] == 2 and args.incidents_book
+    assert 6 <= args.incident_lease_timeout <= 30  # the broker's minimum; a dead owner's alerts wait this long
+    assert args.state_dir and args.incidents_topic and args.feedback_topic  # the book and its labels
+    mount, _ = _mount_of(args.state_dir, container, pod)
+    assert mount["name"] in {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}  # one per pod
+    (pdb,) = [d for d in DOCS if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == "logmesh-history"]
+    assert pdb["spec"]["selector"] == sts["spec"]["selector"] and pdb["spec"]["maxUnavailable"] == 1
 
 
 def test_the_console_reads_the_history_host():
