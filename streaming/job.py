@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
 from logmesh.client import EmbedderClient, ScorerClient
 from logmesh.ingest.kafka_options import check_kafka_options
 from logmesh.streaming.options import (BLOCK_CLOCK_FILE, SHUFFLE_PARTITIONS, StreamConfig, add_args,  # noqa: F401
@@ -239,57 +241,95 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
     # Block timeouts fire in micro-batches without new data; a run that drains the topic and stops
     # (--once, availableNow) must not keep running such batches forever.
     spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", str(not config.once).lower())
-    failures, delay, seen = 0, 2.0, 0
     stop = _StopRequest()
     try:
         stop.__enter__()
-        while True:
-            query = _start_query(spark, config, sink, plan, keys)
-            log.info("stream started", extra={"topic": config.topic, "checkpoint": config.checkpoint,
-                                              "block_plan": plan, "once": config.once, "restarts": failures})
-            try:
-                while not stop.requested.is_set() and not query.awaitTermination(1):
-                    pass
-                if stop.requested.is_set():
-                    log.info("stopping stream (signal): after the running micro-batch")
-                    _stop_between_batches(query)
-                    return
-            except KeyboardInterrupt:
-                log.info("stopping stream (second signal): now")
-                query.stop()
-                return
-            except Exception:  # StreamingQueryException: read it from the query below
-                pass
-            error = query.exception()
-            if error is None:
-                return
-            if progress["batches"] > seen:  # it made progress since the last failure: a new episode
-                failures, delay, seen = 0, 2.0, progress["batches"]
-            failures += 1
-            if failures > config.max_query_restarts:
-                raise RuntimeError(f"stream failed {failures} times in a row; last: {error}")
-            log.warning("stream query failed; restarting it from its checkpoint",
-                        extra={"restart": failures, "of": config.max_query_restarts, "sleep_s": delay,
-                               "error": _cause(str(error))})
-            if stop.requested.wait(delay):
-                return
-            delay = min(delay * 2, 60.0)
-            # a batch cut short by the failure may have left open transactions and committed partitions
-            # the driver never heard of: fence its tasks' ids and read the ledger again before restarting
-            while True:
-                try:
-                    sink.ledger = _fence_and_read_ledger(config, sink, sink.settings.job)
-                    break
-                except Exception as exc:  # noqa: BLE001 - e.g. the broker still down: wait, as for the query
-                    failures += 1
-                    if failures > config.max_query_restarts:
-                        raise RuntimeError(f"stream failed {failures} times in a row; last: {exc}") from exc
-                    log.warning("cannot fence the tasks' transactions and read the ledger yet; retrying",
-                                extra={"attempt": failures, "sleep_s": delay, "error": str(exc)[:300]})
-                    if stop.requested.wait(delay):
-                        return
-                    delay = min(delay * 2, 60.0)
+        error = _run_query(spark, config, sink, plan, keys, stop, restarts=0)
+        while error is not None:  # one episode: failures in a row, no batch done in between
+            error = _restart_episode(spark, config, sink, plan, keys, stop, progress, error)
+    except _Stopped:
+        return
     finally:
         stop.__exit__()
         store.close()
         spark.stop()
+
+
+class _Stopped(Exception):
+    """A signal came while the job waited to restart its query."""
+
+
+class _QueryFailed(Exception):
+    def __init__(self, error: object) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _run_query(spark, config: StreamConfig, sink: BatchSink, plan: str, keys,  # type: ignore[no-untyped-def]
+               stop: _StopRequest, restarts: int):
+    """Runs the query until it ends: None when it finished or was stopped (a signal), else its failure."""
+    query = _start_query(spark, config, sink, plan, keys)
+    log.info("stream started", extra={"topic": config.topic, "checkpoint": config.checkpoint,
+                                      "block_plan": plan, "once": config.once, "restarts": restarts})
+    try:
+        while not stop.requested.is_set() and not query.awaitTermination(1):
+            pass
+        if stop.requested.is_set():
+            log.info("stopping stream (signal): after the running micro-batch")
+            _stop_between_batches(query)
+            raise _Stopped
+    except KeyboardInterrupt:
+        log.info("stopping stream (second signal): now")
+        query.stop()
+        raise _Stopped from None
+    except _Stopped:
+        raise
+    except Exception:  # noqa: BLE001 - StreamingQueryException: read it from the query below
+        pass
+    return query.exception()
+
+
+def _restart_episode(spark, config: StreamConfig, sink: BatchSink, plan: str, keys,  # type: ignore[no-untyped-def]
+                     stop: _StopRequest, progress: dict, failed: object):
+    """Restarts the query that failed (`failed`) from its checkpoint, with backoff (tenacity: waits doubling
+    from 2 s to 60 s, logged), up to max_query_restarts times in a row without a batch done in between; then
+    a RuntimeError. Before each restart the tasks' ids are fenced and the ledger read again: a batch cut
+    short by the failure may have left open transactions and committed partitions the driver never heard
+    of. Returns None when the query finished or a failure after new batches (a new episode)."""
+    seen = progress["batches"]
+
+    def attempt_once(state: dict) -> object:
+        state["n"] += 1
+        if state["n"] == 1:  # the failure that opened the episode: wait before the first restart
+            raise _QueryFailed(failed)
+        sink.ledger = _fence_and_read_ledger(config, sink, sink.settings.job)
+        error = _run_query(spark, config, sink, plan, keys, stop, restarts=state["n"] - 1)
+        if error is None or progress["batches"] > seen:
+            return error
+        raise _QueryFailed(error)
+
+    def log_retry(retry_state: RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, _QueryFailed):
+            log.warning("stream query failed; restarting it from its checkpoint",
+                        extra={"restart": retry_state.attempt_number, "of": config.max_query_restarts,
+                               "sleep_s": retry_state.upcoming_sleep, "error": _cause(str(exc.error))})
+        else:  # e.g. the broker still down: wait, as for the query
+            log.warning("cannot fence the tasks' transactions and read the ledger yet; retrying",
+                        extra={"attempt": retry_state.attempt_number, "sleep_s": retry_state.upcoming_sleep,
+                               "error": str(exc)[:300]})
+
+    def give_up(retry_state: RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        last = exc.error if isinstance(exc, _QueryFailed) else exc
+        raise RuntimeError(f"stream failed {retry_state.attempt_number} times in a row; last: {last}") from exc
+
+    def sleep(seconds: float) -> None:
+        if stop.requested.wait(seconds):
+            raise _Stopped
+
+    state = {"n": 0}
+    return Retrying(retry=retry_if_exception(lambda exc: not isinstance(exc, _Stopped)),
+                    wait=wait_exponential(multiplier=2.0, max=60.0),
+                    stop=stop_after_attempt(config.max_query_restarts + 1), sleep=sleep, before_sleep=log_retry,
+                    retry_error_callback=give_up)(attempt_once, state)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay, wait_exponential
 
 from logmesh.streaming.decode import Rejected
 from logmesh.streaming.options import LEDGER_TOPIC
@@ -89,20 +90,23 @@ class ResultProducer:
 
     def _init_transactions(self, producer: Producer) -> None:
         """Fences any earlier producer with this transactional id and aborts its open transaction.
-        Retried with backoff while the broker is unreachable (bounded by init_budget_s)."""
-        deadline, delay, attempt = time.monotonic() + self.init_budget_s, 0.5, 1
-        while True:
-            try:
-                producer.init_transactions(min(60.0, max(1.0, deadline - time.monotonic())))
-                return
-            except KafkaException as exc:
-                err = _kafka_error(exc)
-                if err is None or not err.retriable() or time.monotonic() + delay > deadline:
-                    raise
-                log.warning("retrying init_transactions", extra={"attempt": attempt, "error": err.str(),
-                                                                 "sleep_s": delay})
-            time.sleep(delay)
-            delay, attempt = min(delay * 2, 10.0), attempt + 1
+        Retried while the broker is unreachable (a retriable error; tenacity: waits doubling from 0.5 s to
+        10 s, none that would end past init_budget_s; then the error is raised)."""
+        started = time.monotonic()
+
+        def retriable(exc: BaseException) -> bool:
+            err = _kafka_error(exc) if isinstance(exc, KafkaException) else None
+            return err is not None and err.retriable()
+
+        def log_retry(state: RetryCallState) -> None:
+            err = _kafka_error(state.outcome.exception())  # type: ignore[union-attr, arg-type]
+            log.warning("retrying init_transactions", extra={"attempt": state.attempt_number,
+                                                             "error": err.str() if err else "",
+                                                             "sleep_s": state.upcoming_sleep})
+
+        Retrying(retry=retry_if_exception(retriable), wait=wait_exponential(multiplier=0.5, max=10.0),
+                 stop=stop_before_delay(self.init_budget_s), before_sleep=log_retry, reraise=True)(
+            lambda: producer.init_transactions(min(60.0, max(1.0, started + self.init_budget_s - time.monotonic()))))
 
     @property
     def in_transaction(self) -> bool:

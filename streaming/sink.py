@@ -64,6 +64,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 from confluent_kafka import KafkaException
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_before_delay, wait_exponential
 
 from logmesh.streaming import work
 from logmesh.streaming.decode import KafkaRow, Rejected
@@ -361,55 +362,80 @@ class _Outputs:
 def _write(producer: ResultProducer, out: _Outputs, settings: WriterSettings, batch_id: int, partition: int,
            attempt: int, cached: bool = False) -> tuple[int, bool]:
     """One transaction: outputs, (--qdrant-url) store, ledger record, commit. A Kafka failure aborts it and
-    the whole write is redone (bounded backoff); returns the number of attempts, and whether a `cached`
-    producer had to be replaced first (it was fenced: another producer of its id was initialised since)."""
-    deadline = time.monotonic() + settings.retry_budget_s
-    delay, tries, replaced = 0.5, 1, False
-    while True:
+    the whole write is redone (tenacity: waits doubling from 0.5 s to 15 s within --retry-budget-s, then
+    GaveUp); returns the number of attempts, and whether a `cached` producer had to be replaced first (it
+    was fenced: another producer of its id was initialised since), which is redone at once, uncounted."""
+    state = {"tries": 0, "replaced": False, "fatal": False}
+
+    def once() -> None:
+        if state["fatal"]:  # the last attempt's producer could not abort: a fresh one fences it
+            producer.recover()
+            state["fatal"] = False
+        state["tries"] += 1
+        while True:
+            try:
+                _transaction(producer, out, settings, batch_id, partition, attempt)
+                return
+            except SystemError as exc:
+                # confluent-kafka raises SystemError ("exception <class 'str'> is not a BaseException subclass")
+                # from flush() once the producer is fenced; only a reused producer is expected to be
+                if not cached or state["replaced"]:
+                    raise
+                failure: BaseException = exc
+            except KafkaException as exc:
+                fatal = _abort_failed(producer, exc)
+                if not cached or state["replaced"]:
+                    state["fatal"] = fatal
+                    raise
+                failure = exc
+            _replace_fenced(producer, batch_id, partition, failure)
+            state["replaced"] = True
+
+    def log_retry(retry_state: RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        log.warning("partition transaction failed; redoing its writes",
+                    extra={"batch_id": batch_id, "partition": partition, "attempt": retry_state.attempt_number,
+                           "error": str(exc), "fatal": state["fatal"], "sleep_s": retry_state.upcoming_sleep})
+
+    def give_up(retry_state: RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        raise GaveUp(f"writing partition {partition} of batch {batch_id}: {exc} after "
+                     f"{retry_state.attempt_number} attempts") from exc
+
+    Retrying(retry=retry_if_exception_type(KafkaException), wait=wait_exponential(multiplier=0.5, max=15.0),
+             stop=stop_before_delay(settings.retry_budget_s), before_sleep=log_retry,
+             retry_error_callback=give_up)(once)
+    return state["tries"], state["replaced"]
+
+
+def _transaction(producer: ResultProducer, out: _Outputs, settings: WriterSettings, batch_id: int, partition: int,
+                 attempt: int) -> None:
+    producer.begin()
+    producer.dead_letters(out.rejected)
+    producer.score_bytes(out.scores)
+    producer.anomalies(out.line_alerts, key_of=lambda a: a.line.record_id)
+    producer.anomalies(out.block_alerts, key_of=lambda a: a.block.block_id)
+    producer.flush()
+    _task_crash_point("after-produce", batch_id, partition, attempt, settings)
+    if settings.qdrant_url:
+        _task_store(settings).upsert(out.points)
+        _task_crash_point("after-store", batch_id, partition, attempt, settings)
+    producer.ledger_record(settings.ledger_topic, ledger_key(settings.job, partition), batch_id)
+    producer.commit()
+    _task_crash_point("after-commit", batch_id, partition, attempt, settings)
+
+
+def _abort_failed(producer: ResultProducer, exc: KafkaException) -> bool:
+    """Aborts the failed transaction (unless it was aborted already); True when the producer is left in a
+    fatal state (the error says so, or it cannot abort) and must be replaced before the next attempt."""
+    err = exc.args[0] if exc.args and hasattr(exc.args[0], "fatal") else None
+    fatal = bool(err is not None and err.fatal())
+    if not isinstance(exc, TransactionAborted):
         try:
-            producer.begin()
-            producer.dead_letters(out.rejected)
-            producer.score_bytes(out.scores)
-            producer.anomalies(out.line_alerts, key_of=lambda a: a.line.record_id)
-            producer.anomalies(out.block_alerts, key_of=lambda a: a.block.block_id)
-            producer.flush()
-            _task_crash_point("after-produce", batch_id, partition, attempt, settings)
-            if settings.qdrant_url:
-                _task_store(settings).upsert(out.points)
-                _task_crash_point("after-store", batch_id, partition, attempt, settings)
-            producer.ledger_record(settings.ledger_topic, ledger_key(settings.job, partition), batch_id)
-            producer.commit()
-            _task_crash_point("after-commit", batch_id, partition, attempt, settings)
-            return tries, replaced
-        except SystemError as exc:
-            # confluent-kafka raises SystemError ("exception <class 'str'> is not a BaseException subclass")
-            # from flush() once the producer is fenced; only a reused producer is expected to be
-            if not cached or replaced:
-                raise
-            _replace_fenced(producer, batch_id, partition, exc)
-            replaced = True
-            continue
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args and hasattr(exc.args[0], "fatal") else None
-            fatal = bool(err is not None and err.fatal())
-            if not isinstance(exc, TransactionAborted):
-                try:
-                    producer.abort()
-                except KafkaException:
-                    fatal = True  # cannot abort: a fresh producer fences this one and aborts for it
-            if cached and not replaced:
-                _replace_fenced(producer, batch_id, partition, exc)
-                replaced = True
-                continue
-            if time.monotonic() + delay > deadline:
-                raise GaveUp(f"writing partition {partition} of batch {batch_id}: {exc} after {tries} attempts") from exc
-            log.warning("partition transaction failed; redoing its writes",
-                        extra={"batch_id": batch_id, "partition": partition, "attempt": tries, "error": str(exc),
-                               "fatal": fatal, "sleep_s": delay})
-            time.sleep(delay)
-            if fatal:
-                producer.recover()
-            delay, tries = min(delay * 2, 15.0), tries + 1
+            producer.abort()
+        except KafkaException:
+            fatal = True  # cannot abort: a fresh producer fences this one and aborts for it
+    return fatal
 
 
 def _replace_fenced(producer: ResultProducer, batch_id: int, partition: int, exc: BaseException) -> None:
