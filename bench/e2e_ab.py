@@ -88,6 +88,7 @@ def summarise_batches(path: Path, since: float) -> dict:
                      "wal": d.get("walCommit", 0) / 1e3, "commit": d.get("commitOffsets", 0) / 1e3,
                      "state_rows": state.get("numRowsTotal"), "state_mem": state.get("memoryUsedBytes"),
                      "state_update_ms": state.get("allUpdatesTimeMs"), "state_commit_ms": state.get("commitTimeMs")})
+    stages = _stage_profile([r for r in recs if r["kind"] == "stages" and r["batch_id"] in sinks], sparks)
     # empty (no-data) batches have no sink call; count them from Spark's records
     empty = [r for r in recs if r["kind"] == "spark" and r["batch_id"] not in sinks and r["timestamp"] >= ""]
     agg = {}
@@ -101,7 +102,51 @@ def summarise_batches(path: Path, since: float) -> dict:
                  for k in {k for r in sinks.values() for k in r if k.startswith("producers_")}}
     return {"batches": len(rows), "rows_mean": float(np.mean([r["rows"] or 0 for r in rows])) if rows else 0,
             "producers": producers,
-            "agg": agg, "per_batch": rows, "spark_records_without_sink": len(empty)}
+            "agg": agg, "per_batch": rows, "spark_records_without_sink": len(empty), **stages}
+
+
+def _ms(stamp: str | None) -> float | None:
+    """The Spark UI's "2026-12-01T21:09:09.123GMT" as epoch ms."""
+    from datetime import datetime, timezone
+    if not stamp:
+        return None
+    return datetime.strptime(stamp.replace("GMT", ""), "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp() * 1e3
+
+
+def _stage_profile(records: list[dict], sparks: dict) -> dict:
+    """Per batch with rows (profile_sink.py --spark-stages): its Spark jobs and stages, each stage's time from
+    the batch's trigger (Spark's progress timestamp) to its submission, to its first task, to its completion,
+    and its tasks' run / CPU / deserialize ms; medians over the batches by stage position."""
+    per_batch, by_position = [], {}
+    for r in records:
+        if "jobs" not in r:
+            continue
+        t0 = _ms(sparks.get(r["batch_id"], {}).get("timestamp", "").replace("Z", "GMT"))
+        stages = sorted((st for j in r["jobs"] for st in j["stages"]), key=lambda st: _ms(st["submissionTime"]) or 0)
+        row = {"batch": r["batch_id"], "jobs": len(r["jobs"]), "stages": len(stages), "detail": []}
+        for i, st in enumerate(stages):
+            sub, first, done = (_ms(st.get(k)) for k in ("submissionTime", "firstTaskLaunchedTime", "completionTime"))
+            d = {"name": (st.get("name") or "")[:60], "tasks": st.get("numTasks"),
+                 "at_ms": None if t0 is None or sub is None else sub - t0,
+                 "to_first_task_ms": None if sub is None or first is None else first - sub,
+                 "wall_ms": None if sub is None or done is None else done - sub,
+                 "run_ms": st.get("executorRunTime"), "cpu_ms": (st.get("executorCpuTime") or 0) / 1e6,
+                 "deserialize_ms": st.get("executorDeserializeTime"), "shuffle_write_ms": (st.get("shuffleWriteTime") or 0) / 1e6,
+                 "shuffle_read_bytes": st.get("shuffleReadBytes"), "shuffle_write_bytes": st.get("shuffleWriteBytes")}
+            row["detail"].append(d)
+            by_position.setdefault(i, []).append(d)
+        per_batch.append(row)
+    medians = {}
+    for i, ds in sorted(by_position.items()):
+        medians[f"stage{i}"] = {"name": ds[0]["name"], "n": len(ds), **{
+            k: float(np.median([d[k] for d in ds if d[k] is not None])) for k in
+            ("at_ms", "to_first_task_ms", "wall_ms", "run_ms", "cpu_ms", "deserialize_ms", "shuffle_write_ms")
+            if any(d[k] is not None for d in ds)}}
+    if not per_batch:
+        return {}
+    return {"stages_per_batch": per_batch, "stage_medians": medians,
+            "jobs_per_batch": float(np.median([b["jobs"] for b in per_batch])),
+            "stages_per_batch_median": float(np.median([b["stages"] for b in per_batch]))}
 
 
 def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_no: int, pyspy: bool) -> dict:
@@ -132,6 +177,8 @@ def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_
            "--qdrant-path", str(work / "qdrant"), "--checkpoint", str(work / "checkpoint"),
            "--block-quiet-ms", str(QUIET_MS), "--log-level", "warning", *args.job_arg,
            *(arg for name, arg in (a.split("=", 1) for a in args.variant_arg) if name == variant)]
+    if args.spark_stages and "--spark-stages" in (tree / "bench/profile_sink.py").read_text():
+        cmd[2:2] = ["--spark-stages"]
     if pyspy:
         cmd = [str(Path(PY).with_name("py-spy")), "record", "--subprocesses", "-r", "25", "-f", "raw",
                "-o", str(work / "pyspy.txt"), "--", *cmd]
@@ -266,6 +313,9 @@ def main() -> int:
                         "is slower than the job")
     p.add_argument("--warm-up-lines", type=int, default=1,
                    help="generated lines scored at --rate before the measured replay (default 1: just the job's start)")
+    p.add_argument("--spark-stages", action="store_true",
+                   help="record each batch's Spark jobs and stages (profile_sink.py --spark-stages: the driver's UI "
+                        "is on) in variants whose profile_sink.py has it")
     p.add_argument("--job-arg", action="append", default=[], help="extra `logmesh stream` argument (repeatable)")
     p.add_argument("--variant-arg", action="append", default=[], metavar="NAME=ARG",
                    help="extra `logmesh stream` argument for variant NAME only (repeatable), e.g. new=--trigger-ms=250")
@@ -292,6 +342,9 @@ def main() -> int:
                   "batches", r.get("profile", {}).get("batches"), "rows_mean",
                   round(r.get("profile", {}).get("rows_mean", 0)),
                   "write-task producers", r.get("profile", {}).get("producers"), flush=True)
+            if r.get("profile", {}).get("stage_medians"):
+                print("   jobs/stages per batch:", r["profile"]["jobs_per_batch"], r["profile"]["stages_per_batch_median"],
+                      "stage medians:", json.dumps(r["profile"]["stage_medians"]), flush=True)
             results.append(r)
     out = Path(args.out or Path(args.work) / "summary.json")
     table = medians(results, variants)

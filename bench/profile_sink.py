@@ -10,7 +10,10 @@ Runs logmesh.streaming.job.run unchanged, after wrapping (in this process only, 
 - the write tasks' producers, by kind (sink.BatchReport.producers) -> "producers_new", "_cached", "_fenced"
 and a StreamingQueryListener records Spark's own durationMs per micro-batch (triggerExecution,
 addBatch, latestOffset, queryPlanning, walCommit, commitOffsets) and the state operator's metrics.
-One JSON line per batch, two kinds: {"kind": "sink", ...} and {"kind": "spark", ...}.
+With --spark-stages (which turns the driver's Spark UI on: a little more work for the driver) it also
+records each batch's Spark jobs and their stages from the UI's REST API: when each was submitted and
+completed, its tasks' run, CPU and deserialize times, shuffle bytes (where a cycle's fixed cost goes).
+One JSON line per batch, kinds {"kind": "sink", ...}, {"kind": "spark", ...} and {"kind": "stages", ...}.
 The work inside the executors' tasks is not timed here: profile it with py-spy (bench/e2e_ab.py --pyspy).
 
 A benchmark of an older tree (bench/e2e_ab.py --prepare) runs that tree's own copy of this file.
@@ -30,6 +33,7 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
+    parser.add_argument("--spark-stages", action="store_true")
     known, rest = parser.parse_known_args()
     out = open(Path(known.out), "a", buffering=1)
     lock = threading.Lock()
@@ -82,9 +86,20 @@ def main() -> None:
     sink_mod.BatchSink.__call__ = call
 
     original_session = spark_mod.session
+    if known.spark_stages:  # the UI's REST API serves the jobs' and stages' timings (local mode turns it off)
+        from pyspark.sql import SparkSession
+        original_config = SparkSession.Builder.config
+
+        def config(self, key=None, value=None, *a, **k):  # type: ignore[no-untyped-def]
+            if key == "spark.ui.enabled":
+                value = "true"
+            return original_config(self, key, value, *a, **k)
+        SparkSession.Builder.config = config
 
     def session(*a, **k):  # type: ignore[no-untyped-def]
         spark = original_session(*a, **k)
+        ui = spark.sparkContext.uiWebUrl if known.spark_stages else None
+        app = spark.sparkContext.applicationId
         from pyspark.sql.streaming import StreamingQueryListener
 
         class Listener(StreamingQueryListener):
@@ -99,6 +114,11 @@ def main() -> None:
                          for o in p.stateOperators]
                 emit({"kind": "spark", "batch_id": p.batchId, "rows": p.numInputRows,
                       "timestamp": p.timestamp, "duration_ms": dict(p.durationMs), "state": state})
+                if ui and p.numInputRows:
+                    try:
+                        emit({"kind": "stages", "batch_id": p.batchId, "jobs": _batch_jobs(ui, app, p.batchId)})
+                    except Exception as exc:  # noqa: BLE001 - a benchmark's extra figures, never the job's failure
+                        emit({"kind": "stages", "batch_id": p.batchId, "error": str(exc)[:300]})
 
             def onQueryIdle(self, event):  # type: ignore[no-untyped-def]
                 pass
@@ -116,6 +136,32 @@ def main() -> None:
     args = p.parse_args(rest)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO), stream=sys.stderr)
     job.run(job.config_from_args(args))
+
+
+def _batch_jobs(ui: str, app: str, batch_id: int) -> list[dict]:
+    """The Spark jobs of micro-batch `batch_id` (their description ends with "batch = N") and their stages."""
+    import urllib.request
+
+    def get(path: str):  # type: ignore[no-untyped-def]
+        with urllib.request.urlopen(f"{ui}/api/v1/applications/{app}/{path}", timeout=10) as reply:
+            return json.loads(reply.read())
+    jobs = []
+    for j in get("jobs"):
+        if not (j.get("description") or "").rstrip().endswith(f"batch = {batch_id}"):
+            continue
+        stages = []
+        for sid in j.get("stageIds", []):
+            for st in get(f"stages/{sid}"):
+                if st.get("status") == "SKIPPED":
+                    continue
+                stages.append({k: st.get(k) for k in (
+                    "stageId", "attemptId", "name", "numTasks", "submissionTime", "firstTaskLaunchedTime",
+                    "completionTime", "executorRunTime", "executorCpuTime", "executorDeserializeTime",
+                    "resultSerializationTime", "jvmGcTime", "inputRecords", "shuffleReadBytes", "shuffleWriteBytes",
+                    "shuffleWriteTime", "shuffleFetchWaitTime")})
+        jobs.append({"jobId": j["jobId"], "name": j.get("name"), "submissionTime": j.get("submissionTime"),
+                     "completionTime": j.get("completionTime"), "stages": stages})
+    return jobs
 
 
 if __name__ == "__main__":
