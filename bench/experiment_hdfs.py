@@ -125,6 +125,14 @@ def render(r: dict) -> str:
         cells = [f"{row[m]['flagged']} ({pct(row[m]['fpr'])}, <= {pct(row[m]['fpr_ci95'][1])})"
                  for m in ("logmesh", "decision_tree", "logistic_regression")]
         out.append(f"| {fam} | {row['sessions']:,} | {row['distinct_sequences']:,} | " + " | ".join(cells) + " |")
+    rare = {fam: row["failing_caught"] for fam, row in v["families"].items() if "failing_caught" in row}
+    if rare:
+        out += ["", "The other side (a `rare:E` family's normal sessions in no training set; grouped k-fold over the rest): "
+                "failing complete sessions holding E, and how many each model still catches.", "",
+                "| family | failing sessions holding it | logmesh | decision tree | logistic regression |", "|---|---|---|---|---|"]
+        for fam, c in rare.items():
+            out.append(f"| {fam} | {c['failing']:,} | " + " | ".join(
+                f"{c[m]:,}" for m in ("logmesh", "decision_tree", "logistic_regression")) + " |")
     out += ["", "## Chronological split per raw log (last 20% of its blocks held out)", "", HEADER]
     for src, row in v["chronological"].items():
         for name in ("logmesh", "decision_tree", "logistic_regression"):

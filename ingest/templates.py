@@ -44,6 +44,8 @@ _COMPILED = tuple((event_id, re.compile(pattern)) for event_id, pattern in _TEMP
 
 #: Every known event id, in loghub's numeric order.
 EVENT_IDS: tuple[str, ...] = tuple(sorted((e for e, _ in _TEMPLATES), key=lambda e: int(e[1:])))
+#: Each event's template as words (the pattern without its wildcards), for rules that read a template's text.
+TEMPLATE_TEXT: dict[str, str] = {e: " ".join(re.sub(r"\\|\.\*", " ", p).split()) for e, p in _TEMPLATES}
 
 
 def match_template(message: str) -> str | None:

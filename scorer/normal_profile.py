@@ -101,6 +101,9 @@ class Evidence:
     broken: list[tuple[Invariant, int]]  # invariants the (ended) session breaks, with the residual
     # invariants it breaks outside where they were checked (not evidence; said in an unfamiliar verdict)
     unchecked: list[tuple[Invariant, int]] = dataclasses.field(default_factory=list)
+    # events no normal session held that the session model does not count as evidence (their template
+    # names no fault: scorer/failure_text.py); said in an unfamiliar verdict
+    unfamiliar: list[str] = dataclasses.field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.events or self.broken)

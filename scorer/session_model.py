@@ -8,8 +8,8 @@ and "failing" were the same thing to it. So:
   their counts capped at what a normal session reaches (300 reads look like the most reads seen), and
   the residuals of the invariants of normal sessions; no raw lengths or counts to extrapolate;
 - the gate (`NormalProfile`) lets it call a session anomalous only when the session carries evidence
-  of a failure (an event no normal session holds, or, once ended, a broken
-  invariant), or when it holds two events that co-occur in many failing sessions and almost never in
+  of a failure (an event no normal session holds whose template names a fault, scorer/failure_text.py,
+  or, once ended, a broken invariant), or when it holds two events that co-occur in many failing sessions and almost never in
   a normal one (a re-replication followed by a delete of the file). An unfamiliar session without evidence stays normal, with a
   score held below the threshold, and says so. A template training never saw at all is novel
   evidence the forest cannot weigh: such a session is anomalous ("new template") whatever it says; so is
@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 
+from logmesh.scorer.failure_text import failure_event
 from logmesh.scorer.normal_profile import Evidence, NormalProfile
 
 #: Score given at most to a session the gate holds back (no evidence, not a known failure pattern).
@@ -58,8 +59,11 @@ class SessionModel:
 
     version = 2  # BlockModel (scorer/block_model.py) was 1
 
-    def __init__(self, seed: int = 0, n_estimators: int = 200) -> None:
+    def __init__(self, seed: int = 0, n_estimators: int = 200, text_rule: bool = True) -> None:
         self.seed = seed
+        # an event no normal session held is evidence only if its template reads like a failure
+        # (scorer/failure_text.py); False: every such event is evidence (the rule before it, for comparison)
+        self.text_rule = text_rule
         self.n_estimators = n_estimators
         self.threshold = 0.5
         self.profile = NormalProfile()
@@ -73,9 +77,9 @@ class SessionModel:
     @property
     def evidence_events(self) -> set[str]:
         """Events that alone mark a failure: every known or loghub event no complete normal session
-        held (what the history weighs similar past blocks by, as for BlockModel)."""
+        held whose template names a fault (what the history weighs similar past blocks by, as for BlockModel)."""
         from logmesh.ingest.templates import EVENT_IDS
-        return (set(EVENT_IDS) | self.profile.known_events) - self.profile.normal_events
+        return {e for e in (set(EVENT_IDS) | self.profile.known_events) - self.profile.normal_events if self._fault(e)}
 
     # -- features -------------------------------------------------------------------------------
     def features(self, sessions: Sequence[Sequence[str]], closed: Sequence[bool]) -> np.ndarray:
@@ -125,7 +129,7 @@ class SessionModel:
         """(events, closed, label) -> weight. Each session trains as it is and as one random open
         prefix; identical rows train once with their count as weight (HDFS repeats sequences a lot)."""
         rng = np.random.default_rng(self.seed)
-        evidence_events = lambda s: any(e not in self.profile.normal_events for e in s)
+        evidence_events = lambda s: any(e not in self.profile.normal_events and self._fault(e) for e in s)
         rows: Counter = Counter()
         for s, y, done in zip(sessions, labels, closed):
             s = tuple(s)
@@ -142,8 +146,15 @@ class SessionModel:
             return np.full(len(sessions), float(self.classifier.classes_[0]), np.float32)
         return proba[:, 1].astype(np.float32)
 
+    def _fault(self, event: str) -> bool:
+        return not getattr(self, "text_rule", False) or failure_event(event)
+
     def _gate(self, events: Sequence[str], done: bool) -> tuple[Evidence, bool]:
         evidence = self.profile.evidence(events, done)
+        if getattr(self, "text_rule", False):
+            # events no normal session held whose template names no fault: unfamiliar, not evidence
+            evidence.unfamiliar = [e for e in evidence.events if not failure_event(e)]
+            evidence.events = [e for e in evidence.events if failure_event(e)]
         present = set(events)
         pattern = next((p for p in self.failure_patterns if p[0] in present and p[1] in present), None)
         return evidence, pattern
@@ -173,9 +184,11 @@ class SessionModel:
                 reasons.append(f"{pattern[0]} with {pattern[1]}: together in failing sessions, almost never in normal ones")
             else:
                 score = float(min(p, UNFAMILIAR_CAP))
-                kind = "unfamiliar" if p >= self.threshold else "none"
+                kind = "unfamiliar" if p >= self.threshold or evidence.unfamiliar else "none"
                 if kind == "unfamiliar":
                     reasons.append("unlike the normal sessions seen in training, but without failure evidence")
+                    reasons += [f"event {e} never seen in a normal session, but its template names no fault"
+                                for e in evidence.unfamiliar[:3]]
                     reasons += [f"breaks {inv.describe()} by {r:+d}, which no normal session like it was seen to keep"
                                 for inv, r in evidence.unchecked[:3]]
             out.append(Judgement(score, score >= self.threshold, reasons, kind))

@@ -229,7 +229,10 @@ def train(data_dir: Path, out_dir: Path, embed: Embed, seed: int = 0, limit: int
                  "sessions": {g.name: g.decision for g in corpus.logs}, "quiet_seconds": quiet_seconds,
                  "open_tail_lines": OPEN_TAIL, "limit": limit},
         "session_model": {"threshold": threshold, "stall_seconds": stall.table(), "invariants": [i.describe() for i in profile.invariants],
-                          "evidence_events": sorted(profile.known_events - profile.normal_events),
+                          "evidence_events": sorted(session_model.evidence_events & profile.known_events),
+                          # in no normal session, but their template names no fault: unfamiliar, not evidence
+                          "unfamiliar_events": sorted(profile.known_events - profile.normal_events
+                                                      - session_model.evidence_events),
                           "failure_patterns": sorted(map(list, session_model.failure_patterns))},
         "line_labels": "a shape is evidence when its template occurs in no complete normal session",
         "evidence_templates": sorted({t for t, v in zip(templates, y) if v}),

@@ -194,9 +194,13 @@ def behaviour_families(blocks: Blocks, heavy_events: int = 3, rare_share: float 
     return {name: families[name] for name in unique.values()}
 
 
-def family_holdout(models: dict[str, Factory], blocks: Blocks, seed: int = 0, progress=None) -> dict:
+def family_holdout(models: dict[str, Factory], blocks: Blocks, seed: int = 0, progress=None,
+                   folds: int = 5) -> dict:
     """For each behaviour family: train without its normal sessions, then count how many of them
-    each model flags (they are normal; every flag is a false alarm)."""
+    each model flags (they are normal; every flag is a false alarm). For a `rare:E` family also the
+    other side of the coin: with its normal sessions in no training set, grouped k-fold over the rest,
+    how many failing complete sessions holding E each model still catches (`failing_caught`): a model
+    that keeps the family normal by ignoring E may miss the failures that hold it."""
     out: dict = {}
     for name, mask in behaviour_families(blocks).items():
         train, test = blocks.take(~mask), blocks.take(mask)
@@ -205,10 +209,28 @@ def family_holdout(models: dict[str, Factory], blocks: Blocks, seed: int = 0, pr
             model, s = _fit_score(factory, seed, train, test)
             fp = int((s >= getattr(model, "threshold", 0.5)).sum())
             row[model_name] = {"flagged": fp, "fpr": fp / len(test), "fpr_ci95": clopper_pearson(fp, len(test))}
+        if name.startswith("rare:") and folds:
+            row["failing_caught"] = _failing_caught(models, train, name.split(":", 1)[1], folds, seed)
         out[name] = row
         if progress:
             progress(f"held-out family {name}")
     return out
+
+
+def _failing_caught(models: dict[str, Factory], blocks: Blocks, event: str, folds: int, seed: int) -> dict:
+    """Out-of-fold (grouped) verdicts on the failing complete sessions holding `event`, per model."""
+    holding = np.asarray([event in s for s in blocks.sessions]) & (blocks.labels == 1) & (blocks.part == "complete")
+    caught = {name: 0 for name in models}
+    for train_idx, test_idx in grouped_splits(blocks, folds, seed):
+        train, test = blocks.take(np.isin(np.arange(len(blocks)), train_idx)), blocks.take(
+            np.isin(np.arange(len(blocks)), test_idx))
+        judged = holding[np.sort(test_idx)]
+        if not judged.any():
+            continue
+        for name, factory in models.items():
+            model, s = _fit_score(factory, seed, train, test.take(judged))
+            caught[name] += int((s >= getattr(model, "threshold", 0.5)).sum())
+    return {"failing": int(holding.sum()), **caught}
 
 
 def chronological(models: dict[str, Factory], blocks: Blocks, test_share: float = 0.2, seed: int = 0) -> dict:
