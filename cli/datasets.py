@@ -73,7 +73,8 @@ def _path(text: str):  # type: ignore[no-untyped-def]
 
 
 def setup(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="datasets_command", required=True, metavar="{list,fetch}")
+    sub = p.add_subparsers(dest="datasets_command", required=True, metavar="{list,fetch}",
+                           help="list: what is known and what is here; fetch: download, verify and unpack one")
     ls = sub.add_parser("list", help="what is known and what is already here",
                         description="The datasets `fetch` knows (Zenodo file, size, md5, URL) and what of each is "
                                     "in the data root: present, a verified archive, a partial download, or nothing.")

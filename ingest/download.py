@@ -36,8 +36,12 @@ class Progress:
         self.every_s, self._last = every_s, time.monotonic()
         self._rich: Any = None
         if self.tty:
-            from rich.progress import (BarColumn, DownloadColumn, Progress as Bar, TextColumn, TimeRemainingColumn,
-                                       TransferSpeedColumn)
+            try:
+                from rich.progress import (BarColumn, DownloadColumn, Progress as Bar, TextColumn,
+                                           TimeRemainingColumn, TransferSpeedColumn)
+            except ImportError:  # rich comes with the ingest extra; without it, the plain lines
+                self.tty, self.plain = False, True
+                return
             self._rich = Bar(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                              TimeRemainingColumn(), transient=False)
             self._task = self._rich.add_task(name, total=total)
@@ -109,7 +113,10 @@ def download(url: str, part: Path, *, expected_size: int | None = None, attempts
              wait_s: float = 1.0, progress: bool = True) -> Path:
     """Fetches `url` into `part`, resuming from what `part` already holds; tries `attempts` times, waiting
     `wait_s`, 2*`wait_s`, ... (at most 30 s) between tries. Returns `part` once the server sent all it has."""
-    import httpx
+    try:
+        import httpx
+    except ImportError:
+        raise DownloadError("downloading needs httpx: pip install 'logmesh[ingest]'") from None
     from tenacity import Retrying, stop_after_attempt, wait_exponential
 
     # a network hiccup, a timeout or a body cut short is worth another try; a bad URL is not
