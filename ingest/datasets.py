@@ -131,7 +131,7 @@ def _verify(ds: Dataset, path: Path, dest: Path, url: str) -> str:
     path.unlink()
     raise DatasetError(f"{ds.archive} from {url} is not Zenodo's file ({size:,} bytes, md5 {md5}; expected "
                        f"{ds.size:,} bytes, md5 {ds.md5}): it was removed and nothing was unpacked. Run the fetch "
-                       f"again; if it fails the same way, the source (--mirror) serves another file: "
+                       f"again; if it fails the same way, the source (--mirror) serves another file.\n"
                        f"{manual_steps(ds, dest)}")
 
 
