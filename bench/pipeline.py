@@ -1,7 +1,7 @@
 """`python -m bench`: every hop and the whole pipeline, each beside its naive counterpart, in one run.
 
-    python -m bench all [--runs 3] [--quick] [--only hops,onnx,kafka,vectors,e2e,profile,train]
-    python -m bench hops|onnx|kafka|vectors|e2e|profile|train
+    python -m bench all [--runs 3] [--quick] [--only hops,onnx,kafka,vectors,e2e,profile,train,bgl]
+    python -m bench hops|onnx|kafka|vectors|e2e|profile|train|bgl
 
 Writes bench/results/all.json (raw figures) and docs/benchmarks.md (tables). Sections:
   hops     embedder EmbedStream warm/cold at batch 1/32/256, unary Embed p50/p99; naive: the model on
@@ -13,6 +13,8 @@ Writes bench/results/all.json (raw figures) and docs/benchmarks.md (tables). Sec
   e2e      `python -m demo` at full speed and at fixed rates, warm; peak RSS of the whole stack
   profile  the Spark job with a stopwatch on each sink step (bench/profile_sink.py) at a fixed rate
   train    `logmesh train` on generated data: seconds per million lines, peak RSS
+  bgl      BGL_16k and HDFS_20000 through a fresh whole stack each, per run: lines/s and their ratio, the
+           embedder's cache hit rate, template naming (loghub + Drain3) per line (bench/bench_bgl.py)
 The box is shared: figures are noisy; ratios inside one run are the meaningful part.
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ KAFKA = REPO / "deploy/kafka/kafka.sh"
 BOOTSTRAP = "127.0.0.1:9092"
 WORK = REPO / "var/bench"
 RESULTS = REPO / "bench/results"
-SECTIONS = ("hops", "onnx", "kafka", "vectors", "e2e", "profile", "train")
+SECTIONS = ("hops", "onnx", "kafka", "vectors", "e2e", "profile", "train", "bgl")
 
 
 def say(msg: str) -> None:
@@ -735,7 +737,9 @@ def render(res: dict[str, Any]) -> str:
            "runs); each naive counterpart was measured in the same run, so ratios are the figures to trust. "
            f"min / median / max over {res['runs']} runs unless a row says otherwise. Harness time (all sections) "
            f"{res.get('elapsed_s', 0) / 60:.1f} min." + "".join(
-               f" Rerun on {r['date']} (load {r['load_avg_at_start'][0]:.1f}): {', '.join(r['sections'])}."
+               f" Rerun on {r['date']} (load {r['load_avg_at_start'][0]:.1f}"
+               + (f" to {r['load_avg_at_end'][0]:.1f}" if r.get("load_avg_at_end") else "")
+               + f"): {', '.join(r['sections'])}" + (f" (code: {r['code']})" if r.get("code") else "") + "."
                for r in res.get("reruns", [])), "",
            "![gRPC hops: items per second, min-median-max](benchmarks_hops.png)",
            "![end-to-end latency and throughput per replay rate](benchmarks_e2e.png)", ""]
@@ -922,6 +926,8 @@ def render(res: dict[str, Any]) -> str:
                        f"{q['peak_rss_gib']:.2f} | {q['rc']} |")
             out += ["", q.get("note", "")]
         out.append("")
+    from bench.bench_bgl import render as render_bgl
+    out += render_bgl(res.get("bgl"))
     if res.get("errors"):
         out += ["## Sections that failed in this run", ""] + [f"- {k}: {v}" for k, v in res["errors"].items()] + [""]
     return "\n".join(out)
@@ -937,7 +943,9 @@ def run_all(args: argparse.Namespace) -> int:
     res: dict[str, Any] = json.loads(path.read_text()) if args.keep and path.exists() else {}
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if args.keep and only and "date" in res:
-        res.setdefault("reruns", []).append({"date": now, "sections": only, "load_avg_at_start": os.getloadavg()})
+        # a rerun says which code it measured (it may not be the first run's) and keeps the first run's end load
+        res.setdefault("reruns", []).append({"date": now, "sections": only, "load_avg_at_start": os.getloadavg(),
+                                             "code": code_under_test()})
     elif only:
         res.update(date=now, runs=args.runs, machine=machine())
     res["errors"] = {k: v for k, v in res.get("errors", {}).items() if k not in only}
@@ -965,6 +973,9 @@ def run_all(args: argparse.Namespace) -> int:
                 res["profile"] = section_profile(args.profile_rate, quick=args.quick)
             elif name == "train":
                 res["train"] = section_train(args.train_lines)
+            elif name == "bgl":
+                from bench.bench_bgl import section_bgl
+                res["bgl"] = section_bgl(args.bgl_runs, args.quick)
             res.setdefault("section_seconds", {})[name] = time.monotonic() - t
         except Exception as exc:  # a failed section is reported, the others still run
             import traceback
@@ -973,7 +984,10 @@ def run_all(args: argparse.Namespace) -> int:
         path.write_text(json.dumps(res, indent=1, default=str))
         say(f"{name} done in {time.monotonic() - t:.0f} s")
     if only:
-        res["load_avg_at_end"] = os.getloadavg()
+        if res.get("reruns") and res["reruns"][-1]["date"] == now:
+            res["reruns"][-1]["load_avg_at_end"] = os.getloadavg()
+        else:
+            res["load_avg_at_end"] = os.getloadavg()
         res["elapsed_s"] = time.monotonic() - t0 + (sum(res.get("section_seconds", {}).get(k, 0) for k in SECTIONS
                                                          if k not in only) if args.keep else 0)
     path.write_text(json.dumps(res, indent=1, default=str))
@@ -1002,6 +1016,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rates", default="full,500,2000,5000", help="e2e input rates, lines/s ('full' = as fast as possible)")
     p.add_argument("--train-lines", type=int, default=1_000_000,
                    help="generated lines to train on (default %(default)s; ~20 s here, plus ~15 s to generate once)")
+    p.add_argument("--bgl-runs", type=int, default=2,
+                   help="runs of the bgl section, each a fresh stack for HDFS and one for BGL (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="smaller inputs (a smoke test, ~5 min)")
     p.add_argument("--keep", action="store_true", help="merge into the existing bench/results/all.json")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")

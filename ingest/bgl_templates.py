@@ -42,8 +42,12 @@ class BglTemplates:
     def match(self, message: str) -> str | None:
         key = mask(message)
         if key not in self._cache:
-            self._cache[key] = next((e for e, rx in self._compiled if rx.fullmatch(message)), None)
+            self._cache[key] = self.scan(message)
         return self._cache[key]
+
+    def scan(self, message: str) -> str | None:
+        """The most specific template matching `message`, without the cache (what a cache miss costs)."""
+        return next((e for e, rx in self._compiled if rx.fullmatch(message)), None)
 
     def __getstate__(self) -> dict:
         return {"templates": self.templates}
