@@ -40,8 +40,12 @@ UNFAMILIAR_CAP = 0.25
 MISSING_STEP_FLOOR = 0.99
 #: Two events form a failure pattern when they co-occur in at least this many failing sessions ...
 MIN_PATTERN_SUPPORT = 20
-#: ... and in at most this share of normal sessions (re-replication followed by a delete of the file).
+#: ... and in at most this share of normal sessions (re-replication followed by a delete of the file) ...
 MAX_PATTERN_NORMAL_SHARE = 0.001
+#: ... and complete normal sessions hold it together less often than chance would (one-sided Poisson p <= this).
+#: Without it every pair of re-replication (18 normal sessions) with a common event was a pattern: 16 pairs,
+#: the `long` family's false alarms (re-replication with a verification: 3 together expected, 2 seen).
+PATTERN_ALPHA = 0.01
 
 
 @dataclasses.dataclass
@@ -59,11 +63,13 @@ class SessionModel:
 
     version = 2  # BlockModel (scorer/block_model.py) was 1
 
-    def __init__(self, seed: int = 0, n_estimators: int = 200, text_rule: bool = True) -> None:
+    def __init__(self, seed: int = 0, n_estimators: int = 200, text_rule: bool = True,
+                 pattern_alpha: float | None = PATTERN_ALPHA) -> None:
         self.seed = seed
         # an event no normal session held is evidence only if its template reads like a failure
         # (scorer/failure_text.py); False: every such event is evidence (the rule before it, for comparison)
         self.text_rule = text_rule
+        self.pattern_alpha = pattern_alpha  # None: no avoidance test (the rule before it, for comparison)
         self.n_estimators = n_estimators
         self.threshold = 0.5
         self.profile = NormalProfile()
@@ -122,7 +128,8 @@ class SessionModel:
         x = self.features([k[0] for k in keys], [k[1] for k in keys])
         y = np.asarray([k[2] for k in keys])
         self.classifier.fit(x, y, sample_weight=np.asarray([rows[k] for k in keys], np.float64))
-        self.failure_patterns = _pair_patterns(sessions, labels, self.profile.normal_events)
+        self.failure_patterns = _pair_patterns(sessions, labels, self.profile.normal_events, closed,
+                                               getattr(self, "pattern_alpha", None))
         return self
 
     def _training_rows(self, sessions, labels, closed) -> Counter:
@@ -208,23 +215,39 @@ def _caps(sessions, labels) -> dict[str, int]:
     return {e: max(1, int(np.percentile(per_event.get(e) or v, 99))) for e, v in per_event_any.items()}
 
 
-def _pair_patterns(sessions, labels, normal_events: set[str]) -> set[tuple[str, str]]:
+def _pair_patterns(sessions, labels, normal_events: set[str], closed=None,
+                   alpha: float | None = None) -> set[tuple[str, str]]:
     """Pairs of events that normal sessions hold separately but almost never together, while many
-    failing sessions hold both (association rules with confidence >= 0.99)."""
+    failing sessions hold both (association rules with confidence >= 0.99). With `alpha`, a pair is
+    kept only if complete normal sessions hold it together significantly less often than their
+    holders of each event would by chance (Poisson, one-sided): rarity that is merely the rarity of
+    one event (18 normal re-replications, 820 verifications: 3 together expected, 2 seen) is not avoidance."""
+    closed = [True] * len(sessions) if closed is None else closed
     together_normal: Counter = Counter()
     together_failing: Counter = Counter()
-    normal_total = 0
-    for s, y in zip(sessions, labels):
+    together_complete: Counter = Counter()
+    holders: Counter = Counter()
+    normal_total = complete_total = 0
+    for s, y, done in zip(sessions, labels, closed):
         present = sorted(set(s) & normal_events)
         pairs = [(a, b) for i, a in enumerate(present) for b in present[i + 1:]]
         if y == 0:
             normal_total += 1
             together_normal.update(pairs)
+            if done:
+                complete_total += 1
+                holders.update(present)
+                together_complete.update(pairs)
         else:
             together_failing.update(pairs)
     out = set()
     for pair, n in together_failing.items():
         m = together_normal[pair]
         if n >= MIN_PATTERN_SUPPORT and m <= MAX_PATTERN_NORMAL_SHARE * normal_total and n / (n + m) >= 0.99:
+            if alpha is not None and complete_total:
+                from scipy.stats import poisson
+                expected = holders[pair[0]] * holders[pair[1]] / complete_total
+                if poisson.cdf(together_complete[pair], expected) > alpha:
+                    continue
             out.add(pair)
     return out

@@ -74,3 +74,19 @@ def test_a_rare_family_held_out_reports_the_failures_holding_its_event_too():
     assert caught["failing"] == 70
     assert 40 <= caught["logmesh"] < 70  # the faults (E27) are caught; re-replication alone is not evidence
     assert caught["decision_tree"] >= caught["logmesh"]
+
+
+def test_a_pair_pattern_needs_normal_sessions_to_avoid_the_pair_not_just_a_rare_event():
+    from logmesh.scorer.session_model import _pair_patterns
+    # 1,000 normal sessions: 20 re-replicate (E16, r < 20), 300 verify (E2, 19 <= r < 319), 600 delete the file
+    # (E23, r >= 400). One re-replication is verified (6 expected by chance), none deleted (12 expected).
+    normal = [list(WRITE) + (["E16"] if r < 20 else []) + (["E2"] if 19 <= r < 319 else [])
+              + (["E23"] if r >= 400 else []) for r in range(1000)]
+    failing = [WRITE + ["E16", "E2", "E23"]] * 100
+    labels = [0] * len(normal) + [1] * len(failing)
+    events = {"E16", "E2", "E23"} | set(WRITE)
+    loose = _pair_patterns(normal + failing, labels, events)
+    assert {("E16", "E2"), ("E16", "E23")} <= loose  # rare together in normal sessions: both, by the share rule
+    strict = _pair_patterns(normal + failing, labels, events, alpha=0.01)
+    assert ("E16", "E23") in strict  # 12 expected, 0 seen: normal sessions avoid it
+    assert ("E16", "E2") not in strict  # 6 expected, 1 seen (p 0.017): the rarity of E16, not avoidance
