@@ -22,6 +22,8 @@ NORMAL = {
     "failed then retried reads": WRITE + ["E4", "E3"] * 12 + ["E2"] * 3 + DELETE,
     "a replica deleted after re-replication": WRITE + REREPLICATION + ["E21"],
     "written, not deleted yet": WRITE,
+    # the NameNode's "BLOCK* ask ... to delete" (loghub's E30) is in no training session; its text names no fault
+    "deleted after the namenode asked (E30, never in training)": WRITE + ["E30"] + DELETE,
 }
 FAILING = {
     "allocated, two receives, then nothing": ["E22", "E5", "E5"],
@@ -57,6 +59,14 @@ def test_the_scorer_flags_a_line_of_a_new_template_and_says_why(own_scorer):
     assert new.new_template and new.verdict == 2 and new.reason.startswith("new template N")
     assert "OutOfMemoryError" in new.reason
     assert not normal.new_template and normal.verdict == 1 and normal.reason == ""
+
+
+def test_a_loghub_template_training_never_had_is_no_new_template_unless_it_names_a_fault(own_scorer):
+    from logmesh.client import ScorerClient
+    ask = "081110 212510 19 INFO dfs.FSNamesystem: BLOCK* ask 10.250.18.114:50010 to delete  blk_-5140072410813878235"
+    with ScorerClient(own_scorer.address) as client:
+        [item] = client.score_lines([ask])
+    assert item.result.template_id == "E30" and not item.result.new_template, item.result
 
 
 def test_score_block_carries_the_reasons_and_the_kind(own_scorer):
