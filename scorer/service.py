@@ -400,6 +400,8 @@ def _incidents(servicer: ScorerServicer, bootstrap: str, topic: str, state_dir: 
         feedback.incident = book.get
         if book_name and book.lease is not None:  # replicas of one book: the owner numbers labels, all follow
             feedback.owner = book.lease.owner.is_set
+            if feedback.topic is not None:  # and writes them through the book's fenced id (feedback_topic.py)
+                feedback.topic.transactional_id = f"{book.store.transactional_id}-feedback"
         feedback.on_change(book.refresh_suppressions)
     # each watcher holds a worker thread: WatchAnomalies may take half the workers, WatchIncidents a quarter, so
     # unary calls always keep some

@@ -13,8 +13,11 @@ SubmitFeedback / ListFeedback answer UNAVAILABLE), so labels, ids and client key
 a repeat of a client key returns the stored label, also after one. Ids are fb-<n>, one scorer writing the
 topic. Replicas of one incident book (--incidents-book): only the replica owning the book takes labels (`owner`;
 the others answer UNAVAILABLE, which a client retries through the Service to another replica), and every
-replica follows the topic, so each serves and applies every label within a second; a new owner reads the topic
-to its end again before it numbers one.
+replica follows the topic, so each serves and applies every label within a second. The replicas write through
+one transactional id (FeedbackTopic.fence): a new owner fences it, then reads the topic to its end, and only then
+numbers a label, so a stalled former owner that wakes (SIGSTOP, a long GC, a partition) cannot store a label
+under an id the new owner already gave: its write fails (UNAVAILABLE, nothing stored), and its next one fences
+and reads again too.
 
 Suppression: `suppressing_anomaly` is asked when the history serves an entry (ListAnomalies, WatchAnomalies)
 and `suppressing_incident` by the IncidentBook; both see a new label the moment SubmitFeedback returns, and
@@ -223,6 +226,7 @@ class FeedbackBook:
                 try:
                     self.topic.append(fb)  # durable before it is answered (and before it applies)
                 except FeedbackStoreError as exc:
+                    self._owned = False  # fence and read again before the next id: a former owner may be back
                     raise FeedbackUnavailable(f"{exc}; nothing was stored, send it again") from None
             with self._lock:
                 self._hold(fb)
@@ -235,25 +239,29 @@ class FeedbackBook:
         return fb, False
 
     def _check_owner(self) -> None:
-        """Replicas: refuses unless this one owns the book; a new owner first reads what the former one stored."""
-        if self.owner is None:
-            return
-        if not self.owner():
+        """Replicas: refuses unless this one owns the book. A writer that has not written since it started, took
+        the book over, or failed a write first takes the writer's transactional id (fencing any former owner:
+        its later writes fail) and then reads the topic to its end, so it numbers after every stored label."""
+        if self.owner is not None and not self.owner():
+            if self._owned and self.topic is not None:
+                self.topic.drop_producer()
             self._owned = False
             raise FeedbackUnavailable("this scorer replica follows the incident book another replica owns, and only "
                                       "the owner numbers labels; send it again (a Service routes the retry to "
                                       "another replica) or to the owner (its /metrics says "
                                       "logmesh_incident_book_owner 1)")
-        if not self._owned:
-            assert self.topic is not None
-            try:
-                labels = self.topic.read_all()
-            except FeedbackStoreError as exc:
-                raise FeedbackUnavailable(f"{exc}; nothing was stored, send it again") from None
-            with self._lock:
-                for fb in labels:
-                    self._hold(fb)
-            self._owned = True
+        if self._owned or self.topic is None or (self.owner is None and not self.topic.transactional_id):
+            return
+        try:
+            if self.topic.transactional_id:
+                self.topic.fence()
+            labels = self.topic.read_all()
+        except FeedbackStoreError as exc:
+            raise FeedbackUnavailable(f"{exc}; nothing was stored, send it again") from None
+        with self._lock:
+            for fb in labels:
+                self._hold(fb)
+        self._owned = True
 
     def _subject_exists(self, fb: fpb.Feedback) -> incident_pb2.Incident | None:
         subject = fb.WhichOneof("subject")

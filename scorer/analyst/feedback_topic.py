@@ -3,7 +3,10 @@ feedback id (UTF-8, e.g. b"fb-000007"), value = the binary logmesh.v1.Feedback a
 created_time filled). A label is written once and never changed, so compaction keeps every one.
 
 `append` returns once the broker has the message (acks=all, idempotent producer): a label SubmitFeedback
-answered is durable. `read_all` reads the topic from its beginning to its end (read_committed), what a
+answered is durable. Replicas of one incident book write through one transactional id (`transactional_id`),
+one label per transaction: a new owner's `fence` (init_transactions) aborts what a stalled former owner left
+open and makes its later writes fail, so once the new owner has fenced and read the topic to its end, no
+former owner can store a label under an id it has not seen (scorer/analyst/feedback.py numbers after that read). `read_all` reads the topic from its beginning to its end (read_committed), what a
 starting scorer holds again. Any reader, e.g. `logmesh train --feedback`, can read it the same way.
 """
 from __future__ import annotations
@@ -28,8 +31,9 @@ class FeedbackStoreError(RuntimeError):
 
 class FeedbackTopic:
     def __init__(self, bootstrap: str, topic: str = DEFAULT_TOPIC, kafka_options: Mapping[str, str] | None = None,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, transactional_id: str | None = None) -> None:
         self.bootstrap, self.topic, self.timeout_s = bootstrap, topic, timeout_s
+        self.transactional_id = transactional_id  # None: a lone writer, an idempotent producer without fencing
         self.kafka_options = dict(kafka_options or {})
         self._producer: Producer | None = None
         self._lock = threading.Lock()
@@ -116,8 +120,40 @@ class FeedbackTopic:
             raise FeedbackStoreError(f"cannot follow {self.topic}: {exc}") from None
         return out
 
+    def fence(self) -> None:
+        """Takes the shared transactional id (a new owner, before it reads the topic to its end): aborts what a
+        former owner left open and fences its producer. Raises FeedbackStoreError when the broker cannot."""
+        assert self.transactional_id, "fencing needs a transactional id"
+        with self._lock:
+            self._drop_producer()
+            producer = Producer(self._conf(**{"acks": "all", "enable.idempotence": True,
+                                              "transactional.id": self.transactional_id,
+                                              "transaction.timeout.ms": max(10_000, int(self.timeout_s * 3000))}))
+            try:
+                producer.init_transactions(max(self.timeout_s, 30.0))
+            except KafkaException as exc:
+                raise FeedbackStoreError(f"cannot take the feedback writer's transactional id: {exc}") from None
+            self._producer = producer
+
+    def drop_producer(self) -> None:
+        """This replica stopped owning the book (or its producer was fenced): the next write fences again."""
+        with self._lock:
+            self._drop_producer()
+
+    def _drop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.flush(0)
+            except KafkaException:
+                pass  # a fenced producer: nothing of it is kept
+
     def append(self, fb: fpb.Feedback) -> None:
-        """Writes `fb` and waits for the broker's acknowledgement; raises FeedbackStoreError when it did not come."""
+        """Writes `fb` and waits for the broker's acknowledgement (with a transactional id: commits it in a
+        transaction of its own); raises FeedbackStoreError when it did not come, then nothing was stored."""
+        if self.transactional_id:
+            self._append_in_transaction(fb)
+            return
         with self._lock:
             if self._producer is None:
                 self._producer = Producer(self._conf(**{"acks": "all", "enable.idempotence": True,
@@ -136,9 +172,36 @@ class FeedbackTopic:
         if outcome[0] is not None:
             raise FeedbackStoreError(f"cannot write to {self.topic}: {outcome[0].str()}")
 
+    def _append_in_transaction(self, fb: fpb.Feedback) -> None:
+        """One label, one transaction, by the producer `fence` made (none: this writer must fence and read
+        again first, FeedbackBook does). Any failure drops the producer: a fenced one is dead for good, and a
+        fresh one must not be made here without the read that follows a fence."""
+        with self._lock:
+            producer = self._producer
+            if producer is None:
+                raise FeedbackStoreError(f"the writer of {self.topic} must take its transactional id again")
+            try:
+                producer.begin_transaction()
+                producer.produce(self.topic, key=fb.feedback_id.encode(), value=fb.SerializeToString())
+                producer.commit_transaction(max(self.timeout_s, 30.0))
+            except (KafkaException, BufferError) as exc:
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if error is not None and error.txn_requires_abort():
+                    try:
+                        producer.abort_transaction(self.timeout_s)
+                    except KafkaException:
+                        pass  # the next fence aborts it
+                self._drop_producer()
+                fenced = error is not None and error.fatal()
+                raise FeedbackStoreError(f"cannot write to {self.topic}: {error.str() if error else exc}"
+                                         + (" (fatal for this producer: another replica fenced it, having taken the book over)" if fenced else "")
+                                         ) from None
+
     def close(self) -> None:
         if self._follower is not None:
             self._follower.close()
             self._follower = None
-        if self._producer is not None:
-            self._producer.flush(self.timeout_s)
+        with self._lock:
+            if self._producer is not None:
+                self._producer.flush(self.timeout_s)
+                self._producer = None
