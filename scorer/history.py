@@ -64,7 +64,7 @@ def source(topic: str, partition: int, offset: int) -> str:
     return f"{topic}/{partition}/{offset}"
 
 
-def _next_offset(coordinates: str) -> tuple[str, int] | None:
+def next_offset(coordinates: str) -> tuple[str, int] | None:
     """("topic/partition", offset + 1) of an Anomaly.source, or None when it has none."""
     where, _, offset = coordinates.rpartition("/")
     return (where, int(offset) + 1) if where and offset.isdigit() else None
@@ -111,7 +111,7 @@ class AnomalyHistory:
         with self._lock:  # one order for ids, the log and the positions
             fresh = []
             for given in entries:
-                where = _next_offset(given.source)
+                where = next_offset(given.source)
                 if where is not None and where[1] <= self._positions.get(where[0], 0):
                     continue  # read before (a reader that went back): entered once
                 if where is not None:
@@ -196,7 +196,7 @@ class AnomalyHistory:
             loaded += 1
             self._next_id = max(self._next_id, entry.id + 1)
             self._hold([_entry(entry, data)])
-            where = _next_offset(entry.source)
+            where = next_offset(entry.source)
             if where is not None:
                 self._positions[where[0]] = max(where[1], self._positions.get(where[0], 0))
             if entry.HasField("block") and entry.block.kind == FINAL and not entry.trimmed:
@@ -240,6 +240,18 @@ class AnomalyHistory:
             snapshot = list(self._entries)
         return [e.anomaly() for e in reversed(snapshot)
                 if (record_id and e.record_id == record_id) or (block_id and block_id in e.block_ids)]
+
+    def grouped_prefix(self, cursor: Mapping[str, int]) -> int:
+        """The highest id L such that every held entry up to L comes from before `cursor` ("topic/partition" ->
+        the next offset not yet taken there; an incident book's cursor): where a reader of these entries that
+        stopped at `cursor` resumes in this history, whose ids interleave the partitions its own way."""
+        with self._lock:
+            snapshot, last = list(self._entries), self._next_id - 1
+        for entry in snapshot:
+            where = next_offset(entry.anomaly().source)
+            if where is None or where[1] > cursor.get(where[0], 0):
+                return entry.id - 1
+        return last
 
     @property
     def last_id(self) -> int:

@@ -15,6 +15,12 @@ one book share its transactional id too: one of them owns the book at a time (in
 owner's `fence` (init_transactions) aborts whatever a former owner left open and fences its producer, so a
 stalled former owner cannot commit over the new one. The followers `follow` the topic: the owner's committed
 changes as they land.
+
+The book's cursor in the anomalies topic (how far, per partition, the anomalies it grouped go) is committed in
+the same transaction as the round's incidents, as the offsets of the consumer group `<transactional id>-cursor`
+(send_offsets_to_transaction; no member ever joins that group). Each replica numbers its own anomaly history,
+so with more than one anomalies partition the history ids differ between replicas; the offsets do not: a new
+owner resumes each partition after the book's committed offset (`committed`).
 """
 from __future__ import annotations
 
@@ -24,7 +30,10 @@ import time
 import uuid
 from typing import Any, Iterable, Mapping, Protocol
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException,
+                             Producer, TopicPartition)
+from confluent_kafka.admin import AdminClient
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential, wait_fixed
 
 from logmesh.v1 import incident_pb2
 
@@ -39,8 +48,11 @@ class IncidentStore(Protocol):
     def load(self, stop: threading.Event) -> list[incident_pb2.Incident]:
         """Every stored incident of this book (the latest value of each), oldest change first; waits while the
         store cannot be read, until `stop` is set (then returns what it has, possibly nothing)."""
-    def put(self, incidents: Iterable[incident_pb2.Incident]) -> None:
-        """Stores these incidents atomically (all or none); raises when they could not be stored."""
+    def put(self, incidents: Iterable[incident_pb2.Incident], cursor: Mapping[str, int] | None = None) -> None:
+        """Stores these incidents atomically (all or none), with the book's cursor ("topic/partition" -> the next
+        anomalies offset to group) in the same transaction; raises when they could not be stored."""
+    def committed(self) -> dict[str, int]:
+        """The cursor stored with the last stored round ({} when none was); raises when it cannot be read."""
     def close(self) -> None: ...
 
 
@@ -49,15 +61,20 @@ class MemoryIncidentStore:
 
     def __init__(self) -> None:
         self._held: dict[str, bytes] = {}
+        self._cursor: dict[str, int] = {}
         self.highest_number = 0
 
     def load(self, stop: threading.Event) -> list[incident_pb2.Incident]:
         found = [incident_pb2.Incident.FromString(v) for v in self._held.values()]
         return sorted(found, key=lambda i: i.update_id)
 
-    def put(self, incidents: Iterable[incident_pb2.Incident]) -> None:
+    def put(self, incidents: Iterable[incident_pb2.Incident], cursor: Mapping[str, int] | None = None) -> None:
         for i in incidents:
             self._held[i.incident_id] = i.SerializeToString()
+        self._cursor.update(cursor or {})
+
+    def committed(self) -> dict[str, int]:
+        return dict(self._cursor)
 
     def close(self) -> None:
         pass
@@ -90,6 +107,8 @@ class TopicIncidentStore:
         self._failed: list[str] = []
         self._read_to: dict[int, int] = {}  # partition -> the offset load() read to (follow() goes on from there)
         self._follower: Consumer | None = None
+        self.cursor_group = f"{self.transactional_id}-cursor"
+        self._group_metadata: Any = None
 
     def _common(self) -> dict[str, Any]:
         conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "logger": _rdkafka_log, "log_level": 0,
@@ -99,21 +118,21 @@ class TopicIncidentStore:
 
     # -- reading --------------------------------------------------------------------------------
     def load(self, stop: threading.Event) -> list[incident_pb2.Incident]:
-        delay, warned = 0.5, False
-        while not stop.is_set():
-            try:
-                found = self._read_all()
-                self.problem = ""
-                return found
-            except KafkaException as exc:
-                self.problem = str(exc)
-                if not warned:
-                    log.warning("incidents topic unreadable; retrying (new alerts wait in the anomaly history)",
-                                extra={"topic": self.topic, "error": str(exc)})
-                    warned = True
-            stop.wait(delay)
-            delay = min(delay * 2, 10.0)
-        return []
+        # while the topic cannot be read: again after waits doubling from 0.5 s to 10 s, until stopped
+        retrying = Retrying(retry=retry_if_exception_type(KafkaException), sleep=stop.wait,
+                            wait=wait_exponential(multiplier=0.5, max=10.0), stop=lambda _: stop.is_set(),
+                            before_sleep=self._unreadable, retry_error_callback=lambda _: [])
+        found = retrying(self._read_all)
+        if not stop.is_set():
+            self.problem = ""
+        return found
+
+    def _unreadable(self, state: RetryCallState) -> None:
+        error = str(state.outcome.exception()) if state.outcome is not None else "?"
+        if not self.problem:
+            log.warning("incidents topic unreadable; retrying (new alerts wait in the anomaly history)",
+                        extra={"topic": self.topic, "error": error})
+        self.problem = error
 
     def _read_all(self) -> list[incident_pb2.Incident]:
         consumer = Consumer({**self._common(), "group.id": f"logmesh-incidents-{uuid.uuid4().hex[:8]}",
@@ -222,6 +241,24 @@ class TopicIncidentStore:
             self._follower.close()
             self._follower = None
 
+    def committed(self) -> dict[str, int]:
+        """The book's cursor as the last committed round left it: "topic/partition" -> the next offset of the
+        anomalies topic to group ({} when no round stored one: a new book, or one older than the cursor).
+        Stable offsets only: a transaction still open is waited out (require_stable)."""
+        admin = AdminClient({k: v for k, v in self._common().items() if k != "logger"})
+        request = [ConsumerGroupTopicPartitions(self.cursor_group)]
+        try:
+            future = admin.list_consumer_group_offsets(request, require_stable=True,
+                                                       request_timeout=self.timeout_s)[self.cursor_group]
+            result = future.result(self.timeout_s * 3)
+        except KafkaException as exc:
+            err = _error(exc)
+            if err is not None and err.code() == KafkaError.GROUP_ID_NOT_FOUND:
+                return {}
+            raise
+        return {f"{tp.topic}/{tp.partition}": tp.offset for tp in result.topic_partitions or ()
+                if tp.error is None and tp.offset >= 0}
+
     # -- writing --------------------------------------------------------------------------------
     def fence(self) -> None:
         """Takes the book's transactional id (a new owner, before it reads the topic to its end): aborts what
@@ -241,7 +278,18 @@ class TopicIncidentStore:
         if err is not None:
             self._failed.append(str(err))
 
-    def put(self, incidents: Iterable[incident_pb2.Incident]) -> None:
+    def _metadata(self) -> Any:
+        """The cursor group's metadata for send_offsets_to_transaction (a consumer that never joins the group:
+        its commits are a simple consumer's, which the broker takes for a group with no members)."""
+        if self._group_metadata is None:
+            holder = Consumer({**self._common(), "group.id": self.cursor_group, "enable.auto.commit": False})
+            try:
+                self._group_metadata = holder.consumer_group_metadata()
+            finally:
+                holder.close()
+        return self._group_metadata
+
+    def put(self, incidents: Iterable[incident_pb2.Incident], cursor: Mapping[str, int] | None = None) -> None:
         batch = [(i.incident_id.encode(), i.SerializeToString()) for i in incidents]
         if not batch:
             return
@@ -250,16 +298,22 @@ class TopicIncidentStore:
                 self._producer = self._new_producer()
             producer = self._producer
             producer.begin_transaction()
+            # a full local queue: serve deliveries (poll) and produce again, for up to the store's timeout
+            produce = Retrying(retry=retry_if_exception_type(BufferError), sleep=producer.poll,
+                               wait=wait_fixed(0.1), stop=stop_after_delay(self.timeout_s), reraise=True)
             for key, value in batch:
-                while True:
-                    try:
-                        producer.produce(self.topic, key=key, value=value, on_delivery=self._delivered,
-                                         headers=[(OWNER_HEADER, self.owner.encode())])
-                        break
-                    except BufferError:
-                        producer.poll(0.1)
+                produce(producer.produce, self.topic, key=key, value=value, on_delivery=self._delivered,
+                        headers=[(OWNER_HEADER, self.owner.encode())])
+            offsets = [TopicPartition(where.rpartition("/")[0], int(where.rpartition("/")[2]), offset)
+                       for where, offset in sorted((cursor or {}).items())]
+            if offsets:
+                producer.send_offsets_to_transaction(offsets, self._metadata(), max(self.timeout_s, 30.0))
             producer.commit_transaction(max(self.timeout_s, 30.0))
             self._failed = []
+        except BufferError:
+            self._drop_producer(abort=True)
+            raise KafkaException(f"incidents not stored in {self.topic}: the producer's queue stayed full for "
+                                 f"{self.timeout_s:g} s (is the broker reachable?)") from None
         except KafkaException as exc:
             err = _error(exc)
             self._drop_producer(abort=err is not None and err.txn_requires_abort())
@@ -280,7 +334,10 @@ class TopicIncidentStore:
                 producer.abort_transaction(self.timeout_s)
             except KafkaException:
                 pass  # the next producer's init_transactions aborts it
-        producer.flush(0)
+        try:
+            producer.flush(0)
+        except KafkaException:
+            pass  # a fenced producer: nothing of it is kept
 
     def close(self) -> None:
         self.stop_following()

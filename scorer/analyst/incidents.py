@@ -16,6 +16,15 @@ listeners (summaries, notifications) and writes; the others follow the topic and
 committed. A replica that gains the lease fences the former owner, reads the topic to its end, continues the
 ids after every id it holds, and hands the listeners every open incident and every incident whose summary is
 missing or older than its version (what a crashed owner left pending; a lone scorer does the same at start).
+
+Each replica's history numbers the anomalies its own way (with several anomalies partitions the ids interleave
+differently), so what the book has grouped is kept as a cursor in the anomalies topic ("topic/partition" ->
+the next offset), stored with every round's incidents in the same transaction (incident_store.py). A new
+owner resumes each partition after the cursor: it skips every entry of its own history that the cursor
+covers, whatever its id. A book stored before the cursor existed resumes after its highest history id, as
+before (right with one anomalies partition). An owner whose write fails takes the book over again (fences,
+reads back, resumes from the cursor) instead of writing on: a stalled owner that wakes after another replica
+took over must not write its stale state (the takeover's fence made its producer fail).
 """
 from __future__ import annotations
 
@@ -27,11 +36,13 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from logmesh.scorer.analyst import grouping
 from logmesh.scorer.analyst.grouping import CLOSED, OPEN, DEFAULT_WINDOW_S, Facts, OpenIndex
 from logmesh.scorer.analyst.incident_store import IncidentStore, MemoryIncidentStore
 from logmesh.scorer.analyst.incident_vectors import label, title_of
+from logmesh.scorer.history import next_offset
 from logmesh.v1 import feedback_pb2, incident_pb2, score_pb2
 
 if TYPE_CHECKING:
@@ -102,6 +113,7 @@ class IncidentBook:
         self._last_update = 0  # the feed's latest position
         self._published = 0  # every change up to here is stored and announced
         self._last_grouped = 0  # the highest history id grouped (or passed over as no alert)
+        self._cursor: dict[str, int] = {}  # "topic/partition" -> the next anomalies offset to group (stored)
         self._watermark = 0.0  # the newest event time seen (seconds)
         self._dirty: set[str] = set()  # changed but not stored yet (the store was down)
         self._store_failing = False
@@ -273,7 +285,7 @@ class IncidentBook:
         follows the owner's topic for a while and returns False."""
         assert self.lease is not None
         if self.lease.owner.is_set():
-            return self.role == "owner" or self._take_over()
+            return self.role == "owner" or self._taking_over()
         if self.role == "owner":
             self.role, self.status = "follower", "following"
             with self._lock:
@@ -299,16 +311,29 @@ class IncidentBook:
                 self._lock.notify_all()
         return False
 
+    def _taking_over(self) -> bool:
+        """Takes the book over, retried after waits doubling from 0.5 s to 5 s while this replica holds the
+        lease; False when it lost the lease (or stopped) first."""
+        assert self.lease is not None
+        lease = self.lease
+
+        def failed(state: RetryCallState) -> None:
+            if state.attempt_number == 1:
+                log.warning("taking over the incident book failed; retrying",
+                            extra={"error": str(state.outcome.exception()) if state.outcome else "?"})
+        retrying = Retrying(retry=retry_if_exception_type(Exception), sleep=self._stop.wait,
+                            wait=wait_exponential(multiplier=0.5, max=5.0),
+                            stop=lambda _: self._stop.is_set() or not lease.owner.is_set(),
+                            before_sleep=failed, retry_error_callback=lambda _: False)
+        return bool(retrying(self._take_over))
+
     def _take_over(self) -> bool:
-        """Fences the former owner, reads the topic to its end and continues from there."""
-        try:
-            self.store.fence()
-            self.store.stop_following()
-            incidents = self.store.load(self._stop)
-        except Exception as exc:  # noqa: BLE001 - try again next turn; nothing was written
-            log.warning("taking over the incident book failed; retrying", extra={"error": str(exc)})
-            self._stop.wait(1.0)
-            return False
+        """Fences the former owner, reads the topic to its end and resumes after the book's cursor (raises when
+        the broker cannot; nothing was written then)."""
+        self.store.fence()
+        self.store.stop_following()
+        incidents = self.store.load(self._stop)
+        cursor = self.store.committed()
         with self._lock:
             self._incidents.clear()
             self._index = OpenIndex(self.window_s)
@@ -316,12 +341,21 @@ class IncidentBook:
             self._joined.clear()
             self._dirty.clear()
             self._load(incidents, fresh_history_check=False)
+            self._resume(cursor)
         self._next_number = max(self._next_number, getattr(self.store, "highest_number", 0) + 1)
         self.role, self.status = "owner", "live"
         log.info("incident book taken over", extra={"incidents": len(incidents), "next_id": self._next_number,
-                                                     "grouped_to": self._last_grouped})
+                                                     "grouped_to": self._last_grouped, "cursor": cursor})
         self._requeue()
         return True
+
+    def _resume(self, cursor: dict[str, int]) -> None:
+        """Where this replica's history is grouped to, from the book's stored cursor (lock held)."""
+        self._cursor = dict(cursor)
+        if cursor and self.history is not None:
+            self._last_grouped = self.history.grouped_prefix(cursor)
+        # no cursor (a book older than it, or one whose entries had no topic coordinates): after the highest
+        # history id its incidents hold, which _load set
 
     def _requeue(self) -> None:
         """Hands the listeners what a former owner (or this scorer before a crash) left pending: every open
@@ -444,14 +478,20 @@ class IncidentBook:
         return len(entries) == ROUND
 
     def _put(self, batch: list[incident_pb2.Incident]) -> bool:
+        with self._lock:
+            cursor = dict(self._cursor)
         try:
-            self.store.put(batch)
+            self.store.put(batch, cursor)
         except Exception as exc:  # noqa: BLE001 - the store's trouble: retried next round, nothing published
             if not self._store_failing:
                 log.warning("incidents not stored; retrying (nothing new is grouped meanwhile; the anomaly "
                             "history keeps the alerts)", extra={"error": str(exc), "incidents": len(batch)})
             self._store_failing = True
             self.status = f"store failing: {exc}"
+            if self.lease is not None:  # a replica takes the book over again before it writes (see above)
+                self.role = "follower"
+                with self._lock:
+                    self._dirty.clear()  # the takeover reads back what was stored and regroups the rest
             return False
         if self._store_failing:
             log.info("incidents stored again", extra={"incidents": len(batch)})
@@ -474,6 +514,11 @@ class IncidentBook:
         if entry.id <= self._last_grouped:
             return
         self._last_grouped = entry.id
+        where = next_offset(entry.source)
+        if where is not None:
+            if where[1] <= self._cursor.get(where[0], 0):
+                return  # grouped before (by a former owner, whose history numbered it otherwise)
+            self._cursor[where[0]] = where[1]
         if not grouping.groupable(entry):
             return
         f = grouping.facts(entry)
