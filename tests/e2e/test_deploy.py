@@ -528,16 +528,23 @@ def test_the_history_host_reads_anomalies_and_keeps_incidents_and_feedback_as_sc
         feed.stop()
     store = TopicIncidentStore(secure_kafka["bootstrap"], "logmesh.incidents", "logmesh-incidents-deploytest", options)
     try:
-        store.put([incident_pb2.Incident(incident_id="inc-1", version=1, update_id=1)])
+        store.fence()  # a replica's takeover; then a round with the book's cursor in the anomalies topic
+        store.put([incident_pb2.Incident(incident_id="inc-1", version=1, update_id=1)], {"logmesh.anomalies/0": 1})
         assert [i.incident_id for i in store.load(threading.Event())] == ["inc-1"]
+        assert store.committed() == {"logmesh.anomalies/0": 1}
     finally:
         store.close()
     labels = FeedbackTopic(secure_kafka["bootstrap"], "logmesh.feedback", options)
+    replica = FeedbackTopic(secure_kafka["bootstrap"], "logmesh.feedback", options,
+                            transactional_id="logmesh-incidents-deploytest-feedback")  # replicas fence their labels
     try:
         labels.append(feedback_pb2.Feedback(feedback_id="fb-deploytest", record_id="r1"))
-        assert "fb-deploytest" in [f.feedback_id for f in labels.read_all()]
+        replica.fence()
+        replica.append(feedback_pb2.Feedback(feedback_id="fb-deploytest-2", record_id="r1"))
+        assert {"fb-deploytest", "fb-deploytest-2"} <= {f.feedback_id for f in labels.read_all()}
     finally:
         labels.close()
+        replica.close()
     # GetStats' dead-letter count reads the DLQ with the same client settings (it ignored them before)
     from logmesh.scorer.dead_letters import DeadLetterCount
     dlq = Producer({**_conf(secure_kafka, "stream"), "transactional.id": "logmesh-stream-deploytest-dlq"})
