@@ -45,4 +45,8 @@ def test_the_table_says_whether_bgl_kept_up_with_hdfs():
     faster = bench_bgl.render({"runs": [{"hdfs": fam(1000), "bgl": fam(1500), "ratio": 1.5}]})
     assert "| 0.50 |" in "\n".join(slower) and "not met" in "\n".join(slower)
     assert "| 1.50 |" in "\n".join(faster) and "not met" not in "\n".join(faster)
+    warm = bench_bgl.render({"runs": [{"hdfs": {**fam(1000), "warm": fam(4000)}, "bgl": {**fam(1500), "warm": fam(2000)},
+                                       "ratio": 1.5}]})
+    rows = [r for r in warm if r.startswith("| 1 |")]
+    assert len(rows) == 2 and "| cold |" in rows[0] and "| 0.50 |" in rows[1] and "not met" in rows[1]
     assert bench_bgl.render(None) == [] and bench_bgl.render({"runs": []}) == []
