@@ -7,7 +7,7 @@ partition to another member; a clean stop leaves the group at once. A replica th
 the book takes nothing from it (cooperative-sticky assignment). The lease alone cannot stop a stalled owner
 that has not noticed its loss yet from writing: fencing does (the book's producer shares one transactional id
 per book, so the new owner's init_transactions aborts the old one's open transaction and makes its later
-commits fail; TopicIncidentStore.fence).
+commits fail; TopicIncidentStore.fence; the labels' writer likewise, FeedbackTopic.fence).
 
 The consumer is paused on its partition (it only holds the lease, it reads nothing); a thread polls it, which
 is what keeps the membership alive and runs the assignment callbacks.
