@@ -2,15 +2,17 @@
 real compacted feedback topic, does not come back after the retrain, and the shadow comparison is in the
 candidate's artifact; feedback that contradicts the data's labels is refused with the reason, and forced.
 
-The site here trained without normal re-replication: the shared data minus every normal session holding E16
-(17 of sessions_normal.txt, one raw-log block). docs/evaluation.md's held-out family rare:E16: every model
-trained so flags normal re-replication (evidence event E16). The analyst's block is that raw-log block
-(labelled Normal in anomaly_label.csv); the streaming job would have stored it with its events, and the test
-stores it the same way (a block point in a real qdrant-edge store, the payload streaming/blocks.py writes)."""
+The site here trained without one real normal session: a block of sessions_normal.txt whose first write stored
+2 of its 3 replicas and which was then re-replicated (labelled Normal: the re-replication repaired it). A model
+that never saw it calls it a missing step (`E11 + 2*E16 = E26`, a relation its 17 normal re-replication mates
+keep), as grouped validation does (docs/evaluation.md). (Until issue 14's text rule the site held out every
+normal re-replication, which every model then flagged; a re-replication now names no fault and stays normal.)
+DeepLog's session file carries no block ids, so the test gives the session one: the streaming job would have
+stored the block with its events, and the test stores it the same way (a block point in a real qdrant-edge
+store, the payload streaming/blocks.py writes)."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -27,43 +29,37 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from logmesh.ingest.labels import read_block_labels
 from logmesh.scorer import artifacts, feedback_source, feedback_training as fbt
-from logmesh.scorer.dataset import read_corpus
 from logmesh.scorer.train import REJECTED, train
 from logmesh.streaming.vector_store import Point, open_store
 from logmesh.v1 import feedback_pb2 as fpb
 
 BOOTSTRAP = "127.0.0.1:9092"
-# The label teaches that re-replication (E16) is normal, and some failing sessions of the data hold E16 too, so
-# the shadow comparison measures a real cost on the data's labels: the candidate's F1 at 2.93% drop against the
-# serving recipe was 0.0092-0.0094 here (worst repeat, quick validation): inside the default 0.01 by a hair.
-# What this test means is "a small, measured cost, promoted under the operator's tolerance", not "inside 0.01 by
-# luck": it trains with a tolerance of 0.03 and asserts the drop stays at least 0.01 under it.
+# The label teaches that a re-replication with a replica's addStoredBlock missing can be normal, and failing
+# sessions of the data break that relation too, so the shadow comparison can measure a real cost on the data's
+# labels (the earlier site's label, re-replication is normal, cost 0.009 of F1 at 2.93%). What this test means is
+# "a small, measured cost, promoted under the operator's tolerance": it trains with a tolerance of 0.03 and
+# asserts the drop stays at least 0.01 under it.
 TOLERANCE = 0.03
 LOGMESH = str(Path(sys.executable).with_name("logmesh"))
-_BLOCK = re.compile(r"blk_-?\d+")
+# the held-out normal session (sessions_normal.txt, DeepLog's numbering), and the block id the test gives it
+REPAIRED = "5 22 5 5 11 9 11 9 26 11 9 26 25 18 5 16 6 26 26"
+REPAIRED_BLOCK = "blk_-7126599101113393906"
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, data_dir):
-    """The shared data without its normal re-replication sessions; returns (dir, the removed raw-log block and its
-    events, the removed session-file sessions)."""
+    """The shared data without one normal session (REPAIRED); returns (dir, the block id given to it, its events,
+    the normal re-replications the site keeps)."""
     out = tmp_path_factory.mktemp("site")
-    corpus = read_corpus(data_dir)
-    removed = {b: s for g in corpus.logs for b, s, y in zip(g.block_ids, g.sessions, g.labels) if y == 0 and "E16" in s}
-    assert removed, "the shared raw logs hold a normal re-replicated block"
-    for name in ("anomaly_label.csv", "sessions_anomalous.txt"):
+    for name in ("anomaly_label.csv", "sessions_anomalous.txt", *(p.name for p in data_dir.glob("*.log"))):
         shutil.copy(data_dir / name, out / name)
-    kept, held = [], []
-    for line in (data_dir / "sessions_normal.txt").read_text().splitlines(keepends=True):
-        (held if "16" in line.split() else kept).append(line)
+    lines = (data_dir / "sessions_normal.txt").read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.split() != REPAIRED.split()]
+    assert len(kept) == len(lines) - 1  # the data says: normal, once
     (out / "sessions_normal.txt").write_text("".join(kept))
-    for log in sorted(data_dir.glob("*.log")):
-        if not log.name.endswith("_2k.log"):
-            with open(log) as f, open(out / log.name, "w") as o:
-                o.writelines(line for line in f if not set(_BLOCK.findall(line)) & set(removed))
-    block, events = sorted(removed.items())[0]
-    assert read_block_labels(data_dir / "anomaly_label.csv")[block] == 0  # the data says: normal
-    return out, block, events, [["E" + t for t in line.split()] for line in held]
+    assert REPAIRED_BLOCK not in read_block_labels(data_dir / "anomaly_label.csv")
+    held = [["E" + t for t in line.split()] for line in kept if "16" in line.split()]
+    return out, REPAIRED_BLOCK, ["E" + t for t in REPAIRED.split()], held
 
 
 @pytest.fixture(scope="module")
@@ -153,10 +149,11 @@ def test_a_false_alarm_the_analyst_marked_does_not_come_back_after_the_retrain(a
         assert worst["sessions"] > 18_000 and 0 < worst["f1_at_prevalence"] <= 1
     assert shadow["feedback_set"]["serving"]["flags_analyst_normal"] == 1
     assert shadow["feedback_set"]["candidate"] == {"agrees": 1, "flags_analyst_normal": 0, "misses_analyst_anomalous": 0}
-    # the normal re-replications nobody labelled: the serving model flags them all; the candidate learnt the behaviour
+    # the normal re-replications the site kept stay normal in both (the label taught nothing else wrong)
+    assert len(held) >= 10
     flagged_before = sum(x.anomalous for x in before.judge(held, [True] * len(held)))
     flagged_after = sum(x.anomalous for x in after.judge(held, [True] * len(held)))
-    assert flagged_before == len(held) and flagged_after < flagged_before, (flagged_before, flagged_after)
+    assert flagged_before == 0 and flagged_after == 0, (flagged_before, flagged_after)
 
 
 def test_feedback_that_contradicts_the_data_is_refused_with_the_reason_and_can_be_forced(site, serving, tmp_path):
