@@ -75,6 +75,7 @@ def test_each_rpc_is_counted_by_method_and_code_with_its_latency(embedder_server
         "logmesh_embedder_cache_lookups_total", result="miss")
     assert lookups == 7 and delta("logmesh_embedder_cache_lookups_total", result="hit") >= 6
     assert _value(after, "logmesh_embedder_cache_bytes") > 0
+    assert delta("logmesh_embedder_shapes_encoded_total") <= 1  # the one shape reached the model at most once
 
 
 def test_calls_refused_by_admission_are_counted_with_their_code(encoder, metrics_url):
