@@ -1,5 +1,5 @@
 """Replicas of one incident book across a stalled owner and a multi-partition anomalies topic, on two real
-`logmesh serve scorer` processes and the real broker (tests/integration/test_incident_replicas.py's Replica).
+`logmesh serve scorer` processes and the real broker (tests/incident_replicas_setup.py).
 
 - A stalled owner (SIGSTOP: a real fault; its session lapses, the other replica takes the book over) that
   wakes (SIGCONT) with a label submission pending must not store it under an id the new owner gave: every
@@ -18,13 +18,12 @@ import uuid
 import grpc
 import pytest
 
-from anomaly_topic import BOOTSTRAP, AnomalyWriter, fresh_topic, line
+from anomaly_topic import BOOTSTRAP, line
+from incident_replicas_setup import LEASE_S, replica_scene
 from logmesh.scorer.analyst.feedback_topic import FeedbackTopic
 from logmesh.v1 import feedback_pb2 as fpb, feedback_service_pb2 as fspb
-from test_incident_replicas import LEASE_S, Replica, _notified
 from test_incidents import fresh_compacted
 from waiting import wait_for
-from webhook_receiver import WebhookReceiver
 
 
 def _blocks(n: int) -> list[str]:
@@ -33,13 +32,8 @@ def _blocks(n: int) -> list[str]:
 
 def test_a_stalled_owner_that_wakes_cannot_reuse_a_feedback_id(admin, trained_models, embedder_server,
                                                                 tmp_path) -> None:
-    topics = {"anomalies": fresh_topic(admin, "t-fencing"), "incidents": fresh_compacted(admin),
-              "feedback": fresh_compacted(admin)}
-    book = f"t-book-{uuid.uuid4().hex[:8]}"
-    writer = AnomalyWriter(topics["anomalies"])
-    with WebhookReceiver() as receiver:
-        replicas = [Replica(n, trained_models, embedder_server.address, topics, book, tmp_path / n / "state",
-                            receiver.url()) for n in ("a", "b")]
+    with replica_scene(admin, trained_models, embedder_server.address, tmp_path, "t-fencing") as scene:
+        replicas, writer, topics = scene.replicas, scene.writer, scene.topics
         stalled = None
         try:
             wait_for(lambda: sum(r.owns() for r in replicas) == 1, 30, "one replica to own the book")
@@ -51,7 +45,7 @@ def test_a_stalled_owner_that_wakes_cannot_reuse_a_feedback_id(admin, trained_mo
             first = owner.label(ids[0])
             wait_for(lambda: other.labels() == [first.feedback_id], 10, "the follower to serve the label")
 
-            wait_for(lambda: all(i.notified_targets for i in other.incidents()) and len(_notified(receiver)) == 3, 30,
+            wait_for(lambda: all(i.notified_targets for i in other.incidents()) and len(scene.notified()) == 3, 30,
                      "the owner to notify and mark its incidents")
             owner.process.send_signal(signal.SIGSTOP)
             stalled = owner
@@ -86,74 +80,61 @@ def test_a_stalled_owner_that_wakes_cannot_reuse_a_feedback_id(admin, trained_mo
             wait_for(lambda: other.labels() == sorted(counted) and owner.labels() == sorted(counted), 15,
                      "both replicas to serve every stored label")
             # and no incident was notified twice (the woken owner's notifier had nothing left to send)
-            notified = _notified(receiver)
+            notified = scene.notified()
             assert all(n == 1 for n in notified.values()), f"notified twice: {notified}"
             print(f"stalled owner's pending label: {outcome}")
         finally:
-            if stalled is not None:
+            if stalled is not None:  # before the scene stops it
                 stalled.process.send_signal(signal.SIGCONT)
-            for r in replicas:
-                r.stop()
 
 
 def test_takeover_resumes_each_partition_of_a_three_partition_topic(admin, trained_models, embedder_server,
                                                                     tmp_path) -> None:
-    topics = {"anomalies": fresh_topic(admin, "t-partitions", partitions=3), "incidents": fresh_compacted(admin),
-              "feedback": fresh_compacted(admin)}
-    book = f"t-book-{uuid.uuid4().hex[:8]}"
-    writer = AnomalyWriter(topics["anomalies"])
     written: dict[str, list[str]] = collections.defaultdict(list)  # block -> its lines' record ids
 
     def write(lines: list[tuple[str, int]]) -> None:
-        writer.write([line(f"{b}-{n}", block_id=b) for b, n in lines])
+        scene.writer.write([line(f"{b}-{n}", block_id=b) for b, n in lines])
         for b, n in lines:
             written[b].append(f"rec-{b}-{n}")
 
-    with WebhookReceiver() as receiver:
-        a = Replica("a", trained_models, embedder_server.address, topics, book, tmp_path / "a" / "state",
-                    receiver.url())
-        replicas = [a]
-        try:
-            wait_for(a.owns, 30, "the first replica to own the book")
-            early = _blocks(9)  # keyed by record id: spread over the three partitions
-            for chunk in (early[:3], early[3:6], early[6:]):  # a reads each as it lands, interleaving partitions
-                write([(b, 1) for b in chunk])
-                wait_for(lambda: {b for i in a.incidents() for b in i.session_keys} >= set(chunk), 30,
-                         "the owner to group the alerts")
-            # notified and marked so (else a new owner sends it again: at least once, by design)
-            wait_for(lambda: all(i.notified_targets for i in a.incidents()) and len(_notified(receiver)) == 9, 30,
-                     "the owner to notify and mark its incidents")
-            a.process.send_signal(signal.SIGKILL)
-            a.process.wait(10)
-            late = _blocks(6)
-            write([(b, 1) for b in late] + [(b, 2) for b in early[:6]])
-            # b reads the whole topic only now, partition by partition: its history ids are not a's
-            b = Replica("b", trained_models, embedder_server.address, topics, book, tmp_path / "b" / "state",
-                        receiver.url())
-            replicas.append(b)
-            wait_for(b.owns, LEASE_S * 6, "the second replica to take the book over")
-            everything = {r for records in written.values() for r in records}
+    with replica_scene(admin, trained_models, embedder_server.address, tmp_path, "t-partitions", partitions=3,
+                       names=("a",)) as scene:
+        a = scene.replicas[0]
+        wait_for(a.owns, 30, "the first replica to own the book")
+        early = _blocks(9)  # keyed by record id: spread over the three partitions
+        for chunk in (early[:3], early[3:6], early[6:]):  # a reads each as it lands, interleaving partitions
+            write([(b, 1) for b in chunk])
+            wait_for(lambda: {b for i in a.incidents() for b in i.session_keys} >= set(chunk), 30,
+                     "the owner to group the alerts")
+        # notified and marked so (else a new owner sends it again: at least once, by design)
+        wait_for(lambda: all(i.notified_targets for i in a.incidents()) and len(scene.notified()) == 9, 30,
+                 "the owner to notify and mark its incidents")
+        a.process.send_signal(signal.SIGKILL)
+        a.process.wait(10)
+        late = _blocks(6)
+        write([(b, 1) for b in late] + [(b, 2) for b in early[:6]])
+        # b reads the whole topic only now, partition by partition: its history ids are not a's
+        b = scene.start("b")
+        wait_for(b.owns, LEASE_S * 6, "the second replica to take the book over")
+        everything = {r for records in written.values() for r in records}
 
-            def grouped() -> bool:
-                found = b.incidents()
-                return {e.record_id for i in found for e in i.evidence} >= everything
-            wait_for(grouped, 60, "the new owner to group every alert")
-            time.sleep(2)  # room for a wrong second grouping to land
-            after = b.incidents()
-            assert len(after) == len(written) == 15
-            for incident in after:
-                assert len(incident.session_keys) == 1, incident.session_keys
-                block = incident.session_keys[0]
-                cited = sorted(e.record_id for e in incident.evidence)
-                assert cited == sorted(written[block]), f"{block}: grouped {cited}, written {written[block]}"
-                assert len(incident.anomaly_ids) == len(written[block])
-            numbers = sorted(int(i.incident_id[4:]) for i in after)
-            assert numbers == list(range(1, 16)), numbers
-            notified = _notified(receiver)
-            assert all(n == 1 for n in notified.values()) and len(notified) == 15, notified
-        finally:
-            for r in replicas:
-                r.stop()
+        def grouped() -> bool:
+            found = b.incidents()
+            return {e.record_id for i in found for e in i.evidence} >= everything
+        wait_for(grouped, 60, "the new owner to group every alert")
+        time.sleep(2)  # room for a wrong second grouping to land
+        after = b.incidents()
+        assert len(after) == len(written) == 15
+        for incident in after:
+            assert len(incident.session_keys) == 1, incident.session_keys
+            block = incident.session_keys[0]
+            cited = sorted(e.record_id for e in incident.evidence)
+            assert cited == sorted(written[block]), f"{block}: grouped {cited}, written {written[block]}"
+            assert len(incident.anomaly_ids) == len(written[block])
+        numbers = sorted(int(i.incident_id[4:]) for i in after)
+        assert numbers == list(range(1, 16)), numbers
+        notified = scene.notified()
+        assert all(n == 1 for n in notified.values()) and len(notified) == 15, notified
 
 
 def test_an_owner_that_has_not_noticed_its_loss_cannot_store_under_a_given_id(admin) -> None:

@@ -1,0 +1,114 @@
+"""Replicas of one incident book for the integration tests: real `logmesh serve scorer` processes on the real
+broker sharing fresh anomalies, incidents and feedback topics and one `--incidents-book` (each its own state
+dir), notifying one real HTTP receiver. tests/integration/test_incident_replicas.py and
+test_incident_fencing.py build their scenes with `replica_scene`."""
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+from anomaly_topic import AnomalyWriter, fresh_topic
+from llm_server import free_port
+from logmesh.client import IncidentClient, ScorerClient
+from logmesh.v1 import feedback_pb2 as fpb, feedback_service_pb2 as fspb, feedback_service_pb2_grpc as fsgrpc
+from test_incidents import fresh_compacted
+from webhook_receiver import WebhookReceiver
+
+LOGMESH = str(Path(sys.executable).with_name("logmesh"))
+LEASE_S = 6.0  # the broker's group.min.session.timeout.ms (6 s by default) is the least it takes
+
+
+class Replica:
+    def __init__(self, name: str, models: Path, embedder: str, topics: dict[str, str], book: str, state: Path,
+                 hook: str) -> None:
+        self.name, self.port, self.metrics = name, free_port(), free_port()
+        state.mkdir(parents=True)
+        self.log = state.parent / f"{name}.log"
+        cmd = [LOGMESH, "serve", "scorer", "--port", str(self.port), "--metrics-port", str(self.metrics),
+               "--model-dir", str(models), "--embedder", embedder, "--reload-interval", "3600",
+               "--state-dir", str(state), "--anomalies-topic", topics["anomalies"],
+               "--incidents-topic", topics["incidents"], "--feedback-topic", topics["feedback"],
+               "--incidents-book", book, "--incident-lease-timeout", str(LEASE_S),
+               "--notify-url", hook, "--notify-wait", "0"]
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
+        ScorerClient(f"127.0.0.1:{self.port}").wait_until_serving(60)
+        self.client = IncidentClient(f"127.0.0.1:{self.port}")
+        self.feedback = fsgrpc.FeedbackServiceStub(self.client.channel)
+
+    def label(self, incident_id: str) -> fpb.Feedback:
+        return self.feedback.SubmitFeedback(fspb.SubmitFeedbackRequest(feedback=fpb.Feedback(
+            incident_id=incident_id, label=fpb.FEEDBACK_LABEL_TRUE_ALARM, scope=fpb.FEEDBACK_SCOPE_ITEM,
+            action=fpb.FEEDBACK_ACTION_LEARN)), timeout=30).feedback
+
+    def labels(self) -> list[str]:
+        reply = self.feedback.ListFeedback(fspb.ListFeedbackRequest(page_size=100), timeout=10)
+        return sorted(f.feedback_id for f in reply.feedback)
+
+    def owns(self) -> bool:
+        text = httpx.get(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5).text
+        return "logmesh_incident_book_owner 1.0" in text
+
+    def incidents(self) -> list:
+        found, _ = self.client.list(10_000, include_suppressed=True)
+        return found
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@dataclass
+class ReplicaScene:
+    """The shared topics, the book's name, a writer of the anomalies topic, the receiver and the replicas."""
+    models: Path
+    embedder: str
+    state: Path
+    topics: dict[str, str]
+    book: str
+    writer: AnomalyWriter
+    receiver: WebhookReceiver
+    replicas: list[Replica] = field(default_factory=list)
+
+    def start(self, name: str) -> Replica:
+        """One more replica of the book (`name` names its state dir under the scene's)."""
+        replica = Replica(name, self.models, self.embedder, self.topics, self.book, self.state / name / "state",
+                          self.receiver.url())
+        self.replicas.append(replica)
+        return replica
+
+    def notified(self) -> collections.Counter:
+        """incident id -> how many notifications the receiver accepted for it."""
+        with self.receiver.lock:
+            return collections.Counter(body["groupLabels"]["incident_id"] for _, body in self.receiver.posts)
+
+
+@contextmanager
+def replica_scene(admin, models: Path, embedder: str, state: Path, prefix: str, partitions: int = 1,
+                  names: tuple[str, ...] = ("a", "b")) -> Iterator[ReplicaScene]:  # type: ignore[no-untyped-def]
+    """Fresh topics (the anomalies one with `partitions`), a fresh book and the replicas `names`, started;
+    every replica is stopped on leaving."""
+    topics = {"anomalies": fresh_topic(admin, prefix, partitions=partitions), "incidents": fresh_compacted(admin),
+              "feedback": fresh_compacted(admin)}
+    with WebhookReceiver() as receiver:
+        scene = ReplicaScene(models, embedder, state, topics, f"t-book-{uuid.uuid4().hex[:8]}",
+                             AnomalyWriter(topics["anomalies"]), receiver)
+        try:
+            for name in names:
+                scene.start(name)
+            yield scene
+        finally:
+            for r in scene.replicas:
+                r.stop()
