@@ -3,11 +3,20 @@
 A line's verdict answers "is this the line to read?": does it carry failure evidence, i.e. is its
 kind of line one that no complete normal session holds (an exception, a timeout, a failed delete)?
 HDFS labels blocks, not lines, and most lines of a failing block are ordinary, so a line is not
-labelled by its block: `evidence_labels` marks each distinct shape by its template, using the
-normal-behaviour model (scorer/normal_profile.py). A "Deleting block" line is normal even though a
-cut log shows it only in failing blocks (normal deletes come hours after the cut). The members learn
-to carry that judgement to shapes and templates they never saw, from the text (four TF-IDF members)
-and the SBERT embedding (one); each votes anomaly at >= 0.5 and the majority wins.
+labelled by its block: `evidence_labels` marks each distinct shape by its template with the session
+model's rule: evidence when no complete normal session holds the template (scorer/normal_profile.py)
+and its text names a fault or is unknown to the model (scorer/failure_text.py). A "Deleting block" line
+is normal even though a cut log shows it only in failing blocks (normal deletes come hours after the
+cut). The members learn to carry that judgement to shapes and templates they never saw, from the text
+(four TF-IDF members) and the SBERT embedding (one); each votes anomaly at >= 0.5 and the majority wins.
+
+For HDFS the rule also bounds what the members may extrapolate (`ruled_out`, from `no_fault_templates`):
+a line of a loghub template whose text names no fault is never an evidence line, whatever its words
+resemble (an analyst's template label overrides it, as it overrides the training labels). E15
+("Changing block file offset") and E19 ("Reopen Block") are in no training line, and one member gave
+"Reopen Block" 0.92 (probe, 2026-12-02): the session rule calls a session holding them unfamiliar, so
+its lines must not reach users as anomalous. Lines no loghub template matches (Drain3 ids, "unknown")
+are left to the members and to the new-template path (scorer/new_templates.py): novel evidence.
 """
 from __future__ import annotations
 
@@ -18,6 +27,9 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.tree import DecisionTreeClassifier
+
+from logmesh.ingest.templates import EVENT_IDS, match_template
+from logmesh.scorer.failure_text import failure_event
 
 THRESHOLD = 0.5
 _TOKENS = r"[A-Za-z$<>_.*]+"  # words and placeholders; digits were masked away already
@@ -47,8 +59,10 @@ def build_members(seed: int = 0) -> dict[str, tuple[str, Pipeline | SGDClassifie
 class LineEnsemble:
     """Fitted members; `probabilities` gives one column of P(anomaly) per member."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, ruled_out: frozenset[str] = frozenset()) -> None:
         self.members = build_members(seed)
+        # HDFS: template ids whose lines get P = 0 from every member (module docstring); empty for BGL
+        self.ruled_out = frozenset(ruled_out)
 
     @property
     def names(self) -> list[str]:
@@ -69,7 +83,11 @@ class LineEnsemble:
         """(n, members) matrix of P(anomaly)."""
         columns = [estimator.predict_proba(shapes if kind == "text" else embeddings)[:, 1]
                    for kind, estimator in self.members.values()]
-        return np.column_stack(columns).astype(np.float32)
+        out = np.column_stack(columns).astype(np.float32)
+        ruled_out = getattr(self, "ruled_out", frozenset())  # artifacts from before the rule lack it
+        if ruled_out and len(shapes):
+            out[[match_template(s) in ruled_out for s in shapes]] = 0.0
+        return out
 
 
 def anomaly_votes(probabilities: np.ndarray) -> np.ndarray:
@@ -90,6 +108,13 @@ def combine(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return majority(probabilities), probabilities.mean(axis=1), anomaly_votes(probabilities)
 
 
+def no_fault_templates(evidence: set[str] = frozenset()) -> frozenset[str]:
+    """The loghub HDFS templates whose text names no fault (never an evidence line), less `evidence`
+    (templates an analyst labelled anomalous)."""
+    return frozenset(e for e in EVENT_IDS if not failure_event(e)) - set(evidence)
+
+
 def evidence_labels(templates: list[str], normal_events: set[str]) -> np.ndarray:
-    """1 for a shape whose template no complete normal session holds (the line carries evidence)."""
-    return np.asarray([int(t not in normal_events) for t in templates])
+    """1 for a shape that carries evidence by the session model's rule: its template is in no complete
+    normal session and names a fault, or is unknown to the model ("unknown", a Drain3 id)."""
+    return np.asarray([int(t not in normal_events and failure_event(t)) for t in templates])

@@ -25,7 +25,7 @@ from logmesh.scorer import artifacts, completeness, shadow
 from logmesh.scorer import feedback_training as fbt
 from logmesh.scorer.baselines import EventCountBaseline, make_baselines
 from logmesh.scorer.dataset import OPEN_TAIL, Corpus, fingerprint, log_files, read_corpus
-from logmesh.scorer.ensemble import LineEnsemble, combine, evidence_labels
+from logmesh.scorer.ensemble import LineEnsemble, combine, evidence_labels, no_fault_templates
 from logmesh.scorer.normal_profile import NormalProfile
 from logmesh.scorer.session_model import SessionModel
 from logmesh.scorer.stall_times import StallTimes
@@ -133,8 +133,9 @@ def validate(blocks: val.Blocks, effort: str = "full", seed: int = 0, target_fpr
 
 
 def _line_validation(ensemble_seed: int, shapes: list[str], templates: list[str], y: np.ndarray,
-                     vectors: np.ndarray) -> dict:
-    """Leave one template out: can the members tell evidence lines of a kind they never saw?"""
+                     vectors: np.ndarray, ruled_out: frozenset[str] = frozenset()) -> dict:
+    """Leave one template out: can the members tell evidence lines of a kind they never saw? Judged as served:
+    lines of a template naming no fault (`ruled_out`) are never flagged, so those held-out shapes are right by rule."""
     flagged = np.zeros(len(shapes), bool)
     distinct = sorted(set(templates))
     if len(set(y.tolist())) < 2 or len(distinct) < 3:
@@ -144,7 +145,7 @@ def _line_validation(ensemble_seed: int, shapes: list[str], templates: list[str]
         if len(set(y[~held].tolist())) < 2:
             continue
         idx = np.flatnonzero(~held)
-        m = LineEnsemble(ensemble_seed).fit([shapes[i] for i in idx], vectors[idx], y[idx])
+        m = LineEnsemble(ensemble_seed, ruled_out).fit([shapes[i] for i in idx], vectors[idx], y[idx])
         verdict, _, _ = combine(m.probabilities([shapes[i] for i in np.flatnonzero(held)], vectors[held]))
         flagged[held] = verdict
     s = val.summarize(y, flagged)
@@ -207,10 +208,11 @@ def train(data_dir: Path, out_dir: Path, embed: Embed, seed: int = 0, limit: int
     if len(set(y.tolist())) < 2:
         raise ValueError(f"the lines of {data_dir} hold only {'evidence' if y.any() else 'ordinary'} templates; "
                          "the line ensemble needs both (add failing and healthy blocks)")
-    ensemble = LineEnsemble(seed).fit(shapes, vectors, y)
+    ruled_out = no_fault_templates({t for t, v in (applied.templates if applied else {}).items() if v})
+    ensemble = LineEnsemble(seed, ruled_out).fit(shapes, vectors, y)
     ensemble.templates = set(templates) - {"unknown"}  # what the scorer does not flag as a new template
     if validation != "none":
-        metrics["line"] = _line_validation(seed, shapes, templates, y, vectors)
+        metrics["line"] = _line_validation(seed, shapes, templates, y, vectors, ruled_out)
 
     drain = DrainTemplates()
     for shape, template in keys:
@@ -234,7 +236,9 @@ def train(data_dir: Path, out_dir: Path, embed: Embed, seed: int = 0, limit: int
                           "unfamiliar_events": sorted(profile.known_events - profile.normal_events
                                                       - session_model.evidence_events),
                           "failure_patterns": sorted(map(list, session_model.failure_patterns))},
-        "line_labels": "a shape is evidence when its template occurs in no complete normal session",
+        "line_labels": ("a shape is evidence when its template occurs in no complete normal session and names a "
+                        "fault or is unknown (scorer/failure_text.py); a line of a loghub template naming no fault "
+                        "is never flagged by a member"),
         "evidence_templates": sorted({t for t, v in zip(templates, y) if v}),
         "drain_templates": drain.templates,
         "validation": metrics,
