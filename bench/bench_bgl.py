@@ -117,9 +117,21 @@ class Scores:
         self._c.close()
 
 
-def one_stack(family: str, log: Path, models: Path, tag: str, pyspy: Path | None = None) -> dict[str, Any]:
+def record_phase(procs: list[tuple[str, subprocess.Popen]], folder: Path) -> list[subprocess.Popen]:
+    """py-spy attached to the running job (driver and pyspark workers) and scorer, for one replay only: the
+    warm phase's profile without the stack's start or the cold replay's first encodes in it."""
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    return [subprocess.Popen([spy, "record", "--pid", str(p.pid), "--subprocesses", "--nonblocking", "-r", "50",
+                              "-f", "raw", "-o", str(folder / f"warm-{name}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name, p in procs if name in ("stream", "scorer")]
+
+
+def one_stack(family: str, log: Path, models: Path, tag: str, pyspy: Path | None = None,
+              warm_pyspy: Path | None = None) -> dict[str, Any]:
     """A fresh stack for `family`, one warm-up line, then `log` at full speed; the run's figures. With `pyspy`
-    (a file), the job runs under `py-spy record --subprocesses` (driver and pyspark workers, 25 Hz, raw)."""
+    (a file), the job runs under `py-spy record --subprocesses` (driver and pyspark workers, 25 Hz, raw). With
+    `warm_pyspy` (a folder), py-spy records the job and the scorer during the warm replay only."""
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
     from logmesh.client import EmbedderClient, ScorerClient
@@ -168,6 +180,7 @@ def one_stack(family: str, log: Path, models: Path, tag: str, pyspy: Path | None
         # into the same warm stack: every shape known, the steady state of a job that runs for days
         for phase in ("cold", "warm"):
             hits0, misses0 = cache_counts()
+            spies = record_phase(procs, warm_pyspy) if warm_pyspy and phase == "warm" else []
             before, mark_ms = scores.count, int(time.time() * 1000)
             summary = run_ingest(log, BOOTSTRAP, names["logs"], progress=False, family=family,
                                  line_labels=family == "bgl")
@@ -175,6 +188,9 @@ def one_stack(family: str, log: Path, models: Path, tag: str, pyspy: Path | None
                 dead = [n for n, p in procs if p.poll() is not None]
                 raise RuntimeError(f"{family}: {scores.count - before:,} of {summary.produced:,} lines scored"
                                    + (f"; {', '.join(dead)} stopped, see {work}" if dead else " in 600 s"))
+            for spy in spies:  # py-spy writes its file on SIGINT
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
             hits, misses = cache_counts()
             first_ms = first_create_time(names["logs"], mark_ms)
             hits, misses = hits - hits0, misses - misses0
@@ -361,10 +377,29 @@ def profile_bgl() -> dict[str, Any]:
     return {"run": run, "pyspy": pyspy_summary(out, top=25) if out.exists() else None}
 
 
+def profile_warm(family: str = "bgl") -> dict[str, Any]:
+    """One stack of `family` (bgl, or hdfs to compare), py-spy on the job and the scorer during the warm replay
+    only (not part of `make bench`)."""
+    from bench.pipeline import ensure_broker, ensure_model, pyspy_summary
+    ensure_broker()
+    folder = WORK / f"{family}-warm-pyspy"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    if family == "bgl":
+        log, models = BGL_DATA / BGL_REPLAY, bgl_model(WORK)
+    else:
+        ensure_model("models")
+        log, models = HDFS_DATA / "HDFS_20000.log", REPO / "models"
+    run = one_stack(family, log, models, f"{family}warm", warm_pyspy=folder)
+    return {"run": run, **{f.stem: pyspy_summary(f, top=30) for f in sorted(folder.glob("warm-*.txt"))}}
+
+
 if __name__ == "__main__":
     import json
     sys.path.insert(0, str(REPO))
     if sys.argv[1:2] == ["--profile"]:
         print(json.dumps(profile_bgl(), indent=1, default=str))
+    elif sys.argv[1:2] == ["--profile-warm"]:
+        print(json.dumps(profile_warm(*sys.argv[2:3]), indent=1, default=str))
     else:
         print(json.dumps(section_bgl(int(sys.argv[1]) if len(sys.argv) > 1 else 1, False), indent=1, default=str))
