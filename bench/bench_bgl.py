@@ -128,10 +128,11 @@ def record_phase(procs: list[tuple[str, subprocess.Popen]], folder: Path) -> lis
 
 
 def one_stack(family: str, log: Path, models: Path, tag: str, pyspy: Path | None = None,
-              warm_pyspy: Path | None = None) -> dict[str, Any]:
+              warm_pyspy: Path | None = None, sink_profile: Path | None = None) -> dict[str, Any]:
     """A fresh stack for `family`, one warm-up line, then `log` at full speed; the run's figures. With `pyspy`
     (a file), the job runs under `py-spy record --subprocesses` (driver and pyspark workers, 25 Hz, raw). With
-    `warm_pyspy` (a folder), py-spy records the job and the scorer during the warm replay only."""
+    `warm_pyspy` (a folder), py-spy records the job and the scorer during the warm replay only. With
+    `sink_profile` (a file), the job runs under bench/profile_sink.py, which writes its figures per micro-batch."""
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
     from logmesh.client import EmbedderClient, ScorerClient
@@ -148,7 +149,10 @@ def one_stack(family: str, log: Path, models: Path, tag: str, pyspy: Path | None
     emb, sco = f"127.0.0.1:{PORTS['embedder']}", f"127.0.0.1:{PORTS['scorer']}"
 
     def start(name: str, args: list[str], wrap: list[str] = ()) -> subprocess.Popen:  # type: ignore[assignment]
-        return subprocess.Popen([*wrap, str(BIN), *args], cwd=REPO, stdout=open(work / f"{name}.log", "w"),
+        command = [str(BIN), *args]
+        if name == "stream" and sink_profile:  # the same job, with its per-batch figures
+            command = [sys.executable, str(REPO / "bench/profile_sink.py"), "--out", str(sink_profile), *args[1:]]
+        return subprocess.Popen([*wrap, *command], cwd=REPO, stdout=open(work / f"{name}.log", "w"),
                                 stderr=subprocess.STDOUT, start_new_session=True)
     procs: list[tuple[str, subprocess.Popen]] = []
     scores = None
@@ -195,7 +199,7 @@ def one_stack(family: str, log: Path, models: Path, tag: str, pyspy: Path | None
             first_ms = first_create_time(names["logs"], mark_ms)
             hits, misses = hits - hits0, misses - misses0
             scored, secs = scores.count - before, (scores.last_ms - first_ms) / 1000
-            figures = {"lines": scored, "produced": summary.produced, "seconds": secs,
+            figures = {"lines": scored, "produced": summary.produced, "seconds": secs, "replay_from_s": first_ms / 1000,
                        "lines_per_s": scored / max(secs, 1e-9), "cache_lookups": int(hits + misses),
                        "cache_hits": int(hits), "cache_hit_rate": hits / max(hits + misses, 1)}
             out.update(figures if phase == "cold" else {"warm": figures})
@@ -390,8 +394,18 @@ def profile_warm(family: str = "bgl") -> dict[str, Any]:
     else:
         ensure_model("models")
         log, models = HDFS_DATA / "HDFS_20000.log", REPO / "models"
-    run = one_stack(family, log, models, f"{family}warm", warm_pyspy=folder)
-    return {"run": run, **{f.stem: pyspy_summary(f, top=30) for f in sorted(folder.glob("warm-*.txt"))}}
+    run = one_stack(family, log, models, f"{family}warm", warm_pyspy=folder, sink_profile=folder / "batches.jsonl")
+    return {"run": run, "warm_batches": warm_batches(folder / "batches.jsonl", run["warm"]["replay_from_s"]),
+            **{f.stem: pyspy_summary(f, top=30) for f in sorted(folder.glob("warm-*.txt"))}}
+
+
+def warm_batches(path: Path, since_s: float) -> dict[str, Any]:
+    """The driver's foreachBatch figures (bench/profile_sink.py) of the batches that began after `since_s`."""
+    import json
+    sinks = [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == "sink" and r["start"] >= since_s]
+    return {"batches": len(sinks), "call_s": sum(r["call"] for r in sinks),
+            "store_upsert_s": sum(r.get("store_upsert", 0.0) for r in sinks),
+            "store_points": sum(r.get("store_points", 0) for r in sinks)}
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Runs logmesh.streaming.job.run unchanged, after wrapping (in this process only, 
 - BatchSink.__call__ -> "call": the whole foreachBatch body in the driver (the batch's write tasks, which
   run the plan: Kafka read, the block operator's state function with its decode/embed/score calls, and the
   transactional writes; then the embedded store's upsert)
-- the embedded store's upsert -> "store_upsert"
+- the embedded store's upsert -> "store_upsert" (seconds) and "store_points" (points written)
 - the write tasks' producers, by kind (sink.BatchReport.producers) -> "producers_new", "_cached", "_fenced"
 and a StreamingQueryListener records Spark's own durationMs per micro-batch (triggerExecution,
 addBatch, latestOffset, queryPlanning, walCommit, commitOffsets) and the state operator's metrics.
@@ -61,7 +61,13 @@ def main() -> None:
         store = original_open(*a, **k)
         cls = type(store)
         if not getattr(cls, "_bench_wrapped", False):
-            cls.upsert = timer("store_upsert", cls.upsert)
+            timed = timer("store_upsert", cls.upsert)
+
+            def upsert(self, points, *a, **k):  # type: ignore[no-untyped-def]
+                points = list(points)
+                acc["store_points"] = acc.get("store_points", 0) + len(points)
+                return timed(self, points, *a, **k)
+            cls.upsert = upsert
             cls._bench_wrapped = True
         return store
     job.open_store = patched_open_store
