@@ -41,6 +41,8 @@ WORK = REPO / "var/bench"
 PORTS = {"embedder": 50081, "scorer": 50082, "metrics": 50083}
 QUIET_MS, STALL_MS = 5000, 10_000  # the demo's block closing (demo/run.py): a replay runs hours in seconds
 HIT = re.compile(r'^logmesh_embedder_cache_lookups_total\{result="(hit|miss)"\} ([0-9.e+]+)$', re.M)
+#: shapes that reached the model: a lookup that missed while another call encoded the shape waits, and counts a miss
+ENCODED = re.compile(r'^logmesh_embedder_shapes_encoded_total ([0-9.e+]+)$', re.M)
 
 
 def say(msg: str) -> None:
@@ -72,10 +74,15 @@ def bgl_model(work: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- one stack
-def cache_counts() -> tuple[float, float]:
+def cache_counts() -> tuple[float, float, float]:
+    """The embedder's cache hits, misses and shapes encoded so far."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{PORTS['metrics']}/metrics", timeout=10).read().decode()
-    found = dict(HIT.findall(text))
-    return float(found.get("hit", 0)), float(found.get("miss", 0))
+    return scraped_counts(text)
+
+
+def scraped_counts(text: str) -> tuple[float, float, float]:
+    found, encoded = dict(HIT.findall(text)), ENCODED.findall(text)
+    return float(found.get("hit", 0)), float(found.get("miss", 0)), float(encoded[0]) if encoded else 0.0
 
 
 def warm_up_record(family: str, log: Path):  # type: ignore[no-untyped-def]
@@ -183,7 +190,7 @@ def one_stack(family: str, log: Path, models: Path, tag: str, pyspy: Path | None
         # the replay into a stack that has just started (the embedder's cache empty), then the same log again
         # into the same warm stack: every shape known, the steady state of a job that runs for days
         for phase in ("cold", "warm"):
-            hits0, misses0 = cache_counts()
+            hits0, misses0, encoded0 = cache_counts()
             spies = record_phase(procs, warm_pyspy) if warm_pyspy and phase == "warm" else []
             before, mark_ms = scores.count, int(time.time() * 1000)
             summary = run_ingest(log, BOOTSTRAP, names["logs"], progress=False, family=family,
@@ -195,13 +202,14 @@ def one_stack(family: str, log: Path, models: Path, tag: str, pyspy: Path | None
             for spy in spies:  # py-spy writes its file on SIGINT
                 spy.send_signal(signal.SIGINT)
                 spy.wait(60)
-            hits, misses = cache_counts()
+            hits, misses, encoded = cache_counts()
             first_ms = first_create_time(names["logs"], mark_ms)
             hits, misses = hits - hits0, misses - misses0
             scored, secs = scores.count - before, (scores.last_ms - first_ms) / 1000
             figures = {"lines": scored, "produced": summary.produced, "seconds": secs, "replay_from_s": first_ms / 1000,
                        "lines_per_s": scored / max(secs, 1e-9), "cache_lookups": int(hits + misses),
-                       "cache_hits": int(hits), "cache_hit_rate": hits / max(hits + misses, 1)}
+                       "cache_hits": int(hits), "cache_hit_rate": hits / max(hits + misses, 1),
+                       "shapes_encoded": int(encoded - encoded0)}
             out.update(figures if phase == "cold" else {"warm": figures})
         return out
     finally:

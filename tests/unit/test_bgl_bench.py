@@ -30,6 +30,14 @@ def test_the_cache_counter_the_bench_scrapes_moves_with_hits_and_misses():
     assert (hits - hits0, misses - misses0) == (3, 2)
 
 
+def test_the_bench_reads_how_many_shapes_reached_the_model():
+    from logmesh.embedder.engine import ENCODED
+    hits0, misses0, encoded0 = bench_bgl.scraped_counts(generate_latest(REGISTRY).decode())
+    ENCODED.inc(3)  # the counter the engine moves once per shape it encodes (tests/integration: with the model)
+    hits, misses, encoded = bench_bgl.scraped_counts(generate_latest(REGISTRY).decode())
+    assert (hits, misses, encoded - encoded0) == (hits0, misses0, 3)
+
+
 def test_the_uncached_scan_names_what_the_cached_match_names():
     t = BglTemplates({"E1": "generating core.<*>", "E2": "<*> double-hummer alignment exceptions",
                       "E3": "<*> exceptions"})  # a broader one: the most literal template wins
