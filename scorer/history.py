@@ -34,9 +34,18 @@ ENTRY_MAX_BYTES = 128 * 1024
 PAGE_MAX_BYTES = 4 * MiB - 4096
 #: Blocks whose final story is remembered, so each is recorded once (~100 bytes each).
 MAX_FINAL_BLOCKS = 200_000
+MAX_REWINDS = 1000  # recreated partitions remembered
 _META_BYTES = 200  # what an entry's metadata costs beside its bytes (the object, its tuple of block ids)
 ALERT, FINAL, INTERIM = (score_pb2.BLOCK_VERDICT_KIND_ALERT, score_pb2.BLOCK_VERDICT_KIND_FINAL,
                          score_pb2.BLOCK_VERDICT_KIND_INTERIM)
+
+
+@dataclass(frozen=True, slots=True)
+class Rewind:
+    """A partition read again from `offset` after the entry `after_id`: the entries after it are the new topic's."""
+    after_id: int
+    where: str  # "topic/partition"
+    offset: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +94,8 @@ class AnomalyHistory:
         self._finals: OrderedDict[int, int] = OrderedDict()
         # "topic/partition" -> the next offset to read there
         self._positions: dict[str, int] = {}
+        # partitions read again from the start (a recreated topic), in id order: what follows each is the new topic
+        self._rewinds: deque[Rewind] = deque(maxlen=MAX_REWINDS)
         self._store, self._position_store = store, positions
         # what an entry is marked with when served (Anomaly.suppressed_by_feedback_id; the analyst's feedback,
         # scorer/analyst/feedback.py): asked at serve time, so a suppression applies at once and ends at its expiry
@@ -150,11 +161,19 @@ class AnomalyHistory:
             self._finals.popitem(last=False)
 
     def rewind(self, where: str, offset: int) -> None:
-        """Reads `where` ("topic/partition") again from `offset`: the topic was recreated under its name."""
+        """Reads `where` ("topic/partition") again from `offset`: the topic was recreated under its name. The
+        entries entered after this one (`rewinds`) come from the new topic, whose offsets restart."""
         with self._lock:
             self._positions[where] = offset
+            self._rewinds.append(Rewind(self._next_id - 1, where, offset))
             if self._position_store is not None:
                 self._position_store.save(dict(self._positions))
+
+    def rewinds(self) -> list["Rewind"]:
+        """The partitions this history read again from the start, oldest first (kept in memory only: a restart
+        forgets them)."""
+        with self._lock:
+            return list(self._rewinds)
 
     def positions(self) -> dict[str, int]:
         """"topic/partition" -> the next offset to read there (what was read and entered, or skipped)."""
@@ -187,6 +206,7 @@ class AnomalyHistory:
         """Holds a store's entries again (the newest that fit), with the next id, the final stories and the
         positions their sources say."""
         loaded = bad = 0
+        read: dict[str, int] = {}  # "topic/partition" -> the next offset after its latest entry, in id order
         for data in records:
             try:
                 entry = score_pb2.Anomaly.FromString(data)
@@ -198,9 +218,12 @@ class AnomalyHistory:
             self._hold([_entry(entry, data)])
             where = next_offset(entry.source)
             if where is not None:
-                self._positions[where[0]] = max(where[1], self._positions.get(where[0], 0))
+                if where[0] in read and where[1] <= read[where[0]]:  # offsets went back: the topic was recreated
+                    self._rewinds.append(Rewind(entry.id - 1, where[0], where[1] - 1))
+                read[where[0]] = where[1]
             if entry.HasField("block") and entry.block.kind == FINAL and not entry.trimmed:
                 self._remember_final(_digest(entry.block.block_id, int), _story(entry.block))  # a trimmed story
+        self._positions.update(read)
         log.info("history reloaded", extra={"entries": len(self._entries), "read": loaded,  # is not the whole one
                                             "unreadable": bad, "next_id": self._next_id, "bytes": self._bytes})
 
@@ -241,15 +264,24 @@ class AnomalyHistory:
         return [e.anomaly() for e in reversed(snapshot)
                 if (record_id and e.record_id == record_id) or (block_id and block_id in e.block_ids)]
 
-    def grouped_prefix(self, cursor: Mapping[str, int]) -> int:
+    def grouped_prefix(self, cursor: Mapping[str, int], after_rewind: Mapping[str, int | None] | None = None) -> int:
         """The highest id L such that every held entry up to L comes from before `cursor` ("topic/partition" ->
         the next offset not yet taken there; an incident book's cursor): where a reader of these entries that
-        stopped at `cursor` resumes in this history, whose ids interleave the partitions its own way."""
+        stopped at `cursor` resumes in this history, whose ids interleave the partitions its own way. For the
+        partitions in `after_rewind` (recreated topics) the entries after this history's rewind of them are
+        compared with its value instead (None: the rewind's own offset, the new topic's start)."""
+        after_rewind = after_rewind or {}
         with self._lock:
-            snapshot, last = list(self._entries), self._next_id - 1
+            snapshot, last, rewinds = list(self._entries), self._next_id - 1, deque(self._rewinds)
+        at = dict(cursor)
         for entry in snapshot:
+            while rewinds and rewinds[0].after_id < entry.id:
+                r = rewinds.popleft()
+                if r.where in after_rewind:
+                    value = after_rewind[r.where]
+                    at[r.where] = r.offset if value is None else value
             where = next_offset(entry.anomaly().source)
-            if where is None or where[1] > cursor.get(where[0], 0):
+            if where is None or where[1] > at.get(where[0], 0):
                 return entry.id - 1
         return last
 

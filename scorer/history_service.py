@@ -184,6 +184,7 @@ class AnomalyFeed:
     def _enter(self, messages: list) -> None:
         entries: list[score_pb2.Anomaly] = []
         read_to: dict[str, int] = {}
+        positions = self.history.positions()
         for msg in messages:
             error = msg.error()
             if error is not None:
@@ -196,6 +197,18 @@ class AnomalyFeed:
                     raise KafkaException(error)
                 continue
             self._set_problem("")
+            partition = f"{self.topic}/{msg.partition()}"
+            expected = read_to.get(partition, positions.get(partition))
+            if expected is not None and msg.offset() < expected:
+                # librdkafka found our offset out of range and went back to the earliest (auto.offset.reset): the
+                # topic was deleted and created again while this consumer read it. What came before goes in first.
+                self._add(entries, read_to)
+                entries, read_to = [], {}
+                log.warning("the anomalies topic went back to an offset the history read before (recreated?); "
+                            "reading it from there", extra={"partition": partition, "position": expected,
+                                                            "offset": msg.offset()})
+                self.history.rewind(partition, msg.offset())
+                positions = self.history.positions()
             where = source(self.topic, msg.partition(), msg.offset())
             read_to[where.rsplit("/", 1)[0]] = msg.offset() + 1
             with self._lock:
@@ -211,9 +224,13 @@ class AnomalyFeed:
             entry.id = 0  # the history numbers its entries
             entry.source = where
             entries.append(entry)
+        self._add(entries, read_to)
+
+    def _add(self, entries: list[score_pb2.Anomaly], read_to: dict[str, int]) -> None:
         if entries and self.similar is not None:
             self.similar.fill(entries)
-        self.read += len(self.history.add(entries, read_to))
+        if entries or read_to:
+            self.read += len(self.history.add(entries, read_to))
 
 
 def _decode(data: bytes | None) -> score_pb2.Anomaly | None:

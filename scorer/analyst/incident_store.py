@@ -259,6 +259,27 @@ class TopicIncidentStore:
         return {f"{tp.topic}/{tp.partition}": tp.offset for tp in result.topic_partitions or ()
                 if tp.error is None and tp.offset >= 0}
 
+    def anomaly_ends(self, partitions: Iterable[str]) -> dict[str, int]:
+        """"topic/partition" -> the partition's end offset (high watermark) in the anomalies topic, for those the
+        broker answers (a takeover compares the book's cursor with it: a cursor beyond the end means the topic
+        was recreated)."""
+        consumer = Consumer({**self._common(), "group.id": f"logmesh-ends-{uuid.uuid4().hex[:8]}",
+                             "enable.auto.commit": False})
+        ends: dict[str, int] = {}
+        try:
+            for where in partitions:
+                topic, _, partition = where.rpartition("/")
+                try:
+                    _, high = consumer.get_watermark_offsets(TopicPartition(topic, int(partition)),
+                                                             timeout=self.timeout_s)
+                except KafkaException as exc:
+                    log.warning("no end offset for an anomalies partition", extra={"partition": where, "error": str(exc)})
+                    continue
+                ends[where] = high
+        finally:
+            consumer.close()
+        return ends
+
     # -- writing --------------------------------------------------------------------------------
     def fence(self) -> None:
         """Takes the book's transactional id (a new owner, before it reads the topic to its end): aborts what

@@ -59,6 +59,7 @@ MAX_SESSIONS, MAX_NODES, MAX_REASONS = 1000, 256, 20
 MESSAGE_BYTES = 1024
 MAX_HOMES = 200_000  # sessions whose incident is remembered after it closed (a late FINAL joins it)
 ROUND = 500  # history entries grouped per round
+_BEFORE_REWIND = 2**62  # a cursor past every offset: what a recreated partition held before is grouped
 
 
 def _cap_text(text: str, limit: int = MESSAGE_BYTES) -> str:
@@ -114,6 +115,11 @@ class IncidentBook:
         self._published = 0  # every change up to here is stored and announced
         self._last_grouped = 0  # the highest history id grouped (or passed over as no alert)
         self._cursor: dict[str, int] = {}  # "topic/partition" -> the next anomalies offset to group (stored)
+        # the history's rewinds (a recreated anomalies topic) the cursor follows: those after this history id,
+        # and those of the partitions a takeover found recreated ("topic/partition" -> the cursor after the
+        # rewind; None: the rewind's offset)
+        self._rewinds_from = 0
+        self._restarted: dict[str, int | None] = {}
         self._watermark = 0.0  # the newest event time seen (seconds)
         self._dirty: set[str] = set()  # changed but not stored yet (the store was down)
         self._store_failing = False
@@ -352,10 +358,62 @@ class IncidentBook:
     def _resume(self, cursor: dict[str, int]) -> None:
         """Where this replica's history is grouped to, from the book's stored cursor (lock held)."""
         self._cursor = dict(cursor)
-        if cursor and self.history is not None:
-            self._last_grouped = self.history.grouped_prefix(cursor)
+        self._restarted = {}
+        if self.history is not None:
+            self._rewinds_from = self.history.last_id
+            if cursor:
+                self._restart_recreated(self._cursor)
+                self._last_grouped = self.history.grouped_prefix(self._cursor, self._restarted)
+                self._follow_rewinds(0, self._last_grouped)  # the rewinds the prefix passed
         # no cursor (a book older than it, or one whose entries had no topic coordinates): after the highest
         # history id its incidents hold, which _load set
+
+    def _restart_recreated(self, cursor: dict[str, int]) -> None:
+        """The partitions of a recreated anomalies topic (deleted and created again: its offsets restart at 0),
+        found at a takeover. The broker drops a deleted topic's committed offsets, so a stored cursor there was
+        stored after the recreation: beyond the partition's end, it is the old topic's (an owner that had not
+        noticed); within it, the new topic's. Where this history read the partition again from its start (its
+        rewind), its entries before the rewind are grouped by the old cursor or, when there is none, count as
+        grouped; those after it by the new cursor or, when there is none, from the new topic's start."""
+        assert self.history is not None
+        rewound = {r.where for r in self.history.rewinds()}
+        ends = self.store.anomaly_ends(sorted(set(cursor) | rewound)) if hasattr(self.store, "anomaly_ends") else {}
+        for where in sorted(set(cursor) | rewound):
+            end = ends.get(where)
+            beyond = where in cursor and end is not None and cursor[where] > end
+            if beyond:
+                log.warning("the book's cursor is beyond the end of its anomalies partition: the topic was "
+                            "recreated; grouping the partition from its start",
+                            extra={"partition": where, "cursor": cursor[where], "end": end})
+            if where not in rewound:
+                if beyond:  # this history read only the new topic there
+                    cursor[where] = 0
+                continue
+            if beyond:
+                self._restarted[where] = None
+            else:
+                self._restarted[where] = cursor.get(where)  # None when the broker dropped it with the old topic
+                cursor[where] = _BEFORE_REWIND
+
+    def _follow_rewinds(self, after_id: int, upto_id: int) -> None:
+        """Moves the cursor back where the history read a partition again from its start between two of its
+        entries (a recreated topic): else every entry of the new topic, its offsets below the old ones, would
+        count as grouped."""
+        if self.history is None:
+            return
+        for r in self.history.rewinds():
+            if not after_id <= r.after_id < upto_id:
+                continue
+            if r.after_id < self._rewinds_from:  # before this replica took over: as _restart_recreated found
+                if r.where not in self._restarted:
+                    continue
+                value = self._restarted[r.where]
+                self._cursor[r.where] = r.offset if value is None else value
+                continue
+            if self._cursor.get(r.where, 0) > r.offset:
+                log.warning("the anomalies topic was recreated: its partition is grouped from its start again",
+                            extra={"partition": r.where, "cursor": self._cursor[r.where], "from": r.offset})
+            self._cursor[r.where] = r.offset
 
     def _requeue(self) -> None:
         """Hands the listeners what a former owner (or this scorer before a crash) left pending: every open
@@ -478,8 +536,8 @@ class IncidentBook:
         return len(entries) == ROUND
 
     def _put(self, batch: list[incident_pb2.Incident]) -> bool:
-        with self._lock:
-            cursor = dict(self._cursor)
+        with self._lock:  # a partition's old topic still to pass (_BEFORE_REWIND) has no offset to store yet
+            cursor = {w: o for w, o in self._cursor.items() if o < _BEFORE_REWIND}
         try:
             self.store.put(batch, cursor)
         except Exception as exc:  # noqa: BLE001 - the store's trouble: retried next round, nothing published
@@ -513,6 +571,7 @@ class IncidentBook:
     def _group(self, entry: score_pb2.Anomaly, changed: set[str], evidence: set[str]) -> None:
         if entry.id <= self._last_grouped:
             return
+        self._follow_rewinds(self._last_grouped, entry.id)
         self._last_grouped = entry.id
         where = next_offset(entry.source)
         if where is not None:
