@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import subprocess
@@ -105,6 +106,15 @@ def summarise_batches(path: Path, since: float) -> dict:
             "agg": agg, "per_batch": rows, "spark_records_without_sink": len(empty), **stages}
 
 
+def _batches_between(path: Path, start: float, end: float) -> list[dict]:
+    """The sink calls (batch id, rows, start, seconds) that overlapped the wall-clock window [start, end]."""
+    recs = [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+    rows = {r["batch_id"]: r.get("rows") for r in recs if r["kind"] == "spark"}
+    return [{"batch": r["batch_id"], "rows": rows.get(r["batch_id"]), "start_s": round(r["start"] - start, 2),
+             "call_s": round(r["call"], 2)} for r in recs
+            if r["kind"] == "sink" and r["start"] <= end and r["start"] + r["call"] >= start]
+
+
 def _ms(stamp: str | None) -> float | None:
     """The Spark UI's "2026-12-01T21:09:09.123GMT" as epoch ms."""
     from datetime import datetime, timezone
@@ -147,6 +157,27 @@ def _stage_profile(records: list[dict], sparks: dict) -> dict:
     return {"stages_per_batch": per_batch, "stage_medians": medians,
             "jobs_per_batch": float(np.median([b["jobs"] for b in per_batch])),
             "stages_per_batch_median": float(np.median([b["stages"] for b in per_batch]))}
+
+
+def pyspy_windows(spec: str) -> list[tuple[float, float]]:
+    """"START:SECONDS,..." -> [(start, seconds)]: py-spy windows, START seconds after the replay starts
+    (negative: before it, so that py-spy has attached to the tree when the first lines arrive)."""
+    return [(float(a), float(b)) for a, b in (w.split(":") for w in spec.split(",") if w)]
+
+
+def start_pyspy_window(pid: int, start: float, seconds: float, replay_at: float, out: Path, record: dict) -> threading.Thread:
+    """At replay_at + start (monotonic), py-spy records the job's whole process tree for `seconds` (raw stacks,
+    50 Hz): one window per phase (the first batch, a later one), since a whole-run profile mixes them."""
+    def go() -> None:
+        time.sleep(max(0.0, replay_at + start - time.monotonic()))
+        record.update(wall_start=time.time(), from_replay_s=round(time.monotonic() - replay_at, 2))
+        subprocess.run([str(Path(PY).with_name("py-spy")), "record", "--pid", str(pid), "--subprocesses", "-r", "50",
+                        "-f", "raw", "-d", str(math.ceil(seconds)), "-o", str(out)],  # whole seconds only
+                       stdout=subprocess.DEVNULL, stderr=open(out.with_suffix(".err"), "w"), check=False)
+        record["wall_end"] = time.time()
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread
 
 
 def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_no: int, pyspy: bool) -> dict:
@@ -198,6 +229,13 @@ def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_
         cpu_parts0: dict = {}
         cpu_job, cpu_servers = tree_cpu(job.pid, cpu_parts0), sum(tree_cpu(p.pid) for p in servers.procs)
         mark, started = backlog.get("mark", time.time()), time.monotonic()
+        windows = pyspy_windows(args.pyspy_windows) if run_no in args.pyspy_window_runs else []
+        lead = max([0.0, *(-w[0] for w in windows)])
+        window_records: list[dict] = [{"start_s": a, "seconds": b} for a, b in windows]
+        spies = [start_pyspy_window(job.pid, a, b, time.monotonic() + lead, work / f"pyspy-window{i}.txt", rec)
+                 for i, ((a, b), rec) in enumerate(zip(windows, window_records))]
+        time.sleep(lead)
+        mark, started = backlog.get("mark", time.time()), time.monotonic()
         if not backlog:
             replay.start()
         total, last_change, last = None, time.monotonic(), 0
@@ -238,6 +276,16 @@ def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_
             result["backlog_lines_per_s"] = float((len(times) - len(times) // 10) / max((times[-1] - first) / 1000, 1e-9))
         result.update(time_to_detect(tally, read_block_labels(labels)))  # the demo's own definition
         result["profile"] = summarise_batches(out, mark)
+        for spy in spies:
+            spy.join(timeout=60)
+        for i, rec in enumerate(window_records):  # each window's samples, and the batches it overlapped
+            raw = work / f"pyspy-window{i}.txt"
+            if raw.exists():
+                from bench.pipeline import pyspy_summary
+                rec["pyspy"] = pyspy_summary(raw, top=30)
+            rec["batches"] = _batches_between(out, rec.get("wall_start", 0), rec.get("wall_end", 0))
+        if window_records:
+            result["pyspy_windows"] = window_records
     finally:
         tally.close()
         from bench.pipeline import delete_topics, stop_job
@@ -307,6 +355,10 @@ def main() -> int:
     p.add_argument("--work", default=f"/tmp/lmab-{os.getpid()}")
     p.add_argument("--out", default=None, help="summary JSON (default: WORK/summary.json)")
     p.add_argument("--pyspy", default="", help="comma-separated run numbers to record with py-spy")
+    p.add_argument("--pyspy-windows", default="", metavar="START:SECONDS,...",
+                   help="py-spy windows on the job's process tree, START seconds after the replay starts, e.g. "
+                        "-1:6,20:6 (the first batches, then a later stretch), in the runs of --pyspy-window-runs")
+    p.add_argument("--pyspy-window-runs", default="0", help="comma-separated run numbers for --pyspy-windows")
     p.add_argument("--backlog", action="store_true",
                    help="produce the whole replay before the job starts, and report the job's own rate on that "
                         "backlog (backlog_lines_per_s), which a full-speed replay cannot show when the producer "
@@ -330,6 +382,7 @@ def main() -> int:
         write_generated(GeneratorConfig(lines=args.lines, seed=7), log, labels)  # the demo's replay
     variants = [v.split("=", 1) for v in args.variant]
     pyspy_runs = {int(x) for x in args.pyspy.split(",") if x}
+    args.pyspy_window_runs = {int(x) for x in args.pyspy_window_runs.split(",") if x}
     results = []
     with Servers(free_port(), free_port(), args.models) as servers:
         order = [(i * len(variants) + j, name, rev) for i in range(args.runs) for j, (name, rev) in enumerate(variants)]
@@ -337,7 +390,7 @@ def main() -> int:
             r = one_run(name, rev, args, servers, log, labels, run_no, run_no in pyspy_runs)
             agg = r.get("profile", {}).get("agg", {})
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
-                              if k not in ("profile", "pyspy")}), flush=True)
+                              if k not in ("profile", "pyspy", "pyspy_windows")}), flush=True)
             print("   per batch mean:", {k: round(v["mean"], 3) for k, v in agg.items()},
                   "batches", r.get("profile", {}).get("batches"), "rows_mean",
                   round(r.get("profile", {}).get("rows_mean", 0)),

@@ -69,7 +69,8 @@ def _fence_and_read_ledger(config: StreamConfig, sink: BatchSink, job: str) -> L
 
 def _warm_python_workers(spark, config: StreamConfig) -> None:  # type: ignore[no-untyped-def]
     """Forks and readies the Python workers a micro-batch uses (work.warm_up_task): one per shuffle partition
-    for the state function and one for its write task, as a batch runs them. Off on a cluster, whose
+    for the state function and one for its write task, as a batch runs them, each running one throwaway line
+    through the task's path (work.warm_work_path); the log says how long that took per worker. Off on a cluster, whose
     executors start on their own schedule."""
     if not config.master.startswith("local"):
         return
@@ -77,10 +78,14 @@ def _warm_python_workers(spark, config: StreamConfig) -> None:  # type: ignore[n
     started = time.perf_counter()
     warm = warm_up_task(work_settings(config))
     partitions = config.shuffle_partitions or SHUFFLE_PARTITIONS
-    pids = (spark.range(0, partitions, 1, partitions).mapInPandas(warm, "pid int")
-            .mapInPandas(warm, "pid int").collect())
-    log.info("python workers ready", extra={"workers": len({r.pid for r in pids}),
-                                            "seconds": round(time.perf_counter() - started, 2)})
+    schema = "pid int, work_s double, error string"
+    rows = spark.range(0, partitions, 1, partitions).mapInPandas(warm, schema).mapInPandas(warm, schema).collect()
+    errors = sorted({r.error for r in rows if r.error})
+    # work_s: each worker's throwaway line through the task's own path (work.warm_work_path)
+    log.info("python workers ready", extra={"workers": len({r.pid for r in rows}),
+                                            "seconds": round(time.perf_counter() - started, 2),
+                                            "work_path_s": sorted(round(r.work_s, 2) for r in rows),
+                                            **({"work_path_errors": errors} if errors else {})})
 
 
 def work_settings(config: StreamConfig) -> WorkSettings:

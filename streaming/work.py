@@ -75,16 +75,48 @@ def warm_up_task(settings: WorkSettings):  # type: ignore[no-untyped-def]
     batch no longer pays for forking and importing in every worker it needs (two per task: the state
     function's and the write task's)."""
     def run(frames):  # type: ignore[no-untyped-def]
+        import time
         from logmesh.streaming import block_sessions, sink  # noqa: F401 (the imports are the point)
+        # what GroupState.update imports on its first call (pyspark/sql/streaming/state.py): compiled from
+        # pyspark.zip's source in every worker, 0.28 s of the first batch's state function (py-spy, 01:55 run)
+        import pyspark.testing.utils  # noqa: F401
         block_sessions._freeze_worker_heap()
         for client in (embedder_client(settings.embedder), scorer_client(settings.scorer)):
             try:
                 client.wait_until_serving(10)  # connects the channel
             except Exception:  # noqa: BLE001 - a warm-up only: the tasks retry a service that is down
                 pass
-        seen = [int(p) for f in frames if "pid" in f for p in f["pid"]]  # the workers before this one
-        yield pd.DataFrame({"pid": [*seen, os.getpid()]})
+        started = time.perf_counter()
+        error = warm_work_path(settings)
+        seen = [(int(p), float(w), e) for f in frames if "pid" in f
+                for p, w, e in zip(f["pid"], f["work_s"], f["error"])]  # the workers before this one
+        mine = (os.getpid(), time.perf_counter() - started, error)
+        yield pd.DataFrame([*seen, mine], columns=["pid", "work_s", "error"])
     return run
+
+
+WARM_UP_LINE = ("081109 203518 143 INFO dfs.DataNode$DataXceiver: Receiving block blk_-1608999687919862906 "
+                "src: /10.250.19.102:54106 dest: /10.250.19.102:50010")
+
+
+def warm_work_path(settings: WorkSettings) -> str:
+    """One real HDFS line, in no block, through the functions a task runs: decode, shape (the masks' first
+    use), embed, score (the first ScoreStream of this worker's channel), its output row, a WORK frame, and
+    one open block scored (ScoreBlockStream). The scorer is pure, so nothing is recorded but its counters;
+    nothing is written. The first micro-batch paid for these first uses (py-spy, docs/benchmarks.md's cold
+    start). Returns "" or why it failed (a warm-up only: the tasks retry a service that is down)."""
+    from logmesh.ingest.hdfs import parse_line
+    try:
+        record = parse_line(WARM_UP_LINE, "logmesh-warm-up", os.getpid())
+        del record.block_ids[:]
+        lines = score_messages([KafkaRow("logmesh-warm-up", 0, 0, None, record.SerializeToString())],
+                               dataclasses.replace(settings, retry_budget_s=5.0), "warm-up")
+        pd.DataFrame(line_rows(lines, settings), columns=WORK_COLUMNS, dtype=object)
+        score_blocks([spb.BlockSession(block_id="logmesh-warm-up", events=[record.template_id])],
+                     dataclasses.replace(settings, retry_budget_s=5.0), "warm-up")
+        return "" if lines.results[0] is not None else f"warm-up line rejected: {lines.rejected[0]}"
+    except Exception as exc:  # noqa: BLE001
+        return str(exc)[:200]
 
 
 class TaskLogs(logging.Handler):
