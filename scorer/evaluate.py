@@ -21,6 +21,7 @@ from pathlib import Path
 
 from logmesh.scorer.completeness import MODES, QUIET_SECONDS
 from logmesh.scorer.dataset import OPEN_TAIL
+from logmesh.scorer.failure_text import failure_event
 
 # numpy, sklearn and joblib load inside evaluate(), so that building the CLI parser stays cheap
 
@@ -151,7 +152,8 @@ def evaluate(model_dir, logs, labels, open_tail: int = OPEN_TAIL, embed=None, fr
         ids = list(reader.block_shapes[b])
         lifted[i] = shape_votes[ids].any(axis=0)
         if block_pred[i] and truth[i]:
-            evidence = {e for e in events[i] if e not in model.profile.normal_events}  # "unknown" included
+            # the session rule's evidence: never in a normal session and naming a fault (or unknown text)
+            evidence = {e for e in events[i] if e not in model.profile.normal_events and failure_event(e)}
             flagged = {reader.block_shapes[b][s] for s in ids if shape_votes[s, -1]}
             if not evidence:
                 points_at_evidence["no_evidence_line"] += 1  # a missing step or a pattern: no single line to point at
