@@ -10,6 +10,7 @@ import sys
 from logmesh.cli.common import NON_NEGATIVE, UserError, client_args, channel_security, number
 
 STATES = {"all": 0, "open": 1, "closed": 2}
+SOURCES_SHOWN = 20  # the newest anomalies' topic coordinates `logmesh incident ID` lists
 
 
 def _name(enum, value: int, prefix: str) -> str:  # type: ignore[no-untyped-def]
@@ -61,6 +62,9 @@ def _detail(incident) -> None:  # type: ignore[no-untyped-def]
     print(f"  version {incident.version}, update {incident.update_id}, family {incident.family or '-'}")
     print(f"  sessions: {', '.join(incident.session_keys) or '-'}")
     print(f"  nodes:    {', '.join(incident.nodes) or '-'}")
+    sources = [s or "-" for s in incident.anomaly_sources]  # "-": an entry the history read from no topic
+    older = f" (+{len(sources) - SOURCES_SHOWN} older)" if len(sources) > SOURCES_SHOWN else ""
+    print(f"  read at:  {', '.join(sources[-SOURCES_SHOWN:]) or '-'}{older}")
     for reason in incident.reasons:
         print(f"  reason:   {reason}")
     if incident.HasField("summary"):

@@ -40,7 +40,8 @@ def detail(i: incident_pb2.Incident) -> dict[str, Any]:
     # the timeline: the cited lines in event-time order (the evidence list is ordered by how telling a line is)
     timeline = sorted(evidence, key=lambda e: (e["event_time"] is None, e["event_time"] or "", e["record_id"]))
     out = summary(i) | {
-        "reasons": list(i.reasons), "anomaly_ids": list(i.anomaly_ids), "evidence": evidence, "timeline": timeline,
+        "reasons": list(i.reasons), "anomaly_ids": list(i.anomaly_ids),
+        "anomaly_sources": list(i.anomaly_sources), "evidence": evidence, "timeline": timeline,
         "duration_seconds": round(max(0.0, seconds(i.last_seen_time) - seconds(i.first_seen_time)), 3),
         "similar": [{"incident_id": s.incident_id, "similarity": round(s.similarity, 4), "title": s.title,
                      "analyst_label": _name(feedback_pb2.FeedbackLabel, s.analyst_label, "FEEDBACK_LABEL_")}

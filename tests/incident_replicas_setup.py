@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import subprocess
 import sys
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,11 +15,12 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from anomaly_topic import AnomalyWriter, fresh_topic
+from anomaly_topic import BOOTSTRAP, AnomalyWriter, fresh_topic
 from llm_server import free_port
 from logmesh.client import IncidentClient, ScorerClient
-from logmesh.v1 import feedback_pb2 as fpb, feedback_service_pb2 as fspb, feedback_service_pb2_grpc as fsgrpc
+from logmesh.v1 import feedback_pb2 as fpb, feedback_service_pb2 as fspb, feedback_service_pb2_grpc as fsgrpc, score_pb2
 from test_incidents import fresh_compacted
 from webhook_receiver import WebhookReceiver
 
@@ -112,3 +114,23 @@ def replica_scene(admin, models: Path, embedder: str, state: Path, prefix: str, 
         finally:
             for r in scene.replicas:
                 r.stop()
+
+
+def written_sources(topic: str, partitions: int, count: int, timeout: float = 30) -> dict[str, str]:
+    """record id -> "topic/partition/offset" of each line in the anomalies topic (read back from the broker,
+    committed messages only: transaction markers take offsets too), once `count` lines are read."""
+    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"t-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    found: dict[str, str] = {}
+    try:
+        deadline = time.monotonic() + timeout
+        while len(found) < count and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            entry = score_pb2.Anomaly.FromString(msg.value())
+            found[entry.line.record_id] = f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
+    finally:
+        consumer.close()
+    return found

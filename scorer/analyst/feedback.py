@@ -35,7 +35,7 @@ from typing import Callable
 from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
 from logmesh.scorer.analyst import feedback_check, feedback_scope
-from logmesh.scorer.analyst.feedback_match import Suppressions, expiry, suppresses
+from logmesh.scorer.analyst.feedback_match import Suppressions, expiry, incident_members, suppresses
 from logmesh.scorer.analyst.feedback_topic import FeedbackStoreError, FeedbackTopic
 from logmesh.v1 import feedback_pb2 as fpb, incident_pb2, score_pb2
 
@@ -71,7 +71,7 @@ class FeedbackBook:
         self._write = threading.Lock()  # one submission at a time: a client key is checked and stored atomically
         self._suppressions = Suppressions()
         self._listeners: list[Callable[[], None]] = []
-        self._incident_ids: dict[str, tuple[float, frozenset[int]]] = {}  # incident id -> (when asked, its anomaly ids)
+        self._incident_ids: dict[str, tuple[float, frozenset[str | int]]] = {}  # incident id -> (when asked, its members)
         self._loaded = threading.Event()
         self._problem = "loading"
         self._stop = threading.Event()
@@ -163,17 +163,17 @@ class FeedbackBook:
             index = self._suppressions
         return index.anomaly(anomaly, self._incident_anomalies) if index else ""
 
-    def _incident_anomalies(self, incident_id: str) -> frozenset[int]:
-        """The history ids an incident holds, asked of the IncidentBook at most every 0.2 s per incident (a page
-        of entries asks once per entry)."""
+    def _incident_anomalies(self, incident_id: str) -> frozenset[str | int]:
+        """The anomalies an incident holds, asked of the IncidentBook at most every 0.2 s per incident (a page
+        of entries asks once per entry): see incident_members."""
         now = time.monotonic()
         cached = self._incident_ids.get(incident_id)
         if cached is not None and now - cached[0] < 0.2:
             return cached[1]
         found = self.incident(incident_id) if self.incident is not None else None
-        ids = frozenset(found.anomaly_ids) if found is not None else frozenset()
-        self._incident_ids[incident_id] = (now, ids)
-        return ids
+        members = incident_members(found) if found is not None else frozenset()
+        self._incident_ids[incident_id] = (now, members)
+        return members
 
     def suppressing_incident(self, incident: incident_pb2.Incident) -> str:
         with self._lock:

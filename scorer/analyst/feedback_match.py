@@ -65,9 +65,9 @@ class Suppressions:
     def __bool__(self) -> bool:
         return any((self.records, self.blocks, self.incidents, self.templates, self.nodes, self.sequences))
 
-    def anomaly(self, entry: score_pb2.Anomaly, incident_anomalies: Callable[[str], Container[int]] | None = None) -> str:
+    def anomaly(self, entry: score_pb2.Anomaly, incident_anomalies: Callable[[str], Container[str | int]] | None = None) -> str:
         """The id of the oldest label covering `entry` ("" when none); `incident_anomalies(incident_id)` are the
-        history ids an incident holds."""
+        members an incident holds (incident_members)."""
         found: list[str] = []
         if entry.HasField("line"):
             line = entry.line
@@ -80,8 +80,9 @@ class Suppressions:
             found.append(self.blocks.get(block.block_id, ""))
             if self.sequences and block.events:
                 found.append(self.sequences.get(sequence_key(block.events), ""))
-        if self.incidents and incident_anomalies is not None and entry.id:
-            found += [fb_id for incident_id, fb_id in self.incidents.items() if entry.id in incident_anomalies(incident_id)]
+        if self.incidents and incident_anomalies is not None and (entry.source or entry.id):
+            key = anomaly_key(entry)
+            found += [fb_id for incident_id, fb_id in self.incidents.items() if key in incident_anomalies(incident_id)]
         return _oldest(found)
 
     def incident(self, inc: incident_pb2.Incident) -> str:
@@ -107,3 +108,21 @@ def _oldest(ids: Iterable[str]) -> str:
     """Feedback ids are fb-<sequence>: the smallest one set, "" when none is."""
     ids = [i for i in ids if i]
     return min(ids, key=lambda i: (len(i), i)) if ids else ""
+
+
+def anomaly_key(entry: score_pb2.Anomaly) -> str | int:
+    """What names an anomaly in incident_members: its source, the same on every history replica; its history id
+    only when it has none (an entry a scorer recorded itself), which names it on this replica alone."""
+    return entry.source or entry.id
+
+
+def incident_members(incident: incident_pb2.Incident) -> frozenset[str | int]:
+    """The anomaly_key of each anomaly grouped into `incident`. anomaly_sources line up with the last of its
+    anomaly_ids (both capped alike); an incident stored before sources existed has fewer, or none, and its
+    older anomalies fall back to their history ids: right on the replica that grouped them, possibly other
+    entries on a follower (no better name was stored). Ids and sources never collide (int vs str)."""
+    ids, sources = list(incident.anomaly_ids), list(incident.anomaly_sources)
+    unnamed = len(ids) - len(sources)
+    members: set[str | int] = set(ids[:unnamed]) if unnamed > 0 else set()
+    members.update(source or anomaly_id for anomaly_id, source in zip(ids[max(unnamed, 0):], sources))
+    return frozenset(members)

@@ -622,8 +622,10 @@ class IncidentBook:
 
     def _apply(self, incident: incident_pb2.Incident, entry: score_pb2.Anomaly, f: Facts) -> None:
         incident.anomaly_ids.append(entry.id)
-        if len(incident.anomaly_ids) > MAX_IDS:
-            del incident.anomaly_ids[:len(incident.anomaly_ids) - MAX_IDS]
+        incident.anomaly_sources.append(entry.source)  # beside its id, so the two stay aligned from the end
+        for kept in (incident.anomaly_ids, incident.anomaly_sources):
+            if len(kept) > MAX_IDS:
+                del kept[:len(kept) - MAX_IDS]
         _add_unique(incident.session_keys, f.sessions, MAX_SESSIONS)
         _add_unique(incident.nodes, f.nodes, MAX_NODES)
         if f.event_s is not None:

@@ -7,7 +7,8 @@
   id of its own.
 - With a 3-partition anomalies topic each replica's history numbers the anomalies its own way; a new owner
   resumes each partition after the book's committed offsets, so every alert is grouped exactly once across
-  the takeover (the former owner's highest history id would skip some and regroup others)."""
+  the takeover (the former owner's highest history id would skip some and regroup others), and each
+  incident names its anomalies by their topic coordinates (anomaly_sources), the same whoever grouped them."""
 from __future__ import annotations
 
 import collections
@@ -19,7 +20,7 @@ import grpc
 import pytest
 
 from anomaly_topic import BOOTSTRAP, line
-from incident_replicas_setup import LEASE_S, replica_scene
+from incident_replicas_setup import LEASE_S, replica_scene, written_sources
 from logmesh.scorer.analyst.feedback_topic import FeedbackTopic
 from logmesh.v1 import feedback_pb2 as fpb, feedback_service_pb2 as fspb
 from test_incidents import fresh_compacted
@@ -109,6 +110,8 @@ def test_takeover_resumes_each_partition_of_a_three_partition_topic(admin, train
         # notified and marked so (else a new owner sends it again: at least once, by design)
         wait_for(lambda: all(i.notified_targets for i in a.incidents()) and len(scene.notified()) == 9, 30,
                  "the owner to notify and mark its incidents")
+        grouped_by_a = {i.session_keys[0]: list(i.anomaly_sources) for i in a.incidents()}
+        assert len(grouped_by_a) == 9 and all(len(s) == 1 and s[0] for s in grouped_by_a.values()), grouped_by_a
         a.process.send_signal(signal.SIGKILL)
         a.process.wait(10)
         late = _blocks(6)
@@ -125,12 +128,16 @@ def test_takeover_resumes_each_partition_of_a_three_partition_topic(admin, train
         time.sleep(2)  # room for a wrong second grouping to land
         after = b.incidents()
         assert len(after) == len(written) == 15
+        at = written_sources(scene.topics["anomalies"], 3, len(everything))
         for incident in after:
             assert len(incident.session_keys) == 1, incident.session_keys
             block = incident.session_keys[0]
             cited = sorted(e.record_id for e in incident.evidence)
             assert cited == sorted(written[block]), f"{block}: grouped {cited}, written {written[block]}"
             assert len(incident.anomaly_ids) == len(written[block])
+            # named by where they lie in the topic, as a named them: not by b's history ids
+            assert sorted(incident.anomaly_sources) == sorted(at[r] for r in written[block]), block
+            assert incident.anomaly_sources[:len(grouped_by_a.get(block, []))] == grouped_by_a.get(block, [])
         numbers = sorted(int(i.incident_id[4:]) for i in after)
         assert numbers == list(range(1, 16)), numbers
         notified = scene.notified()

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from logmesh.scorer.analyst.feedback import FeedbackBook, FeedbackRejected
+from logmesh.scorer.analyst.feedback_match import anomaly_key, incident_members
 from logmesh.scorer.analyst.feedback_scope import line_node, sequence_key
 from logmesh.scorer.history import AnomalyHistory
 from logmesh.v1 import feedback_pb2 as fpb, incident_pb2, score_pb2
@@ -131,6 +132,36 @@ def test_incident_item_marks_its_anomalies(world):
     assert book.suppressing_incident(incidents["inc-1"]) == fb.feedback_id
     marks = _marks(history)  # anomaly ids 1 (r1) and 2 (r2) are the incident's
     assert marks["r1"] == marks["r2"] == fb.feedback_id and marks[f"{BLK}:block"] == ""
+
+
+def _read(rid: str, partition: int, offset: int) -> score_pb2.Anomaly:
+    entry = _line(rid, block=f"blk_{rid}")
+    entry.source = f"anomalies/{partition}/{offset}"
+    return entry
+
+
+def test_incident_item_on_a_follower_marks_its_anomalies_by_source():
+    """The incident was grouped by another replica, which numbered what it read otherwise: its ids 1 and 2 are
+    this history's r1 and r2, its anomalies are r2 and r3 (the sources say so)."""
+    history = AnomalyHistory()
+    incident = incident_pb2.Incident(incident_id="inc-1", anomaly_ids=[1, 2],
+                                     anomaly_sources=["anomalies/1/3", "anomalies/0/6"])
+    book = FeedbackBook(None, history.find, {"inc-1": incident}.get)
+    history.mark = book.suppressing_anomaly
+    history.add([_read("r1", 0, 5), _read("r2", 1, 3), _read("r3", 0, 6)])
+    fb = book.submit(_fb(incident_id="inc-1"), "a")[0]
+    marks = _marks(history)
+    assert (marks["r1"], marks["r2"], marks["r3"]) == ("", fb.feedback_id, fb.feedback_id)
+
+
+def test_incident_members_fall_back_to_ids_where_no_source_was_stored():
+    old = incident_pb2.Incident(anomaly_ids=[4, 7])  # stored before anomaly_sources: ids only
+    assert incident_members(old) == {4, 7}
+    upgraded = incident_pb2.Incident(anomaly_ids=[4, 7, 9, 12], anomaly_sources=["a/0/1", ""])
+    # the sources are those of the newest ids (9, 12); an entry without a source (12) goes by its id
+    assert incident_members(upgraded) == {4, 7, "a/0/1", 12}
+    entry = score_pb2.Anomaly(id=12, source="a/0/1")
+    assert anomaly_key(entry) == "a/0/1" and anomaly_key(score_pb2.Anomaly(id=12)) == 12
 
 
 def test_expiry_ends_a_suppression_and_tells_listeners(world):

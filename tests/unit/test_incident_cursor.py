@@ -92,6 +92,9 @@ def test_a_new_owner_with_another_numbering_groups_every_alert_once() -> None:
         cited = sorted(e.record_id for i in found for e in i.evidence)
         assert cited == sorted(f"r{b}-{n}" for b in range(9) for n in (1, 2)), "each alert grouped exactly once"
         assert len(found) == 9 and all(len(i.anomaly_ids) == 2 for i in found)
+        for incident in found:  # the topic's coordinates, the same whichever owner numbered and stored them
+            b = int(incident.session_keys[0].removeprefix("blk_"))
+            assert list(incident.anomaly_sources) == [e.source for e in parts[b % 3] if e.line.record_id.startswith(f"r{b}-")]
         assert sorted(i.incident_id for i in found) == [f"inc-{n:06d}" for n in range(1, 10)]
         assert store.committed() == {f"{TOPIC}/0": 6, f"{TOPIC}/1": 6, f"{TOPIC}/2": 6}
     finally:

@@ -246,4 +246,15 @@ def test_console_views_keep_strings_as_data() -> None:
     assert [e["record_id"] for e in view["timeline"]] == ["r1", "r2"]
     assert [e["normal_session_fraction"] for e in view["evidence"]] == [None, 0.25]  # NaN: unknown, not a number
     assert view["evidence"][0]["message"] == "<b>late</b>" and view["state"] == "open" and view["kind"] == "exception"
-    assert view["summary"] is None
+    assert view["summary"] is None and view["anomaly_sources"] == []
+    incident.anomaly_sources.extend(["<t>/0/4", ""])
+    assert incident_views.detail(incident)["anomaly_sources"] == ["<t>/0/4", ""]
+
+
+def test_incident_detail_lists_the_newest_sources(capsys) -> None:
+    from logmesh.cli import incidents as cli
+    incident = incident_pb2.Incident(incident_id="inc-000003", anomaly_ids=list(range(1, 24)),
+                                     anomaly_sources=[f"a/0/{n}" for n in range(22)] + [""])
+    cli._detail(incident)
+    shown = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("  read at:"))
+    assert shown == "  read at:  " + ", ".join([f"a/0/{n}" for n in range(3, 22)] + ["-"]) + " (+3 older)"
