@@ -170,8 +170,8 @@ class AnomalyHistory:
                 self._position_store.save(dict(self._positions))
 
     def rewinds(self) -> list["Rewind"]:
-        """The partitions this history read again from the start, oldest first (kept in memory only: a restart
-        forgets them)."""
+        """The partitions this history read again from the start, oldest first (at a restart, reload finds
+        them again where a partition's offsets go back)."""
         with self._lock:
             return list(self._rewinds)
 
