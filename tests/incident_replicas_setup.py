@@ -22,6 +22,7 @@ from llm_server import free_port
 from logmesh.client import IncidentClient, ScorerClient
 from logmesh.v1 import feedback_pb2 as fpb, feedback_service_pb2 as fspb, feedback_service_pb2_grpc as fsgrpc, score_pb2
 from test_incidents import fresh_compacted
+from waiting import stop_process
 from webhook_receiver import WebhookReceiver
 
 LOGMESH = str(Path(sys.executable).with_name("logmesh"))
@@ -64,12 +65,7 @@ class Replica:
 
     def stop(self) -> None:
         self.client.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process, 20)
 
 
 @dataclass

