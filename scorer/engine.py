@@ -16,10 +16,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from logmesh import vectors
 from logmesh.runtime.bytecache import MiB, ByteLRU
 from logmesh.runtime.grpc_server import Limits, item_error
-from logmesh.ingest.hdfs import parse_line
+from logmesh.ingest.hdfs import UNKNOWN_TEMPLATE, parse_line
+from logmesh.ingest.templates import TEMPLATE_TEXT
 from logmesh.ingest.families import family_of, record_shape
 from logmesh.scorer.artifacts import Artifact
 from logmesh.scorer.ensemble import THRESHOLD, majority
+from logmesh.scorer.failure_text import failure_event
 from logmesh.scorer.new_templates import NewTemplates
 from logmesh.v1 import log_record_pb2, score_pb2, scorer_service_pb2 as spb
 
@@ -89,6 +91,10 @@ class LineScorer:
         # embeddings of the shapes judged anomalous: what the history searches the vector store with for a
         # line's similar past cases (scorer/similar.py), without asking the embedder again
         self._anomalous: ByteLRU[np.ndarray] = ByteLRU(anomalous_bytes)
+        # the events complete normal training sessions held (the session model's profile): a line of another
+        # loghub template whose text names no fault is unfamiliar, and its NORMAL verdict says so
+        profile = getattr(artifact.models.get("block"), "profile", None)
+        self._normal_events: set[str] | None = getattr(profile, "normal_events", None) or None
 
     def score(self, items: list[spb.ScoreItem], timeout: float | None = None) -> list[spb.ScoreItemResult]:
         """One ScoreItemResult per item, in order; bad items and embedder outages become per-item errors.
@@ -197,6 +203,9 @@ class LineScorer:
             reason = "new template " + self._new_templates.name(shape)
         elif voted:
             reason = f"{anomaly_votes} of {len(row)} members: lines like this carry failure evidence"
+        elif self._unfamiliar(template_id):
+            reason = (f"unfamiliar, not evidence: no normal session in training held {template_id} "
+                      f"(\"{TEMPLATE_TEXT[template_id][:80]}\"), and its text names no fault")
         else:
             reason = ""
         out = score_pb2.ScoreResult(verdict=ANOMALY if voted or new else NORMAL, score=float(row.mean()),
@@ -206,6 +215,14 @@ class LineScorer:
         for name, p in zip(self.members, row):
             out.votes.add(model=name, verdict=ANOMALY if p >= THRESHOLD else NORMAL, score=float(p))
         return out
+
+    def _unfamiliar(self, template_id: str) -> bool:
+        """A loghub template no complete normal training session held, whose text names no fault (E15, E19 on
+        `../shared`): the session rule's "unfamiliar" (scorer/session_model.py), said on the line too so that a
+        user reading one line learns why the model let it pass."""
+        return (self._normal_events is not None and template_id in TEMPLATE_TEXT
+                and template_id != UNKNOWN_TEMPLATE and template_id not in self._normal_events
+                and not failure_event(template_id))
 
 
 def _fill(out: score_pb2.ScoreResult, record: log_record_pb2.LogRecord, verdict: score_pb2.ScoreResult,

@@ -78,3 +78,23 @@ def test_lines_no_template_matches_are_left_to_the_members_and_the_new_template_
     assert oom.template_id == "unknown"
     shapes = [record_shape(oom)]
     assert ensemble.probabilities(shapes, encoder.encode(shapes)).max() > 0
+
+
+def test_an_unfamiliar_line_says_why_it_passed_and_an_evidence_line_says_why_it_did_not(artifact, encoder, data_dir):
+    """Through the scorer's own line path (LineScorer.score, the real encoder): the E15/E19 lines stay NORMAL
+    with a reason naming their template as unfamiliar; an ordinary line (E5, in normal sessions) has no reason."""
+    from logmesh.runtime.grpc_server import Limits
+    from logmesh.scorer.engine import LineScorer
+    from logmesh.v1 import score_pb2, scorer_service_pb2 as spb
+
+    block, lines = _real_normal_block_lines(data_dir)
+    records = [parse_line(x) for x in _with_e15_e19(block, lines, "dfs.DataNode")]
+    scorer = LineScorer(artifact, lambda shapes, timeout=None: encoder.encode(shapes), Limits())
+    results = scorer.score([spb.ScoreItem(record=r) for r in records])
+    by_event = {r.template_id: res.result for r, res in zip(records, results)}
+    assert not any(res.HasField("error") for res in results)
+    for event in ("E15", "E19"):
+        verdict = by_event[event]
+        assert verdict.verdict == score_pb2.VERDICT_NORMAL, (event, verdict.reason)
+        assert verdict.reason.startswith("unfamiliar, not evidence") and event in verdict.reason, verdict.reason
+    assert by_event["E5"].reason == "" and by_event["E5"].verdict == score_pb2.VERDICT_NORMAL
