@@ -13,6 +13,7 @@ from typing import Callable
 from logmesh.scorer import artifacts
 from logmesh.scorer.block_scorer import BlockScorer
 from logmesh.scorer.engine import EmbedShapes, LineScorer, cache_budgets
+from logmesh.scorer.warm_up import warm_up
 from logmesh.runtime.grpc_server import Limits
 
 log = logging.getLogger("logmesh.scorer.models")
@@ -71,19 +72,24 @@ class ModelManager:
             if family == "hdfs" and artifact.models.get("block") is None:
                 raise artifacts.ArtifactError(f"artifact {self.model_dir / version} has no block model; retrain "
                                               f"it with `logmesh train --out {self.model_dir}`")
+            line_scorer, session_scorer = SCORERS[family]()
+            block_scorer = session_scorer(artifact)
+            # its first line and block scored now, while the old model (or NOT_SERVING) still answers: the first
+            # calls' lazy work is not a client's, and an artifact that cannot score is refused (scorer/warm_up.py)
+            warm_s = warm_up(line_scorer, artifact, block_scorer, self._limits)
         except artifacts.ArtifactError as exc:
             self._failed.add(version)
             kept = f"; still serving {current}" if current else ""
             self.status = f"{exc}{kept}"
             log.error("artifact failed to load", extra={"version": version, "reason": str(exc), "kept": current})
             return False
-        line_scorer, session_scorer = SCORERS[family]()
         self.scorer = line_scorer(artifact, self._embed, self._limits, **self._caches)
-        self.block_scorer = session_scorer(artifact)
+        self.block_scorer = block_scorer
         self.loaded_at = time.time()
         self.loads += 1
         self.status = ""
-        log.info("model loaded", extra={"version": version, "previous": current, "members": self.scorer.members})
+        log.info("model loaded", extra={"version": version, "previous": current, "members": self.scorer.members,
+                                        "warm_up_s": round(warm_s, 3)})
         self._on_change(True)
         return True
 

@@ -3,13 +3,18 @@ session scorers. Once serving one family it refuses a newer artifact of another 
 served one) with a reason, and keeps serving; an unknown family is refused naming the known ones."""
 from __future__ import annotations
 
+import numpy as np
+
 from logmesh.runtime.grpc_server import Limits
 from logmesh.scorer import artifacts
 from logmesh.scorer.model_manager import ModelManager
 
 
-class _Ensemble:  # what LineScorer reads of a line ensemble when it loads (nothing is scored here)
+class _Ensemble:  # what LineScorer reads of a line ensemble when it loads, and its warm-up line's scoring
     names = ["m"]
+
+    def probabilities(self, shapes, embeddings):  # type: ignore[no-untyped-def]
+        return np.zeros((len(shapes), 1), np.float32)
 
 
 def _manager(path) -> ModelManager:  # type: ignore[no-untyped-def]
