@@ -10,7 +10,8 @@ warm caches), with the job run by bench/profile_sink.py (Spark's durations and s
 A variant is `NAME=WORKTREE` (this working tree) or `NAME=DIR`, a tree made by `--prepare REV DIR`: the
 whole of commit REV (its job, its sink, its profile_sink.py) under DIR/src, importable as `logmesh` from
 DIR/pkg (PYTHONPATH, which Spark passes on to its Python workers), with this tree's generated protobuf
-code (contracts only grow) and Spark jars. Both variants meet this tree's servers. Runs go A, B, A, B, ...;
+code (contracts only grow) and Spark jars. Both variants meet this tree's servers (with --fresh-servers, each
+run starts its own pair from its variant's tree: a cold stack). Runs go A, B, A, B, ...;
 each records the load average before and after, and the CPU seconds of the job's process tree (JVM,
 pyspark workers, driver) and of the servers from replay start to the last score, which other sessions'
 load moves much less than wall time. Writes one JSON per run and a summary to --out, with each
@@ -19,6 +20,7 @@ variant's medians and their ratio to the first variant's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -115,6 +117,55 @@ def _batches_between(path: Path, start: float, end: float) -> list[dict]:
             if r["kind"] == "sink" and r["start"] <= end and r["start"] + r["call"] >= start]
 
 
+def attribute_latency(produced_at: dict[str, int], scored_at: dict[str, int], batches_jsonl: Path) -> dict:
+    """Which micro-batch set the p99: each replayed line's verdict (its ScoreResult's Kafka CreateTime, written by
+    the batch's write task) is put in the batch whose foreachBatch call was running at that time (the sink's wall
+    clock, the same box as Kafka's CreateTime); per batch its lines, their latency p50 / max, how many are in the
+    run's top 1%, and the two parts of a line's wait: produced -> its batch's trigger (waiting for the next batch)
+    and trigger -> verdict (the batch itself). Lines whose verdict falls in no call window go to the batch whose
+    call ended last before it (a write finishing just after the call's clock stopped)."""
+    recs = [json.loads(l) for l in batches_jsonl.read_text().splitlines()] if batches_jsonl.exists() else []
+    sparks = {r["batch_id"]: r for r in recs if r["kind"] == "spark"}
+    calls = sorted(((r["start"] * 1e3, (r["start"] + r["call"]) * 1e3, r["batch_id"]) for r in recs
+                    if r["kind"] == "sink"), key=lambda c: c[0])
+    if not calls:
+        return {}
+    ends = np.array([c[1] for c in calls])
+    lines = [(r, scored_at[r] - t, t, scored_at[r]) for r, t in produced_at.items() if r in scored_at]
+    if not lines:
+        return {}
+    top_cut = float(np.percentile([w for _, w, _, _ in lines], 99))
+    per: dict[int, list[tuple[float, int, int]]] = {}
+    for _, wait, made, scored in lines:
+        inside = [c[2] for c in calls if c[0] - 5 <= scored <= c[1] + 5]
+        if inside:
+            batch = inside[-1]
+        else:
+            before = int(np.searchsorted(ends, scored)) - 1
+            batch = calls[max(before, 0)][2]
+        per.setdefault(batch, []).append((wait, made, scored))
+    first = min(per)
+    rows = []
+    for rank, (batch, items) in enumerate(sorted(per.items())):
+        waits = np.array([w for w, _, _ in items])
+        sp = sparks.get(batch, {})
+        trigger_ms = _ms((sp.get("timestamp") or "").replace("Z", "GMT"))
+        call = next(c for c in calls if c[2] == batch)
+        row = {"batch": batch, "rank": rank, "lines": len(items), "p50_s": round(float(np.median(waits)) / 1e3, 3),
+               "max_s": round(float(waits.max()) / 1e3, 3), "in_top_1pct": int((waits >= top_cut).sum()),
+               "spark_rows": sp.get("rows"), "trigger_s": round(sp.get("duration_ms", {}).get("triggerExecution", 0) / 1e3, 3),
+               "call_s": round((call[1] - call[0]) / 1e3, 3)}
+        if trigger_ms is not None:
+            before = np.array([trigger_ms - m for _, m, _ in items])
+            row["wait_for_batch_max_s"] = round(float(before.max()) / 1e3, 3)
+            row["in_batch_max_s"] = round(float(max(s - trigger_ms for _, _, s in items)) / 1e3, 3)
+        rows.append(row)
+    top = sorted(((r["in_top_1pct"], r["batch"]) for r in rows if r["in_top_1pct"]), reverse=True)
+    return {"top_1pct_cut_s": round(top_cut / 1e3, 3), "first_batch": first, "per_batch": rows,
+            "top_1pct_batches": [{"batch": b, "rank": next(r["rank"] for r in rows if r["batch"] == b), "lines": n}
+                                 for n, b in top]}
+
+
 def _ms(stamp: str | None) -> float | None:
     """The Spark UI's "2026-12-01T21:09:09.123GMT" as epoch ms."""
     from datetime import datetime, timezone
@@ -178,6 +229,47 @@ def start_pyspy_window(pid: int, start: float, seconds: float, replay_at: float,
     thread = threading.Thread(target=go, daemon=True)
     thread.start()
     return thread
+
+
+class VariantServers:
+    """An embedder and a scorer for one run (--fresh-servers), started from the variant's tree (its PYTHONPATH)
+    like bench.pipeline.Servers, so the run meets them as a just-deployed stack does: the variant's own
+    start-up and first calls are in its first batch."""
+
+    def __init__(self, models: str, env: dict, log_dir: Path) -> None:
+        from bench.pipeline import BIN, ensure_model
+        ensure_model(models)
+        embed_port, score_port = free_port(), free_port()
+        self.embed_addr, self.score_addr = f"127.0.0.1:{embed_port}", f"127.0.0.1:{score_port}"
+        self.procs = [subprocess.Popen([str(BIN), "serve", "embedder", "--port", str(embed_port)], cwd=REPO, env=env,
+                                       stderr=open(log_dir / "embedder.log", "w")),
+                      subprocess.Popen([str(BIN), "serve", "scorer", "--port", str(score_port), "--model-dir", models,
+                                        "--embedder", self.embed_addr], cwd=REPO, env=env,
+                                       stderr=open(log_dir / "scorer.log", "w"))]
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        from logmesh.client import EmbedderClient, ScorerClient
+        EmbedderClient(self.embed_addr).wait_until_serving(180)
+        ScorerClient(self.score_addr).wait_until_serving(120)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def variant_env(rev: str) -> dict:
+    """The environment a variant's processes run in: a prepared tree's package first on PYTHONPATH."""
+    env = dict(os.environ)
+    if rev != "WORKTREE":
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(rev) / "pkg"), env.get("PYTHONPATH")) if p)
+    return env
 
 
 def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_no: int, pyspy: bool) -> dict:
@@ -276,6 +368,7 @@ def one_run(variant: str, rev: str, args, servers, log: Path, labels: Path, run_
             result["backlog_lines_per_s"] = float((len(times) - len(times) // 10) / max((times[-1] - first) / 1000, 1e-9))
         result.update(time_to_detect(tally, read_block_labels(labels)))  # the demo's own definition
         result["profile"] = summarise_batches(out, mark)
+        result["p99_batches"] = attribute_latency(replayed, tally.scored_at, out)
         for spy in spies:
             spy.join(timeout=60)
         for i, rec in enumerate(window_records):  # each window's samples, and the batches it overlapped
@@ -368,6 +461,10 @@ def main() -> int:
     p.add_argument("--spark-stages", action="store_true",
                    help="record each batch's Spark jobs and stages (profile_sink.py --spark-stages: the driver's UI "
                         "is on) in variants whose profile_sink.py has it")
+    p.add_argument("--fresh-servers", action="store_true",
+                   help="each run starts its own embedder and scorer from its variant's tree (a cold stack: the "
+                        "servers' start-up and first calls meet the run's first batch); default: one pair, this "
+                        "tree's, shared by all runs")
     p.add_argument("--job-arg", action="append", default=[], help="extra `logmesh stream` argument (repeatable)")
     p.add_argument("--variant-arg", action="append", default=[], metavar="NAME=ARG",
                    help="extra `logmesh stream` argument for variant NAME only (repeatable), e.g. new=--trigger-ms=250")
@@ -384,17 +481,30 @@ def main() -> int:
     pyspy_runs = {int(x) for x in args.pyspy.split(",") if x}
     args.pyspy_window_runs = {int(x) for x in args.pyspy_window_runs.split(",") if x}
     results = []
-    with Servers(free_port(), free_port(), args.models) as servers:
+    shared = contextlib.nullcontext() if args.fresh_servers else Servers(free_port(), free_port(), args.models)
+    with shared as servers:
         order = [(i * len(variants) + j, name, rev) for i in range(args.runs) for j, (name, rev) in enumerate(variants)]
         for run_no, name, rev in order:
-            r = one_run(name, rev, args, servers, log, labels, run_no, run_no in pyspy_runs)
+            if args.fresh_servers:
+                logs = Path(args.work) / f"{run_no:02d}-{name}"
+                logs.mkdir(parents=True, exist_ok=True)
+                with VariantServers(args.models, variant_env(rev), logs) as own:
+                    r = one_run(name, rev, args, own, log, labels, run_no, run_no in pyspy_runs)
+            else:
+                r = one_run(name, rev, args, servers, log, labels, run_no, run_no in pyspy_runs)
             agg = r.get("profile", {}).get("agg", {})
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
-                              if k not in ("profile", "pyspy", "pyspy_windows")}), flush=True)
+                              if k not in ("profile", "pyspy", "pyspy_windows", "p99_batches")}), flush=True)
             print("   per batch mean:", {k: round(v["mean"], 3) for k, v in agg.items()},
                   "batches", r.get("profile", {}).get("batches"), "rows_mean",
                   round(r.get("profile", {}).get("rows_mean", 0)),
                   "write-task producers", r.get("profile", {}).get("producers"), flush=True)
+            if r.get("p99_batches"):
+                att = r["p99_batches"]
+                print(f"   top 1% (>= {att['top_1pct_cut_s']:.2f} s) by batch (rank from the first replay batch):",
+                      att["top_1pct_batches"], flush=True)
+                for row in att["per_batch"][:4]:
+                    print("     ", row, flush=True)
             if r.get("profile", {}).get("stage_medians"):
                 print("   jobs/stages per batch:", r["profile"]["jobs_per_batch"], r["profile"]["stages_per_batch_median"],
                       "stage medians:", json.dumps(r["profile"]["stage_medians"]), flush=True)
