@@ -1,10 +1,11 @@
-"""Is a broker there, and does it have the topic: ingest's checks before it produces."""
+"""Is a broker there, and does it have the topic: ingest's checks before it produces; and how far a topic's
+partitions reach (watermarks), which every reader of a topic to its end asks first."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Iterable
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from logmesh.ingest.kafka_options import rdkafka_log
@@ -49,3 +50,12 @@ def ensure_topic(admin: AdminClient, topic: str, partitions: int = 4, timeout: f
         return False
     log.info("created topic %s with %d partitions", topic, partitions)
     return True
+
+
+def watermarks(consumer: Consumer, topic: str, partitions: Iterable[int], timeout: float,
+               cached: bool = False) -> dict[int, tuple[int, int]]:
+    """partition -> (low, high): the first offset the broker still holds and the next offset to be written
+    (asked of the broker, or of the consumer's last fetch when `cached`). Raises KafkaException for the first
+    partition the broker does not answer for."""
+    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=cached)
+            for p in partitions}

@@ -19,6 +19,8 @@ from typing import Mapping
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from logmesh.ingest.broker import watermarks
+
 log = logging.getLogger("logmesh.scorer.dead_letters")
 
 
@@ -98,9 +100,7 @@ class DeadLetterCount:
             self._consumer.incremental_assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in fresh])
             self._position.update({p: -1 for p in fresh})
         behind = set()
-        for partition in metadata.partitions:
-            _, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, partition),
-                                                           timeout=self.timeout_s, cached=False)
+        for partition, (_, high) in watermarks(self._consumer, self.topic, metadata.partitions, self.timeout_s).items():
             if high > self._position[partition]:
                 behind.add(partition)
         deadline = time.monotonic() + self.timeout_s

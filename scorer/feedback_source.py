@@ -69,6 +69,8 @@ def read_topic(bootstrap: str, topic: str = TOPIC, timeout_s: float = 30.0,
                options: dict | None = None) -> Read:
     """Every live Feedback of the compacted topic (newest value per key), read from the beginning."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+    from logmesh.ingest.broker import watermarks
     # the end of a partition is librdkafka's partition EOF, not offset + 1 == high watermark: a transactional
     # writer's commit markers take offsets, and compaction leaves gaps
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"logmesh-train-{time.time_ns()}",
@@ -84,11 +86,7 @@ def read_topic(bootstrap: str, topic: str = TOPIC, timeout_s: float = 30.0,
         if t is None or t.error is not None or not t.partitions:
             raise FeedbackSourceError(f"topic {topic} does not exist at {bootstrap}: the feedback service creates "
                                       f"it (deploy/kafka/kafka.sh topics); check --feedback-topic")
-        remaining: set[int] = set()
-        for p in t.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            if high > low:
-                remaining.add(p)
+        remaining = {p for p, (low, high) in watermarks(consumer, topic, t.partitions, timeout_s).items() if high > low}
         assignment = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(remaining)]
         latest: dict[bytes, bytes | None] = {}
         if assignment:

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from tenacity import Retrying, retry_if_result, wait_exponential
 
+from logmesh.ingest.broker import watermarks
 from logmesh.scorer.history import AnomalyHistory, source
 from logmesh.scorer.similar import SimilarCases
 from logmesh.v1 import score_pb2
@@ -142,9 +143,8 @@ class AnomalyFeed:
     def _assign(self, consumer: Consumer, partitions: list[int]) -> None:
         positions = self.history.positions()
         assign = []
-        for p in partitions:
+        for p, (low, high) in watermarks(consumer, self.topic, partitions, self.timeout_s).items():
             where = f"{self.topic}/{p}"
-            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
             offset = positions.get(where)
             if offset is not None and offset > high:
                 log.warning("the anomalies topic holds fewer messages than the history read (recreated?); "

@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay, wait_exponential
 
+from logmesh.ingest.broker import watermarks
 from logmesh.streaming.decode import Rejected
 from logmesh.streaming.options import LEDGER_TOPIC
 from logmesh.v1 import score_pb2
@@ -388,6 +389,6 @@ def _high_watermark(bootstrap: str, topic: str, partition: int, extra: dict[str,
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"logmesh-ledger-{uuid.uuid4().hex}",
                          "isolation.level": "read_uncommitted", "logger": _rdkafka_log, **(extra or {})})
     try:
-        return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)[1]
+        return watermarks(consumer, topic, [partition], timeout)[partition][1]
     finally:
         consumer.close()

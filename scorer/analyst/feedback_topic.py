@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from logmesh.ingest.broker import watermarks
 from logmesh.v1 import feedback_pb2 as fpb
 
 log = logging.getLogger("logmesh.scorer.analyst.feedback")
@@ -59,8 +60,7 @@ class FeedbackTopic:
                                          "(`make kafka-up` does: compacted, one partition)")
             partitions = sorted(metadata.partitions)
             ends = {}
-            for p in partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
+            for p, (low, high) in watermarks(consumer, self.topic, partitions, self.timeout_s).items():
                 self._read_to[p] = high
                 if high > low:
                     ends[p] = high
