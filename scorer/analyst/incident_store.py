@@ -21,6 +21,12 @@ the same transaction as the round's incidents, as the offsets of the consumer gr
 (send_offsets_to_transaction; no member ever joins that group). Each replica numbers its own anomaly history,
 so with more than one anomalies partition the history ids differ between replicas; the offsets do not: a new
 owner resumes each partition after the book's committed offset (`committed`).
+
+Each cursor offset carries the id of the anomalies topic it counts in (Kafka's topic id, a UUID the broker gives
+a topic when it is created; stored as the committed offset's metadata, `topic_id=<id>`): a topic deleted and
+created again under its name gets another id, so a new owner can tell an old topic's cursor from the new one's
+even where the old offset is not past the new topic's end (`cursor_topic_ids`, `anomaly_topic_ids`). Cursors
+stored before this carry no id.
 """
 from __future__ import annotations
 
@@ -31,10 +37,11 @@ import uuid
 from typing import Any, Iterable, Mapping, Protocol
 
 from confluent_kafka import (OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException,
-                             Producer, TopicPartition)
+                             Producer, TopicCollection, TopicPartition)
 from confluent_kafka.admin import AdminClient
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential, wait_fixed
 
+from logmesh.ingest.broker import watermarks
 from logmesh.v1 import incident_pb2
 
 log = logging.getLogger("logmesh.scorer.incidents.store")
@@ -48,11 +55,19 @@ class IncidentStore(Protocol):
     def load(self, stop: threading.Event) -> list[incident_pb2.Incident]:
         """Every stored incident of this book (the latest value of each), oldest change first; waits while the
         store cannot be read, until `stop` is set (then returns what it has, possibly nothing)."""
-    def put(self, incidents: Iterable[incident_pb2.Incident], cursor: Mapping[str, int] | None = None) -> None:
+    def put(self, incidents: Iterable[incident_pb2.Incident], cursor: Mapping[str, int] | None = None,
+            cursor_ids: Mapping[str, str] | None = None) -> None:
         """Stores these incidents atomically (all or none), with the book's cursor ("topic/partition" -> the next
-        anomalies offset to group) in the same transaction; raises when they could not be stored."""
+        anomalies offset to group) and the topic id each cursor offset counts in ("topic/partition" -> id, where
+        known) in the same transaction; raises when they could not be stored."""
     def committed(self) -> dict[str, int]:
         """The cursor stored with the last stored round ({} when none was); raises when it cannot be read."""
+    def cursor_topic_ids(self) -> dict[str, str]:
+        """"topic/partition" -> the topic id stored with that cursor offset (none for a cursor stored without)."""
+    def anomaly_ends(self, partitions: Iterable[str]) -> dict[str, int]:
+        """"topic/partition" -> the partition's end offset, for those the broker answers."""
+    def anomaly_topic_ids(self, topics: Iterable[str]) -> dict[str, str]:
+        """topic -> its id now, for those the broker answers."""
     def close(self) -> None: ...
 
 
@@ -62,25 +77,41 @@ class MemoryIncidentStore:
     def __init__(self) -> None:
         self._held: dict[str, bytes] = {}
         self._cursor: dict[str, int] = {}
+        self._cursor_ids: dict[str, str] = {}
         self.highest_number = 0
 
     def load(self, stop: threading.Event) -> list[incident_pb2.Incident]:
         found = [incident_pb2.Incident.FromString(v) for v in self._held.values()]
         return sorted(found, key=lambda i: i.update_id)
 
-    def put(self, incidents: Iterable[incident_pb2.Incident], cursor: Mapping[str, int] | None = None) -> None:
+    def put(self, incidents: Iterable[incident_pb2.Incident], cursor: Mapping[str, int] | None = None,
+            cursor_ids: Mapping[str, str] | None = None) -> None:
         for i in incidents:
             self._held[i.incident_id] = i.SerializeToString()
-        self._cursor.update(cursor or {})
+        for where, offset in (cursor or {}).items():  # as a commit does: each offset with its id, or none
+            self._cursor[where] = offset
+            self._cursor_ids.pop(where, None)
+            if (cursor_ids or {}).get(where):
+                self._cursor_ids[where] = cursor_ids[where]  # type: ignore[index]
 
     def committed(self) -> dict[str, int]:
         return dict(self._cursor)
+
+    def cursor_topic_ids(self) -> dict[str, str]:
+        return dict(self._cursor_ids)
+
+    def anomaly_ends(self, partitions: Iterable[str]) -> dict[str, int]:
+        return {}  # no broker to ask: a takeover compares nothing (a lone in-memory book never takes over)
+
+    def anomaly_topic_ids(self, topics: Iterable[str]) -> dict[str, str]:
+        return {}
 
     def close(self) -> None:
         pass
 
 
 OWNER_HEADER = "logmesh.owner"
+TOPIC_ID_METADATA = "topic_id="  # a cursor offset's metadata: the topic id it counts in
 
 
 def _number(incident_id: str) -> int:
@@ -147,10 +178,7 @@ class TopicIncidentStore:
                     raise KafkaException(f"no topic {self.topic} (`make kafka-up` creates it, compacted)")
                 raise KafkaException(error or f"no metadata for {self.topic}")
             partitions = sorted(metadata.partitions)
-            ends = {}
-            for p in partitions:
-                _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
-                ends[p] = high
+            ends = {p: high for p, (_, high) in watermarks(consumer, self.topic, partitions, self.timeout_s).items()}
             todo = {p for p, high in ends.items() if high > 0}
             self._read_to = dict(ends)
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in todo])
@@ -245,6 +273,39 @@ class TopicIncidentStore:
         """The book's cursor as the last committed round left it: "topic/partition" -> the next offset of the
         anomalies topic to group ({} when no round stored one: a new book, or one older than the cursor).
         Stable offsets only: a transaction still open is waited out (require_stable)."""
+        return {f"{tp.topic}/{tp.partition}": tp.offset for tp in self._committed()}
+
+    def cursor_topic_ids(self) -> dict[str, str]:
+        """"topic/partition" -> the anomalies topic id the committed cursor offset there counts in (absent where
+        the offset was stored without one: a book older than the ids, or an id the broker did not give)."""
+        out = {}
+        for tp in self._committed():
+            metadata = tp.metadata or ""
+            if metadata.startswith(TOPIC_ID_METADATA) and len(metadata) > len(TOPIC_ID_METADATA):
+                out[f"{tp.topic}/{tp.partition}"] = metadata[len(TOPIC_ID_METADATA):]
+        return out
+
+    def anomaly_topic_ids(self, topics: Iterable[str]) -> dict[str, str]:
+        """topic -> its topic id now, for those the broker describes (a recreated topic has another id)."""
+        wanted = sorted(set(topics))
+        if not wanted:
+            return {}
+        admin = AdminClient({k: v for k, v in self._common().items() if k != "logger"})
+        out = {}
+        try:
+            futures = admin.describe_topics(TopicCollection(wanted), request_timeout=self.timeout_s)
+        except KafkaException as exc:
+            log.warning("no topic ids for the anomalies topics", extra={"topics": wanted, "error": str(exc)})
+            return {}
+        for topic, future in futures.items():
+            try:
+                out[topic] = str(future.result(self.timeout_s * 3).topic_id)
+            except KafkaException as exc:
+                log.warning("no topic id for an anomalies topic", extra={"topic": topic, "error": str(exc)})
+        return out
+
+    def _committed(self) -> list[TopicPartition]:
+        """The cursor group's committed offsets, with their metadata ([] when the group has none)."""
         admin = AdminClient({k: v for k, v in self._common().items() if k != "logger"})
         request = [ConsumerGroupTopicPartitions(self.cursor_group)]
         try:
@@ -254,10 +315,9 @@ class TopicIncidentStore:
         except KafkaException as exc:
             err = _error(exc)
             if err is not None and err.code() == KafkaError.GROUP_ID_NOT_FOUND:
-                return {}
+                return []
             raise
-        return {f"{tp.topic}/{tp.partition}": tp.offset for tp in result.topic_partitions or ()
-                if tp.error is None and tp.offset >= 0}
+        return [tp for tp in result.topic_partitions or () if tp.error is None and tp.offset >= 0]
 
     def anomaly_ends(self, partitions: Iterable[str]) -> dict[str, int]:
         """"topic/partition" -> the partition's end offset (high watermark) in the anomalies topic, for those the
@@ -270,8 +330,7 @@ class TopicIncidentStore:
             for where in partitions:
                 topic, _, partition = where.rpartition("/")
                 try:
-                    _, high = consumer.get_watermark_offsets(TopicPartition(topic, int(partition)),
-                                                             timeout=self.timeout_s)
+                    _, high = watermarks(consumer, topic, [int(partition)], self.timeout_s)[int(partition)]
                 except KafkaException as exc:
                     log.warning("no end offset for an anomalies partition", extra={"partition": where, "error": str(exc)})
                     continue
@@ -310,7 +369,8 @@ class TopicIncidentStore:
                 holder.close()
         return self._group_metadata
 
-    def put(self, incidents: Iterable[incident_pb2.Incident], cursor: Mapping[str, int] | None = None) -> None:
+    def put(self, incidents: Iterable[incident_pb2.Incident], cursor: Mapping[str, int] | None = None,
+            cursor_ids: Mapping[str, str] | None = None) -> None:
         batch = [(i.incident_id.encode(), i.SerializeToString()) for i in incidents]
         if not batch:
             return
@@ -325,7 +385,9 @@ class TopicIncidentStore:
             for key, value in batch:
                 produce(producer.produce, self.topic, key=key, value=value, on_delivery=self._delivered,
                         headers=[(OWNER_HEADER, self.owner.encode())])
-            offsets = [TopicPartition(where.rpartition("/")[0], int(where.rpartition("/")[2]), offset)
+            ids = cursor_ids or {}
+            offsets = [TopicPartition(where.rpartition("/")[0], int(where.rpartition("/")[2]), offset,
+                                      f"{TOPIC_ID_METADATA}{ids[where]}" if ids.get(where) else "")
                        for where, offset in sorted((cursor or {}).items())]
             if offsets:
                 producer.send_offsets_to_transaction(offsets, self._metadata(), max(self.timeout_s, 30.0))

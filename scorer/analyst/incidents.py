@@ -22,7 +22,10 @@ differently), so what the book has grouped is kept as a cursor in the anomalies 
 the next offset), stored with every round's incidents in the same transaction (incident_store.py). A new
 owner resumes each partition after the cursor: it skips every entry of its own history that the cursor
 covers, whatever its id. A book stored before the cursor existed resumes after its highest history id, as
-before (right with one anomalies partition). An owner whose write fails takes the book over again (fences,
+before (right with one anomalies partition). Each cursor offset is stored with the id of the anomalies topic it
+counts in (the id the book knew when it read there: at a takeover, or asked again once it follows a recreated
+topic's rewind), so a takeover tells a recreated topic's cursor from the old topic's by the id (by the
+partition's end where the id is missing). An owner whose write fails takes the book over again (fences,
 reads back, resumes from the cursor) instead of writing on: a stalled owner that wakes after another replica
 took over must not write its stale state (the takeover's fence made its producer fail).
 """
@@ -59,6 +62,7 @@ MAX_SESSIONS, MAX_NODES, MAX_REASONS = 1000, 256, 20
 MESSAGE_BYTES = 1024
 MAX_HOMES = 200_000  # sessions whose incident is remembered after it closed (a late FINAL joins it)
 ROUND = 500  # history entries grouped per round
+IDS_ASKED_EVERY_S = 30.0  # a topic id the broker did not give is asked again after this long, not every round
 _BEFORE_REWIND = 2**62  # a cursor past every offset: what a recreated partition held before is grouped
 
 
@@ -115,6 +119,11 @@ class IncidentBook:
         self._published = 0  # every change up to here is stored and announced
         self._last_grouped = 0  # the highest history id grouped (or passed over as no alert)
         self._cursor: dict[str, int] = {}  # "topic/partition" -> the next anomalies offset to group (stored)
+        # "topic/partition" -> the topic id its cursor offset counts in (stored with it); a partition missing here
+        # counts in the topic as it is now (asked when the cursor is stored)
+        self._cursor_ids: dict[str, str] = {}
+        self._ids_missed_at = -math.inf  # when the store last lacked a topic id asked of it (monotonic)
+        self._ids_unknown_said = False
         # the history's rewinds (a recreated anomalies topic) the cursor follows: those after this history id,
         # and those of the partitions a takeover found recreated ("topic/partition" -> the cursor after the
         # rewind; None: the rewind's offset)
@@ -340,6 +349,12 @@ class IncidentBook:
         self.store.stop_following()
         incidents = self.store.load(self._stop)
         cursor = self.store.committed()
+        # what telling an old topic's cursor from a recreated one's takes, asked before the lock (the broker)
+        asked = (sorted(set(cursor) | {r.where for r in self.history.rewinds()})
+                 if cursor and self.history is not None else [])
+        ends = self.store.anomaly_ends(asked) if asked else {}
+        stored_ids = self.store.cursor_topic_ids() if asked else {}
+        ids_now = self.store.anomaly_topic_ids({w.rpartition("/")[0] for w in asked}) if asked else {}
         with self._lock:
             self._incidents.clear()
             self._index = OpenIndex(self.window_s)
@@ -347,7 +362,7 @@ class IncidentBook:
             self._joined.clear()
             self._dirty.clear()
             self._load(incidents, fresh_history_check=False)
-            self._resume(cursor)
+            self._resume(cursor, ends, stored_ids, ids_now)
         self._next_number = max(self._next_number, getattr(self.store, "highest_number", 0) + 1)
         self.role, self.status = "owner", "live"
         log.info("incident book taken over", extra={"incidents": len(incidents), "next_id": self._next_number,
@@ -355,42 +370,56 @@ class IncidentBook:
         self._requeue()
         return True
 
-    def _resume(self, cursor: dict[str, int]) -> None:
+    def _resume(self, cursor: dict[str, int], ends: dict[str, int], stored_ids: dict[str, str],
+                ids_now: dict[str, str]) -> None:
         """Where this replica's history is grouped to, from the book's stored cursor (lock held)."""
         self._cursor = dict(cursor)
+        self._cursor_ids = {}
         self._restarted = {}
         if self.history is not None:
             self._rewinds_from = self.history.last_id
             if cursor:
-                self._restart_recreated(self._cursor)
+                self._restart_recreated(self._cursor, ends, stored_ids, ids_now)
                 self._last_grouped = self.history.grouped_prefix(self._cursor, self._restarted)
                 self._follow_rewinds(0, self._last_grouped)  # the rewinds the prefix passed
         # no cursor (a book older than it, or one whose entries had no topic coordinates): after the highest
         # history id its incidents hold, which _load set
 
-    def _restart_recreated(self, cursor: dict[str, int]) -> None:
+    def _restart_recreated(self, cursor: dict[str, int], ends: dict[str, int], stored_ids: dict[str, str],
+                           ids_now: dict[str, str]) -> None:
         """The partitions of a recreated anomalies topic (deleted and created again: its offsets restart at 0),
-        found at a takeover. The broker drops a deleted topic's committed offsets, so a stored cursor there was
-        stored after the recreation: beyond the partition's end, it is the old topic's (an owner that had not
-        noticed); within it, the new topic's. Where this history read the partition again from its start (its
-        rewind), its entries before the rewind are grouped by the old cursor or, when there is none, count as
-        grouped; those after it by the new cursor or, when there is none, from the new topic's start."""
+        found at a takeover. A stored cursor is the old topic's (stored by an owner that had not noticed) when
+        it carries another topic id than the topic has now, the new topic's when it carries the same. Without
+        both ids, the partition's end decides: the broker drops a deleted topic's committed offsets, so a cursor
+        there was stored after the recreation; beyond the end it is the old topic's, within it the new topic's
+        (an old cursor not past the new end is taken for the new topic's: the gap the ids close). Where this
+        history read the partition again from its start (its rewind), its entries before the rewind are grouped
+        by the old cursor or, when there is none, count as grouped; those after it by the new cursor or, when
+        there is none, from the new topic's start."""
         assert self.history is not None
         rewound = {r.where for r in self.history.rewinds()}
-        ends = self.store.anomaly_ends(sorted(set(cursor) | rewound)) if hasattr(self.store, "anomaly_ends") else {}
         for where in sorted(set(cursor) | rewound):
-            end = ends.get(where)
-            beyond = where in cursor and end is not None and cursor[where] > end
-            if beyond:
-                log.warning("the book's cursor is beyond the end of its anomalies partition: the topic was "
-                            "recreated; grouping the partition from its start",
-                            extra={"partition": where, "cursor": cursor[where], "end": end})
+            end, stored, now = ends.get(where), stored_ids.get(where), ids_now.get(where.rpartition("/")[0])
+            if where in cursor and stored and now:
+                old = stored != now
+                why = "the topic id stored with the book's cursor is not the anomalies topic's"
+            else:
+                old = where in cursor and end is not None and cursor[where] > end
+                why = "the book's cursor is beyond the end of its anomalies partition"
+            if old:
+                log.warning("%s: the topic was recreated; grouping the partition from its start", why,
+                            extra={"partition": where, "cursor": cursor[where], "end": end, "stored_topic_id": stored,
+                                   "topic_id": now})
+            elif stored:
+                self._cursor_ids[where] = stored
             if where not in rewound:
-                if beyond:  # this history read only the new topic there
+                if old:  # this history read only the new topic there
                     cursor[where] = 0
                 continue
-            if beyond:
+            if old:
                 self._restarted[where] = None
+                if stored:  # the entries before the rewind go on counting in the old topic
+                    self._cursor_ids[where] = stored
             else:
                 self._restarted[where] = cursor.get(where)  # None when the broker dropped it with the old topic
                 cursor[where] = _BEFORE_REWIND
@@ -409,11 +438,13 @@ class IncidentBook:
                     continue
                 value = self._restarted[r.where]
                 self._cursor[r.where] = r.offset if value is None else value
+                self._cursor_ids.pop(r.where, None)  # the new topic's from here
                 continue
             if self._cursor.get(r.where, 0) > r.offset:
                 log.warning("the anomalies topic was recreated: its partition is grouped from its start again",
                             extra={"partition": r.where, "cursor": self._cursor[r.where], "from": r.offset})
             self._cursor[r.where] = r.offset
+            self._cursor_ids.pop(r.where, None)  # the new topic's: its id is asked when the cursor is stored
 
     def _requeue(self) -> None:
         """Hands the listeners what a former owner (or this scorer before a crash) left pending: every open
@@ -538,8 +569,9 @@ class IncidentBook:
     def _put(self, batch: list[incident_pb2.Incident]) -> bool:
         with self._lock:  # a partition's old topic still to pass (_BEFORE_REWIND) has no offset to store yet
             cursor = {w: o for w, o in self._cursor.items() if o < _BEFORE_REWIND}
+        ids = self._topic_ids_of(cursor)
         try:
-            self.store.put(batch, cursor)
+            self.store.put(batch, cursor, ids)
         except Exception as exc:  # noqa: BLE001 - the store's trouble: retried next round, nothing published
             if not self._store_failing:
                 log.warning("incidents not stored; retrying (nothing new is grouped meanwhile; the anomaly "
@@ -556,6 +588,25 @@ class IncidentBook:
         self._store_failing = False
         self.status = "live"
         return True
+
+    def _topic_ids_of(self, cursor: dict[str, int]) -> dict[str, str]:
+        """The topic id each cursor offset counts in: the one the book holds for it, else the topic's id now (a
+        partition first grouped, or one whose rewind the book followed: it reads the new topic), asked of the
+        store once and then held. Where the broker gives none, the offset is stored without (today's cursor)."""
+        missing = sorted({w.rpartition("/")[0] for w in cursor if w not in self._cursor_ids})
+        if missing and time.monotonic() - self._ids_missed_at > IDS_ASKED_EVERY_S:
+            found = self.store.anomaly_topic_ids(missing)
+            for where in cursor:
+                if where not in self._cursor_ids and found.get(where.rpartition("/")[0]):
+                    self._cursor_ids[where] = found[where.rpartition("/")[0]]
+            if len(found) < len(missing):
+                self._ids_missed_at = time.monotonic()
+            if len(found) < len(missing) and not self._ids_unknown_said and self.lease is not None:
+                self._ids_unknown_said = True
+                log.info("no topic id for some anomalies topics: their cursor is stored without one (a takeover "
+                         "tells a recreated topic by the partition's end only)",
+                         extra={"topics": [t for t in missing if t not in found]})
+        return {w: self._cursor_ids[w] for w in cursor if w in self._cursor_ids}
 
     def _suppression_of(self, incident: incident_pb2.Incident) -> str | None:
         """The feedback id that suppresses `incident` ("" for none), None when it could not be asked."""

@@ -3,13 +3,14 @@ broker with a real scorer whose history reads it and whose incident book (leased
 committed with every round) groups it. The book's cursor per partition is the old topic's, so without the
 rewind every entry of the new topic would count as grouped: it must say so in the log, group the new topic
 from its start, and after a restart on the same state dir (a takeover: the cursor read back) group nothing
-twice and nothing of the old topic again."""
+twice and nothing of the old topic again. The cursor the broker holds for the book carries the topic id of the
+topic it counts in: the old topic's before the recreation, the new one's after."""
 from __future__ import annotations
 
 import logging
 import uuid
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, TopicCollection
 from confluent_kafka.admin import NewTopic
 
 from anomaly_topic import AnomalyWriter, fed_scorer, fresh_topic, line
@@ -20,6 +21,10 @@ from waiting import wait_for
 
 def _blocks(n: int) -> list[str]:
     return [f"blk_{uuid.uuid4().int % 10**12}" for _ in range(n)]
+
+
+def _topic_id(admin, topic: str) -> str:  # type: ignore[no-untyped-def]
+    return str(admin.describe_topics(TopicCollection([topic]))[topic].result(30).topic_id)
 
 
 def _recreate(admin, topic: str) -> None:  # type: ignore[no-untyped-def]
@@ -68,12 +73,19 @@ def test_a_recreated_topic_is_grouped_from_its_start_and_nothing_twice(admin, tr
         old = _blocks(3)
         write(old)
         wait_for(lambda: scorer.sessions() >= set(old), 30, "the book to group the old topic's alerts")
+        old_id, where = _topic_id(admin, topic), f"{topic}/0"
+        assert scorer.book.wait_idle(30)
+        assert scorer.book.store.cursor_topic_ids() == {where: old_id}
         _recreate(admin, topic)
+        new_id = _topic_id(admin, topic)
+        assert new_id != old_id
         new = _blocks(2)  # at offsets 0 and 1, below the book's cursor (3)
         write(new)
         wait_for(lambda: scorer.sessions() >= set(new), 60, "the book to group the new topic's alerts")
         said = [r.getMessage() for r in caplog.records if "recreated" in r.getMessage()]
         assert said, "the book did not say the topic was recreated"
+        assert scorer.book.wait_idle(30)
+        assert scorer.book.store.cursor_topic_ids() == {where: new_id}
 
         scorer.stop()  # the same state dir: the book takes itself over, its cursor read back from the broker
         scorer = Scorer(trained_models, embedder_server.address, topic, incidents, state)
@@ -88,6 +100,7 @@ def test_a_recreated_topic_is_grouped_from_its_start_and_nothing_twice(admin, tr
             cited = sorted(e.record_id for e in incident.evidence)
             assert cited == written[incident.session_keys[0]], f"{incident.session_keys[0]}: grouped {cited}"
             assert len(incident.anomaly_ids) == 1
+        assert scorer.book.store.cursor_topic_ids() == {where: new_id}
         print("said:", said)
     finally:
         scorer.stop()
