@@ -62,7 +62,8 @@ def render(r: dict) -> str:
         out += [f"New-template judge: {j['protocol']}; chose C={j['c']:g}, tau={j['tau']:.2f} on "
                 f"{j['validation_lines']:,} validation lines ({j['validation_alerts']:,} alerts, "
                 f"{j['validation_new_template_lines']:,} of them lines of a template new to the models before the "
-                f"inner cut at an alerting level): validation line F1 {j['validation_f1']:.4f} with it, "
+                f"inner cut at an alerting level and without kin of one label): validation line F1 "
+                f"{j['validation_f1']:.4f} with it, "
                 f"{j['validation_f1_without_judge']:.4f} without.", ""]
     for size, e in ev.items():
         out += [f"### Held-out lines and {size}-line windows", "", head.format(u="lines"),
@@ -90,8 +91,9 @@ def render(r: dict) -> str:
                    f"{x['windows']:,} | {x['window_recall_logmesh']:.3f} | {x['window_recall_decision_tree']:.3f} / "
                    f"{x['window_recall_logistic_regression']:.3f} |")
     out += ["", "Leave-one-category-out recall comes mostly from the never-seen-template rule: a category removed "
-            "from training leaves its templates unseen, and most alert lines are FATAL; the refit new-template "
-            "judge (same C and tau, fitted without the category) decides which of them are flagged. The held-out "
+            "from training leaves its templates unseen, and most alert lines are FATAL; a new template takes the "
+            "label of its kin (known templates opening with the same three words) when they all agree, and the "
+            "refit new-template judge (same C and tau, fitted without the category) decides the rest. The held-out "
             "line FPR column is what that costs on the judged part's normal lines. The line baselines see the "
             "line's event only, and an event training never saw is one unknown column to them."]
     out += ["", "### Published anchors (window-level F1; not comparable one to one, see docs/evaluation.md)", "",

@@ -147,29 +147,51 @@ class NovelTemplates:
     """Evidence the members cannot have learnt: a line whose template training never saw, at a severity level
     where alerts are common in training (BGL: FATAL). The members judge kinds of line they were shown; the next
     failure type is one nobody labelled (issue 16), so a never-seen template at an alerting level is flagged,
-    unless `judge` (scorer/bgl_novelty.py: a template-level text model, its threshold chosen on a validation slice
-    inside training) says its text is that of the normal templates at that level (register dumps and the like)."""
+    unless its `kin` (known templates opening with the same words, scorer/bgl_novelty.py) are all normal; kin that
+    are all alerts flag it; without agreeing kin, `judge` (a template-level text model, its threshold chosen on a
+    validation slice inside training) decides whether its text is that of the normal templates at that level
+    (register dumps and the like)."""
     seen: set[str]
     alerting_levels: set[str]
     judge: object = None  # TemplateJudge; absent from artifacts made before it (every new template then flagged)
+    kin: object = None    # Kin (scorer/bgl_novelty.py); absent from artifacts made before it (the judge decides all)
 
     @classmethod
     def fit(cls, events: list[str], levels: list[str], truth: np.ndarray, min_share: float = 0.1,
             shapes: list[str] | None = None, judge: tuple[float, float] | None = None) -> "NovelTemplates":
-        """`judge`: (C, tau) of a TemplateJudge to fit on these lines' templates (needs `shapes`)."""
+        """`judge`: (C, tau) of a TemplateJudge to fit on these lines' templates; with `shapes`, the templates'
+        kin are learnt too (a new template with kin of one label takes it, before the judge)."""
         n, alerts = Counter(levels), Counter(l for l, y in zip(levels, truth.tolist()) if y)
         out = cls(set(events) - {"unknown"}, {l for l in n if l and alerts[l] / n[l] >= min_share})
-        if judge is not None and shapes is not None:
-            from logmesh.scorer.bgl_novelty import TemplateJudge, template_rows
-            out.judge = TemplateJudge(*judge).fit(*template_rows(shapes, events, levels, truth, out.alerting_levels))
+        if shapes is not None:
+            from logmesh.scorer.bgl_novelty import Kin, TemplateJudge, template_rows
+            rows = template_rows(shapes, events, levels, truth, out.alerting_levels)
+            out.kin = Kin.fit(*rows)
+            if judge is not None:
+                out.judge = TemplateJudge(*judge).fit(*rows)
         return out
 
+    def new(self, events: list[str], levels: list[str]) -> np.ndarray:
+        """Lines of a template training never saw, at an alerting level (before kin and judge)."""
+        return np.asarray([e not in self.seen and l in self.alerting_levels for e, l in zip(events, levels)], bool)
+
+    def kin_labels(self, shapes: list[str]) -> np.ndarray:
+        """Per shape, the label its kin templates agree on (1, 0) or NO_KIN (-1); all NO_KIN without kin."""
+        kin = getattr(self, "kin", None)
+        return kin.labels(shapes) if kin is not None else np.full(len(shapes), -1, int)
+
     def flags(self, events: list[str], levels: list[str], shapes: list[str] | None = None) -> np.ndarray:
-        new = np.asarray([e not in self.seen and l in self.alerting_levels for e, l in zip(events, levels)], bool)
+        new = self.new(events, levels)
+        if shapes is None or not new.any():
+            return new
+        where = np.flatnonzero(new)
+        chosen = [shapes[i] for i in where]
+        kin = self.kin_labels(chosen)
+        keep = kin == 1
         judge = getattr(self, "judge", None)
-        if judge is not None and shapes is not None and new.any():
-            where = np.flatnonzero(new)
-            new[where] = judge.passes([shapes[i] for i in where])
+        undecided = np.flatnonzero(kin == -1)
+        keep[undecided] = judge.passes([chosen[i] for i in undecided]) if judge is not None else True
+        new[where] = keep
         return new
 
 
@@ -322,10 +344,14 @@ def select_judge(samples: list[Sample], cut: float, window: int, vectors: dict[s
     if len(set(inner.truth.tolist())) < 2 or not val.truth.any():
         return None
     ensemble = fit_lines(inner.shapes, inner.truth, vectors, seed)
-    novel = NovelTemplates.fit(inner.events, inner.levels, inner.truth)
-    flagged = novel.flags(val.events, val.levels)
+    novel = NovelTemplates.fit(inner.events, inner.levels, inner.truth, shapes=inner.shapes)
+    new = novel.new(val.events, val.levels)
+    kin = np.full(len(new), -1, int)
+    kin[new] = novel.kin_labels([val.shapes[i] for i in np.flatnonzero(new)])
+    flagged = new & (kin == -1)  # what the judge decides; kin decide the rest, as when served
+    voted = predict_lines(ensemble, val.shapes, vectors) | (new & (kin == 1))
     rows = template_rows(inner.shapes, inner.events, inner.levels, inner.truth, novel.alerting_levels)
-    selection = select(val.truth, predict_lines(ensemble, val.shapes, vectors), flagged,
+    selection = select(val.truth, voted, flagged,
                        [val.shapes[i] for i in np.flatnonzero(flagged)], lambda c: TemplateJudge(c, 0.0).fit(*rows))
     log.info("chose the new-template judge on the validation slice", extra=selection.as_dict())
     return selection
@@ -386,8 +412,9 @@ def train_bgl(data: Path, out_dir: Path, embed: Embed, seed: int = 0, window: in
         "held_out": held_out,
         "leave_one_category_out": left_out,
         "line_verdict": "majority of members voting P(alert) >= 0.5 on the line's masked shape, or a template "
-                        "training never saw at a level where >= 10% of training lines are alerts whose text the "
-                        "template judge gives P(alert) >= tau",
+                        "training never saw at a level where >= 10% of training lines are alerts whose kin (known "
+                        "templates opening with the same three words) are all alerts, or, without kin of one "
+                        "label, whose text the template judge gives P(alert) >= tau",
         "alerting_levels": sorted(novel.alerting_levels),
         "new_template_judge": ({**selection.as_dict(), "protocol": "C and tau chosen for the best line F1 on the "
                                 "training lines after the 80% quantile of the training lines' times, with every "

@@ -80,6 +80,9 @@ class BglLineScorer(LineScorer):
         novel = bool(self._novel is not None and self._novel.flags([record.template_id], [record.level_name], [shape])[0])
         if voted:
             reason = f"{anomaly_votes} of {len(row)} members: lines like this are alerts"
+        elif novel and self._novel.kin_labels([shape])[0] == 1:
+            reason = (f"new template {record.template_id} at level {record.level_name}: the known templates that "
+                      "open with the same words are all alerts")
         elif novel:
             reason = (f"new template {record.template_id} at level {record.level_name}: training never saw this "
                       f"kind of line, and {record.level_name} lines are often alerts")
