@@ -238,9 +238,44 @@ def line_baseline_flags(baseline, events: list[str]) -> np.ndarray:
     return np.asarray([by_event[e] for e in events], bool)
 
 
-def judge(models: dict, part: Part, vectors: dict[str, np.ndarray], size: int, verdicts: bool = False) -> dict:
+def line_vote_shares(ensemble, shapes: list[str], vectors: dict[str, np.ndarray]) -> np.ndarray:
+    """Per line, the share of the ensemble's members voting anomaly: the score whose > 0.5 is predict_lines'
+    majority (what --plot draws the line ensemble's curve and histogram from)."""
+    from logmesh.scorer.ensemble import anomaly_votes
+    distinct = sorted(set(shapes))
+    if not distinct:
+        return np.zeros(0)
+    p = ensemble.probabilities(distinct, np.stack([vectors[s] for s in distinct]))
+    by_shape = dict(zip(distinct, (anomaly_votes(p) / p.shape[1]).tolist()))
+    return np.asarray([by_shape[s] for s in shapes], float)
+
+
+def pictured(models: dict, part: Part, vectors: dict[str, np.ndarray], line_pred: np.ndarray,
+             novel: np.ndarray, window_pred: np.ndarray) -> dict:
+    """What scorer/plots.py draws for a BGL evaluation, per level ("lines", "windows"): (truth, models) with
+    each model's scores, verdicts and threshold. logmesh's line score is its members' vote share (1 for a line
+    the new-template rule flags), its window score the highest line score in the window (a window is flagged
+    when a line is); the baselines' scores are their probabilities (threshold 0.5, as judged)."""
+    line_score = np.where(novel, 1.0, line_vote_shares(models["line"], part.shapes, vectors))
+    lines = {"logmesh": {"scores": line_score, "predicted": line_pred, "threshold": 0.5}}
+    for name, b in (models.get("line_baselines") or {}).items():
+        distinct = sorted(set(part.events))
+        by_event = dict(zip(distinct, np.asarray(b.probabilities([[e] for e in distinct]), float).tolist())) if distinct else {}
+        s = np.asarray([by_event[e] for e in part.events], float)
+        lines[name] = {"scores": s, "predicted": s >= 0.5, "threshold": 0.5}
+    windows = {"logmesh": {"scores": np.asarray([float(line_score[w].max()) if len(w) else 0.0 for w in part.windows]),
+                           "predicted": window_pred, "threshold": 0.5}}
+    for name, b in models["baselines"].items():
+        s = np.asarray(b.probabilities(part.window_events()), float)
+        windows[name] = {"scores": s, "predicted": s >= 0.5, "threshold": 0.5}
+    return {"lines": (part.truth.astype(bool), lines), "windows": (part.window_truth(), windows)}
+
+
+def judge(models: dict, part: Part, vectors: dict[str, np.ndarray], size: int, verdicts: bool = False,
+          pictures: bool = False) -> dict:
     """Line and window figures of logmesh, and window figures of the baselines, on one part; with `verdicts`,
-    also every line's verdict (in judged order)."""
+    also every line's verdict (in judged order); with `pictures`, under "pictured" what `pictured` gives (arrays:
+    the caller draws and removes it)."""
     line_pred = predict_lines(models["line"], part.shapes, vectors)
     novel = (models["novel"].flags(part.events, part.levels, part.shapes) if models.get("novel")
              else np.zeros(len(line_pred), bool))
@@ -260,6 +295,8 @@ def judge(models: dict, part: Part, vectors: dict[str, np.ndarray], size: int, v
     out["new_template_flags"] = int((novel & ~predict_lines(models["line"], part.shapes, vectors)).sum()) if len(part.shapes) else 0
     if verdicts:
         out["verdicts"] = line_pred.tolist()
+    if pictures:
+        out["pictured"] = pictured(models, part, vectors, line_pred, novel, window_pred)
     return out
 
 
@@ -387,6 +424,11 @@ def train_bgl(data: Path, out_dir: Path, embed: Embed, seed: int = 0, window: in
     selection = select_judge(samples, cut, window, vectors, seed)
     judge_params = (selection.c, selection.tau) if selection else None
     novel = NovelTemplates.fit(train.events, train.levels, train.truth, shapes=train.shapes, judge=judge_params)
+    kin = None
+    if judge_params is not None:
+        from logmesh.scorer.bgl_novelty import kin_check, template_rows
+        kin = kin_check(*template_rows(train.shapes, train.events, train.levels, train.truth, novel.alerting_levels),
+                        *judge_params)
     models = {"family": "bgl", "line": ensemble, "novel": novel, "block": None, "baselines": baselines, "drain": drain,
               "templates": templates, "line_baselines": fit_line_baselines(train.events, train.truth, seed)}
     held_out = judge(models, held, vectors, window)
@@ -419,6 +461,7 @@ def train_bgl(data: Path, out_dir: Path, embed: Embed, seed: int = 0, window: in
         "new_template_judge": ({**selection.as_dict(), "protocol": "C and tau chosen for the best line F1 on the "
                                 "training lines after the 80% quantile of the training lines' times, with every "
                                 "model fitted on the training lines before it"} if selection else None),
+        "new_template_kin": kin,  # leave one training template out: kin against the judge (bgl_novelty.kin_check)
         "train_seconds": round(time.perf_counter() - started, 2),
     }
     version = artifacts.new_version(file_digest(files[0]))
@@ -428,9 +471,10 @@ def train_bgl(data: Path, out_dir: Path, embed: Embed, seed: int = 0, window: in
 
 
 def evaluate_bgl(model_dir: Path, logs: Path, embed: Embed | None = None, window: int | None = None,
-                 all_lines: bool = False, verdicts: bool = False) -> dict:
+                 all_lines: bool = False, verdicts: bool = False, plot_dir: Path | None = None) -> dict:
     """The newest BGL artifact on BGL logs. Lines of the training files up to the cut time are skipped
-    (they trained the model) unless `all_lines`; lines of other files are all judged."""
+    (they trained the model) unless `all_lines`; lines of other files are all judged. `plot_dir`: the pictures
+    of scorer/plots.py there, for lines and for windows (logmesh and the baselines, the same lines/windows)."""
     from logmesh.scorer import artifacts
     from logmesh.scorer.train import file_digest
     version = artifacts.newest(Path(model_dir))
@@ -467,7 +511,14 @@ def evaluate_bgl(model_dir: Path, logs: Path, embed: Embed | None = None, window
         n += len(p.shapes)
     embed = embed or _default_embed()
     vectors = embed_shapes(embed, part.shapes)
-    result = judge(artifact.models, part, vectors, size, verdicts)
+    result = judge(artifact.models, part, vectors, size, verdicts, pictures=plot_dir is not None)
+    if plot_dir is not None:
+        from logmesh.scorer import plots
+        drawn = result.pop("pictured")
+        names = ", ".join(f.name for f in files)
+        result["plots"] = [str(p) for level, (truth, models) in drawn.items() for p in plots.write(
+            Path(plot_dir), truth, models, f"model {version} on {names} ({len(truth):,} {level})",
+            prefix=f"{level}_", unit=level)]
     result.update({
         "family": "bgl", "model": {"version": version, "train_until_utc": artifact.meta["split"]["train_until_utc"]},
         "logs": {"paths": [str(f) for f in files], "lines": stats.lines, "files": judged_files},
@@ -515,4 +566,6 @@ def format_table(r: dict) -> str:
             out.append(f"  {c:<10} {x['lines']:>6} {x['line_recall']:>11.3f} {fpr:>9} {x['windows']:>7} "
                        f"{x['window_recall_logmesh']:>8.3f} {x['window_recall_decision_tree']:>6.3f} "
                        f"{x['window_recall_logistic_regression']:>6.3f}")
+    if r.get("plots"):
+        out.append("plots: " + ", ".join(r["plots"]))
     return "\n".join(out)

@@ -271,8 +271,9 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="BlockId,Kind CSV (as `logmesh generate` writes beside its log): add the recall on each "
                         "failure kind")
     p.add_argument("--plot", metavar="DIR", default=None,
-                   help="HDFS: also write confusion_matrix.png, precision_recall.png and score_histogram.png of "
-                        "logmesh and the baselines into DIR (needs the plots extra: matplotlib)")
+                   help="also write confusion_matrix.png, precision_recall.png and score_histogram.png of "
+                        "logmesh and the baselines into DIR (BGL: lines_* and windows_*, one set per level; needs "
+                        "the plots extra: matplotlib)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -324,13 +325,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         except (UnknownFormat, OSError):
             args.format = "hdfs"
     if getattr(args, "format", "hdfs") == "bgl":
-        if getattr(args, "plot", None):
-            print("error: --plot draws HDFS evaluations so far; leave it out for BGL logs", file=sys.stderr)
-            return 2
         from logmesh.scorer import bgl
         try:
-            result = bgl.evaluate_bgl(Path(args.model_dir), Path(args.logs), window=args.window, all_lines=args.all_lines)
-        except (artifacts.ArtifactError, FileNotFoundError, ValueError) as exc:
+            result = bgl.evaluate_bgl(Path(args.model_dir), Path(args.logs), window=args.window, all_lines=args.all_lines,
+                                      plot_dir=Path(args.plot) if getattr(args, "plot", None) else None)
+        except (artifacts.ArtifactError, FileNotFoundError, ValueError, RuntimeError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(json.dumps(result) if args.json else bgl.format_table(result))

@@ -1,6 +1,7 @@
 """Pictures of an evaluation (`logmesh evaluate --plot DIR`): for logmesh and the baselines judged in the same
 run, the confusion matrix at each model's threshold, the precision-recall curve of its scores with the
-operating point marked, and the score histograms of normal and anomalous sessions.
+operating point marked, and the score histograms of normal and anomalous sessions (HDFS: blocks; BGL: one set
+for lines and one for windows, their files prefixed lines_ and windows_).
 
 matplotlib is imported here only (the `plots` extra), with the Agg backend: files, no display.
 """
@@ -23,16 +24,18 @@ def _pyplot():
     return plt
 
 
-def write(out_dir: Path, truth, models: dict[str, dict], title: str) -> list[Path]:
+def write(out_dir: Path, truth, models: dict[str, dict], title: str, prefix: str = "",
+          unit: str = "sessions") -> list[Path]:
     """`models`: name -> {"scores": [n] in [0, 1], "predicted": [n] bool, "threshold": float}; `truth`: [n] bool.
-    Returns the PNG paths written in `out_dir` (created)."""
+    Returns the PNG paths written in `out_dir` (created), each FILES name after `prefix`; `unit` names what was
+    judged (the histograms' axis)."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
     plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     truth = np.asarray(truth, bool)
     names = list(models)
-    paths = [out_dir / f for f in FILES]
+    paths = [out_dir / f"{prefix}{f}" for f in FILES]
 
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -83,7 +86,7 @@ def write(out_dir: Path, truth, models: dict[str, dict], title: str) -> list[Pat
         ax.set_xlabel("score")
         ax.set_title(name, fontsize=9)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("sessions (log)")
+    axes[0][0].set_ylabel(f"{unit} (log)")
     fig.suptitle(f"score histograms (dashed: threshold) {title}", fontsize=9)
     fig.tight_layout()
     fig.savefig(paths[2], dpi=100)
