@@ -19,6 +19,10 @@ from logmesh.v1 import embedder_service_pb2 as pb
 
 log = logging.getLogger("logmesh.embedder")
 SERVICE = pb.DESCRIPTOR.services_by_name["EmbedderService"]
+#: a batch as a client's first call sends it (the encoder's batch size, HDFS-shape lengths): a fresh embedder's
+#: first such call took 25-50 ms over the next ones (docs/benchmarks.md, cold start), after the one-line warm-up
+WARM_UP_BATCH = ["dfs.DataNode$PacketResponder: PacketResponder <*> for block <*> terminating" + " warm-up" * (i % 8)
+                 for i in range(32)]
 
 
 def text_problem(text: str, limits: Limits) -> str | None:
@@ -110,6 +114,7 @@ def serve(port: int, host: str = "127.0.0.1", limits: Limits = Limits(), threads
                 encoder = encoder_factory()
             engine = CachedEmbedder(encoder, EmbeddingCache(cache_bytes))
             engine.embed(["warm-up line"])  # first call pays the runtime's lazy init, not a client
+            encoder.encode(WARM_UP_BATCH)  # and a full batch of line-long texts (not cached: nothing is kept)
         except Exception as exc:  # any failure is reported through health and UNAVAILABLE
             servicer.load_error = f"model failed to load: {exc}"
             log.exception("model failed to load")
