@@ -82,6 +82,15 @@ class Facts:
     recorded_s: float  # when the history recorded it (an incident's times when none of its entries has one)
 
 
+def event_last_seen(incident: incident_pb2.Incident) -> float | None:
+    """An incident's last_seen_time when it is an event time; None when its cited lines carry none (its times
+    are then the history's recording times, which must not be compared with event times). An incident citing no
+    line (blocks only) keeps its last_seen_time, as its block verdicts' times are event times."""
+    if incident.evidence and not any(e.HasField("event_time") for e in incident.evidence):
+        return None
+    return seconds(incident.last_seen_time)
+
+
 def facts(entry: score_pb2.Anomaly) -> Facts:
     """An entry without an event time joins by its sessions only and moves no incident's times: event time and
     the wall clock are never compared."""
@@ -103,7 +112,7 @@ class _Open:
     sessions: set[str] = field(default_factory=set)
     nodes: set[str] = field(default_factory=set)
     templates: set[str] = field(default_factory=set)
-    last_s: float = 0.0
+    last_s: float | None = None  # the latest event time; None while no entry of it carried one
 
 
 class OpenIndex:
@@ -124,7 +133,7 @@ class OpenIndex:
     def ids(self) -> list[str]:
         return list(self._open)
 
-    def last_s(self, incident_id: str) -> float:
+    def last_s(self, incident_id: str) -> float | None:
         return self._open[incident_id].last_s
 
     def match(self, f: Facts) -> str | None:
@@ -138,6 +147,8 @@ class OpenIndex:
         for node in f.nodes:
             for incident_id in self._by_node.get(node, ()):
                 o = self._open[incident_id]
+                if o.last_s is None:  # no event time to compare: it joins by its sessions only
+                    continue
                 gap = abs(f.event_s - o.last_s)
                 if f.template in o.templates and gap <= self.window_s and (best is None or gap < best[0]):
                     best = (gap, incident_id)
@@ -154,13 +165,14 @@ class OpenIndex:
         if f.template:
             o.templates.add(f.template)
         if f.event_s is not None:
-            o.last_s = max(o.last_s, f.event_s)
+            o.last_s = f.event_s if o.last_s is None else max(o.last_s, f.event_s)
 
     def hold(self, incident: incident_pb2.Incident) -> None:
         """Indexes an open incident read back from the store (its evidence gives its templates)."""
         templates = {e.template_id for e in incident.evidence if e.template_id}
-        last = seconds(incident.last_seen_time)
-        self.add(incident.incident_id, Facts(tuple(incident.session_keys), tuple(incident.nodes), "", last, last))
+        last = event_last_seen(incident)
+        self.add(incident.incident_id, Facts(tuple(incident.session_keys), tuple(incident.nodes), "", last,
+                                             seconds(incident.last_seen_time)))
         self._open[incident.incident_id].templates |= templates
 
     def remove(self, incident_id: str) -> None:
@@ -179,4 +191,5 @@ class OpenIndex:
 
     def stale(self, watermark_s: float) -> list[str]:
         """Open incidents whose latest line is more than a window older than `watermark_s` (event time)."""
-        return [i for i, o in self._open.items() if watermark_s - o.last_s > self.window_s]
+        # one with no event time is closed by the window of wall-clock idleness only (IncidentBook)
+        return [i for i, o in self._open.items() if o.last_s is not None and watermark_s - o.last_s > self.window_s]

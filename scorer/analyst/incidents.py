@@ -486,7 +486,9 @@ class IncidentBook:
         self._last_update = max(self._last_update, incident.update_id)
         if incident.anomaly_ids:
             self._last_grouped = max(self._last_grouped, max(incident.anomaly_ids))
-        self._watermark = max(self._watermark, grouping.seconds(incident.last_seen_time))
+        event_s = grouping.event_last_seen(incident)  # a recording time is no event time: it moves no watermark
+        if event_s is not None:
+            self._watermark = max(self._watermark, event_s)
         for s in incident.session_keys:
             self._home(s, incident.incident_id)
         if incident.state == OPEN:
