@@ -65,6 +65,13 @@ def render(r: dict) -> str:
                 f"inner cut at an alerting level and without kin of one label): validation line F1 "
                 f"{j['validation_f1']:.4f} with it, "
                 f"{j['validation_f1_without_judge']:.4f} without.", ""]
+    k = meta.get("new_template_kin")
+    if k:
+        out += [f"Kin (a new template takes the label of the known templates opening with its first three words, "
+                f"when they all agree; before the judge), checked on training alone: each of the {k['templates']} "
+                f"training templates at an alerting level left out in turn, kin decide {k['kin_decided']} and are "
+                f"right on {k['kin_right']}; the judge (same C and tau) is wrong on {k['judge_wrong_there']} of those "
+                f"{k['kin_decided']}.", ""]
     for size, e in ev.items():
         out += [f"### Held-out lines and {size}-line windows", "", head.format(u="lines"),
                 row("logmesh line ensemble", e["line"], "lines")]

@@ -94,6 +94,22 @@ class Kin:
         return np.asarray(out, int)
 
 
+def kin_check(text: Sequence[str], labels: np.ndarray, c: float, tau: float) -> dict:
+    """Kin against the judge on the training templates alone: each template left out in turn, are its kin right,
+    and is the judge (C, tau) right on the same templates? The evidence for kin that needs no judged line."""
+    labels = np.asarray(labels)
+    decided = kin_right = judge_wrong = 0
+    for i in range(len(text)):
+        rest, rest_labels = list(text[:i]) + list(text[i + 1:]), np.delete(labels, i)
+        kin = Kin.fit(rest, rest_labels).labels([text[i]])[0]
+        if kin == NO_KIN:
+            continue
+        decided += 1
+        kin_right += int(kin == labels[i])
+        judge_wrong += int(TemplateJudge(c, tau).fit(rest, rest_labels).passes([text[i]])[0] != labels[i])
+    return {"templates": len(text), "kin_decided": decided, "kin_right": kin_right, "judge_wrong_there": judge_wrong}
+
+
 @dataclasses.dataclass
 class TemplateJudge:
     """P(alert) of a template's text, fitted on one row per training template."""

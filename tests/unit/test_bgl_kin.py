@@ -60,3 +60,12 @@ def test_fit_learns_kin_from_the_training_templates_and_old_artifacts_keep_worki
     old = NovelTemplates.__new__(NovelTemplates)  # pickled before kin existed: the judge alone decides
     old.__dict__.update(seen={"E54"}, alerting_levels={"FATAL"}, judge=novel.judge)
     assert old.flags(["E59"], ["FATAL"], [NEW_LOADING]).tolist() == [True]
+
+
+def test_kin_check_leaves_each_training_template_out_and_counts_kin_and_judge_on_the_same_ones():
+    from logmesh.scorer.bgl_novelty import kin_check
+    text, labels = LOADING + [NEW_LOADING] + NODE_MAP + READING, np.asarray([0, 0, 0, 0, 1, 1])
+    k = kin_check(text, labels, 1.0, 0.0)  # tau 0: the judge flags every template, so it is wrong on the normal ones
+    # the three Error loading templates have normal kin when left out; node map (one kin each, of the other label)
+    # gets it wrong; the reading one has no kin
+    assert k == {"templates": 6, "kin_decided": 5, "kin_right": 3, "judge_wrong_there": 4}
