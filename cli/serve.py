@@ -82,6 +82,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     port = args.port or (50051 if args.service == "embedder" else 50052)
     _check_port(args.host, port)
+    from logmesh.runtime import tracing  # imports OpenTelemetry only when tracing is asked for
+    try:
+        tracing.setup(args.service, args.trace, args.trace_endpoint)
+    except tracing.TracingError as exc:
+        raise UserError(str(exc)) from None
     if args.metrics_port is not None:
         from logmesh.runtime.metrics import serve_metrics
         try:
@@ -163,8 +168,10 @@ def _state_dir(args: argparse.Namespace) -> Path | None:
 
 
 def _serve_common(p: argparse.ArgumentParser, port: int) -> None:
+    from logmesh.runtime.tracing_args import add_trace_args
     p.add_argument("--port", type=PORT, default=0, help=f"port to listen on (default {port})")
     _limits_args(p)
+    add_trace_args(p)
 
 
 def setup(p: argparse.ArgumentParser) -> None:

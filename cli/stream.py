@@ -14,8 +14,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
     logs.setup(args.log_level)
     read_kafka_config(args, spark=True)
     config = config_from_args(args)
+    from logmesh.runtime.tracing import TracingError
     try:
         run(config)
+    except TracingError as exc:
+        raise UserError(str(exc)) from None
     except TimeoutError as exc:  # a service never became SERVING within the wait
         raise Unreachable(f"{exc}; start it, or point --embedder/--scorer at the running one") from None
     except OSError as exc:  # after TimeoutError, one of its subclasses

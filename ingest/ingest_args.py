@@ -35,6 +35,8 @@ def add_ingest_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no live progress display or periodic progress lines")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    from logmesh.runtime.tracing_args import add_trace_args
+    add_trace_args(p)
     add_kafka_option_arg(p)
     p.set_defaults(func=run_ingest_cli)
     return p
@@ -50,6 +52,12 @@ def run_ingest_cli(args: argparse.Namespace) -> int:
         return 2
     from logmesh.ingest.broker import BrokerUnavailable
     from logmesh.ingest.producer import run_ingest
+    from logmesh.runtime import tracing
+    try:
+        tracing.setup("ingest", getattr(args, "trace", False), getattr(args, "trace_endpoint", None))
+    except tracing.TracingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         summary = run_ingest(args.paths, args.bootstrap, args.topic, args.rate, args.labels, args.limit,
                              args.progress, connect_timeout=args.connect_timeout,

@@ -86,6 +86,11 @@ def run_ingest(paths: PathLike | Iterable[PathLike] = "-", bootstrap: str = DEFA
     bucket = TokenBucket(rate, sleep=poll_sleep) if rate else None
     display = Progress(progress, summary)
     produce, poll = producer.produce, producer.poll
+    from logmesh.runtime import tracing
+    spans = tracing.ProducerSpans(topic) if tracing.ON else None
+    if spans is not None:  # each record carries its producer span's traceparent (runtime/tracing.py)
+        def produce(topic: str, value: bytes, key: bytes) -> None:  # type: ignore[misc]
+            producer.produce(topic, value, key, headers=spans.headers())
     # waits by polling, which serves delivery reports and frees the queue; no limit: undeliverable lines fail
     # after message.timeout.ms and leave the queue too
     queue_full = Retrying(retry=retry_if_exception_type(BufferError), wait=wait_fixed(0.05), sleep=poll,
@@ -126,6 +131,8 @@ def run_ingest(paths: PathLike | Iterable[PathLike] = "-", bootstrap: str = DEFA
     finally:
         # Deliver what is queued even after Ctrl-C, but do not hang on a dead broker forever.
         remaining = producer.flush(5.0 if summary.interrupted else flush_timeout)
+        if spans is not None:
+            spans.close()
         summary.seconds = time.monotonic() - started
         summary.lines_read, summary.blank, summary.bad_bytes = stats.lines, stats.blank_lines, stats.bad_bytes
         summary.unparsed, summary.bytes = unparsed, nbytes

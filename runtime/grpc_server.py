@@ -19,7 +19,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from logmesh.runtime import reflection
+from logmesh.runtime import reflection, tracing
 from logmesh.runtime.admission import Admission, abort_noted, note
 from logmesh.runtime.call_events import CallEvents
 from logmesh.runtime.metrics import MetricsInterceptor
@@ -174,8 +174,10 @@ class Server:
         # No maximum_concurrent_rpcs: grpcio would refuse health checks too; admission bounds calls instead.
         # metrics outermost: every call is counted with its code, refusals by admission and auth included;
         # admission sees auth refusals
+        # tracing (off by default: runtime/tracing.py) outside metrics, so a call's span covers all the rest
+        traced = [tracing.ServerTracing()] if tracing.ON else []
         self._server = grpc.server(self.admission.call_pool, options=options,
-                                   interceptors=[MetricsInterceptor(), self.admission, *security.interceptors()])
+                                   interceptors=[*traced, MetricsInterceptor(), self.admission, *security.interceptors()])
         self._names = [s.full_name for s, _ in services]
         self.servicers = {s.name: servicer for s, servicer in services}  # for in-process callers and tests
         for descriptor, servicer in services:

@@ -533,9 +533,11 @@ def with_block_sessions(source, quiet_ms: int, clock: str = "processing",  # typ
 
     if work is not None:
         from logmesh.streaming.work import WORK_SCHEMA
+    # the records' trace context (runtime/tracing.header_column), when the job traces
+    traced = [c for c in ("traceparent",) if c in source.columns]
     if plan == "single-pass":
         rows = _record_time(source).select("topic", "partition", "offset", "key", "value", "timestamp", "record_ms",
-                                           F.col("key").cast("string").alias("block_id"))
+                                           F.col("key").cast("string").alias("block_id"), *traced)
         # keys that land in distinct shuffle partitions (spread_bucket_keys), one bucket each; None: 0, 1
         bucket = F.pmod(F.hash("block_id"), F.lit(len(bucket_keys) if bucket_keys else SINGLE_PASS_BUCKETS))
         if bucket_keys:
@@ -558,7 +560,7 @@ def with_block_sessions(source, quiet_ms: int, clock: str = "processing",  # typ
         lines = source.select(F.lit(LINE).alias("kind"), "topic", "partition", "offset", "key", "value",
                               *(v.alias(c) for c, v in empty.items()))
     else:
-        lines = source.select("topic", "partition", "offset", "key", "value").mapInPandas(
+        lines = source.select("topic", "partition", "offset", "key", "value", *traced).mapInPandas(
             score_lines_task(work), WORK_SCHEMA)
     timed = source if clock == "event" else _record_time(source)
     facts = (timed.select(F.col("key").cast("string").alias("block_id"), "partition", "offset",

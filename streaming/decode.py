@@ -20,6 +20,7 @@ class KafkaRow:
     offset: int
     key: bytes | None
     value: bytes | None
+    traceparent: str | None = None  # its W3C trace context from the Kafka headers, when the job traces
 
     @property
     def coordinates(self) -> str:

@@ -89,7 +89,9 @@ def _warm_python_workers(spark, config: StreamConfig) -> None:  # type: ignore[n
 
 
 def work_settings(config: StreamConfig) -> WorkSettings:
-    return WorkSettings(config.embedder, config.scorer, config.store_lines, retry_budget_s=config.retry_budget_s)
+    from logmesh.runtime import tracing
+    return WorkSettings(config.embedder, config.scorer, config.store_lines, retry_budget_s=config.retry_budget_s,
+                        trace=tracing.wanted(config.trace), trace_endpoint=config.trace_endpoint)
 
 
 BLOCK_PLAN_FILE = "block-plan"
@@ -142,6 +144,9 @@ def kafka_source_options(config: StreamConfig) -> dict[str, str]:
                # batch (two branches, 4 partitions) the batch after a lull, or the last of a replay, took
                # 1.2-1.8 s instead of ~0.5 s (docs/benchmarks.md, "The Kafka fetch wait").
                "kafka.fetch.max.wait.ms": FETCH_MAX_WAIT_MS}
+    from logmesh.runtime import tracing
+    if tracing.wanted(config.trace):  # the records' traceparent headers (runtime/tracing.py); else not read
+        options["includeHeaders"] = "true"
     options.update({f"kafka.{k}": v for k, v in {**config.kafka_options, **config.spark_kafka_options}.items()})
     return options
 
@@ -149,8 +154,10 @@ def kafka_source_options(config: StreamConfig) -> dict[str, str]:
 def _start_query(spark, config: StreamConfig, sink: BatchSink, plan: str,  # type: ignore[no-untyped-def]
                  keys: list[int] | None = None):
     reader = spark.readStream.format("kafka").options(**kafka_source_options(config))
+    from logmesh.runtime import tracing
     from logmesh.streaming.block_sessions import with_block_sessions
-    stream = with_block_sessions(reader.load(), config.block_quiet_ms, config.block_clock, config.event_lateness_ms,
+    source = tracing.header_column(reader.load()) if tracing.wanted(config.trace) else reader.load()
+    stream = with_block_sessions(source, config.block_quiet_ms, config.block_clock, config.event_lateness_ms,
                                  plan, config.block_stall_ms or None, work_settings(config), keys)
     writer = (stream.writeStream.foreachBatch(sink).outputMode("update")
               .option("checkpointLocation", str(Path(config.checkpoint) / "spark"))
@@ -207,7 +214,10 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
     """Runs the query until it stops (--once: the topic is drained) or Ctrl-C. A query that fails (e.g.
     the broker went away) is restarted from its checkpoint with backoff, up to max_query_restarts times
     in a row without a batch done in between; then the failure is raised."""
+    from logmesh.runtime import tracing
     from logmesh.streaming.spark import session
+    if tracing.wanted(config.trace):  # the executors' tasks trace (work.score_messages); a bad setting fails now
+        tracing.check()
     check_block_clock(config.checkpoint, config.block_clock)
     plan = block_plan(config.checkpoint, config.block_clock)
     config = dataclasses.replace(config, shuffle_partitions=shuffle_partitions(config.checkpoint,

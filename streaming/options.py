@@ -61,6 +61,8 @@ class StreamConfig:
     # it into a checkpoint at its first start; None: the checkpoint's, or 2 (job.SHUFFLE_PARTITIONS) for a new one
     shuffle_partitions: int | None = None
     metrics_host: str = "127.0.0.1"
+    trace: bool = False  # OpenTelemetry traces of the driver and the executors' tasks (runtime/tracing.py); off
+    trace_endpoint: str | None = None  # their OTLP/gRPC collector; None: the standard OTEL_* environment
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -122,6 +124,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "partition; deploy/prometheus); default: off")
     p.add_argument("--metrics-host", default=d.metrics_host,
                    help="address --metrics-port binds (default %(default)s; 0.0.0.0 for a scraper elsewhere)")
+    from logmesh.runtime.tracing_args import add_trace_args
+    add_trace_args(p)
     add_kafka_option_arg(p)  # --kafka-option KEY=VALUE: confluent-kafka clients, and Spark's source as kafka.KEY
     p.add_argument("--spark-kafka-option", dest="spark_kafka_options", metavar="KEY=VALUE", action=KafkaOptionAction,
                    default={}, help="a Java Kafka client property for Spark's source only, as kafka.KEY (repeatable): "

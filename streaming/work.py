@@ -50,21 +50,32 @@ class WorkSettings:
     store_lines: str = "anomalous"  # which lines get a vector point besides every block: anomalous | all
     rpc_batch: int = 256
     retry_budget_s: float = 300.0
+    trace: bool = False  # OpenTelemetry spans of the task's work (runtime/tracing.py); off by default
+    trace_endpoint: str | None = None  # their OTLP/gRPC collector; None: the standard OTEL_* environment
 
 
-def embedder_client(address: str):  # type: ignore[no-untyped-def]
+def _security(trace: bool):  # type: ignore[no-untyped-def]
+    """The environment's channel security; traced, its channels carry the task's trace context."""
+    if not trace:
+        return None
+    from logmesh.security import ChannelSecurity
+    from logmesh.runtime import tracing
+    return tracing.traced_security(ChannelSecurity.from_env())
+
+
+def embedder_client(address: str, trace: bool = False):  # type: ignore[no-untyped-def]
     from logmesh.client import EmbedderClient
-    key = ("embedder", address)
+    key = ("embedder", address, trace)
     if key not in _clients:
-        _clients[key] = EmbedderClient(address)
+        _clients[key] = EmbedderClient(address, security=_security(trace))
     return _clients[key]
 
 
-def scorer_client(address: str):  # type: ignore[no-untyped-def]
+def scorer_client(address: str, trace: bool = False):  # type: ignore[no-untyped-def]
     from logmesh.client import ScorerClient
-    key = ("scorer", address)
+    key = ("scorer", address, trace)
     if key not in _clients:
-        _clients[key] = ScorerClient(address)
+        _clients[key] = ScorerClient(address, security=_security(trace))
     return _clients[key]
 
 
@@ -81,7 +92,7 @@ def warm_up_task(settings: WorkSettings):  # type: ignore[no-untyped-def]
         # pyspark.zip's source in every worker, 0.28 s of the first batch's state function (py-spy, 01:55 run)
         import pyspark.testing.utils  # noqa: F401
         block_sessions._freeze_worker_heap()
-        for client in (embedder_client(settings.embedder), scorer_client(settings.scorer)):
+        for client in (embedder_client(settings.embedder, settings.trace), scorer_client(settings.scorer, settings.trace)):
             try:
                 client.wait_until_serving(10)  # connects the channel
             except Exception:  # noqa: BLE001 - a warm-up only: the tasks retry a service that is down
@@ -179,14 +190,26 @@ class Lines:
 
 
 def kafka_rows(frame: pd.DataFrame) -> list[KafkaRow]:
-    return [KafkaRow(t, int(p), int(o), None if k is None else bytes(k), None if v is None else bytes(v))
-            for t, p, o, k, v in zip(frame["topic"], frame["partition"], frame["offset"], frame["key"], frame["value"])]
+    traced = frame["traceparent"] if "traceparent" in frame.columns else [None] * len(frame)  # tracing on
+    return [KafkaRow(t, int(p), int(o), None if k is None else bytes(k), None if v is None else bytes(v), c)
+            for t, p, o, k, v, c in zip(frame["topic"], frame["partition"], frame["offset"], frame["key"],
+                                        frame["value"], traced)]
 
 
 def score_messages(rows: list[KafkaRow], settings: WorkSettings, what: str = "task") -> Lines:
     """Decodes, embeds each distinct shape once, and scores every message that is a LogRecord; what does
     not decode, or what a service refuses as invalid, is a rejection (for the DLQ). A service that is down
-    is retried within the budget (streaming/retry.py); then GaveUp fails the task."""
+    is retried within the budget (streaming/retry.py); then GaveUp fails the task. Traced (settings.trace),
+    in one span continuing the first record's trace (runtime/tracing.task_span)."""
+    if not settings.trace:
+        return _score_messages(rows, settings, what)
+    from logmesh.runtime import tracing
+    tracing.setup("stream", True, settings.trace_endpoint)
+    with tracing.task_span("logmesh.stream score", [r.traceparent for r in rows], {"logmesh.messages": len(rows)}):
+        return _score_messages(rows, settings, what)
+
+
+def _score_messages(rows: list[KafkaRow], settings: WorkSettings, what: str) -> Lines:
     n = len(rows)
     out = Lines(rows, [None] * n, [None] * n, [None] * n, [None] * n)
     good: list[int] = []
@@ -219,7 +242,7 @@ def score_messages(rows: list[KafkaRow], settings: WorkSettings, what: str = "ta
 
 
 def _embed(distinct: list[str], settings: WorkSettings, what: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    client = embedder_client(settings.embedder)
+    client = embedder_client(settings.embedder, settings.trace)
 
     def attempt() -> tuple[np.ndarray, dict]:
         matrix, failed = client.embed_each(distinct, batch_size=settings.rpc_batch)
@@ -237,7 +260,7 @@ def _score(kept: list[int], lines: Lines, settings: WorkSettings, what: str,
            shapes: dict[int, str]) -> tuple[dict[int, score_pb2.ScoreResult], dict[int, str]]:
     """Results by position; lines the scorer rejects as invalid apart. The first line of each shape (`shapes`:
     by position, as masked for the embedder) carries its vector."""
-    client = scorer_client(settings.scorer)
+    client = scorer_client(settings.scorer, settings.trace)
     results: dict[int, score_pb2.ScoreResult] = {}
     invalid: dict[int, str] = {}
     pending = list(kept)
@@ -315,7 +338,7 @@ def score_blocks(sessions: list[spb.BlockSession], settings: WorkSettings, what:
     caller's)."""
     if not sessions:
         return []
-    client = scorer_client(settings.scorer)
+    client = scorer_client(settings.scorer, settings.trace)
 
     def attempt() -> list[score_pb2.BlockVerdict]:
         replies = list(client.score_blocks(sessions, batch_size=settings.rpc_batch, timeout=120))
