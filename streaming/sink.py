@@ -25,8 +25,10 @@ Exactly once, per (job, micro-batch n, Spark partition p):
         with --qdrant-url: upsert the partition's points                               -> after-store
         the ledger record (key job/p, value n) in the same transaction; commit          -> after-commit
         return a report and (embedded store) the points
-    driver: upsert the points into the embedded store (one process may open it)          -> after-store
-        then Spark commits batch n (offsets and the block state of n)
+    driver: the points for the embedded store (one process may open it) written to a spool file in the
+        checkpoint (vector_store_spool.py)                                               -> after-store
+        then Spark commits batch n (offsets and the block state of n), while a background thread
+        upserts the spool into the store, in batch order, behind batch n+1's tasks
 
 Why slots only in local mode: a stage resubmitted after a shuffle fetch failure (a lost executor's map
 output, on a cluster) starts its tasks again at attempt 0 while a task of the earlier stage attempt may still
@@ -40,7 +42,9 @@ and the partition is written again. A crash after the commit but before Spark co
 Spark replay n from the state of n-1: the executors recompute the same rows (same input, same state, the
 batch's own timestamp and watermark), the ledger skips the Kafka writes of every partition that
 committed, and the points are written again (vector-store writes are keyed by data: topic/partition/offset
-for lines, the block id for blocks, so a rewrite overwrites). The block's alert status lives in the
+for lines, the block id for blocks, so a rewrite overwrites). A spool whose upsert the crash cut off is
+upserted when the job starts again, before its first batch, oldest first (so no older write of a key lands
+after a newer one); the store drains the queue when the job closes it. The block's alert status lives in the
 state of the batch that alerted, so a replay alerts again only when the alert's transaction did not commit.
 
 Fault injection for the crash tests (tests/e2e/test_faults.py): LOGMESH_SINK_CRASH_AT="POINT:BATCH[,...]".
@@ -61,7 +65,6 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pandas as pd
 from confluent_kafka import KafkaException
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_before_delay, wait_exponential
@@ -71,7 +74,7 @@ from logmesh.streaming.decode import KafkaRow, Rejected
 from logmesh.streaming.outputs import (ALL, WRITER_SLOTS, Ledger, ResultProducer, TransactionAborted, fence, ledger_key,
                                        partition_transactional_ids, read_ledger, task_transactional_id)
 from logmesh.streaming.retry import GaveUp
-from logmesh.streaming.vector_store import Point
+from logmesh.streaming.vector_store_spool import PointRow, PointSpool, points_of
 from logmesh.v1 import score_pb2
 
 __all__ = ["BatchReport", "BatchSink", "WriterSettings", "write_partition"]
@@ -82,6 +85,7 @@ REPORT_SCHEMA = ("kind string, partition int, attempt int, pid int, work_pids st
                  "write_attempts int, producer string, seconds double, point_id string, vector binary, payload string")
 REPORT_COLUMNS = [column.split()[0] for column in REPORT_SCHEMA.split(", ")]
 TASK_PARTITIONS_FILE = "task-partitions"
+STORE_SPOOL = "store-spool"  # in the checkpoint: the embedded store's points not yet upserted
 
 
 def _wanted(point: str, batch_id: int, spec: str | None) -> bool:
@@ -169,6 +173,7 @@ class BatchReport:
     partitions: int = 0  # tasks that had rows
     skipped_partitions: list[int] = dataclasses.field(default_factory=list)
     task_pids: list[int] = dataclasses.field(default_factory=list)  # the Python workers that wrote
+    points: int = 0  # vector-store points the tasks handed the driver (embedded store)
     work_pids: list[int] = dataclasses.field(default_factory=list)  # the Python workers that made the RPCs
 
 
@@ -286,14 +291,14 @@ def write_partition(settings: WriterSettings, batch_id: int, done: set[int]):  #
             finally:
                 _release_producer(settings, partition, producer, clean)
         elif not committed and out.points and settings.qdrant_url:
-            _task_store(settings).upsert(out.points)
+            _task_store(settings).upsert(points_of(out.points))
         report = (("report", partition, attempt, os.getpid(), ",".join(map(str, sorted(out.work_pids))), len(frame),
                    len(out.scores), len(out.rejected), len(out.line_alerts), out.blocks, out.alerts, out.closed,
                    out.cut, committed, write_attempts, producer_kind, time.perf_counter() - started, None, None,
                    out.logs),)
         points = () if settings.qdrant_url else tuple(
             ("point", partition, attempt, None, None, None, None, None, None, None, None, None, None, None, None,
-             None, None, p.id, p.vector.tobytes(), json.dumps(p.payload)) for p in out.points)
+             None, None, key, vector, payload) for key, vector, payload in out.points)
         yield pd.DataFrame([*report, *points], columns=REPORT_COLUMNS, dtype=object)
     return run
 
@@ -306,7 +311,7 @@ class _Outputs:
     scores: list[tuple[bytes, bytes]]  # (record id, ScoreResult bytes)
     line_alerts: list[score_pb2.Anomaly]
     block_alerts: list[score_pb2.Anomaly]
-    points: list[Point]
+    points: list[PointRow]  # (key, vector bytes, payload JSON): vector_store.Point only where stored here
     work_pids: set[int]
     blocks: int = 0
     alerts: int = 0
@@ -352,9 +357,8 @@ class _Outputs:
             elif row.kind == work.LOG:
                 logs.extend(json.loads(row.payload))
                 continue
-            if row.point_id is not None and row.vector is not None:
-                out.points.append(Point(row.point_id, np.frombuffer(bytes(row.vector), np.float32),
-                                        json.loads(row.payload)))
+            if row.point_id is not None and row.vector is not None:  # passed on as they are (PointRow)
+                out.points.append((row.point_id, bytes(row.vector), row.payload))
         out.logs = json.dumps(logs) if logs else None
         return out
 
@@ -418,7 +422,7 @@ def _transaction(producer: ResultProducer, out: _Outputs, settings: WriterSettin
     producer.flush()
     _task_crash_point("after-produce", batch_id, partition, attempt, settings)
     if settings.qdrant_url:
-        _task_store(settings).upsert(out.points)
+        _task_store(settings).upsert(points_of(out.points))
         _task_crash_point("after-store", batch_id, partition, attempt, settings)
     producer.ledger_record(settings.ledger_topic, ledger_key(settings.job, partition), batch_id)
     producer.commit()
@@ -447,14 +451,21 @@ def _replace_fenced(producer: ResultProducer, batch_id: int, partition: int, exc
 
 
 class BatchSink:
-    """The foreachBatch function (driver): runs the batch's write tasks, stores the points they return in
-    the embedded vector store, and keeps the ledger's view of what committed."""
+    """The foreachBatch function (driver): runs the batch's write tasks, spools the points they return for
+    the embedded vector store (upserted behind the next batch: vector_store_spool.py), and keeps the
+    ledger's view of what committed."""
 
     def __init__(self, settings: WriterSettings, ledger: Ledger, store, checkpoint: str | Path,  # type: ignore[no-untyped-def]
                  on_report=None) -> None:
         self.settings, self.ledger, self.store = settings, ledger, store
         self.partitions_file = Path(checkpoint) / TASK_PARTITIONS_FILE
         self.on_report = on_report or (lambda report: None)
+        # the embedded store's points: spooled, then upserted behind the next batch (vector_store_spool.py),
+        # the spools a killed run left written first; the store drains the queue when it closes
+        self.spool: PointSpool | None = None
+        if not settings.qdrant_url and hasattr(store, "on_close"):
+            self.spool = PointSpool(store, Path(checkpoint) / STORE_SPOOL)
+            store.on_close(self.spool.close)
 
     def task_partitions(self) -> int:
         """The most partitions a batch of this checkpoint has had (their transactional ids to fence)."""
@@ -469,15 +480,17 @@ class BatchSink:
         rows = df.mapInPandas(write_partition(self.settings, batch_id, done if done is ALL else set(done)),
                               REPORT_SCHEMA).collect()
         reports = [r for r in rows if r.kind == "report"]
-        points = [Point(r.point_id, np.frombuffer(bytes(r.vector), np.float32), json.loads(r.payload))
-                  for r in rows if r.kind == "point"]
+        points = [(r.point_id, r.vector, r.payload) for r in rows if r.kind == "point"]
         for r in reports:
             if r.payload:
                 work.relog(r.payload)
-        if points:
-            self.store.upsert(points)
+        if points and self.spool is not None:
+            self.spool.add(batch_id, points)  # durable when it returns; in the store behind the next batch
+        elif points:
+            self.store.upsert(points_of(points))
         _crash_point("after-store", batch_id)
         report = self._report(batch_id, reports, started)
+        report.points = len(points)
         self.on_report(report)
 
     def _report(self, batch_id: int, reports: list, started: float) -> BatchReport:

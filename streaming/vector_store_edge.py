@@ -58,6 +58,7 @@ class EdgeVectorStore:
                         if indexing_threshold_kb is not None else None))
         self._shard: qe.EdgeShard | None = None
         self._closed = False
+        self._close_hooks: list = []  # on_close
         self.exact_fallbacks = 0  # searches re-run exactly because HNSW returned too few hits
         if self._exists():
             self._shard = self._load()
@@ -97,14 +98,24 @@ class EdgeVectorStore:
     def flush(self) -> None:
         self._check_open().flush()
 
+    def on_close(self, hook) -> None:  # type: ignore[no-untyped-def]
+        """Runs `hook()` when the store closes, before it does: the stream's write-behind
+        (vector_store_spool.PointSpool) drains its queued upserts then."""
+        self._close_hooks.append(hook)
+
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        shard, self._shard = self._shard, None
-        if shard is not None:
-            shard.flush()
-            shard.close()
+        hooks, self._close_hooks = self._close_hooks, []
+        try:
+            for hook in hooks:
+                hook()
+        finally:
+            self._closed = True
+            shard, self._shard = self._shard, None
+            if shard is not None:
+                shard.flush()
+                shard.close()
 
     def __enter__(self) -> EdgeVectorStore:
         return self
