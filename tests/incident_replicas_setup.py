@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from anomaly_topic import BOOTSTRAP, AnomalyWriter, fresh_topic
 from llm_server import free_port
@@ -31,7 +31,7 @@ LEASE_S = 6.0  # the broker's group.min.session.timeout.ms (6 s by default) is t
 
 class Replica:
     def __init__(self, name: str, models: Path, embedder: str, topics: dict[str, str], book: str, state: Path,
-                 hook: str) -> None:
+                 hook: str, extra: tuple[str, ...] = ()) -> None:
         self.name, self.port, self.metrics = name, free_port(), free_port()
         state.mkdir(parents=True)
         self.log = state.parent / f"{name}.log"
@@ -40,7 +40,7 @@ class Replica:
                "--state-dir", str(state), "--anomalies-topic", topics["anomalies"],
                "--incidents-topic", topics["incidents"], "--feedback-topic", topics["feedback"],
                "--incidents-book", book, "--incident-lease-timeout", str(LEASE_S),
-               "--notify-url", hook, "--notify-wait", "0"]
+               "--notify-url", hook, "--notify-wait", "0", *extra]
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
         ScorerClient(f"127.0.0.1:{self.port}").wait_until_serving(60)
         self.client = IncidentClient(f"127.0.0.1:{self.port}")
@@ -79,11 +79,12 @@ class ReplicaScene:
     writer: AnomalyWriter
     receiver: WebhookReceiver
     replicas: list[Replica] = field(default_factory=list)
+    extra: tuple[str, ...] = ()  # more `logmesh serve scorer` options, for every replica
 
     def start(self, name: str) -> Replica:
         """One more replica of the book (`name` names its state dir under the scene's)."""
         replica = Replica(name, self.models, self.embedder, self.topics, self.book, self.state / name / "state",
-                          self.receiver.url())
+                          self.receiver.url(), self.extra)
         self.replicas.append(replica)
         return replica
 
@@ -95,14 +96,15 @@ class ReplicaScene:
 
 @contextmanager
 def replica_scene(admin, models: Path, embedder: str, state: Path, prefix: str, partitions: int = 1,
-                  names: tuple[str, ...] = ("a", "b")) -> Iterator[ReplicaScene]:  # type: ignore[no-untyped-def]
-    """Fresh topics (the anomalies one with `partitions`), a fresh book and the replicas `names`, started;
-    every replica is stopped on leaving."""
+                  names: tuple[str, ...] = ("a", "b"), extra: tuple[str, ...] = ()
+                  ) -> Iterator[ReplicaScene]:  # type: ignore[no-untyped-def]
+    """Fresh topics (the anomalies one with `partitions`), a fresh book and the replicas `names`, started with
+    the options `extra`; every replica is stopped on leaving."""
     topics = {"anomalies": fresh_topic(admin, prefix, partitions=partitions), "incidents": fresh_compacted(admin),
               "feedback": fresh_compacted(admin)}
     with WebhookReceiver() as receiver:
         scene = ReplicaScene(models, embedder, state, topics, f"t-book-{uuid.uuid4().hex[:8]}",
-                             AnomalyWriter(topics["anomalies"]), receiver)
+                             AnomalyWriter(topics["anomalies"]), receiver, extra=extra)
         try:
             for name in names:
                 scene.start(name)
@@ -130,3 +132,31 @@ def written_sources(topic: str, partitions: int, count: int, timeout: float = 30
     finally:
         consumer.close()
     return found
+
+
+def stored_incidents(topic: str, book: str, timeout: float = 30) -> list:
+    """Every committed record of `book` in the incidents topic, in topic order (each an Incident as written)."""
+    from logmesh.scorer.analyst.incident_store import OWNER_HEADER
+    from logmesh.v1 import incident_pb2
+    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"t-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "isolation.level": "read_committed",
+                         "enable.partition.eof": True})
+    found: list = []
+    try:
+        if consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1] == 0:
+            return found  # nothing written: no end of partition to wait for
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    return found
+                continue
+            if dict(msg.headers() or ()).get(OWNER_HEADER) == book.encode() and msg.value() is not None:
+                found.append(incident_pb2.Incident.FromString(msg.value()))
+    finally:
+        consumer.close()
+    raise AssertionError(f"{topic} not read to its end within {timeout} s")

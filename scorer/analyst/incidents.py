@@ -132,6 +132,7 @@ class IncidentBook:
         self._watermark = 0.0  # the newest event time seen (seconds)
         self._dirty: set[str] = set()  # changed but not stored yet (the store was down)
         self._store_failing = False
+        self._unstored = False  # this replica's memory holds changes that were not stored (it lost the book)
         self._in_round = False  # a round is between its first step and its publication (wait_idle waits)
         self.opened = 0  # incidents started by this process (metrics)
         self.status = "loading"
@@ -305,7 +306,10 @@ class IncidentBook:
             self.role, self.status = "follower", "following"
             with self._lock:
                 self._dirty.clear()  # not stored: the new owner groups those alerts again from its history
+                self._unstored = True
             self.store.drop_producer()
+        if self._unstored and not self._read_back():
+            return False
         try:
             followed = self.store.follow(min(1.0, tick))
         except Exception as exc:  # noqa: BLE001 - the broker's trouble: say it once, keep following
@@ -325,6 +329,27 @@ class IncidentBook:
                 self._trim()
                 self._lock.notify_all()
         return False
+
+    def _read_back(self) -> bool:
+        """A former owner's memory holds its rounds that were not stored (a write the new owner's fence refused,
+        a round cut off by the lost lease), with update ids the new owner gives to other changes: it reads the
+        topic again and serves only what is stored. False when stopped first."""
+        self.store.stop_following()
+        incidents = self.store.load(self._stop)
+        if self._stop.is_set():
+            return False
+        with self._lock:
+            self._incidents.clear()
+            self._index = OpenIndex(self.window_s)
+            self._homes.clear()
+            self._joined.clear()
+            self._last_update = 0  # the stored changes' positions only: a watcher misses none the new owner makes
+            self._load(incidents, fresh_history_check=False)
+            self._unstored = False
+            self._lock.notify_all()
+        log.info("incidents read back after losing the book (its unstored changes dropped)",
+                 extra={"incidents": len(incidents), "last_update_id": self._last_update})
+        return True
 
     def _taking_over(self) -> bool:
         """Takes the book over, retried after waits doubling from 0.5 s to 5 s while this replica holds the
@@ -363,6 +388,7 @@ class IncidentBook:
             self._dirty.clear()
             self._load(incidents, fresh_history_check=False)
             self._resume(cursor, ends, stored_ids, ids_now)
+            self._unstored = False
         self._next_number = max(self._next_number, getattr(self.store, "highest_number", 0) + 1)
         self.role, self.status = "owner", "live"
         log.info("incident book taken over", extra={"incidents": len(incidents), "next_id": self._next_number,
@@ -584,6 +610,7 @@ class IncidentBook:
                 self.role = "follower"
                 with self._lock:
                     self._dirty.clear()  # the takeover reads back what was stored and regroups the rest
+                    self._unstored = True  # or, if the lease is gone, the follower reads back (_read_back)
             return False
         if self._store_failing:
             log.info("incidents stored again", extra={"incidents": len(batch)})

@@ -8,11 +8,17 @@
 - With a 3-partition anomalies topic each replica's history numbers the anomalies its own way; a new owner
   resumes each partition after the book's committed offsets, so every alert is grouped exactly once across
   the takeover (the former owner's highest history id would skip some and regroup others), and each
-  incident names its anomalies by their topic coordinates (anomaly_sources), the same whoever grouped them."""
+  incident names its anomalies by their topic coordinates (anomaly_sources), the same whoever grouped them.
+- A stalled owner that wakes with a round to write (its incidents went idle while it was stopped, so its first
+  round closes them) has its write refused: the new owner's init_transactions fenced its producer. Nothing of
+  it reaches the topic, ListIncidents or WatchIncidents on either replica, and the incidents the new owner
+  grew meanwhile stay whole."""
 from __future__ import annotations
 
 import collections
+import json
 import signal
+import threading
 import time
 import uuid
 
@@ -20,9 +26,9 @@ import grpc
 import pytest
 
 from anomaly_topic import BOOTSTRAP, line
-from incident_replicas_setup import LEASE_S, replica_scene, written_sources
+from incident_replicas_setup import LEASE_S, Replica, replica_scene, stored_incidents, written_sources
 from logmesh.scorer.analyst.feedback_topic import FeedbackTopic
-from logmesh.v1 import feedback_pb2 as fpb, feedback_service_pb2 as fspb
+from logmesh.v1 import feedback_pb2 as fpb, feedback_service_pb2 as fspb, incident_pb2, incident_service_pb2 as ipb
 from test_incidents import fresh_compacted
 from waiting import wait_for
 
@@ -184,3 +190,136 @@ def test_an_owner_that_has_not_noticed_its_loss_cannot_store_under_a_given_id(ad
     finally:
         for b in books:
             b.close()
+
+
+def _logged(replica: Replica, text: str) -> list[dict]:
+    """The replica's JSON log records whose message holds `text`."""
+    found = []
+    for raw in replica.log.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(raw)
+        except ValueError:  # librdkafka or a traceback: not one of ours
+            continue
+        if isinstance(record, dict) and text in str(record.get("msg", "")):
+            found.append(record)
+    return found
+
+
+class Watcher:
+    """Every change WatchIncidents sends from one replica (from update 0), collected on a thread until closed."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.changes: list[incident_pb2.Incident] = []
+        self._stream = replica.client.stub.WatchIncidents(ipb.WatchIncidentsRequest(after_update_id=0))
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for reply in self._stream:
+                self.changes.append(reply.incident)
+        except grpc.RpcError:  # cancelled by close(), or the replica went away
+            pass
+
+    def close(self) -> list[incident_pb2.Incident]:
+        self._stream.cancel()
+        self._thread.join(10)
+        return list(self.changes)
+
+
+def _cited(incident: incident_pb2.Incident) -> list[str]:
+    return sorted(e.record_id for e in incident.evidence)
+
+
+def _never_shrinks(changes: list[incident_pb2.Incident], where: str) -> None:
+    """Each incident's successive versions only ever gain evidence, under rising update ids: a stale owner's
+    version (older evidence, an update id it numbered before the takeover) after the new owner's breaks both."""
+    last_update: dict[str, int] = {}
+    cited: dict[str, set[str]] = {}
+    for incident in changes:
+        key = incident.incident_id
+        assert incident.update_id > last_update.get(key, 0), f"{where}: {key} went back to update {incident.update_id}"
+        assert set(_cited(incident)) >= cited.get(key, set()), f"{where}: {key} lost evidence: {_cited(incident)}"
+        last_update[key], cited[key] = incident.update_id, set(_cited(incident))
+
+
+def test_a_stalled_owner_that_wakes_cannot_write_over_the_new_owners_incidents(admin, trained_models,
+                                                                               embedder_server, tmp_path) -> None:
+    """The woken owner's book thread and its lease thread wake together: the book's round usually starts before
+    the lease has handled the lost session (then its write is tried and refused), but not always (then it just
+    follows). A stall that ends without a write tried is run again with the roles swapped, up to three times."""
+    window = 20.0  # an incident closes after a window without alerts: what the woken owner's first round does
+    with replica_scene(admin, trained_models, embedder_server.address, tmp_path, "t-fenced-write",
+                       extra=("--incident-window", str(window))) as scene:
+        replicas, writer = scene.replicas, scene.writer
+        stalled = None
+        watchers: list[Watcher] = []
+        whole: dict[str, list[str]] = {}  # block -> the record ids its incident must cite
+
+        def served_whole(replica: Replica) -> bool:
+            found = replica.incidents()
+            return len(found) == len(whole) and {i.session_keys[0]: _cited(i) for i in found} == whole
+        try:
+            wait_for(lambda: sum(r.owns() for r in replicas) == 1, 30, "one replica to own the book")
+            owner, other = sorted(replicas, key=lambda r: not r.owns())
+            watchers = [Watcher(owner), Watcher(other)]
+            refused: list[dict] = []
+            stalls = 0
+            while not refused and stalls < 3:
+                stalls += 1
+                early, late = _blocks(3), _blocks(2)
+                writer.write([line(f"{b}-1", block_id=b) for b in early])
+                joined = time.monotonic()  # the owner's new incidents go idle a window after this
+                whole.update({b: [f"rec-{b}-1"] for b in early})
+                wait_for(lambda: served_whole(other) and all(i.notified_targets for i in other.incidents()), 30,
+                         "the follower to serve the owner's new incidents, notified")
+                assert all(i.state == incident_pb2.INCIDENT_STATE_OPEN for i in other.incidents()
+                           if i.session_keys[0] in early)
+                tried_before = len(_logged(owner, "incidents not stored"))
+
+                owner.process.send_signal(signal.SIGSTOP)
+                stalled = owner
+                wait_for(other.owns, LEASE_S * 6, "the follower to take the book over from the stalled owner")
+                # the new owner grows the stalled owner's incidents and opens two more
+                writer.write([line(f"{b}-2", block_id=b) for b in early] + [line(f"{b}-1", block_id=b) for b in late])
+                whole.update({b: [f"rec-{b}-1", f"rec-{b}-2"] for b in early} | {b: [f"rec-{b}-1"] for b in late})
+                wait_for(lambda: served_whole(other), 30, "the new owner to group the alerts written during the stall")
+                assert time.monotonic() - joined < window, "the stall outlived the window before the takeover"
+                time.sleep(max(0.0, joined + window + 2 - time.monotonic()))  # the stalled owner's incidents idle
+
+                owner.process.send_signal(signal.SIGCONT)
+                stalled = None
+                wait_for(lambda: not owner.owns(), LEASE_S * 6, "the woken replica to see it follows")
+                time.sleep(3)  # its first round's write, if it tried one, has failed by now
+                refused = _logged(owner, "incidents not stored")[tried_before:]
+                print(f"stall {stalls}: the woken owner {'tried a write' if refused else 'followed at once'}")
+                wait_for(lambda: served_whole(other) and served_whole(owner), 30,
+                         "both replicas to serve whole incidents")
+                if not refused:
+                    owner, other = other, owner
+            assert refused, f"in {stalls} stalls the woken owner never tried to write (its lease saw the loss first)"
+            assert "fenced" in refused[0].get("error", ""), refused[0]
+            assert other.owns() and not owner.owns()
+
+            listed = {i.incident_id: (i.update_id, _cited(i)) for i in other.incidents()}
+            assert sorted(int(key[4:]) for key in listed) == list(range(1, len(whole) + 1))
+            assert {i.incident_id: (i.update_id, _cited(i)) for i in owner.incidents()} == listed
+            wait_for(lambda: all({c.incident_id for c in w.changes} == set(listed) for w in watchers), 15,
+                     "the watchers to see every incident")
+            time.sleep(1)  # room for a stale change to reach a watcher
+            for watcher, name in zip(watchers, ("first owner", "first follower")):
+                changes = watcher.close()
+                _never_shrinks(changes, f"WatchIncidents on the {name}")
+                latest = {c.incident_id: (c.update_id, _cited(c)) for c in changes}
+                assert latest == listed, f"WatchIncidents on the {name}: {latest} != {listed}"
+
+            stored = stored_incidents(scene.topics["incidents"], scene.book)
+            _never_shrinks(stored, "the incidents topic")
+            updates = [i.update_id for i in stored]
+            assert updates == sorted(set(updates)), f"update ids stored out of order (a stale write?): {updates}"
+            print(f"the woken owner's refused write: {refused[0].get('error')}")
+        finally:
+            if stalled is not None:  # before the scene stops it
+                stalled.process.send_signal(signal.SIGCONT)
+            for watcher in watchers:
+                watcher.close()
