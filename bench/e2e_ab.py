@@ -231,39 +231,6 @@ def start_pyspy_window(pid: int, start: float, seconds: float, replay_at: float,
     return thread
 
 
-class VariantServers:
-    """An embedder and a scorer for one run (--fresh-servers), started from the variant's tree (its PYTHONPATH)
-    like bench.pipeline.Servers, so the run meets them as a just-deployed stack does: the variant's own
-    start-up and first calls are in its first batch."""
-
-    def __init__(self, models: str, env: dict, log_dir: Path) -> None:
-        from bench.pipeline import BIN, ensure_model
-        ensure_model(models)
-        embed_port, score_port = free_port(), free_port()
-        self.embed_addr, self.score_addr = f"127.0.0.1:{embed_port}", f"127.0.0.1:{score_port}"
-        self.procs = [subprocess.Popen([str(BIN), "serve", "embedder", "--port", str(embed_port)], cwd=REPO, env=env,
-                                       stderr=open(log_dir / "embedder.log", "w")),
-                      subprocess.Popen([str(BIN), "serve", "scorer", "--port", str(score_port), "--model-dir", models,
-                                        "--embedder", self.embed_addr], cwd=REPO, env=env,
-                                       stderr=open(log_dir / "scorer.log", "w"))]
-
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        from logmesh.client import EmbedderClient, ScorerClient
-        EmbedderClient(self.embed_addr).wait_until_serving(180)
-        ScorerClient(self.score_addr).wait_until_serving(120)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
 def variant_env(rev: str) -> dict:
     """The environment a variant's processes run in: a prepared tree's package first on PYTHONPATH."""
     env = dict(os.environ)
@@ -488,7 +455,7 @@ def main() -> int:
             if args.fresh_servers:
                 logs = Path(args.work) / f"{run_no:02d}-{name}"
                 logs.mkdir(parents=True, exist_ok=True)
-                with VariantServers(args.models, variant_env(rev), logs) as own:
+                with Servers(free_port(), free_port(), args.models, env=variant_env(rev), log_dir=logs) as own:
                     r = one_run(name, rev, args, own, log, labels, run_no, run_no in pyspy_runs)
             else:
                 r = one_run(name, rev, args, servers, log, labels, run_no, run_no in pyspy_runs)

@@ -158,13 +158,22 @@ def ensure_model(models: str | Path = "models") -> None:
 
 
 class Servers:
-    def __init__(self, embed_port: int, score_port: int, models: str = "models") -> None:
+    """An embedder and a scorer as processes, serving until the `with` block ends. `env` (default: this process's)
+    and `log_dir` (their stderr there; default: discarded) serve bench/e2e_ab.py's --fresh-servers, which starts
+    each run's servers from a prepared variant tree."""
+
+    def __init__(self, embed_port: int, score_port: int, models: str = "models", env: dict | None = None,
+                 log_dir: Path | None = None) -> None:
         ensure_model(models)
         self.embed_addr, self.score_addr = f"127.0.0.1:{embed_port}", f"127.0.0.1:{score_port}"
+
+        def stderr(name: str):  # type: ignore[no-untyped-def]
+            return subprocess.DEVNULL if log_dir is None else open(log_dir / f"{name}.log", "w")
+
         self.procs = [subprocess.Popen([str(BIN), "serve", "embedder", "--port", str(embed_port)],
-                                       stderr=subprocess.DEVNULL, cwd=REPO),
+                                       stderr=stderr("embedder"), cwd=REPO, env=env),
                       subprocess.Popen([str(BIN), "serve", "scorer", "--port", str(score_port), "--model-dir", models,
-                                        "--embedder", self.embed_addr], stderr=subprocess.DEVNULL, cwd=REPO)]
+                                        "--embedder", self.embed_addr], stderr=stderr("scorer"), cwd=REPO, env=env)]
 
     def __enter__(self):  # type: ignore[no-untyped-def]
         from logmesh.client import EmbedderClient, ScorerClient
@@ -181,6 +190,7 @@ class Servers:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
 
 
 # ---------------------------------------------------------------------------------------- inputs
