@@ -11,7 +11,7 @@ import threading
 from logmesh.scorer.analyst.incidents import IncidentBook
 from logmesh.scorer.history import AnomalyHistory
 from logmesh.v1 import incident_pb2
-from test_incident_cursor import SharedStore, _entry
+from test_incident_cursor import Held, SharedStore, _entry
 from waiting import wait_for
 
 
@@ -31,26 +31,13 @@ class FencedStore(SharedStore):
         return out
 
 
-class Lease:
-    def __init__(self) -> None:
-        self.owner = threading.Event()
-        self.owner.set()
-        self.on_change = lambda: None
-
-    def start(self) -> "Lease":
-        return self
-
-    def close(self) -> None:
-        pass
-
-
 def _served(book: IncidentBook) -> dict[str, list[str]]:
     found, _ = book.page(100, None, include_suppressed=True)
     return {i.incident_id: sorted(e.record_id for e in i.evidence) for i in found}
 
 
 def test_a_replica_that_loses_the_book_serves_only_what_was_stored() -> None:
-    history, store, lease = AnomalyHistory(), FencedStore(), Lease()
+    history, store, lease = AnomalyHistory(), FencedStore(), Held()
     book = IncidentBook(history, store, lease=lease).start()  # type: ignore[arg-type]
     try:
         history.add([_entry(1, 1, 0, 0)])
