@@ -90,7 +90,10 @@ def summarise_batches(path: Path, since: float) -> dict:
                      "latestOffset": d.get("latestOffset", 0) / 1e3, "planning": d.get("queryPlanning", 0) / 1e3,
                      "wal": d.get("walCommit", 0) / 1e3, "commit": d.get("commitOffsets", 0) / 1e3,
                      "state_rows": state.get("numRowsTotal"), "state_mem": state.get("memoryUsedBytes"),
-                     "state_update_ms": state.get("allUpdatesTimeMs"), "state_commit_ms": state.get("commitTimeMs")})
+                     "state_update_ms": state.get("allUpdatesTimeMs"), "state_commit_ms": state.get("commitTimeMs"),
+                     # the slowest write task's producer (init_transactions when new) and whole write, by kind
+                     "producer_s": s.get("producer_s"), "write_s": s.get("write_s"),
+                     "producers": {k.removeprefix("producers_"): n for k, n in s.items() if k.startswith("producers_")}})
     stages = _stage_profile([r for r in recs if r["kind"] == "stages" and r["batch_id"] in sinks], sparks)
     # empty (no-data) batches have no sink call; count them from Spark's records
     empty = [r for r in recs if r["kind"] == "spark" and r["batch_id"] not in sinks and r["timestamp"] >= ""]

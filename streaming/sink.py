@@ -82,7 +82,8 @@ log = logging.getLogger("logmesh.stream.sink")
 CRASH_ENV = "LOGMESH_SINK_CRASH_AT"
 REPORT_SCHEMA = ("kind string, partition int, attempt int, pid int, work_pids string, rows long, scored long, "
                  "dead long, line_anomalies long, blocks long, alerts long, closed long, cut long, skipped boolean, "
-                 "write_attempts int, producer string, seconds double, point_id string, vector binary, payload string")
+                 "write_attempts int, producer string, producer_s double, write_s double, seconds double, point_id string, "
+                 "vector binary, payload string")
 REPORT_COLUMNS = [column.split()[0] for column in REPORT_SCHEMA.split(", ")]
 TASK_PARTITIONS_FILE = "task-partitions"
 STORE_SPOOL = "store-spool"  # in the checkpoint: the embedded store's points not yet upserted
@@ -170,6 +171,10 @@ class BatchReport:
     write_attempts: int = 0
     # write tasks' producers: fresh ones (init_transactions), reused ones, reused ones found fenced (replaced)
     producers: dict[str, int] = dataclasses.field(default_factory=dict)
+    # the slowest write task's time to have its producer (a new one's init_transactions), and its whole write
+    # (producer, a retry's ledger read, the transaction up to its commit)
+    producer_s: float = 0.0
+    write_s: float = 0.0
     partitions: int = 0  # tasks that had rows
     skipped_partitions: list[int] = dataclasses.field(default_factory=list)
     task_pids: list[int] = dataclasses.field(default_factory=list)  # the Python workers that wrote
@@ -274,9 +279,11 @@ def write_partition(settings: WriterSettings, batch_id: int, done: set[int]):  #
         retry = attempt > 0
         out = _Outputs.of(frame)
         committed = partition in done
-        write_attempts, producer_kind = 0, ""
+        write_attempts, producer_kind, producer_s, write_s = 0, "", 0.0, 0.0
         if not committed and out.has_messages():
+            writing = time.perf_counter()
             producer, producer_kind = _task_producer(settings, partition, attempt, retry)
+            producer_s = time.perf_counter() - writing
             clean = False
             try:
                 if retry:  # an earlier attempt may have committed before it died
@@ -290,15 +297,16 @@ def write_partition(settings: WriterSettings, batch_id: int, done: set[int]):  #
                 clean = True
             finally:
                 _release_producer(settings, partition, producer, clean)
+                write_s = time.perf_counter() - writing
         elif not committed and out.points and settings.qdrant_url:
             _task_store(settings).upsert(points_of(out.points))
         report = (("report", partition, attempt, os.getpid(), ",".join(map(str, sorted(out.work_pids))), len(frame),
                    len(out.scores), len(out.rejected), len(out.line_alerts), out.blocks, out.alerts, out.closed,
-                   out.cut, committed, write_attempts, producer_kind, time.perf_counter() - started, None, None,
-                   out.logs),)
+                   out.cut, committed, write_attempts, producer_kind, producer_s, write_s,
+                   time.perf_counter() - started, None, None, out.logs),)
         points = () if settings.qdrant_url else tuple(
             ("point", partition, attempt, None, None, None, None, None, None, None, None, None, None, None, None,
-             None, None, key, vector, payload) for key, vector, payload in out.points)
+             None, None, None, None, key, vector, payload) for key, vector, payload in out.points)
         yield pd.DataFrame([*report, *points], columns=REPORT_COLUMNS, dtype=object)
     return run
 
@@ -507,6 +515,8 @@ class BatchSink:
             report.write_attempts = max(report.write_attempts, r.write_attempts)
             if r.producer:
                 report.producers[r.producer] = report.producers.get(r.producer, 0) + 1
+                report.producer_s = max(report.producer_s, r.producer_s or 0.0)
+                report.write_s = max(report.write_s, r.write_s or 0.0)
             report.task_pids.append(r.pid)
             report.work_pids.extend(int(p) for p in (r.work_pids or "").split(",") if p)
             if r.skipped:
