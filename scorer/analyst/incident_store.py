@@ -59,7 +59,8 @@ class IncidentStore(Protocol):
             cursor_ids: Mapping[str, str] | None = None) -> None:
         """Stores these incidents atomically (all or none), with the book's cursor ("topic/partition" -> the next
         anomalies offset to group) and the topic id each cursor offset counts in ("topic/partition" -> id, where
-        known) in the same transaction; raises when they could not be stored."""
+        known) in the same transaction; raises when they could not be stored (WriteFenced when another
+        producer of the book took its place: this replica no longer owns the book)."""
     def committed(self) -> dict[str, int]:
         """The cursor stored with the last stored round ({} when none was); raises when it cannot be read."""
     def cursor_topic_ids(self) -> dict[str, str]:
@@ -121,6 +122,16 @@ def _number(incident_id: str) -> int:
 
 def _error(exc: KafkaException) -> KafkaError | None:
     return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+
+
+# a producer of the book's transactional id that another one's init_transactions replaced (librdkafka says
+# _FENCED; the broker's codes, should one reach us as they are: PRODUCER_FENCED, INVALID_PRODUCER_EPOCH)
+_FENCED_CODES = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
+
+
+class WriteFenced(KafkaException):
+    """A round's write refused because another producer of the book's transactional id fenced this one: another
+    replica took the book over (or the coordinator ended the transaction). Nothing of the round is stored."""
 
 
 class TopicIncidentStore:
@@ -400,7 +411,8 @@ class TopicIncidentStore:
         except KafkaException as exc:
             err = _error(exc)
             self._drop_producer(abort=err is not None and err.txn_requires_abort())
-            raise KafkaException(f"incidents not stored in {self.topic}: {err.str() if err else exc}") from None
+            refused = WriteFenced if err is not None and err.code() in _FENCED_CODES else KafkaException
+            raise refused(f"incidents not stored in {self.topic}: {err.str() if err else exc}") from None
 
     def drop_producer(self) -> None:
         """This replica stopped owning the book: its producer goes (the new owner has fenced it, or will)."""

@@ -27,7 +27,11 @@ counts in (the id the book knew when it read there: at a takeover, or asked agai
 topic's rewind), so a takeover tells a recreated topic's cursor from the old topic's by the id (by the
 partition's end where the id is missing). An owner whose write fails takes the book over again (fences,
 reads back, resumes from the cursor) instead of writing on: a stalled owner that wakes after another replica
-took over must not write its stale state (the takeover's fence made its producer fail).
+took over must not write its stale state (the takeover's fence made its producer fail). An owner whose write
+was refused because it was fenced (WriteFenced) does not take over again under the lease assignment it holds:
+its lease may not have noticed the loss yet, and a takeover (a fence of its own) would take the book back from
+the real owner. It demotes itself at once (its producer dropped, it reads the topic back and follows), asks
+its lease to rejoin the group, and owns again only under a later assignment (IncidentLease.assignments).
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 
 from logmesh.scorer.analyst import grouping
 from logmesh.scorer.analyst.grouping import CLOSED, OPEN, DEFAULT_WINDOW_S, Facts, OpenIndex
-from logmesh.scorer.analyst.incident_store import IncidentStore, MemoryIncidentStore
+from logmesh.scorer.analyst.incident_store import IncidentStore, MemoryIncidentStore, WriteFenced
 from logmesh.scorer.analyst.incident_vectors import label, title_of
 from logmesh.scorer.history import next_offset
 from logmesh.v1 import feedback_pb2, incident_pb2, score_pb2
@@ -138,6 +142,8 @@ class IncidentBook:
         self.status = "loading"
         self.lease = lease
         self.role = "follower" if lease is not None else "owner"
+        self._took_under = 0  # the lease assignment (IncidentLease.assignments) this replica took the book under
+        self._barred_through = 0  # its write was fenced under this assignment: it owns only under a later one
         if lease is not None:
             lease.on_change = self._wake.set
         if history is not None:
@@ -300,7 +306,7 @@ class IncidentBook:
         """True when this replica owns the book (taking it over first when it just gained the lease); else
         follows the owner's topic for a while and returns False."""
         assert self.lease is not None
-        if self.lease.owner.is_set():
+        if self._may_own():
             return self.role == "owner" or self._taking_over()
         if self.role == "owner":
             self.role, self.status = "follower", "following"
@@ -329,6 +335,11 @@ class IncidentBook:
                 self._trim()
                 self._lock.notify_all()
         return False
+
+    def _may_own(self) -> bool:
+        """The lease is held here, under a later assignment than one a fenced write was refused under."""
+        assert self.lease is not None
+        return self.lease.owner.is_set() and self.lease.assignments > self._barred_through
 
     def _read_back(self) -> bool:
         """A former owner's memory holds its rounds that were not stored (a write the new owner's fence refused,
@@ -363,13 +374,15 @@ class IncidentBook:
                             extra={"error": str(state.outcome.exception()) if state.outcome else "?"})
         retrying = Retrying(retry=retry_if_exception_type(Exception), sleep=self._stop.wait,
                             wait=wait_exponential(multiplier=0.5, max=5.0),
-                            stop=lambda _: self._stop.is_set() or not lease.owner.is_set(),
+                            stop=lambda _: self._stop.is_set() or not self._may_own(),
                             before_sleep=failed, retry_error_callback=lambda _: False)
         return bool(retrying(self._take_over))
 
     def _take_over(self) -> bool:
         """Fences the former owner, reads the topic to its end and resumes after the book's cursor (raises when
         the broker cannot; nothing was written then)."""
+        assert self.lease is not None
+        under = self.lease.assignments  # read before the fence: a later assignment is a later one
         self.store.fence()
         self.store.stop_following()
         incidents = self.store.load(self._stop)
@@ -390,6 +403,7 @@ class IncidentBook:
             self._resume(cursor, ends, stored_ids, ids_now)
             self._unstored = False
         self._next_number = max(self._next_number, getattr(self.store, "highest_number", 0) + 1)
+        self._took_under = under
         self.role, self.status = "owner", "live"
         log.info("incident book taken over", extra={"incidents": len(incidents), "next_id": self._next_number,
                                                      "grouped_to": self._last_grouped, "cursor": cursor})
@@ -611,6 +625,13 @@ class IncidentBook:
                 with self._lock:
                     self._dirty.clear()  # the takeover reads back what was stored and regroups the rest
                     self._unstored = True  # or, if the lease is gone, the follower reads back (_read_back)
+                if isinstance(exc, WriteFenced):  # another replica owns it: no takeover under this assignment
+                    self._barred_through = max(self._barred_through, self._took_under)
+                    self._store_failing, self.status = False, "following"  # not a store down: a demotion
+                    log.warning("incident write refused (fenced: another replica owns the book); following it "
+                                "until the lease is assigned here again", extra={"error": str(exc),
+                                                                                 "assignment": self._took_under})
+                    self.lease.rejoin()
             return False
         if self._store_failing:
             log.info("incidents stored again", extra={"incidents": len(batch)})

@@ -12,7 +12,8 @@
 - A stalled owner that wakes with a round to write (its incidents went idle while it was stopped, so its first
   round closes them) has its write refused: the new owner's init_transactions fenced its producer. Nothing of
   it reaches the topic, ListIncidents or WatchIncidents on either replica, and the incidents the new owner
-  grew meanwhile stay whole."""
+  grew meanwhile stay whole. Refused, it demotes itself: it takes no second takeover under the lease it lost
+  (which would fence the new owner's producer: tests/integration/test_incident_stale_owner.py places that)."""
 from __future__ import annotations
 
 import collections
@@ -276,6 +277,7 @@ def test_a_stalled_owner_that_wakes_cannot_write_over_the_new_owners_incidents(a
                 assert all(i.state == incident_pb2.INCIDENT_STATE_OPEN for i in other.incidents()
                            if i.session_keys[0] in early)
                 tried_before = len(_logged(owner, "incidents not stored"))
+                took_before = len(_logged(owner, "incident book taken over"))
 
                 owner.process.send_signal(signal.SIGSTOP)
                 stalled = owner
@@ -300,6 +302,11 @@ def test_a_stalled_owner_that_wakes_cannot_write_over_the_new_owners_incidents(a
             assert refused, f"in {stalls} stalls the woken owner never tried to write (its lease saw the loss first)"
             assert "fenced" in refused[0].get("error", ""), refused[0]
             assert other.owns() and not owner.owns()
+            # refused, it demoted itself: no takeover (a fence of its own) under the assignment it had lost, so
+            # the new owner's writes were never refused
+            assert _logged(owner, "incident write refused (fenced")
+            assert len(_logged(owner, "incident book taken over")) == took_before
+            assert not _logged(other, "incidents not stored"), _logged(other, "incidents not stored")
 
             listed = {i.incident_id: (i.update_id, _cited(i)) for i in other.incidents()}
             assert sorted(int(key[4:]) for key in listed) == list(range(1, len(whole) + 1))

@@ -37,10 +37,15 @@ class Held:
     def __init__(self) -> None:
         self.owner = threading.Event()
         self.owner.set()
+        self.assignments = 1
+        self.rejoins = 0
         self.on_change = lambda: None
 
     def start(self) -> "Held":
         return self
+
+    def rejoin(self) -> None:
+        self.rejoins += 1
 
     def close(self) -> None:
         pass
