@@ -303,6 +303,11 @@ def test_a_label_on_an_incident_suppresses_it_and_its_alerts(admin, trained_mode
         marks = scorer.marks()
         assert {marks[x.line.record_id] for x in lines[:2]} == {fb.feedback_id} and marks[lines[2].line.record_id] == ""
         assert server.servicers["ScorerService"].feedback.label_for_incident(target.incident_id) == FALSE
+        # and what the other incident's similar past incidents say of it (the vector search found it before the
+        # label; the book's refresh after the label rewrites the labels it shows)
+        assert target.incident_id in [s.incident_id for s in rest.similar], list(rest.similar)
+        wait_for(lambda: {s.incident_id: s.analyst_label for s in client.get(rest.incident_id).similar}.get(
+            target.incident_id) == FALSE, 10, "the similar incident to show the analyst's label", every=0.05)
         # the other incident names two nodes: a NODE label on it is refused; one on its line covers the line,
         # not the incident (one of its two nodes)
         assert sorted(rest.nodes) == ["10.250.5.10", "10.250.5.11"]
