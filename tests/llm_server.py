@@ -57,8 +57,9 @@ class LLMServer:
         stop_process(self.process, 15)
 
 
-def start(log_dir: Path, timeout: float = 120.0, threads: int = 2) -> LLMServer:
-    """Starts the server on a free loopback port and waits until /v1/models lists the model."""
+def start(log_dir: Path, timeout: float = 120.0, threads: int = 2, api_key: str | None = None) -> LLMServer:
+    """Starts the server on a free loopback port and waits until /v1/models lists the model. With `api_key` the
+    server answers only requests carrying it as a bearer token (401 otherwise)."""
     if importlib.util.find_spec("llama_cpp") is None:
         raise LLMServerError(f"llama-cpp-python[server] is not installed: {INSTALL}")
     model = gguf_path()
@@ -66,6 +67,9 @@ def start(log_dir: Path, timeout: float = 120.0, threads: int = 2) -> LLMServer:
     log = log_dir / "llama-server.log"
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
            "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads), "--model_alias", "smollm2-135m"]
+    if api_key:
+        cmd += ["--api_key", api_key]
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -76,7 +80,7 @@ def start(log_dir: Path, timeout: float = 120.0, threads: int = 2) -> LLMServer:
             raise LLMServerError(f"llama_cpp.server exited with {process.returncode} before serving:\n"
                                  f"{log.read_text(errors='replace')[-3000:]}")
         try:
-            listed = httpx.get(f"{server.url}/models", timeout=2).json()
+            listed = httpx.get(f"{server.url}/models", timeout=2, headers=headers).json()
             if any(m.get("id") == server.model for m in listed.get("data", [])):
                 return server
         except (httpx.HTTPError, ValueError):

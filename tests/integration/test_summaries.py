@@ -1,13 +1,14 @@
 """Incident summaries from a real small LLM (SmolLM2-135M behind llama-cpp-python's OpenAI-compatible server,
 the llm_server fixture), on incidents built from real HDFS blocks; and the bad cases: the LLM down, too slow
 for the timeout, answering cut-off (non-JSON) text, or citing ids the incident lacks: the fallback summary
-with the reason, counted. Assertions are on structure and citations, never on wording (a 135M model writes
-weak prose)."""
+with the reason, counted; and the bearer token taken from $LOGMESH_LLM_TOKEN. Assertions are on structure
+and citations, never on wording (a 135M model writes weak prose)."""
 from __future__ import annotations
 
 import json
 import socket
 import threading
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -84,6 +85,55 @@ def test_a_cut_off_answer_is_not_json_and_gets_the_fallback(data_dir, llm_server
     assert summary.source == incident_pb2.SUMMARY_SOURCE_FALLBACK and "not JSON" in summary.fallback_reason
     assert_well_formed(summary, incident)
     assert fallbacks("not_json") == before + 1
+
+
+class Book:
+    """The two calls outputs.wire makes on the IncidentBook: subscribe a listener, take a summary back."""
+
+    def __init__(self) -> None:
+        self.listeners: list = []
+        self.summaries: dict[str, incident_pb2.IncidentSummary] = {}
+
+    def subscribe(self, listener) -> None:  # type: ignore[no-untyped-def]
+        self.listeners.append(listener)
+
+    def attach_summary(self, incident_id: str, summary: incident_pb2.IncidentSummary) -> None:
+        self.summaries[incident_id] = summary
+
+
+def test_the_bearer_token_comes_from_the_environment(data_dir, tmp_path, monkeypatch):
+    """serve scorer's wiring (outputs.wire) sends $LOGMESH_LLM_TOKEN as the bearer token: the real server, made
+    to require a key (llama-cpp-python's --api_key), writes the summary with it and refuses (401) without it."""
+    import llm_server as llm
+    from logmesh.scorer.analyst.outputs import TOKEN_ENV, IncidentOutputs, wire
+
+    secret = f"t-{uuid.uuid4().hex}"
+    server = llm.start(tmp_path, api_key=secret)
+    incident = hdfs_incidents(data_dir)[LLM_INCIDENTS[0]]
+    try:
+        for token in (secret, None):
+            if token:
+                monkeypatch.setenv(TOKEN_ENV, token)
+            else:
+                monkeypatch.delenv(TOKEN_ENV)
+            book = Book()
+            summarizer, closers = wire(book, IncidentOutputs(llm_url=server.url, llm_timeout=120), None)
+            try:
+                for listener in book.listeners:
+                    listener(incident)
+                assert summarizer.wait_idle(180), summarizer.stats()
+            finally:
+                for close in closers:
+                    close()
+            summary = book.summaries[incident.incident_id]
+            if token:
+                assert summary.source == incident_pb2.SUMMARY_SOURCE_LLM, summary.fallback_reason
+                assert_well_formed(summary, incident)
+            else:
+                assert summary.source == incident_pb2.SUMMARY_SOURCE_FALLBACK
+                assert "HTTP 401" in summary.fallback_reason, summary.fallback_reason
+    finally:
+        server.stop()
 
 
 class CitingStrangers(BaseHTTPRequestHandler):
