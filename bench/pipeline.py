@@ -661,7 +661,7 @@ def section_profile(rate_: float = 2000, lines: int = 40_000, quick: bool = Fals
         d = sparks.get(b, {}).get("duration_ms", {})
         state = sparks.get(b, {}).get("state") or []
         row = {"batch_id": b, "rows": sparks.get(b, {}).get("rows"), **{k: s.get(k, 0.0) for k in keys},
-               **{f"producers_{k}": s.get(f"producers_{k}", 0) for k in ("new", "cached", "fenced")},
+               **{f"producers_{k}": s.get(f"producers_{k}", 0) for k in ("new", "cached", "warm", "fenced")},
                **{f"spark_{k}_s": (d[k] / 1e3 if k in d else None) for k in spark_keys},
                "state_rows": sum(o.get("numRowsTotal") or 0 for o in state) if state else None,
                "state_memory_mib": sum(o.get("memoryUsedBytes") or 0 for o in state) / 2**20 if state else None}
@@ -909,7 +909,8 @@ def render(res: dict[str, Any]) -> str:
             text = (f"#{b['batch_id']} {b['rows']:,} rows: trigger {b.get('spark_trigger_s') or float('nan'):.2f}, "
                     f"foreachBatch {b.get('call', 0.0):.2f}, upsert {b.get('store_upsert', 0.0):.2f}")
             if "producers_new" in b:
-                text += f", producers new/cached/fenced {b['producers_new']}/{b['producers_cached']}/{b['producers_fenced']}"
+                text += (f", producers new/cached/warm/fenced {b['producers_new']}/{b['producers_cached']}/"
+                         f"{b.get('producers_warm', 0)}/{b['producers_fenced']}")
             if b.get("state_rows") is not None:
                 text += f", state {b['state_rows']:,} rows / {b['state_memory_mib']:.0f} MiB"
             return text

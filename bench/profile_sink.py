@@ -7,7 +7,7 @@ Runs logmesh.streaming.job.run unchanged, after wrapping (in this process only, 
   run the plan: Kafka read, the block operator's state function with its decode/embed/score calls, and the
   transactional writes; then the embedded store's upsert)
 - the embedded store's upsert -> "store_upsert" (seconds) and "store_points" (points written)
-- the write tasks' producers, by kind (sink.BatchReport.producers) -> "producers_new", "_cached", "_fenced";
+- the write tasks' producers, by kind (sink.BatchReport.producers) -> "producers_new", "_cached", "_warm", "_fenced";
   the slowest write task's time to have its producer and its whole write -> "producer_s", "write_s"
 and a StreamingQueryListener records Spark's own durationMs per micro-batch (triggerExecution,
 addBatch, latestOffset, queryPlanning, walCommit, commitOffsets) and the state operator's metrics.

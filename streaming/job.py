@@ -67,24 +67,31 @@ def _fence_and_read_ledger(config: StreamConfig, sink: BatchSink, job: str) -> L
     return Ledger(config.bootstrap, job, config.ledger_topic, config.kafka_options)
 
 
-def _warm_python_workers(spark, config: StreamConfig) -> None:  # type: ignore[no-untyped-def]
+def _warm_python_workers(spark, config: StreamConfig, sink: BatchSink | None = None) -> None:  # type: ignore[no-untyped-def]
     """Forks and readies the Python workers a micro-batch uses (work.warm_up_task): one per shuffle partition
     for the state function and one for its write task, as a batch runs them, each running one throwaway line
-    through the task's path (work.warm_work_path); the log says how long that took per worker. Off on a cluster, whose
-    executors start on their own schedule."""
+    through the task's path (work.warm_work_path); the log says how long that took per worker. With the
+    `sink` (whose build_sink fenced every id of the job: this must come after it), each worker also makes its
+    write slot's transactional producers of the write tasks' partitions (sink.warm_producers: as many as
+    this checkpoint's batches have had, the shuffle partitions for a new one), so that the first batch's
+    write tasks reuse ready producers. Off on a cluster, whose executors start on their own schedule."""
     if not config.master.startswith("local"):
         return
-    from logmesh.streaming.work import warm_up_task
+    from logmesh.streaming.work import WARM_UP_SCHEMA, warm_up_task
     started = time.perf_counter()
-    warm = warm_up_task(work_settings(config))
     partitions = config.shuffle_partitions or SHUFFLE_PARTITIONS
-    schema = "pid int, work_s double, error string"
-    rows = spark.range(0, partitions, 1, partitions).mapInPandas(warm, schema).mapInPandas(warm, schema).collect()
+    writer_partitions = (sink.task_partitions() or partitions) if sink is not None else 0
+    warm = warm_up_task(work_settings(config), sink.settings if sink is not None else None, writer_partitions)
+    rows = (spark.range(0, partitions, 1, partitions).mapInPandas(warm, WARM_UP_SCHEMA)
+            .mapInPandas(warm, WARM_UP_SCHEMA).collect())
     errors = sorted({r.error for r in rows if r.error})
-    # work_s: each worker's throwaway line through the task's own path (work.warm_work_path)
+    # work_s: each worker's throwaway line through the task's own path (work.warm_work_path); producers:
+    # the write tasks' transactional producers the workers made, and the slowest worker's time for them
     log.info("python workers ready", extra={"workers": len({r.pid for r in rows}),
                                             "seconds": round(time.perf_counter() - started, 2),
                                             "work_path_s": sorted(round(r.work_s, 2) for r in rows),
+                                            "producers": sum(r.producers for r in rows),
+                                            "producers_s": round(max(r.producers_s for r in rows), 2),
                                             **({"work_path_errors": errors} if errors else {})})
 
 
@@ -250,7 +257,7 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
         spark.stop()
         raise
     try:
-        _warm_python_workers(spark, config)
+        _warm_python_workers(spark, config, sink)  # after build_sink's fence (see sink.warm_producers)
     except Exception as exc:  # noqa: BLE001 - only the first batch's speed depends on it
         log.warning("could not ready the Python workers before the first batch", extra={"error": str(exc)[:300]})
     # Block timeouts fire in micro-batches without new data; a run that drains the topic and stops

@@ -9,7 +9,7 @@ process registry (runtime/metrics.py):
     logmesh_stream_block_alerts_total                        ALERTs written (a block's first anomalous verdict)
     logmesh_stream_blocks_ended_total{rule}                  rule: quiet | stream-stopped
     logmesh_stream_dead_letters_total
-    logmesh_stream_write_tasks_total{producer}               producer: new | cached | fenced | none (skipped)
+    logmesh_stream_write_tasks_total{producer}               producer: new | cached | warm | fenced | none (skipped)
     logmesh_stream_kafka_consumer_lag{topic, partition}      messages behind the newest, after the last batch
     logmesh_stream_state_rows, logmesh_stream_state_memory_bytes   the block operator's state store
     logmesh_stream_last_progress_timestamp_seconds           when the last micro-batch ended
@@ -54,8 +54,8 @@ ENDED = Counter("logmesh_stream_blocks_ended", "Blocks ended, by rule: quiet (cl
                 "stream-stopped (judged as a cut prefix).", ("rule",), registry=REGISTRY)
 DEAD = Counter("logmesh_stream_dead_letters", "Messages written to the dead-letter topic.", registry=REGISTRY)
 TASKS = Counter("logmesh_stream_write_tasks", "Write tasks with rows, by their transactional producer: new "
-                "(init_transactions), cached (reused), fenced (reused, replaced), none (partition committed "
-                "before: skipped).", ("producer",), registry=REGISTRY)
+                "(init_transactions), cached (reused), warm (reused, made by the worker's warm-up), fenced (reused, "
+                "replaced), none (partition committed before: skipped).", ("producer",), registry=REGISTRY)
 LAG = Gauge("logmesh_stream_kafka_consumer_lag", "Messages in an input partition past what the job has read, "
             "as of its last micro-batch.", ("topic", "partition"), registry=REGISTRY)
 STATE_ROWS = Gauge("logmesh_stream_state_rows", "Keys in the block operator's state store.", registry=REGISTRY)

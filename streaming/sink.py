@@ -14,8 +14,9 @@ Exactly once, per (job, micro-batch n, Spark partition p):
           "logmesh-stream-{job}-p{p}-w{s}", s this Python worker's write slot (_writer_slot: one of
           WRITER_SLOTS, held by one live worker of the host): the two workers that take turns at p's write
           task then keep a producer each instead of fencing each other's every batch. A first attempt
-          (a = 0) may reuse this worker's producer of its id, kept only after a commit: every earlier
-          attempt is finished or fenced by then; if another producer of the id was initialised since (a
+          (a = 0) may reuse this worker's producer of its id, kept only after a commit, or made by the
+          worker's warm-up after the driver's fence (warm_producers): every earlier attempt is finished
+          or fenced by then; if another producer of the id was initialised since (a
           retry, the driver, another worker of one id), this one is fenced, commits nothing, and a fresh
           one redoes the write (_task_producer)
         a > 0 (a retry): init_transactions on every id of p (the slotless one and each slot's) fences every
@@ -77,7 +78,7 @@ from logmesh.streaming.retry import GaveUp
 from logmesh.streaming.vector_store_spool import PointRow, PointSpool, points_of
 from logmesh.v1 import score_pb2
 
-__all__ = ["BatchReport", "BatchSink", "WriterSettings", "write_partition"]
+__all__ = ["BatchReport", "BatchSink", "WriterSettings", "warm_producers", "write_partition"]
 log = logging.getLogger("logmesh.stream.sink")
 CRASH_ENV = "LOGMESH_SINK_CRASH_AT"
 REPORT_SCHEMA = ("kind string, partition int, attempt int, pid int, work_pids string, rows long, scored long, "
@@ -196,9 +197,12 @@ def _task_store(settings: WriterSettings):  # type: ignore[no-untyped-def]
 # A fresh producer's init_transactions (and its connections) cost ~65 ms against ~30 ms for a whole
 # transaction on a warm one (local broker, this box), per task and micro-batch.
 _producers: dict[str, ResultProducer] = {}
+# The ids of those this worker's warm-up made (warm_producers) that no task has used yet.
+_warm: set[str] = set()
 
 
-_slot: list = []  # this worker's write slot, and the open file whose lock holds it
+_slot: list = []  # this worker's write slot, and the open file whose lock holds it (or _SHARED)
+_SHARED = "shared"  # every slot was taken: this worker shares the pid's slot with another
 
 
 def _writer_slot(settings: WriterSettings) -> int:
@@ -221,14 +225,14 @@ def _writer_slot(settings: WriterSettings) -> int:
             _slot.extend((slot, handle))
             break
         else:
-            _slot.extend((os.getpid() % (settings.writer_slots or WRITER_SLOTS), None))
+            _slot.extend((os.getpid() % (settings.writer_slots or WRITER_SLOTS), _SHARED))
     return _slot[0]
 
 
 def _task_producer(settings: WriterSettings, partition: int, attempt: int, retry: bool | None = None
                    ) -> tuple[ResultProducer, str]:
     """The producer for the task's transactional id (its partition and this worker's write slot), and
-    whether it is "cached" or "new".
+    whether it is "cached", "warm" (cached, made by this worker's warm-up: warm_producers) or "new".
 
     A first attempt may reuse this worker's producer of that id: it ended its last transaction with a
     commit, and every earlier attempt of this partition's tasks is finished or already fenced (a batch
@@ -242,8 +246,10 @@ def _task_producer(settings: WriterSettings, partition: int, attempt: int, retry
     retry = attempt > 0 if retry is None else retry
     tid = task_transactional_id(settings.job, partition, _writer_slot(settings) if settings.writer_slots else None)
     cached = _producers.pop(tid, None)
+    warm = tid in _warm
+    _warm.discard(tid)
     if cached is not None and not retry:
-        return cached, "cached"
+        return cached, "warm" if warm else "cached"
     if cached is not None:
         cached.close()
     if retry:
@@ -252,6 +258,42 @@ def _task_producer(settings: WriterSettings, partition: int, attempt: int, retry
     return ResultProducer(settings.bootstrap, settings.scores_topic, settings.anomalies_topic, settings.dlq_topic,
                           extra=settings.kafka_options, transactional_id=tid,
                           init_budget_s=settings.retry_budget_s), "new"
+
+
+def warm_producers(settings: WriterSettings, partitions: int) -> tuple[int, float, str]:
+    """In the Python worker's warm-up (work.warm_up_task), before the query's first batch: this worker's
+    producer of each write task's id in its slot (partitions 0 .. partitions-1), initialised and kept as a
+    producer is after a commit, so that the worker's first write of a partition reuses it instead of paying
+    for a new one's init_transactions and connections (57-525 ms against the dev broker, in the first
+    batch's write tasks: docs/benchmarks.md).
+
+    Sound because the driver has fenced every id of the job before (job.build_sink runs before the
+    warm-up): a producer made here is then the newest holder of its id, with no transaction begun, the
+    state _task_producer's argument needs of a reused producer. Anything that initialises the id later (a
+    retry's fence, the driver's before a restart) fences it: its first write fails with nothing committed
+    and a fresh producer redoes it (_write), as for any reused producer. Made only where the write tasks
+    use slots (local mode) and the slot is this worker's own: two workers sharing one (more workers than
+    slots) would fence each other's. Returns (producers made, seconds, why it failed or "")."""
+    started = time.perf_counter()
+    if not settings.writer_slots:
+        return 0, 0.0, ""
+    slot = _writer_slot(settings)
+    if _slot[1] == _SHARED:
+        return 0, 0.0, ""
+    made = 0
+    try:
+        for partition in range(partitions):
+            tid = task_transactional_id(settings.job, partition, slot)
+            if tid in _producers:
+                continue
+            _producers[tid] = ResultProducer(settings.bootstrap, settings.scores_topic, settings.anomalies_topic,
+                                             settings.dlq_topic, extra=settings.kafka_options, transactional_id=tid,
+                                             init_budget_s=min(settings.retry_budget_s, 10.0))
+            _warm.add(tid)
+            made += 1
+    except Exception as exc:  # noqa: BLE001 - a warm-up only: a task makes its producer when there is none
+        return made, time.perf_counter() - started, str(exc)[:200]
+    return made, time.perf_counter() - started, ""
 
 
 def _release_producer(settings: WriterSettings, partition: int, producer: ResultProducer, clean: bool) -> None:
@@ -292,7 +334,7 @@ def write_partition(settings: WriterSettings, batch_id: int, done: set[int]):  #
                     committed = last >= batch_id
                 if not committed:
                     write_attempts, fenced = _write(producer, out, settings, batch_id, partition, attempt,
-                                                    cached=producer_kind == "cached")
+                                                    cached=producer_kind in ("cached", "warm"))
                     producer_kind = "fenced" if fenced else producer_kind
                 clean = True
             finally:

@@ -79,12 +79,14 @@ def scorer_client(address: str, trace: bool = False):  # type: ignore[no-untyped
     return _clients[key]
 
 
-def warm_up_task(settings: WorkSettings):  # type: ignore[no-untyped-def]
+def warm_up_task(settings: WorkSettings, writer=None, writer_partitions: int = 0):  # type: ignore[no-untyped-def]
     """A mapInPandas function that readies the Python worker it runs in before the first micro-batch: the
-    task code and what it imports (pandas, pyarrow, protobuf, grpc, confluent-kafka), the frozen heap, and
-    connected channels to both services. Spark then reuses the worker for the query's tasks, so the first
-    batch no longer pays for forking and importing in every worker it needs (two per task: the state
-    function's and the write task's)."""
+    task code and what it imports (pandas, pyarrow, protobuf, grpc, confluent-kafka), the frozen heap,
+    connected channels to both services, and with `writer` (the sink's WriterSettings, the driver's fence
+    done) this worker's transactional producers of the write tasks' first `writer_partitions` partitions
+    (sink.warm_producers). Spark then reuses the worker for the query's tasks, so the first batch no
+    longer pays for forking and importing in every worker it needs (two per task: the state function's
+    and the write task's), nor for a new producer in its write tasks."""
     def run(frames):  # type: ignore[no-untyped-def]
         import time
         from logmesh.streaming import block_sessions, sink  # noqa: F401 (the imports are the point)
@@ -99,11 +101,21 @@ def warm_up_task(settings: WorkSettings):  # type: ignore[no-untyped-def]
                 pass
         started = time.perf_counter()
         error = warm_work_path(settings)
-        seen = [(int(p), float(w), e) for f in frames if "pid" in f
-                for p, w, e in zip(f["pid"], f["work_s"], f["error"])]  # the workers before this one
-        mine = (os.getpid(), time.perf_counter() - started, error)
-        yield pd.DataFrame([*seen, mine], columns=["pid", "work_s", "error"])
+        work_s = time.perf_counter() - started
+        made, producers_s = 0, 0.0
+        if writer is not None:
+            made, producers_s, failed = sink.warm_producers(writer, writer_partitions)
+            error = "; ".join(e for e in (error, failed and f"producers: {failed}") if e)
+        seen = [tuple(row) for f in frames if "pid" in f
+                for row in f[WARM_UP_COLUMNS].itertuples(index=False)]  # the workers before this one
+        mine = (os.getpid(), work_s, error, made, producers_s)
+        yield pd.DataFrame([*seen, mine], columns=WARM_UP_COLUMNS)
     return run
+
+
+# what warm_up_task yields per worker: the work path's time and failure, the producers made and their time
+WARM_UP_SCHEMA = "pid int, work_s double, error string, producers int, producers_s double"
+WARM_UP_COLUMNS = [column.split()[0] for column in WARM_UP_SCHEMA.split(", ")]
 
 
 WARM_UP_LINE = ("081109 203518 143 INFO dfs.DataNode$DataXceiver: Receiving block blk_-1608999687919862906 "

@@ -2,7 +2,8 @@
 Python worker reuses its producer of a partition's transactional id (per write slot), and fencing stays
 sound. A producer found fenced (the driver or a retry initialised the id since) commits nothing, and a fresh
 one redoes the write; a retry never reuses one and fences every slot's id of the partition; two workers
-taking turns at a partition keep their producers; a task that failed leaves none behind."""
+taking turns at a partition keep their producers; a task that failed leaves none behind; the producers a
+worker's warm-up makes (after the driver's fence) serve its first writes, and one fenced since writes nothing."""
 from __future__ import annotations
 
 import contextlib
@@ -13,9 +14,9 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import NewTopic
 
 from logmesh.streaming import sink
-from logmesh.streaming.outputs import (WRITER_SLOTS, ResultProducer, ensure_ledger_topic, read_ledger,
-                                       task_transactional_id)
-from logmesh.streaming.sink import WriterSettings, _Outputs, _release_producer, _task_producer, _write
+from logmesh.streaming.outputs import (WRITER_SLOTS, ResultProducer, ensure_ledger_topic, fence,
+                                       partition_transactional_ids, read_ledger, task_transactional_id)
+from logmesh.streaming.sink import WriterSettings, _Outputs, _release_producer, _task_producer, _write, warm_producers
 
 from kafka_helpers import BOOTSTRAP, _consume_all
 
@@ -26,8 +27,9 @@ pytestmark = [pytest.mark.kafka]
 def settings(admin):
     prefix = f"sp{uuid.uuid4().hex[:8]}"
     names = {k: f"{prefix}.{k}" for k in ("scores", "anomalies", "dlq", "ledger")}
-    for f in admin.create_topics([NewTopic(n, num_partitions=1, replication_factor=1) for k, n in names.items()
-                                  if k != "ledger"]).values():
+    partitions = {"scores": 2}  # two write tasks' partitions (the warm-up tests)
+    for f in admin.create_topics([NewTopic(n, num_partitions=partitions.get(k, 1), replication_factor=1)
+                                  for k, n in names.items() if k != "ledger"]).values():
         f.result(30)
     ensure_ledger_topic(BOOTSTRAP, names["ledger"])
     yield WriterSettings(BOOTSTRAP, names["scores"], names["anomalies"], names["dlq"], names["ledger"],
@@ -35,6 +37,7 @@ def settings(admin):
     for producer in sink._producers.values():
         producer.close()
     sink._producers.clear()
+    sink._warm.clear()
     sink._slot.clear()
     admin.delete_topics(list(names.values()))
 
@@ -54,15 +57,16 @@ def _tid(settings: WriterSettings, slot: int = 0) -> str:
     return task_transactional_id(settings.job, 0, slot)
 
 
-def _task(settings: WriterSettings, batch: int, attempt: int = 0) -> tuple[str, int, bool]:
-    """One write task of partition 0, as write_partition runs it: (producer kind, attempts, replaced)."""
-    producer, kind = _task_producer(settings, 0, attempt)
+def _task(settings: WriterSettings, batch: int, attempt: int = 0, partition: int = 0) -> tuple[str, int, bool]:
+    """One write task of `partition`, as write_partition runs it: (producer kind, attempts, replaced)."""
+    producer, kind = _task_producer(settings, partition, attempt)
     clean = False
     try:
-        attempts, replaced = _write(producer, _outputs(batch), settings, batch, 0, attempt, cached=kind == "cached")
+        attempts, replaced = _write(producer, _outputs(batch if partition == 0 else 100 * partition + batch),
+                                    settings, batch, partition, attempt, cached=kind in ("cached", "warm"))
         clean = True
     finally:
-        _release_producer(settings, 0, producer, clean)
+        _release_producer(settings, partition, producer, clean)
     return kind, attempts, replaced
 
 
@@ -167,3 +171,53 @@ def test_without_slots_a_partition_has_one_id(settings):
     producer, kind = _task_producer(one, 0, 0)
     assert kind == "new" and producer.transactional_id == task_transactional_id(settings.job, 0)
     producer.close()
+
+
+def test_the_warm_up_makes_each_partitions_producer_and_the_first_writes_reuse_them(settings):
+    """The driver fenced every id (job.build_sink); then a worker's warm-up makes its slot's producer of each
+    write partition, initialised, no transaction begun. The worker's first write of each partition reuses it
+    (kind "warm": no init_transactions in the batch), later ones as any kept producer, and every batch
+    commits once."""
+    fence(BOOTSTRAP, [i for p in (0, 1) for i in partition_transactional_ids(settings.job, p)])
+    made, seconds, error = warm_producers(settings, 2)
+    assert (made, error) == (2, "") and seconds > 0
+    assert sorted(sink._producers) == sorted(task_transactional_id(settings.job, p, 0) for p in (0, 1))
+    assert warm_producers(settings, 2)[:1] == (0,)  # made once per worker
+    assert [_task(settings, 1, partition=p) for p in (0, 1)] == [("warm", 1, False)] * 2
+    assert [_task(settings, 2, partition=p) for p in (0, 1)] == [("cached", 1, False)] * 2
+    expected = sorted(f"b{b}-r{i}".encode() for b in (1, 2, 101, 102) for i in range(5))
+    assert _committed_keys(settings) == expected
+    assert read_ledger(BOOTSTRAP, settings.ledger_topic, settings.job) == {0: 2, 1: 2}
+
+
+def test_a_warm_producer_fenced_since_writes_nothing_and_is_replaced(settings):
+    """A warm-up producer initialised before a fence (the driver's before a query restart, or a retry's) is
+    no longer the newest holder of its id: its write is refused with nothing committed, and a fresh producer
+    redoes it, once. The same holds for a warm-up that ran before the driver's fence at job start."""
+    assert warm_producers(settings, 1)[0] == 1
+    stale = sink._producers[_tid(settings)]
+    fence(BOOTSTRAP, partition_transactional_ids(settings.job, 0))
+    assert _task(settings, 1) == ("warm", 1, True)  # found fenced, replaced at once, written once
+    assert sink._producers[_tid(settings)] is stale  # the same ResultProducer, its librdkafka producer new
+    assert _task(settings, 2) == ("cached", 1, False)
+    assert _committed_keys(settings) == sorted(f"b{b}-r{i}".encode() for b in (1, 2) for i in range(5))
+    assert read_ledger(BOOTSTRAP, settings.ledger_topic, settings.job, partition=0) == {0: 2}
+
+
+def test_a_retry_never_uses_a_warm_producer(settings):
+    """A retry fences every id of the partition and writes with a fresh producer, warm one or not."""
+    warm_producers(settings, 1)
+    warm = sink._producers[_tid(settings)]
+    assert _task(settings, 1, attempt=1) == ("new", 1, False)
+    assert sink._producers[_tid(settings)] is not warm and _tid(settings) not in sink._warm
+    assert _committed_keys(settings) == sorted(f"b1-r{i}".encode() for i in range(5))
+
+
+def test_no_warm_producers_in_a_shared_slot_or_without_slots(settings):
+    """A worker that shares its slot (every slot taken) would fence the other worker's producers: it makes
+    none; on a cluster (no slots) a partition's one id is every worker's: none either."""
+    import dataclasses
+    sink._slot[:] = [0, sink._SHARED]
+    assert warm_producers(settings, 2) == (0, 0.0, "") and not sink._producers
+    sink._slot[:] = [0, None]
+    assert warm_producers(dataclasses.replace(settings, writer_slots=0), 2) == (0, 0.0, "") and not sink._producers
