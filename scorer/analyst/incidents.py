@@ -153,7 +153,7 @@ class IncidentBook:
     def get(self, incident_id: str) -> incident_pb2.Incident | None:
         with self._lock:
             found = self._incidents.get(incident_id)
-            return _copy(found) if found is not None else None
+            return _copy(found) if found is not None and found.update_id else None  # 0: opened, not stored yet
 
     def subscribe(self, listener: Listener) -> None:
         """`listener(incident)` after every change, from the book's thread, once the change is stored."""
@@ -194,8 +194,9 @@ class IncidentBook:
         total = 0
         with self._lock:
             for incident in reversed(self._incidents.values()):
-                if incident.update_id > self._published or (before_update is not None and incident.update_id >= before_update):
-                    continue
+                if not 0 < incident.update_id <= self._published or (
+                        before_update is not None and incident.update_id >= before_update):
+                    continue  # update id 0: opened by a round that has not stored it yet
                 if (state and incident.state != state) or (incident.suppressed_by_feedback_id and not include_suppressed):
                     continue
                 cost = incident.ByteSize() + 8
@@ -212,6 +213,8 @@ class IncidentBook:
             self._lock.wait_for(lambda: self._published > after_update, timeout)
             newer = []
             for incident in reversed(self._incidents.values()):
+                if incident.update_id == 0:  # opened by a round still under way (at the end): not stored yet
+                    continue
                 if incident.update_id <= after_update:
                     break
                 if incident.update_id <= self._published:
