@@ -58,13 +58,20 @@ def render(r: dict) -> str:
            f"Split: {s['protocol']}: cut {s['train_until_utc'][:19]} UTC; {s['train_lines']:,} training lines "
            f"({s['train_alerts']:,} alerts), {s['test_lines']:,} judged lines ({s['test_alerts']:,} alerts).", ""]
     j = meta.get("new_template_judge")
-    if j:
+    if j and "undecided" in j:  # left-out templates (2026-12-02 17:10 on)
+        out += [f"New-template judge: {j['protocol']}; chose C={j['c']:g}, tau={j['tau']:.2f} on {j['undecided']} "
+                f"of the {j['templates']} training templates at an alerting level ({j['undecided_alerts']} of them "
+                f"alerts): template-level F1 {j['f1']:.4f} with it, {j['f1_flag_all']:.4f} flagging them all.", ""]
+    elif j:  # a chronological slice inside training (artifacts made before)
         out += [f"New-template judge: {j['protocol']}; chose C={j['c']:g}, tau={j['tau']:.2f} on "
                 f"{j['validation_lines']:,} validation lines ({j['validation_alerts']:,} alerts, "
                 f"{j['validation_new_template_lines']:,} of them lines of a template new to the models before the "
                 f"inner cut at an alerting level and without kin of one label): validation line F1 "
                 f"{j['validation_f1']:.4f} with it, "
                 f"{j['validation_f1_without_judge']:.4f} without.", ""]
+    if "known_alert_templates" in meta:
+        out += [f"Known alert templates (a known template at an alerting level whose training lines were mostly "
+                f"alerts flags its lines, beside the members): {meta['known_alert_templates']}.", ""]
     k = meta.get("new_template_kin")
     if k:
         out += [f"Kin (a new template takes the label of the known templates opening with its first three words, "

@@ -150,11 +150,20 @@ class NovelTemplates:
     unless its `kin` (known templates opening with the same words, scorer/bgl_novelty.py) are all normal; kin that
     are all alerts flag it; without agreeing kin, `judge` (a template-level text model, its threshold chosen on a
     validation slice inside training) decides whether its text is that of the normal templates at that level
-    (register dumps and the like)."""
+    (register dumps and the like).
+
+    It also remembers the known templates at an alerting level whose training lines were mostly alerts
+    (`alert_templates`) and flags their lines. Why: the members learn from (shape, label) rows weighted by their
+    lines, so a kind of alert seen on a few lines among tens of thousands of normal ones is outvoted:
+    `rts: kernel terminated for reason <NUM>` on 10 training alert lines and no normal one got P(alert) 0, 0.2,
+    1, 1, 0 from the five members, and its next 178 lines were missed (bench/bgl_inner.py, origin 0.9)."""
     seen: set[str]
     alerting_levels: set[str]
     judge: object = None  # TemplateJudge; absent from artifacts made before it (every new template then flagged)
     kin: object = None    # Kin (scorer/bgl_novelty.py); absent from artifacts made before it (the judge decides all)
+    #: known templates at an alerting level whose training lines were mostly alerts: their lines are flagged whatever
+    #: the members say (absent from artifacts made before it: none)
+    alert_templates: set = dataclasses.field(default_factory=set)
 
     @classmethod
     def fit(cls, events: list[str], levels: list[str], truth: np.ndarray, min_share: float = 0.1,
@@ -163,6 +172,12 @@ class NovelTemplates:
         kin are learnt too (a new template with kin of one label takes it, before the judge)."""
         n, alerts = Counter(levels), Counter(l for l, y in zip(levels, truth.tolist()) if y)
         out = cls(set(events) - {"unknown"}, {l for l in n if l and alerts[l] / n[l] >= min_share})
+        lines, alert_lines = Counter(), Counter()
+        for e, l, y in zip(events, levels, truth.tolist()):
+            if l in out.alerting_levels and e != "unknown":
+                lines[e] += 1
+                alert_lines[e] += int(y)
+        out.alert_templates = {e for e in lines if 2 * alert_lines[e] > lines[e]}
         if shapes is not None:
             from logmesh.scorer.bgl_novelty import Kin, TemplateJudge, template_rows
             rows = template_rows(shapes, events, levels, truth, out.alerting_levels)
@@ -180,7 +195,18 @@ class NovelTemplates:
         kin = getattr(self, "kin", None)
         return kin.labels(shapes) if kin is not None else np.full(len(shapes), -1, int)
 
+    def known_alerts(self, events: list[str], levels: list[str]) -> np.ndarray:
+        """Lines of a known template at an alerting level whose training lines were mostly alerts."""
+        known = getattr(self, "alert_templates", set())
+        return np.asarray([e in known and l in self.alerting_levels for e, l in zip(events, levels)], bool)
+
     def flags(self, events: list[str], levels: list[str], shapes: list[str] | None = None) -> np.ndarray:
+        """Lines flagged by the template rules: a known alert template, or a new one (kin, then the judge)."""
+        return self.new_flags(events, levels, shapes) | self.known_alerts(events, levels)
+
+    def new_flags(self, events: list[str], levels: list[str], shapes: list[str] | None = None) -> np.ndarray:
+        """Lines of a never-seen template at an alerting level that kin or the judge (or, without shapes, the
+        template's novelty alone) flag."""
         new = self.new(events, levels)
         if shapes is None or not new.any():
             return new
@@ -292,7 +318,11 @@ def judge(models: dict, part: Part, vectors: dict[str, np.ndarray], size: int, v
     caught = Counter(c for c, p in zip(part.categories, line_pred) if c and p)
     out["line_recall_by_category"] = {c: {"lines": n, "detected": caught[c], "recall": caught[c] / n}
                                       for c, n in by_cat.most_common()}
-    out["new_template_flags"] = int((novel & ~predict_lines(models["line"], part.shapes, vectors)).sum()) if len(part.shapes) else 0
+    voted = predict_lines(models["line"], part.shapes, vectors)
+    known = (models["novel"].known_alerts(part.events, part.levels) if models.get("novel") and hasattr(
+        models["novel"], "known_alerts") else np.zeros(len(voted), bool))
+    out["new_template_flags"] = int((novel & ~voted & ~known).sum()) if len(part.shapes) else 0
+    out["known_alert_template_flags"] = int((known & ~voted).sum()) if len(part.shapes) else 0
     if verdicts:
         out["verdicts"] = line_pred.tolist()
     if pictures:
@@ -370,7 +400,10 @@ def leave_one_category_out(train: Part, vectors: dict[str, np.ndarray], seed: in
 
 def select_judge(samples: list[Sample], cut: float, window: int, vectors: dict[str, np.ndarray], seed: int):
     """C and tau of the new-template judge, chosen on a chronological validation slice of the training part
-    (scorer/bgl_novelty.py); None when the slice cannot choose (one class before the inner cut, or no alert)."""
+    (scorer/bgl_novelty.py); None when the slice cannot choose (one class before the inner cut, or no alert).
+    The members' votes there include the known alert templates (NovelTemplates.known_alerts), as when served.
+    (Choosing on left-out training templates instead, bgl_novelty.select_by_templates, is bench/bgl_inner.py's
+    `loto-judge` variant: better inside training, worse on the judged part; docs/evaluation.md, BGL.)"""
     from logmesh.scorer.bgl_novelty import VALIDATION_SHARE, TemplateJudge, select, template_rows
     times = np.concatenate([s.times for s in samples])
     inner_cut = float(np.quantile(times[times <= cut], VALIDATION_SHARE))
@@ -386,7 +419,7 @@ def select_judge(samples: list[Sample], cut: float, window: int, vectors: dict[s
     kin = np.full(len(new), -1, int)
     kin[new] = novel.kin_labels([val.shapes[i] for i in np.flatnonzero(new)])
     flagged = new & (kin == -1)  # what the judge decides; kin decide the rest, as when served
-    voted = predict_lines(ensemble, val.shapes, vectors) | (new & (kin == 1))
+    voted = predict_lines(ensemble, val.shapes, vectors) | (new & (kin == 1)) | novel.known_alerts(val.events, val.levels)
     rows = template_rows(inner.shapes, inner.events, inner.levels, inner.truth, novel.alerting_levels)
     selection = select(val.truth, voted, flagged,
                        [val.shapes[i] for i in np.flatnonzero(flagged)], lambda c: TemplateJudge(c, 0.0).fit(*rows))
@@ -394,11 +427,29 @@ def select_judge(samples: list[Sample], cut: float, window: int, vectors: dict[s
     return selection
 
 
+def fit_models(samples: list[Sample], cut: float, train: Part, drain: DrainTemplates, window: int,
+               vectors: dict[str, np.ndarray], seed: int) -> tuple[dict, object]:
+    """Every model of the method on `train` (the lines of `samples` at or before `cut`; `drain` fitted on them and
+    frozen): the line ensemble, the window and line baselines, the new-template rule with its kin and its judge
+    (C and tau chosen by `select_judge` inside `train`). What `train_bgl` saves, and what the inner validation
+    (bench/bgl_inner.py) refits at earlier origins. Returns (models, the judge's Selection or None)."""
+    from logmesh.scorer.baselines import make_baselines
+    ensemble = fit_lines(train.shapes, train.truth, vectors, seed)
+    baselines = make_baselines(seed)
+    for b in baselines.values():
+        b.fit(train.window_events(), train.window_truth().astype(int).tolist())
+    selection = select_judge(samples, cut, window, vectors, seed)
+    judge_params = (selection.c, selection.tau) if selection else None
+    novel = NovelTemplates.fit(train.events, train.levels, train.truth, shapes=train.shapes, judge=judge_params)
+    models = {"family": "bgl", "line": ensemble, "novel": novel, "block": None, "baselines": baselines, "drain": drain,
+              "templates": None, "line_baselines": fit_line_baselines(train.events, train.truth, seed)}
+    return models, selection
+
+
 def train_bgl(data: Path, out_dir: Path, embed: Embed, seed: int = 0, window: int = WINDOW,
               train_share: float = TRAIN_SHARE, loco: bool = True) -> Path:
     """Fits the BGL artifact on the lines before the cut time; judges the lines after it (held out)."""
     from logmesh.scorer import artifacts
-    from logmesh.scorer.baselines import make_baselines
     from logmesh.scorer.train import file_digest
     started = time.perf_counter()
     files = bgl_files(data)
@@ -417,20 +468,15 @@ def train_bgl(data: Path, out_dir: Path, embed: Embed, seed: int = 0, window: in
     if len(set(train.truth.tolist())) < 2:
         raise ValueError(f"the training part of {data} holds only {'alert' if train.truth.any() else 'normal'} lines; "
                          "the line ensemble needs both")
-    ensemble = fit_lines(train.shapes, train.truth, vectors, seed)
-    baselines = make_baselines(seed)
-    for b in baselines.values():
-        b.fit(train.window_events(), train.window_truth().astype(int).tolist())
-    selection = select_judge(samples, cut, window, vectors, seed)
+    models, selection = fit_models(samples, cut, train, drain, window, vectors, seed)
+    models["templates"] = templates
+    ensemble, novel = models["line"], models["novel"]
     judge_params = (selection.c, selection.tau) if selection else None
-    novel = NovelTemplates.fit(train.events, train.levels, train.truth, shapes=train.shapes, judge=judge_params)
     kin = None
     if judge_params is not None:
         from logmesh.scorer.bgl_novelty import kin_check, template_rows
         kin = kin_check(*template_rows(train.shapes, train.events, train.levels, train.truth, novel.alerting_levels),
                         *judge_params)
-    models = {"family": "bgl", "line": ensemble, "novel": novel, "block": None, "baselines": baselines, "drain": drain,
-              "templates": templates, "line_baselines": fit_line_baselines(train.events, train.truth, seed)}
     held_out = judge(models, held, vectors, window)
     log.info("judged the held-out part", extra={"lines": len(held.shapes), "f1": round(held_out["line"]["f1"], 4)})
     left_out = leave_one_category_out(train, vectors, seed, judged=held, judge=judge_params) if loco else {}
@@ -453,14 +499,16 @@ def train_bgl(data: Path, out_dir: Path, embed: Embed, seed: int = 0, window: in
         "window": window,
         "held_out": held_out,
         "leave_one_category_out": left_out,
-        "line_verdict": "majority of members voting P(alert) >= 0.5 on the line's masked shape, or a template "
-                        "training never saw at a level where >= 10% of training lines are alerts whose kin (known "
-                        "templates opening with the same three words) are all alerts, or, without kin of one "
-                        "label, whose text the template judge gives P(alert) >= tau",
+        "line_verdict": "majority of members voting P(alert) >= 0.5 on the line's masked shape, or a known template "
+                        "at an alerting level whose training lines were mostly alerts, or a template training never "
+                        "saw at a level where >= 10% of training lines are alerts whose kin (known templates opening "
+                        "with the same three words) are all alerts, or, without kin of one label, whose text the "
+                        "template judge gives P(alert) >= tau",
         "alerting_levels": sorted(novel.alerting_levels),
         "new_template_judge": ({**selection.as_dict(), "protocol": "C and tau chosen for the best line F1 on the "
                                 "training lines after the 80% quantile of the training lines' times, with every "
                                 "model fitted on the training lines before it"} if selection else None),
+        "known_alert_templates": len(novel.alert_templates),
         "new_template_kin": kin,  # leave one training template out: kin against the judge (bgl_novelty.kin_check)
         "train_seconds": round(time.perf_counter() - started, 2),
     }

@@ -74,3 +74,28 @@ def test_select_picks_the_threshold_that_drops_false_flags_and_keeps_true_ones()
     assert s.validation_f1_without_judge == line_f1(truth, novel) < 1.0
     assert s.validation_f1 == 1.0 and s.tau > 0
     assert s.validation_new_template_lines == 5 and s.validation_alerts == 2
+
+
+def test_a_known_template_whose_training_lines_were_mostly_alerts_is_flagged_whatever_the_members_say():
+    # `rts: kernel terminated` on 10 alert lines among many normal ones: the members outvote it (bench/bgl_inner.py)
+    events = ["E324"] * 10 + ["E1"] * 50 + ["E45"] * 3 + ["E9"] * 5
+    levels = ["FATAL"] * 10 + ["INFO"] * 50 + ["FATAL"] * 3 + ["INFO"] * 5
+    truth = np.asarray([1] * 10 + [0] * 50 + [1, 0, 0] + [1] * 5)
+    novel = NovelTemplates.fit(events, levels, truth)
+    assert novel.alert_templates == {"E324"}  # E45: mostly normal; E9: INFO is no alerting level
+    flags = novel.flags(["E324", "E45", "E9", "E324"], ["FATAL", "FATAL", "INFO", "INFO"])
+    assert flags.tolist() == [True, False, False, False]
+    assert novel.new_flags(["E324"], ["FATAL"]).tolist() == [False]  # known, so no new-template flag
+    old = NovelTemplates.__new__(NovelTemplates)  # an artifact pickled before the rule: nothing remembered
+    old.__dict__.update(seen={"E324"}, alerting_levels={"FATAL"})
+    assert old.flags(["E324"], ["FATAL"]).tolist() == [False]
+
+
+def test_select_by_templates_chooses_on_each_template_left_out_and_skips_those_kin_decide():
+    from logmesh.scorer.bgl_novelty import select_by_templates
+    text = NORMAL + ALERT
+    labels = np.asarray([0] * len(NORMAL) + [1] * len(ALERT))
+    s = select_by_templates(text, labels)
+    assert s.templates == 12 and s.alert_templates == 6 and s.undecided == 12  # no two share three head words
+    assert s.f1 > s.f1_flag_all == 2 * 6 / (2 * 6 + 6)
+    assert select_by_templates(NORMAL, np.zeros(len(NORMAL), int)) is None
