@@ -78,8 +78,13 @@ class BglLineScorer(LineScorer):
         normal_votes = len(row) - anomaly_votes
         voted = bool(majority(row))
         novel = bool(self._novel is not None and self._novel.flags([record.template_id], [record.level_name], [shape])[0])
+        known = novel and hasattr(self._novel, "known_alerts") and bool(
+            self._novel.known_alerts([record.template_id], [record.level_name])[0])
         if voted:
             reason = f"{anomaly_votes} of {len(row)} members: lines like this are alerts"
+        elif known:
+            reason = (f"template {record.template_id} at level {record.level_name}: most of its training lines were "
+                      "alerts")
         elif novel and self._novel.kin_labels([shape])[0] == 1:
             reason = (f"new template {record.template_id} at level {record.level_name}: the known templates that "
                       "open with the same words are all alerts")
@@ -91,7 +96,7 @@ class BglLineScorer(LineScorer):
         out = score_pb2.ScoreResult(verdict=ANOMALY if voted or novel else NORMAL, score=float(row.mean()),
                                     confidence=max(anomaly_votes, normal_votes) / len(row),
                                     anomaly_votes=anomaly_votes, normal_votes=normal_votes,
-                                    model_version=self.artifact.version, new_template=novel and not voted,
+                                    model_version=self.artifact.version, new_template=novel and not voted and not known,
                                     reason=reason, level_name=record.level_name)
         for name, p in zip(self.members, row):
             out.votes.add(model=name, verdict=ANOMALY if p >= THRESHOLD else NORMAL, score=float(p))
