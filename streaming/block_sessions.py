@@ -75,7 +75,7 @@ OUTPUT_COLUMNS = [column.split()[0] for column in OUTPUT_SCHEMA.split(", ")]
 SUMMARY_SCHEMA = ("block_id string, events array<string>, closed boolean, first_time string, last_time string, "
                   "ended string")
 SUMMARY_COLUMNS = [column.split()[0] for column in SUMMARY_SCHEMA.split(", ")]
-# one string (see _store): pyspark 4.3's worker fails to read an array type back from the state schema
+# one JSON string: pyspark 4.3's worker fails to read an array type back from the state schema
 # (KeyError 'elementType' in ArrayType.fromJson). See _load for what it holds.
 STATE_SCHEMA = "blocks string"
 CLOCKS = ("processing", "event")
@@ -175,55 +175,28 @@ def _epoch_ms(when: str) -> int:
 
 def _load(state) -> tuple[dict[str, list], list | None, dict[str, int]]:  # type: ignore[no-untyped-def]
     """The bucket's blocks, its view of the stream's clock and its recently closed alerted blocks, from the
-    state's text (_store).
+    state's JSON.
 
     Blocks: block id -> [events, first time, last time, its last line on the closing clock (ms), the
     stream clock when it was finalized as cut (None: not cut), and what blocks.py keeps: vector sum, line
-    count, anomalous record ids, alert status, label]; the events, vector sum and anomalous ids stay
-    unparsed until a call reads them (blocks.read). Clock (processing clock only): [the
-    stream clock this bucket last saw, the wall time it first saw it], to tell a stopped stream. Alerted:
-    closed blocks that alerted -> the stream clock when they closed (blocks.ALERTED_RETENTION_MS). State
-    of older versions is read too: one JSON object {"v": 2, "blocks", "clock", "alerted"}, and before the
-    stream clock was kept a bare {block id: [events, first, last, seen]}."""
+    count, anomalous record ids, alert status, label]. Clock (processing clock only): [the stream clock
+    this bucket last saw, the wall time it first saw it], to tell a stopped stream. Alerted: closed blocks
+    that alerted -> the stream clock when they closed (blocks.ALERTED_RETENTION_MS). State written before
+    the stream clock was kept is a bare {block id: [events, first, last, seen]}."""
     if not state.exists:
         return {}, None, {}
-    text = state.get[0]
-    if text.startswith(_STATE_V3):
-        return _load_v3(text)
-    data = json.loads(text)
+    data = json.loads(state.get[0])
     if isinstance(data.get("v"), int):
         return ({b: blocks.pad(e) for b, e in data["blocks"].items()}, data.get("clock"),
                 dict(data.get("alerted") or {}))
     return {b: blocks.pad(entry[:4]) for b, entry in data.items()}, None, {}
 
 
-# The state's text (version 3): this first line; then one line of JSON with the bucket's clock, its alerted
-# map, its block ids and their heads as columns (first, last, seen, cut, lines, alerted, label: what the rules
-# that end blocks read, for every block, every call); then one line per block in the same order, its body:
-# events, vector sum and anomalous ids (blocks.stored_body; no newline in it). A call parses only
-# the bodies of the blocks it extends or reports (blocks.read) and writes the others back as they were.
-# BGL's node sessions leave a bucket holding thousands of blocks, most untouched by a micro-batch, each with
-# a vector sum (2 KB of base64): as one JSON object (version 2) every call parsed and wrote them all again,
-# per block in Python.
-_STATE_V3 = "logmesh block state v3\n"
-_HEADS = ((1, "first"), (2, "last"), (3, "seen"), (4, "cut"), (6, "lines"), (8, "alerted"), (9, "label"))
-
-
-def _load_v3(text: str) -> tuple[dict[str, list], list | None, dict[str, int]]:
-    lines = text.split("\n")
-    meta = json.loads(lines[1])
-    entries = {b: [body, first, last, seen, cut, None, count, None, alerted, label]
-               for b, first, last, seen, cut, count, alerted, label, body in zip(
-                   meta["ids"], *(meta["heads"][name] for _, name in _HEADS), lines[2:])}
-    return entries, meta["clock"], meta["alerted"]
-
-
 def _store(state, entries: dict[str, list], clock: list | None, alerted: dict[str, int] | None = None) -> None:  # type: ignore[no-untyped-def]
-    values = list(entries.values())
-    meta = {"clock": clock, "alerted": alerted or {}, "ids": list(entries),
-            "heads": {name: [e[i] for e in values] for i, name in _HEADS}}
-    body = blocks.stored_body
-    state.update(("\n".join([_STATE_V3 + json.dumps(meta), *[body(e) for e in values]]),))
+    value = {"v": 2, "blocks": entries, "clock": clock}
+    if alerted:
+        value["alerted"] = alerted
+    state.update((json.dumps(value),))
 
 
 def _close_and_report(entries: dict[str, list], changed: set[str], now: int, quiet_ms: int, state,  # type: ignore[no-untyped-def]
@@ -247,34 +220,33 @@ def _end(entries: dict[str, list], changed: set[str], now: int, quiet_ms: int, e
     `now` the wall clock; a block closes when the stream's clock passed its last line by quiet_ms, and
     when that clock has stood still for `stall_ms` of wall time, the open blocks are finalized as cut."""
     out, closed, quiet_s = [], {}, {}
-    read = blocks.read  # a reported block's events (its stored body parsed: see _load)
     if event_time:
         for block_id in list(entries):
-            _, first, last, seen = entries[block_id][:4]
+            events, first, last, seen = entries[block_id][:4]
             if now > 0 and now - seen >= quiet_ms:  # nothing closes before the first watermark (0)
-                out.append((block_id, read(entries[block_id])[0], True, first, last, QUIET))
+                out.append((block_id, events, True, first, last, QUIET))
                 closed[block_id], quiet_s[block_id] = entries.pop(block_id), (now - seen) / 1000
             elif block_id in changed:
-                out.append((block_id, read(entries[block_id])[0], False, first, last, ""))
+                out.append((block_id, events, False, first, last, ""))
     else:
         if clock is None or stream_ms > clock[0]:
             clock = [stream_ms, now]
         stalled = stall_ms is not None and now - clock[1] >= stall_ms
         for block_id in list(entries):
             entry = entries[block_id]
-            _, first, last, seen, cut_at = entry[:5]
+            events, first, last, seen, cut_at = entry[:5]
             if cut_at is not None and stream_ms > cut_at:
                 # the stream came back: the block is open again, quiet counted from the stream's return
                 entry[3] = seen = max(seen, stream_ms)
                 entry[4] = cut_at = None
             if stream_ms > 0 and stream_ms - seen >= quiet_ms:
-                out.append((block_id, read(entry)[0], True, first, last, QUIET))
+                out.append((block_id, events, True, first, last, QUIET))
                 closed[block_id], quiet_s[block_id] = entries.pop(block_id), (stream_ms - seen) / 1000
             elif stalled and cut_at is None:
-                out.append((block_id, read(entry)[0], False, first, last, STREAM_STOPPED))
+                out.append((block_id, events, False, first, last, STREAM_STOPPED))
                 entry[4] = stream_ms
             elif block_id in changed:
-                out.append((block_id, read(entry)[0], False, first, last, ""))
+                out.append((block_id, events, False, first, last, ""))
     return out, closed, quiet_s, clock
 
 
@@ -307,8 +279,6 @@ def _extend(entries: dict[str, list], rows: pd.DataFrame, now: int, event_time: 
         entry = entries.get(block_id)
         if entry is None:
             entry = entries[block_id] = blocks.new_entry(bool(alerted) and block_id in alerted)
-        elif type(entry[0]) is str:  # as stored: parse it (see _load)
-            blocks.read(entry)
         entry[0].append(template)
         if when:
             entry[1], entry[2] = (min(entry[1], when) if entry[1] else when), max(entry[2], when)

@@ -3,8 +3,6 @@
 Each open block is one list in its bucket's state (block_sessions._load): its events, first and last
 event time, its last line on the closing clock, when it was finalized as cut, and (added here) its
 running vector sum (float32 bytes, base64), line count, anomalous record ids, alert status and label.
-A block's events, vector sum and anomalous ids are parsed from the state only when a call needs them
-(read): a call leaves most of a bucket's blocks untouched, and writes those back as they were.
 Spark checkpoints the state with each micro-batch, so a replayed batch starts again from the state of
 the batch before it and recomputes the same story: nothing is counted twice, and the hot path reads
 nothing back from the vector store (it only writes the block's point: mean vector and payload).
@@ -18,36 +16,13 @@ again.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
-import re
 
 import numpy as np
-from google.protobuf.timestamp_pb2 import Timestamp
 
 EVENTS, FIRST, LAST, SEEN, CUT, VSUM, LINES, ANOMALOUS, ALERTED, LABEL = range(10)
 _TAIL = [None, 0, [], False, 0]  # VSUM .. LABEL of a block written before they were kept
 ALERTED_RETENTION_MS = 3_600_000
-
-
-def read(entry: list) -> list:
-    """The entry, with its events, vector sum and anomalous ids parsed if they are still as the state stores
-    them (block_sessions._load: a str in place of the events, where a read entry has a list; see
-    stored_body)."""
-    if type(entry[EVENTS]) is str:
-        listed, _, vsum = entry[EVENTS].partition("\t")
-        entry[EVENTS], entry[ANOMALOUS] = json.loads(listed)
-        entry[VSUM] = vsum or None
-    return entry
-
-
-def stored_body(entry: list) -> str:
-    """The entry's events, vector sum and anomalous ids as the state stores them: [events, anomalous ids] as
-    JSON, a tab, the vector sum's base64 (empty: none yet). Base64 has no tab or newline, and JSON escapes
-    them in strings."""
-    if type(entry[EVENTS]) is str:
-        return entry[EVENTS]
-    return json.dumps([entry[EVENTS], entry[ANOMALOUS]]) + "\t" + (entry[VSUM] or "")
 
 
 def new_entry(alerted: bool = False) -> list:
@@ -65,7 +40,6 @@ def pad(entry: list) -> list:
 
 def add_lines(entry: list, vectors: list[np.ndarray], anomalous_ids: list[str], label: int = 0) -> None:
     """Adds a call's scored lines of the block (their vectors) to its running sum and count."""
-    read(entry)
     if vectors:
         total = np.sum(np.stack(vectors).astype(np.float32), axis=0)
         if entry[VSUM]:
@@ -79,29 +53,9 @@ def add_lines(entry: list, vectors: list[np.ndarray], anomalous_ids: list[str], 
 
 def mean_vector(entry: list) -> np.ndarray | None:
     """The mean of the block's line vectors, None when none of its lines was scored."""
-    read(entry)
     if not entry[VSUM] or not entry[LINES]:
         return None
     return (np.frombuffer(base64.b64decode(entry[VSUM]), np.float32) / entry[LINES]).astype(np.float32)
-
-
-# RFC 3339 as Timestamp.ToJsonString writes it (what _extend keeps as a block's first and last time): UTC,
-# "Z", 0, 3, 6 or 9 fractional digits
-_JSON_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{3}|\d{6}|\d{9}))?Z")
-_EPOCH, _SECOND = dt.datetime(1970, 1, 1), dt.timedelta(seconds=1)
-
-
-def timestamp(value: str | None):  # type: ignore[no-untyped-def]
-    """work.timestamp (Timestamp.FromJsonString) without its strptime, which was most of judging a block in
-    Python (two per block): the same Timestamp for every string ToJsonString writes; any other string goes to
-    FromJsonString, which parses (or refuses) it as before."""
-    match = _JSON_TIME.fullmatch(value) if value else None
-    if match is None:
-        from logmesh.streaming import work
-        return work.timestamp(value)
-    whole, fraction = match.groups()
-    return Timestamp(seconds=(dt.datetime.fromisoformat(whole) - _EPOCH) // _SECOND,
-                     nanos=int(fraction.ljust(9, "0")) if fraction else 0)
 
 
 def prune_alerted(alerted: dict[str, int], clock_ms: int) -> None:
@@ -133,8 +87,8 @@ def judge(summaries: list[tuple], entries: dict[str, list], quiet_s: dict[str, f
     if not summaries:
         return []
     requests = [spb.BlockSession(block_id=b, events=list(events), closed=bool(closed),
-                                 anomalous_record_ids=read(entries[b])[ANOMALOUS], first_time=timestamp(first),
-                                 last_time=timestamp(last), label=entries[b][LABEL],
+                                 anomalous_record_ids=entries[b][ANOMALOUS], first_time=work.timestamp(first),
+                                 last_time=work.timestamp(last), label=entries[b][LABEL],
                                  quiet_seconds=quiet_s.get(b, 0.0))
                 for b, events, closed, first, last, _ in summaries]
     verdicts = work.score_blocks(requests, settings, f"{len(requests)} blocks")

@@ -71,7 +71,7 @@ def _ended(frame: pd.DataFrame) -> list[tuple]:
 
 
 def _blocks_in(state: "FakeState") -> set[str]:
-    return set(block_sessions._load(state)[0])
+    return set(json.loads(state.value[0])["blocks"])
 
 
 def test_decode_gives_template_time_and_block_and_nulls_for_junk():
@@ -276,7 +276,7 @@ def test_the_state_keeps_the_blocks_vector_sum_and_alert_status_and_alerts_once(
     for part, record_ms in ((range(half), 1_000), (range(half, len(story)), 1_100)):
         state.watermark = record_ms - 100
         calls.append(pd.concat(list(update((0,), iter([messages(part, record_ms)]), state)), ignore_index=True))
-    entry = blocks.read(block_sessions._load(state)[0][FAILING])
+    entry = json.loads(state.value[0])["blocks"][FAILING]
     assert entry[blocks.LINES] == len(story) and len(entry[blocks.EVENTS]) == len(story)
     lines = pd.concat([c[c["kind"] == "line"] for c in calls])
     assert len(lines) == len(story) and all(score_pb2.ScoreResult.FromString(bytes(v)).record_id for v in lines["value"])
@@ -294,5 +294,5 @@ def test_the_state_keeps_the_blocks_vector_sum_and_alert_status_and_alerts_once(
     [row] = closed[closed["kind"] == "block"].itertuples()
     verdict = score_pb2.BlockVerdict.FromString(bytes(row.value))
     assert row.ended == "quiet" and row.final and not row.alert and verdict.kind == score_pb2.BLOCK_VERDICT_KIND_FINAL
-    entries, _, alerted = block_sessions._load(state)
-    assert alerted == {FAILING: 3_000} and entries == {}  # remembered: a reopened story does not re-alert
+    assert json.loads(state.value[0])["alerted"] == {FAILING: 3_000}  # remembered: a reopened story does not re-alert
+    assert json.loads(state.value[0])["blocks"] == {}
