@@ -319,8 +319,9 @@ def judge(models: dict, part: Part, vectors: dict[str, np.ndarray], size: int, v
     out["line_recall_by_category"] = {c: {"lines": n, "detected": caught[c], "recall": caught[c] / n}
                                       for c, n in by_cat.most_common()}
     voted = predict_lines(models["line"], part.shapes, vectors)
-    known = (models["novel"].known_alerts(part.events, part.levels) if models.get("novel") and hasattr(
-        models["novel"], "known_alerts") else np.zeros(len(voted), bool))
+    # known_alerts reads an old artifact's missing alert_templates as none
+    known = (models["novel"].known_alerts(part.events, part.levels) if models.get("novel")
+             else np.zeros(len(voted), bool))
     out["new_template_flags"] = int((novel & ~voted & ~known).sum()) if len(part.shapes) else 0
     out["known_alert_template_flags"] = int((known & ~voted).sum()) if len(part.shapes) else 0
     if verdicts:
