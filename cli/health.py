@@ -25,20 +25,25 @@ def _state(client) -> str:  # type: ignore[no-untyped-def]
 
 def cmd_health(args: argparse.Namespace) -> int:
     """The scorer first: unless --embedder is given, the embedder checked is the one the scorer says it uses."""
+    import grpc
+
     from logmesh.client import DEFAULT_EMBEDDER, EmbedderClient, ScorerClient
     security = channel_security(args)
     with ScorerClient(args.scorer, timeout=5.0, security=security) as scorer:
         scorer_state = _state(scorer)
-        embedder, why, problem = args.embedder, "--embedder", ""
+        embedder, why, problem, refused = args.embedder, "--embedder", "", None
         if embedder is None and not scorer_state.startswith("DOWN"):
             try:
                 embedder, problem = _embedder_of(scorer.stats())
                 why = "the scorer's embedder"
-            except grpc.RpcError:  # e.g. UNAUTHENTICATED without a token: health is open, GetStats is not
-                embedder = None
+            except grpc.RpcError as exc:  # e.g. UNAUTHENTICATED without a token: health is open, GetStats is not
+                embedder, refused = None, exc.code()
         if embedder is None:
             embedder, why = DEFAULT_EMBEDDER, ("the default: the scorer did not say which embedder it uses; "
                                                "give --embedder")
+            if refused == grpc.StatusCode.UNAUTHENTICATED:
+                why = ("the default: the scorer refused GetStats without a token it accepts, so it did not say which "
+                       "embedder it uses; give --token (or LOGMESH_TOKEN), or --embedder")
     print(f"{'scorer':9} {args.scorer:22} {scorer_state}" + (f"  ({problem})" if problem else ""))
     with EmbedderClient(embedder, security=security) as client:
         embedder_state = _state(client)

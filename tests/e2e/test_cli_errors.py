@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,35 @@ def test_an_unreachable_qdrant_server_is_one_line_and_exit_1():
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     (line,) = done.stderr.splitlines()
     assert line.startswith("error: ") and "unreachable" in line and "is it running" in line
+
+
+def test_health_against_a_scorer_that_wants_a_token(tmp_path):
+    """Health is open to probes, GetStats is not: without a token `logmesh health` still reports both servers
+    (the embedder at the default address, saying why) instead of a NameError traceback (before the fix)."""
+    (tmp_path / "tokens").write_text("h3-test-token\n")
+    (tmp_path / "tokens").chmod(0o600)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ}
+    env.pop("LOGMESH_TOKEN", None)
+    scorer = subprocess.Popen([LOGMESH, "serve", "scorer", "--port", str(port), "--model-dir", str(tmp_path / "models"),
+                               "--token-file", str(tmp_path / "tokens"), "--anomalies-topic", "", "--feedback-topic", "",
+                               "--incidents-topic", "", "--state-dir", ""],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        for _ in range(300):  # the port answers once the server is up
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert scorer.poll() is None, "the scorer exited"
+            time.sleep(0.1)
+        done = _run(["health", "--scorer", f"127.0.0.1:{port}"], env={"LOGMESH_TOKEN": ""})
+        assert "Traceback" not in done.stderr, done.stderr
+        assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)  # NOT_SERVING: no model
+        scorer_line, embedder_line = done.stdout.splitlines()
+        assert scorer_line.split()[:3] == ["scorer", f"127.0.0.1:{port}", "NOT_SERVING"], done.stdout
+        assert "refused GetStats" in embedder_line and "give --token" in embedder_line, done.stdout
+    finally:
+        scorer.terminate()
+        scorer.wait(timeout=30)
