@@ -114,12 +114,21 @@ def run(args: argparse.Namespace) -> int:
         raise
 
 
+# what gRPC's client says when it reached no server (as opposed to an UNAVAILABLE the server itself answered)
+_NOT_REACHED = ("failed to connect", "connections to all backends failing", "dns resolution failed", "socket closed",
+                "connection refused", "connection reset", "broken pipe", "handshake", "empty address list")
+
+
 def _rpc_failed(args: argparse.Namespace, exc, grpc) -> int:  # type: ignore[no-untyped-def]
     service, address = getattr(args, "target", None) or ("scorer", getattr(args, "scorer", ""))
+    unavailable = (f"is the {service} running at {address}? start it with `logmesh serve {service}` (a TLS server "
+                   "also answers UNAVAILABLE to a plaintext client: --tls-ca)")
+    if not any(marker in (exc.details() or "").lower() for marker in _NOT_REACHED):
+        # the server answered UNAVAILABLE itself (no model yet, its embedder down): its reason says why
+        unavailable = (f"the {service} at {address} is up but cannot serve this yet (the reason above); retry, "
+                       "or see `logmesh health`")
     hint = {
-        grpc.StatusCode.UNAVAILABLE: f"is the {service} running at {address}? start it with `logmesh serve "
-                                     f"{service}` (a TLS server also answers UNAVAILABLE to a plaintext "
-                                     "client: --tls-ca)",
+        grpc.StatusCode.UNAVAILABLE: unavailable,
         grpc.StatusCode.UNAUTHENTICATED: "give a token the server accepts: --token or LOGMESH_TOKEN",
     }.get(exc.code(), "")
     print(f"error: {exc.code().name}: {exc.details()}" + (f"\n  {hint}" if hint else ""), file=sys.stderr)

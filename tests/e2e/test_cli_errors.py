@@ -3,6 +3,7 @@ and what to do, exit code 2, and no traceback. Every case runs the real console 
 needs a server (the mistakes are found before any call), so the table runs in seconds."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -198,20 +199,16 @@ def test_an_unreachable_qdrant_server_is_one_line_and_exit_1():
     assert line.startswith("error: ") and "unreachable" in line and "is it running" in line
 
 
-def test_health_against_a_scorer_that_wants_a_token(tmp_path):
-    """Health is open to probes, GetStats is not: without a token `logmesh health` still reports both servers
-    (the embedder at the default address, saying why) instead of a NameError traceback (before the fix)."""
-    (tmp_path / "tokens").write_text("h3-test-token\n")
-    (tmp_path / "tokens").chmod(0o600)
+@contextlib.contextmanager
+def _scorer_without_model(tmp: Path, *extra: str):
+    """A real `logmesh serve scorer` with no artifact (NOT_SERVING, answers UNAVAILABLE 'no model is serving') and
+    no Kafka topics, on a free port; yields its address."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ}
-    env.pop("LOGMESH_TOKEN", None)
-    scorer = subprocess.Popen([LOGMESH, "serve", "scorer", "--port", str(port), "--model-dir", str(tmp_path / "models"),
-                               "--token-file", str(tmp_path / "tokens"), "--anomalies-topic", "", "--feedback-topic", "",
-                               "--incidents-topic", "", "--state-dir", ""],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    scorer = subprocess.Popen([LOGMESH, "serve", "scorer", "--port", str(port), "--model-dir", str(tmp / "models"),
+                               "--anomalies-topic", "", "--feedback-topic", "", "--incidents-topic", "",
+                               "--state-dir", "", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(300):  # the port answers once the server is up
             with socket.socket() as probe:
@@ -219,12 +216,31 @@ def test_health_against_a_scorer_that_wants_a_token(tmp_path):
                     break
             assert scorer.poll() is None, "the scorer exited"
             time.sleep(0.1)
-        done = _run(["health", "--scorer", f"127.0.0.1:{port}"], env={"LOGMESH_TOKEN": ""})
-        assert "Traceback" not in done.stderr, done.stderr
-        assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)  # NOT_SERVING: no model
-        scorer_line, embedder_line = done.stdout.splitlines()
-        assert scorer_line.split()[:3] == ["scorer", f"127.0.0.1:{port}", "NOT_SERVING"], done.stdout
-        assert "refused GetStats" in embedder_line and "give --token" in embedder_line, done.stdout
+        yield f"127.0.0.1:{port}"
     finally:
         scorer.terminate()
         scorer.wait(timeout=30)
+
+
+def test_health_against_a_scorer_that_wants_a_token(tmp_path):
+    """Health is open to probes, GetStats is not: without a token `logmesh health` still reports both servers
+    (the embedder at the default address, saying why) instead of a NameError traceback (before the fix)."""
+    (tmp_path / "tokens").write_text("h3-test-token\n")
+    (tmp_path / "tokens").chmod(0o600)
+    with _scorer_without_model(tmp_path, "--token-file", str(tmp_path / "tokens")) as scorer:
+        done = _run(["health", "--scorer", scorer], env={"LOGMESH_TOKEN": ""})
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)  # NOT_SERVING: no model
+    scorer_line, embedder_line = done.stdout.splitlines()
+    assert scorer_line.split()[:3] == ["scorer", scorer, "NOT_SERVING"], done.stdout
+    assert "refused GetStats" in embedder_line and "give --token" in embedder_line, done.stdout
+
+
+def test_a_scorer_that_answers_unavailable_is_not_called_unreachable(tmp_path):
+    """A scorer that is up without a model answers UNAVAILABLE with its reason: the CLI shows the reason and does not
+    ask whether the scorer is running (it said so before the fix); a closed port still gets that question."""
+    with _scorer_without_model(tmp_path) as scorer:
+        done = _run(["score", "--scorer", scorer, LINE])
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "no model is serving" in done.stderr and "logmesh train" in done.stderr, done.stderr
+    assert "is the scorer running" not in done.stderr and f"the scorer at {scorer} is up" in done.stderr, done.stderr
