@@ -1,5 +1,6 @@
 """The `logmesh` command line: a package of commands, one module each (serve, train/evaluate, score,
-anomalies/tail/stats, ingest/generate, stream, similar, health) over a small common module. Every subcommand
+anomalies/tail/stats, incidents/incident, feedback, ingest/generate, stream, similar, health, datasets, and the
+console under `serve`) over a small common module. Every subcommand
 has --help; servers log JSON lines to stderr.
 
 A user mistake (a missing file, a wrong folder, a store in use, a port taken) ends with one `error:` line
@@ -27,17 +28,19 @@ __all__ = ["COMMANDS", "Unreachable", "UserError", "build_parser", "main"]
 # name: (help in `logmesh --help`, description in `logmesh NAME --help`, the module:function that adds the options;
 # the module is imported only when its command is the one that runs)
 COMMANDS: dict[str, tuple[str, str | None, str]] = {
-    "serve": ("run the embedder or the scorer gRPC server",
+    "serve": ("run the embedder or the scorer gRPC server, or the analyst console",
               "Run a gRPC server with health checking and reflection: `logmesh serve embedder` or `logmesh serve "
               "scorer` (each has its own --help). It reports NOT_SERVING until its model is loaded; SIGTERM "
-              "stops it gracefully.", "serve:setup"),
+              "stops it gracefully. `logmesh serve console` serves the analyst's web page over the scorer.",
+              "serve:setup"),
     "train": ("train a model artifact from labelled HDFS or BGL logs",
               "Fit the line ensemble on a loghub HDFS_v1 folder (*.log + anomaly_label.csv) or a BGL folder (*.log, "
               "labels in each line's first column; the family is detected from the first lines, or --format) and "
               "save a versioned artifact with its metrics under --out.", "train:setup_train"),
     "score": ("score raw log lines and print verdict, score and votes",
-              "Score raw HDFS lines given as arguments, or one per line on stdin. A line that is not in HDFS "
-              "format (template unknown) is scored on its text alone, with a warning.", "score:setup"),
+              "Score raw HDFS or BGL lines (--format; detected from the lines by default) given as arguments, or "
+              "one per line on stdin. A line that parses as neither (template unknown) is scored on its text "
+              "alone, with a warning.", "score:setup"),
     "evaluate": ("precision/recall/F1/FPR of the newest artifact on a labelled log",
                  "Judge every labelled block of a raw HDFS log with the newest artifact in --model-dir and print "
                  "precision, recall, F1 and false-positive rate for the block model, each line member and the "
@@ -65,12 +68,13 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
                  "by record id with how many of the incident's lines share their template and the share of normal "
                  "training sessions that hold it, and the most similar past incidents (vector search in the store) "
                  "with what analysts said about them.", "incidents:setup_incident"),
-    "ingest": ("produce raw HDFS logs to Kafka as LogRecords", None, "ingest:setup_ingest"),
+    "ingest": ("produce raw HDFS or BGL logs to Kafka as LogRecords", None, "ingest:setup_ingest"),
     "generate": ("write realistic HDFS logs with labelled anomalous blocks", None, "ingest:setup_generate"),
     "stream": ("run the Spark Structured Streaming job (Kafka -> scorer -> Kafka, Qdrant)",
-               "Read LogRecords from Kafka with Spark's Kafka source; in a foreachBatch sink "
-               "embed and score each micro-batch over gRPC streams, write results to Kafka and "
-               "blocks and anomalous lines to the vector store. Checkpointed: a restart resumes.", "stream:setup"),
+               "Read LogRecords from Kafka with Spark's Kafka source; in executor tasks decode, embed and score "
+               "each micro-batch over gRPC streams, keep each block's (BGL: node's) events in Spark's state store, "
+               "write results to Kafka in one transaction per partition, and blocks and anomalous lines to the "
+               "vector store. Checkpointed: a restart resumes.", "stream:setup"),
     "similar": ("show the stored lines or blocks most similar to a line or a block",
                 "Nearest neighbours in the vector store: for a raw log line, the most similar "
                 "stored (anomalous) lines; with --block, the most similar stored blocks.", "similar:setup"),
@@ -94,8 +98,9 @@ COMMANDS: dict[str, tuple[str, str | None, str]] = {
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole CLI (command None), or one whose only complete subcommand is `command` (what main uses)."""
     parser = argparse.ArgumentParser(
-        prog="logmesh", description="Real-time anomaly detection for HDFS logs over gRPC.",
-        epilog="Start with: logmesh serve embedder & logmesh serve scorer --model-dir models & logmesh score LINE")
+        prog="logmesh", description="Real-time anomaly detection for HDFS and BGL logs over gRPC.",
+        epilog="Start with: logmesh train --data DIR --out models; logmesh serve embedder & logmesh serve scorer "
+               "--model-dir models & logmesh score LINE (README.md, Run the services)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 help="what to do (`logmesh COMMAND --help` explains each)")
     for name, (help_text, description, setup) in COMMANDS.items():

@@ -108,7 +108,8 @@ def cmd_feedback(args: argparse.Namespace) -> int:
                    if getattr(args, n) is not None] + [f for f, v in (("--comment", args.comment), ("--key", args.key),
                                                                       ("--author", args.author)) if v]
     if args.what == "list" and submit_only:
-        raise UserError(f"{', '.join(submit_only)} belong to submitting a label; `logmesh feedback list` takes "
+        raise UserError(f"{', '.join(submit_only)} {'belongs' if len(submit_only) == 1 else 'belong'} to submitting "
+                        "a label; `logmesh feedback list` takes "
                         "--limit, --page-token, --include-expired, --json")
     request = _request(args) if args.what == "submit" else None
     import grpc

@@ -66,6 +66,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("--data is required: a folder of labelled HDFS or BGL logs (or --from-store with "
                         "--qdrant-path / --qdrant-url for a site without labels)")
     data = Path(args.data)
+    if not data.is_dir():
+        what = "is a file, not a folder" if data.exists() else "no such folder"
+        raise UserError(f"--data {data}: {what}; give a folder of labelled logs: loghub HDFS_v1 (raw *.log files "
+                        "plus anomaly_label.csv) or BGL (*.log, labels in each line's first column)")
     if _family(data, args.format) == "bgl":
         if args.feedback or args.feedback_file:
             raise UserError("--feedback trains HDFS models so far; BGL artifacts do not take analyst labels yet")

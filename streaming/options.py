@@ -79,9 +79,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qdrant-path", default=d.qdrant_path, help="embedded store folder (default %(default)s)")
     p.add_argument("--store-lines", choices=["anomalous", "all"], default=d.store_lines,
                    help="which lines get a vector point besides every block (default %(default)s)")
-    p.add_argument("--checkpoint", default=d.checkpoint, help="Spark checkpoint folder: progress lives here")
+    p.add_argument("--checkpoint", default=d.checkpoint,
+                   help="Spark checkpoint folder: progress and the block state live here, and a restart resumes "
+                        "from it (default %(default)s)")
     p.add_argument("--max-offsets-per-trigger", type=int, default=d.max_offsets_per_trigger,
-                   help="most Kafka messages per micro-batch (caps driver memory)")
+                   help="most Kafka messages per micro-batch: caps a batch's size, and with it its memory and how "
+                        "long a backlog's batch takes (default %(default)s)")
     p.add_argument("--trigger-ms", type=int, default=d.trigger_ms,
                    help="micro-batch interval (default %(default)s): shorter answers sooner; an idle job runs an "
                         "empty micro-batch this often (block timers), ~0.37 of a core here at 250 ms, ~0.2 at 500")

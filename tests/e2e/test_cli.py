@@ -91,6 +91,22 @@ def test_every_command_and_option_has_help_text():
     assert not missing, missing
 
 
+def test_every_option_with_a_default_shows_it_in_its_help():
+    """A value the user did not give is stated in --help: "(default X)", "default: ..." or argparse's %(default)s."""
+    import argparse
+    from logmesh.cli import build_parser
+    silent = []
+    for path, parser in _parsers(build_parser()):
+        for a in parser._actions:
+            if isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) or not a.option_strings:
+                continue
+            if a.default in (None, False, "", [], {}) or a.const is False:  # nothing given means off or unset
+                continue
+            if "default" not in (a.help or "").lower():
+                silent.append(f"{' '.join(path)} {'/'.join(a.option_strings)} (default {a.default!r})")
+    assert not silent, silent
+
+
 def test_serve_embedder_help_lists_only_embedder_options():
     embedder, scorer = run("serve", "embedder", "--help").stdout, run("serve", "scorer", "--help").stdout
     for option in ("--model-dir", "--embedder", "--reload-interval", "--kafka-bootstrap", "--dlq-topic"):
