@@ -6,19 +6,26 @@ HDFS_20000 lines) and ScoreBlockStream (its blocks) from --clients threads for -
 script writes the anomalous blocks' lines of HDFS_5k to the anomalies topic (--alert-rate lines/s), so the
 incident book keeps opening incidents and moving their versions. Arms, interleaved and rotated per round:
 
-- off:  no --llm-url (every summary is the fallback, built in the scorer);
-- on:   --llm-url to SmolLM2-135M behind llama-cpp-python's server (tests/llm_server.py), which summarises
-        incidents all through the arm (its queue never runs dry at this alert rate);
-- busy: no --llm-url, but this script keeps the same LLM server busy with the same prompts: the CPU the
-        model takes from the scorer on a shared box, without any of the scorer's summary code in the path.
+- off:    no --llm-url (every summary is the fallback, built in the scorer);
+- on:     --llm-url to SmolLM2-135M behind llama-cpp-python's server (tests/llm_server.py), which summarises
+          incidents all through the arm (its queue never runs dry at this alert rate); no deferral
+          (--summary-defer-max-s 0), the server at normal priority: the scorer as it was before the policy;
+- busy:   no --llm-url, but this script keeps the same LLM server busy with the same prompts: the CPU the
+          model takes from the scorer on a shared box, without any of the scorer's summary code in the path;
+- nice:   as on, but with a second server of the same model started under `nice -n 19`;
+- policy: as nice, with the deferral (--summary-defer-max-s, default 20: what serve scorer does by default
+          for a loopback --llm-url): an LLM call starts only while scoring is quiet, or at the maximum.
 
-on/busy isolates what our code costs (GIL, locks, queue); busy/off what the LLM's CPU costs on this machine.
-In production the model runs on its own GPU box (deploy/k8s vLLM), where only on/busy applies.
+on/busy isolates what our code costs (GIL, locks, queue); busy/off what the LLM's CPU costs on this machine;
+nice/on what the lowest priority buys; policy/off the target. In production the model runs on its own GPU box
+(deploy/k8s vLLM), where only on/busy applies. The load never pauses, so the policy's LLM calls all go at the
+maximum deferral: the summary delay (an incident queued to its summary written) shows what that costs.
 
-    .venv/bin/python bench/bench_summary_throughput.py [--rounds 2] [--seconds 25] [--llm-threads 1]
+    .venv/bin/python bench/bench_summary_throughput.py [--rounds 3] [--seconds 30] [--llm-threads 1]
+        [--arms off,on,busy,nice,policy] [--defer-max-s 20]
 
 Prints one JSON object: per-arm lines/s and blocks/s (mean of the rounds, and each round), the scorer's
-summaries written per arm, the ratios.
+summaries written per arm and their delay, the ratios.
 """
 from __future__ import annotations
 
@@ -79,10 +86,16 @@ def _blocks(data: Path) -> list[spb.BlockSession]:
     return [spb.BlockSession(block_id=b, events=ev, closed=True) for b, ev in by_block.items()]
 
 
+ARMS = ("off", "on", "busy", "nice", "policy")
+NICE_ARMS = ("nice", "policy")  # those that use the server started under nice -n 19
+
+
 class Arm:
-    def __init__(self, name: str, args: argparse.Namespace, models: Path, embedder: str, llm: llm_server.LLMServer,
-                 alerts: list[score_pb2.Anomaly], lines: list[str], blocks: list[spb.BlockSession]) -> None:
-        self.name, self.args, self.models, self.embedder, self.llm = name, args, models, embedder, llm
+    def __init__(self, name: str, args: argparse.Namespace, models: Path, embedder: str,
+                 llms: dict[str, llm_server.LLMServer], alerts: list[score_pb2.Anomaly], lines: list[str],
+                 blocks: list[spb.BlockSession]) -> None:
+        self.name, self.args, self.models, self.embedder = name, args, models, embedder
+        self.llm = llms["nice" if name in NICE_ARMS else "plain"]
         self.alerts, self.lines, self.blocks = alerts, lines, blocks
 
     def run(self) -> dict:
@@ -99,8 +112,10 @@ class Arm:
                self.embedder, "--reload-interval", "3600", "--state-dir", str(state),
                "--anomalies-topic", topics["anomalies"], "--incidents-topic", topics["incidents"],
                "--feedback-topic", topics["feedback"], "--incident-window", "30", "--log-level", "warning"]
-        if self.name == "on":
-            cmd += ["--llm-url", self.llm.url, "--llm-model", self.llm.model, "--llm-timeout", "120"]
+        if self.name in ("on", "nice", "policy"):
+            defer = self.args.defer_max_s if self.name == "policy" else 0
+            cmd += ["--llm-url", self.llm.url, "--llm-model", self.llm.model, "--llm-timeout", "120",
+                    "--summary-defer-max-s", f"{defer:g}"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(state / "scorer.log", "wb"))
         stop = threading.Event()
         threads: list[threading.Thread] = []
@@ -116,32 +131,45 @@ class Arm:
                 threads.append(threading.Thread(target=self._keep_llm_busy, args=(stop,), daemon=True))
             for t in threads:
                 t.start()
-            time.sleep(self.args.settle)  # the first incidents are open and (on) the LLM is at work
-            before = client.stats().summaries
+            # the load runs through the settle too: the scorer is never quiet once incidents arrive (a policy
+            # call can only go at its maximum deferral), and a call started in a quiet settle cannot flatter it
             counts = {"lines": 0, "blocks": 0}
             lock = threading.Lock()
-            cpu0 = (_cpu_s(proc.pid), _cpu_s(self.llm.process.pid))
-            started = time.monotonic()
-            end = started + self.args.seconds
+            end = time.monotonic() + self.args.settle + self.args.seconds
             load = [threading.Thread(target=self._score, args=(port, kind, end, counts, lock))
                     for i in range(self.args.clients) for kind in (("lines",) if i else ("blocks",))]
             for t in load:
                 t.start()
-            for t in load:
-                t.join()
+            time.sleep(self.args.settle)  # the first incidents are open and (on) the LLM is at work
+            before = client.stats().summaries
+            with lock:
+                counts0 = dict(counts)
+            cpu0 = (_cpu_s(proc.pid), _cpu_s(self.llm.process.pid))
+            started = time.monotonic()
+            time.sleep(max(0.0, end - started))
+            with lock:
+                counts = {k: v - counts0[k] for k, v in counts.items()}
             elapsed = time.monotonic() - started
             cpu1 = (_cpu_s(proc.pid), _cpu_s(self.llm.process.pid))
-            after = client.stats().summaries
-            incidents = client.stats()
+            stats = client.stats()
+            for t in load:
+                t.join()
+            after = stats.summaries
             client.close()
+            # delays: over every summary the arm's scorer wrote up to the window's end (the settle's too)
             return {"arm": self.name, "seconds": round(elapsed, 1),
                     "lines_per_s": round(counts["lines"] / elapsed, 1),
                     "blocks_per_s": round(counts["blocks"] / elapsed, 1),
                     "summaries_llm": after.llm - before.llm, "summaries_fallback": after.fallback - before.fallback,
                     "summary_tokens": after.completion_tokens - before.completion_tokens,
                     "summaries_waiting": after.waiting,
+                    "summaries_llm_total": after.llm, "deferred_total": after.deferred,
+                    "deferred_at_max_total": after.deferred_at_max,
+                    "delay_p50_s": round(after.delay_p50_seconds, 1), "delay_p95_s": round(after.delay_p95_seconds, 1),
+                    "oldest_waiting_s": round(after.oldest_waiting_seconds, 1),
+                    "llm_call_p50_s": round(after.latency_p50_seconds, 1),
                     "scorer_cpu_s": round(cpu1[0] - cpu0[0], 1), "llm_cpu_s": round(cpu1[1] - cpu0[1], 1),
-                    "history_entries": incidents.history_entries}
+                    "history_entries": stats.history_entries}
         finally:
             stop.set()
             for t in threads:
@@ -156,16 +184,17 @@ class Arm:
     def _score(self, port: int, kind: str, end: float, counts: dict, lock: threading.Lock) -> None:
         with ScorerClient(f"127.0.0.1:{port}", timeout=120) as client:
             while time.monotonic() < end:
-                n = 0
                 if kind == "lines":
                     for i in range(0, len(self.lines), 2048):
-                        n += sum(1 for _ in client.score_lines(self.lines[i:i + 2048]))
+                        n = sum(1 for _ in client.score_lines(self.lines[i:i + 2048]))
+                        with lock:
+                            counts[kind] += n
                         if time.monotonic() >= end:
                             break
                 else:
-                    n = sum(1 for _ in client.score_blocks(self.blocks))
-                with lock:
-                    counts[kind] += n
+                    for _ in client.score_blocks(self.blocks):  # one stream over all blocks, counted as answered
+                        with lock:
+                            counts[kind] += 1
 
     def _produce(self, topic: str, stop: threading.Event) -> None:
         """The alerts at --alert-rate, block ids tagged per pass so every pass opens new incidents."""
@@ -204,14 +233,19 @@ class Arm:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--seconds", type=float, default=25.0, help="measured seconds per arm")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=30.0, help="measured seconds per arm")
+    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated, of " + ", ".join(ARMS))
+    p.add_argument("--defer-max-s", type=float, default=20.0, help="the policy arm's --summary-defer-max-s")
     p.add_argument("--settle", type=float, default=5.0, help="seconds of alerts before each arm's measurement")
     p.add_argument("--clients", type=int, default=2, help="load threads: one ScoreBlockStream, the rest ScoreStream")
     p.add_argument("--alert-rate", type=float, default=4.0, help="alert lines per second into the anomalies topic")
     p.add_argument("--llm-threads", type=int, default=1)
     p.add_argument("--data", default=str(REPO.parent / "shared/data/hdfs"))
     args = p.parse_args()
+    arms = [a for a in args.arms.split(",") if a]
+    if unknown := set(arms) - set(ARMS):
+        p.error(f"unknown arms {sorted(unknown)}")
     data = Path(args.data)
     work = Path(tempfile.mkdtemp(prefix="bench-sumtp-"))
     from logmesh.embedder.encoder import SentenceEncoder
@@ -222,21 +256,25 @@ def main() -> int:
     eport = llm_server.free_port()
     embedder = subprocess.Popen([str(BIN), "serve", "embedder", "--port", str(eport), "--log-level", "warning"],
                                 stdout=subprocess.DEVNULL, stderr=open(work / "embedder.log", "wb"))
-    llm = llm_server.start(work, threads=args.llm_threads)
+    llms: dict[str, llm_server.LLMServer] = {}
     try:
+        for kind, nice in (("plain", 0), ("nice", 19)):
+            (work / kind).mkdir()
+            llms[kind] = llm_server.start(work / kind, threads=args.llm_threads, nice=nice)
         EmbedderClient(f"127.0.0.1:{eport}").wait_until_serving(180)
         lines = (data / "HDFS_20000.log").read_text().splitlines()
         alerts, blocks = _alerts(data), _blocks(data)
-        arms = ["off", "on", "busy"]
         rows = []
         for r in range(args.rounds):
-            for name in arms[r % 3:] + arms[:r % 3]:
-                row = Arm(name, args, work / "models", f"127.0.0.1:{eport}", llm, alerts, lines, blocks).run()
+            k = r % len(arms)
+            for name in arms[k:] + arms[:k]:
+                row = Arm(name, args, work / "models", f"127.0.0.1:{eport}", llms, alerts, lines, blocks).run()
                 row["round"] = r
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
     finally:
-        llm.stop()
+        for server in llms.values():
+            server.stop()
         embedder.terminate()
         embedder.wait(30)
 
@@ -245,12 +283,14 @@ def main() -> int:
 
     out = {"machine": "polyglot (2 cores, 24 GiB, shared with other engineers' work)", "llm_threads": args.llm_threads,
            "rounds": args.rounds, "seconds_per_arm": args.seconds, "clients": args.clients,
-           "alert_rate": args.alert_rate, "arms": rows}
-    for key in ("lines_per_s", "blocks_per_s"):
+           "alert_rate": args.alert_rate, "defer_max_s": args.defer_max_s, "arms": rows}
+    for key in ("lines_per_s", "blocks_per_s", "summaries_llm", "delay_p50_s", "delay_p95_s", "oldest_waiting_s"):
         out[key] = {a: round(mean(a, key), 1) for a in arms}
-        out[f"{key}_ratio_on_off"] = round(mean("on", key) / mean("off", key), 3)
-        out[f"{key}_ratio_on_busy"] = round(mean("on", key) / mean("busy", key), 3)
-        out[f"{key}_ratio_busy_off"] = round(mean("busy", key) / mean("off", key), 3)
+    for key in ("lines_per_s", "blocks_per_s"):
+        for a, b in (("on", "off"), ("on", "busy"), ("busy", "off"), ("nice", "off"), ("policy", "off"),
+                     ("policy", "on")):
+            if a in arms and b in arms:
+                out[f"{key}_ratio_{a}_{b}"] = round(mean(a, key) / mean(b, key), 3)
     print(json.dumps(out, indent=2))
     return 0
 

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from logmesh.cli.common import PORT, POSITIVE, POSITIVE_SECONDS, SECONDS, UserError
+from logmesh.cli.common import PORT, POSITIVE, POSITIVE_SECONDS, SECONDS, UserError, number
 from logmesh.cli.kafka_config import kafka_config_arg, read_kafka_config
 
 
@@ -124,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 DEFAULT_STATE_DIR = "var/scorer-state"
+POSITIVE_FLOAT = number(float, 1e-9, what="give a number above 0")
 
 
 def _incident_outputs(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -139,6 +140,7 @@ def _incident_outputs(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise UserError(f"--llm-url {args.llm_url!r}: want the base URL of an OpenAI-compatible API, "
                         "e.g. http://127.0.0.1:8000/v1")
     return IncidentOutputs(llm_url=args.llm_url, llm_model=args.llm_model, llm_timeout=args.llm_timeout,
+                           summary_defer_max_s=args.summary_defer_max_s, summary_busy_rate=args.summary_busy_rate,
                            notify_urls=tuple(args.notify_urls), notify_wait=args.notify_wait)
 
 
@@ -257,6 +259,13 @@ def _setup_scorer(s: argparse.ArgumentParser) -> None:
     g.add_argument("--llm-timeout", type=POSITIVE_SECONDS, default=30.0, metavar="SECONDS",
                    help="seconds per LLM call, connect to last byte; the call is tried twice, then the summary "
                         "is built from the evidence (default %(default)s)")
+    g.add_argument("--summary-defer-max-s", type=SECONDS, default=None, metavar="SECONDS",
+                   help="an LLM summary starts only while scoring is quiet (see --summary-busy-rate), or once it "
+                        "has waited this long: for an LLM that shares this machine's CPU. 0: never wait "
+                        "(default: 20 when --llm-url's host is loopback, else 0)")
+    g.add_argument("--summary-busy-rate", type=POSITIVE_FLOAT, default=1.0, metavar="MESSAGES",
+                   help="scoring counts as busy while the last second held at least this many scoring requests "
+                        "and stream messages (Score, ScoreStream, ScoreBlock, ScoreBlockStream) (default %(default)s)")
     g.add_argument("--notify-url", dest="notify_urls", action="append", default=[], metavar="[FORMAT=]URL",
                    help="webhook for incidents (repeatable), one notification per incident: FORMAT alertmanager "
                         "(Alertmanager's webhook JSON, the default) or slack ({\"text\": ...}), e.g. "

@@ -57,9 +57,12 @@ class LLMServer:
         stop_process(self.process, 15)
 
 
-def start(log_dir: Path, timeout: float = 120.0, threads: int = 2, api_key: str | None = None) -> LLMServer:
+def start(log_dir: Path, timeout: float = 120.0, threads: int = 2, api_key: str | None = None,
+          nice: int = 0) -> LLMServer:
     """Starts the server on a free loopback port and waits until /v1/models lists the model. With `api_key` the
-    server answers only requests carrying it as a bearer token (401 otherwise)."""
+    server answers only requests carrying it as a bearer token (401 otherwise). `nice` 19: at the lowest CPU
+    priority (`nice -n 19`, all its threads), as a model sharing the scorer's machine should run, so the
+    scorer's threads win when both want a core."""
     if importlib.util.find_spec("llama_cpp") is None:
         raise LLMServerError(f"llama-cpp-python[server] is not installed: {INSTALL}")
     model = gguf_path()
@@ -69,6 +72,8 @@ def start(log_dir: Path, timeout: float = 120.0, threads: int = 2, api_key: str 
            "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads), "--model_alias", "smollm2-135m"]
     if api_key:
         cmd += ["--api_key", api_key]
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]  # nice execs the server: the pid stays the server's
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
