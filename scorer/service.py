@@ -396,13 +396,8 @@ def _incidents(servicer: ScorerServicer, bootstrap: str, topic: str, state_dir: 
         qdrant_url, qdrant_api_key, window_s, book=book_name, lease_timeout_s=lease_timeout_s,
         suppression=feedback.suppressing_incident if feedback is not None else None,
         analyst_label=feedback.label_for_incident if feedback is not None else None)
-    if feedback is not None:
-        feedback.incident = book.get
-        if book_name and book.lease is not None:  # replicas of one book: the owner numbers labels, all follow
-            feedback.owner = book.lease.owner.is_set
-            if feedback.topic is not None:  # and writes them through the book's fenced id (feedback_topic.py)
-                feedback.topic.transactional_id = f"{book.store.transactional_id}-feedback"
-        feedback.on_change(book.refresh_suppressions)
+    if feedback is not None:  # replicas of one book: the owner numbers labels, all follow
+        feedback.attach(book, replicas=bool(book_name))
     # each watcher holds a worker thread: WatchAnomalies may take half the workers, WatchIncidents a quarter, so
     # unary calls always keep some
     return INCIDENT_SERVICE, IncidentServicer(book, max(1, servicer.limits.workers // 4), servicer.stopping)

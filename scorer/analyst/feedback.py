@@ -11,13 +11,16 @@ One message per label, never rewritten; a reader that meets one id twice keeps t
 On start the book reads the topic to its end (on a thread, retried while the broker is away; until then
 SubmitFeedback / ListFeedback answer UNAVAILABLE), so labels, ids and client keys survive a restart:
 a repeat of a client key returns the stored label, also after one. Ids are fb-<n>, one scorer writing the
-topic. Replicas of one incident book (--incidents-book): only the replica owning the book takes labels (`owner`;
-the others answer UNAVAILABLE, which a client retries through the Service to another replica), and every
+topic. Replicas of one incident book (--incidents-book): only the replica owning the book takes labels (`owner`:
+IncidentBook.owning_assignment, so a replica the book barred after a fenced write takes none either; the others
+answer UNAVAILABLE, which a client retries through the Service to another replica), and every
 replica follows the topic, so each serves and applies every label within a second. The replicas write through
 one transactional id (FeedbackTopic.fence): a new owner fences it, then reads the topic to its end, and only then
 numbers a label, so a stalled former owner that wakes (SIGSTOP, a long GC, a partition) cannot store a label
-under an id the new owner already gave: its write fails (UNAVAILABLE, nothing stored), and its next one fences
-and reads again too.
+under an id the new owner already gave: its write fails (UNAVAILABLE, nothing stored). A write refused as fenced
+tells the incident book (`on_fenced`: IncidentBook.write_refused), which stops owning under that lease assignment,
+so the next label is refused here rather than fencing the real owner back; a writer whose lease was assigned
+anew since it fenced fences and reads again first.
 
 Suppression: `suppressing_anomaly` is asked when the history serves an entry (ListAnomalies, WatchAnomalies)
 and `suppressing_incident` by the IncidentBook; both see a new label the moment SubmitFeedback returns, and
@@ -30,14 +33,17 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
 from logmesh.scorer.analyst import feedback_check, feedback_scope
 from logmesh.scorer.analyst.feedback_match import Suppressions, expiry, incident_members, suppresses
-from logmesh.scorer.analyst.feedback_topic import FeedbackStoreError, FeedbackTopic
+from logmesh.scorer.analyst.feedback_topic import FeedbackStoreError, FeedbackTopic, FeedbackWriteFenced
 from logmesh.v1 import feedback_pb2 as fpb, incident_pb2, score_pb2
+
+if TYPE_CHECKING:
+    from logmesh.scorer.analyst.incidents import IncidentBook
 
 log = logging.getLogger("logmesh.scorer.analyst.feedback")
 
@@ -76,8 +82,12 @@ class FeedbackBook:
         self._problem = "loading"
         self._stop = threading.Event()
         self._timer: threading.Timer | None = None
-        self.owner: Callable[[], bool] | None = None  # replicas: True while this one owns the book (set by serve)
-        self._owned = False
+        # replicas (set by serve): the lease assignment under which this replica may own the book, 0 when it may
+        # not (IncidentBook.owning_assignment: the book's one rule), and what a fenced label write tells it
+        # (IncidentBook.write_refused: no owning again under that assignment)
+        self.owner: Callable[[], int] | None = None
+        self.on_fenced: Callable[[int], None] | None = None
+        self._owned_under = 0  # the assignment this writer fenced and read the topic under (0: it must first)
         self.counts: dict[tuple[int, int], int] = {}  # (label, action) -> stored since start (metrics)
         self.suppressed_new = 0  # alerts that arrived already covered by a suppression (metrics)
         if topic is None:
@@ -154,6 +164,18 @@ class FeedbackBook:
             self.topic.close()
 
     # -- the interface the scorer wires (scorer/analyst/incidents.py asks these) ------------------------------
+    def attach(self, book: "IncidentBook", replicas: bool) -> None:
+        """Wires this book to the scorer's IncidentBook (before start): labels on its incidents, its refresh on
+        every change; with `replicas` (one book shared by name), labels numbered only where the book may be
+        owned (its owning_assignment), written through the book's fenced id, a fenced write reported to it."""
+        self.incident = book.get
+        if replicas and book.lease is not None:
+            self.owner = book.owning_assignment  # the book's own rule (a fenced replica is barred), not the lease's
+            self.on_fenced = book.write_refused  # a fenced label write demotes the book as a fenced round does
+            if self.topic is not None:  # and writes them through the book's fenced id (feedback_topic.py)
+                self.topic.transactional_id = f"{book.store.transactional_id}-feedback"
+        self.on_change(book.refresh_suppressions)
+
     def on_change(self, callback: Callable[[], None]) -> None:
         """Calls `callback` after a label is stored and when a suppression expires (from the book's thread)."""
         self._listeners.append(callback)
@@ -226,7 +248,10 @@ class FeedbackBook:
                 try:
                     self.topic.append(fb)  # durable before it is answered (and before it applies)
                 except FeedbackStoreError as exc:
-                    self._owned = False  # fence and read again before the next id: a former owner may be back
+                    # fence and read again before the next id: a former owner may be back
+                    refused_under, self._owned_under = self._owned_under, 0
+                    if isinstance(exc, FeedbackWriteFenced) and self.on_fenced is not None:
+                        self.on_fenced(refused_under)  # another replica took the book: follow it, as the book does
                     raise FeedbackUnavailable(f"{exc}; nothing was stored, send it again") from None
             with self._lock:
                 self._hold(fb)
@@ -239,18 +264,20 @@ class FeedbackBook:
         return fb, False
 
     def _check_owner(self) -> None:
-        """Replicas: refuses unless this one owns the book. A writer that has not written since it started, took
-        the book over, or failed a write first takes the writer's transactional id (fencing any former owner:
-        its later writes fail) and then reads the topic to its end, so it numbers after every stored label."""
-        if self.owner is not None and not self.owner():
-            if self._owned and self.topic is not None:
+        """Replicas: refuses unless this one owns the book. A writer that has not written since it started, holds
+        the book under another assignment than it fenced under, or failed a write first takes the writer's
+        transactional id (fencing any former owner: its later writes fail) and then reads the topic to its end,
+        so it numbers after every stored label."""
+        under = int(self.owner()) if self.owner is not None else 1
+        if not under:
+            if self._owned_under and self.topic is not None:
                 self.topic.drop_producer()
-            self._owned = False
+            self._owned_under = 0
             raise FeedbackUnavailable("this scorer replica follows the incident book another replica owns, and only "
                                       "the owner numbers labels; send it again (a Service routes the retry to "
                                       "another replica) or to the owner (its /metrics says "
                                       "logmesh_incident_book_owner 1)")
-        if self._owned or self.topic is None or (self.owner is None and not self.topic.transactional_id):
+        if self._owned_under == under or self.topic is None or (self.owner is None and not self.topic.transactional_id):
             return
         try:
             if self.topic.transactional_id:
@@ -261,7 +288,7 @@ class FeedbackBook:
         with self._lock:
             for fb in labels:
                 self._hold(fb)
-        self._owned = True
+        self._owned_under = under
 
     def _subject_exists(self, fb: fpb.Feedback) -> incident_pb2.Incident | None:
         subject = fb.WhichOneof("subject")

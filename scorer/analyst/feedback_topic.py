@@ -30,6 +30,16 @@ class FeedbackStoreError(RuntimeError):
     """The topic could not take or give the labels (broker down, topic missing): nothing was stored."""
 
 
+class FeedbackWriteFenced(FeedbackStoreError):
+    """A label's write refused because another producer of the writer's transactional id fenced this one: another
+    replica took the book over. Nothing was stored."""
+
+
+# librdkafka's code for a producer another one's init_transactions replaced, and the broker's, should one reach
+# us as they are (the incident store tells the same refusal by the same codes)
+_FENCED_CODES = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
+
+
 class FeedbackTopic:
     def __init__(self, bootstrap: str, topic: str = DEFAULT_TOPIC, kafka_options: Mapping[str, str] | None = None,
                  timeout_s: float = 10.0, transactional_id: str | None = None) -> None:
@@ -192,10 +202,12 @@ class FeedbackTopic:
                     except KafkaException:
                         pass  # the next fence aborts it
                 self._drop_producer()
-                fenced = error is not None and error.fatal()
+                if error is not None and error.code() in _FENCED_CODES:
+                    raise FeedbackWriteFenced(f"cannot write to {self.topic}: {error.str()} (fenced: another "
+                                              "replica took the book over)") from None
+                fatal = error is not None and error.fatal()
                 raise FeedbackStoreError(f"cannot write to {self.topic}: {error.str() if error else exc}"
-                                         + (" (fatal for this producer: another replica fenced it, having taken the book over)" if fenced else "")
-                                         ) from None
+                                         + (" (fatal for this producer)" if fatal else "")) from None
 
     def close(self) -> None:
         if self._follower is not None:

@@ -32,6 +32,8 @@ was refused because it was fenced (WriteFenced) does not take over again under t
 its lease may not have noticed the loss yet, and a takeover (a fence of its own) would take the book back from
 the real owner. It demotes itself at once (its producer dropped, it reads the topic back and follows), asks
 its lease to rejoin the group, and owns again only under a later assignment (IncidentLease.assignments).
+That rule is `owning_assignment`, which the replica's FeedbackBook numbers labels by too; a label write refused
+as fenced bars the assignment the same way (`write_refused`).
 """
 from __future__ import annotations
 
@@ -339,10 +341,31 @@ class IncidentBook:
                 self._lock.notify_all()
         return False
 
+    def owning_assignment(self) -> int:
+        """The lease assignment (IncidentLease.assignments) under which this replica may own the book, 0 when it
+        may not: the lease is elsewhere, or a write of this replica's was refused (fenced) under that
+        assignment. The one rule of ownership: the book's thread takes the book by it, and the FeedbackBook
+        numbers labels by it (scorer/service.py wires it). A book without a lease owns under assignment 1."""
+        if self.lease is None:
+            return 1
+        assignment = self.lease.assignments  # read before `owner`: the lease sets it first
+        return assignment if self.lease.owner.is_set() and assignment > self._barred_through else 0
+
+    def write_refused(self, assignment: int) -> None:
+        """A write this replica made under lease `assignment` was refused because another producer fenced it
+        (another replica took the book over: the FeedbackBook's label write, or this book's round): this replica
+        owns again only under a later assignment. The book's thread demotes it at its next step (_own), and the
+        lease rejoins the group (a refusal with no other owner still ends owned)."""
+        if self.lease is None:
+            return
+        with self._lock:
+            self._barred_through = max(self._barred_through, assignment)
+        self.lease.rejoin()
+        self._wake.set()
+
     def _may_own(self) -> bool:
         """The lease is held here, under a later assignment than one a fenced write was refused under."""
-        assert self.lease is not None
-        return self.lease.owner.is_set() and self.lease.assignments > self._barred_through
+        return self.owning_assignment() > 0
 
     def _read_back(self) -> bool:
         """A former owner's memory holds its rounds that were not stored (a write the new owner's fence refused,
@@ -629,12 +652,11 @@ class IncidentBook:
                     self._dirty.clear()  # the takeover reads back what was stored and regroups the rest
                     self._unstored = True  # or, if the lease is gone, the follower reads back (_read_back)
                 if isinstance(exc, WriteFenced):  # another replica owns it: no takeover under this assignment
-                    self._barred_through = max(self._barred_through, self._took_under)
                     self._store_failing, self.status = False, "following"  # not a store down: a demotion
                     log.warning("incident write refused (fenced: another replica owns the book); following it "
                                 "until the lease is assigned here again", extra={"error": str(exc),
                                                                                  "assignment": self._took_under})
-                    self.lease.rejoin()
+                    self.write_refused(self._took_under)
             return False
         if self._store_failing:
             log.info("incidents stored again", extra={"incidents": len(batch)})
