@@ -6,6 +6,8 @@ One thread of the book's own does all the work, in rounds: it reads the history'
 grouped (the history wakes it; the history is the queue, so nothing is copied or lost while the book is busy),
 groups them, applies the summaries and suppression refreshes handed to it, closes incidents a window went past,
 stores the round's changed incidents in one transaction, and only then publishes them (listeners, watchers).
+The round changes incidents in place, so until it is stored readers (ListIncidents, GetIncident, the feed) are
+served the version last stored of each incident it changed (`_stored`), and none it opened.
 Every change moves the incident's `update_id` to the next position of the feed; a change of its evidence also
 moves its `version` (once per round). After a restart the book reads its incidents back, continues their ids
 and update ids, and groups the history's entries after the highest history id any incident holds: each anomaly
@@ -137,6 +139,9 @@ class IncidentBook:
         self._restarted: dict[str, int | None] = {}
         self._watermark = 0.0  # the newest event time seen (seconds)
         self._dirty: set[str] = set()  # changed but not stored yet (the store was down)
+        # incident id -> its last stored version, for each incident a round changed whose change is not stored
+        # yet: what readers are served until it is (the round changes the incident in place)
+        self._stored: dict[str, incident_pb2.Incident] = {}
         self._store_failing = False
         self._unstored = False  # this replica's memory holds changes that were not stored (it lost the book)
         self._in_round = False  # a round is between its first step and its publication (wait_idle waits)
@@ -154,8 +159,8 @@ class IncidentBook:
     # -- the interface the analyst loop shares (prompts/interfaces.md) -----------------------------
     def get(self, incident_id: str) -> incident_pb2.Incident | None:
         with self._lock:
-            found = self._incidents.get(incident_id)
-            return _copy(found) if found is not None and found.update_id else None  # 0: opened, not stored yet
+            found = self._served(self._incidents.get(incident_id))
+            return _copy(found) if found is not None and 0 < found.update_id <= self._published else None
 
     def subscribe(self, listener: Listener) -> None:
         """`listener(incident)` after every change, from the book's thread, once the change is stored."""
@@ -168,6 +173,7 @@ class IncidentBook:
         def apply(changed: set[str]) -> None:
             incident = self._incidents.get(incident_id)
             if incident is not None and kept.incident_version == incident.version:
+                self._touch(incident)
                 incident.summary.CopyFrom(kept)
                 changed.add(incident_id)
         self._command(apply)
@@ -178,6 +184,7 @@ class IncidentBook:
         def apply(changed: set[str]) -> None:
             incident = self._incidents.get(incident_id)
             if incident is not None and target_key not in incident.notified_targets:
+                self._touch(incident)
                 incident.notified_targets.append(target_key)
                 changed.add(incident_id)
         self._command(apply)
@@ -195,10 +202,11 @@ class IncidentBook:
         out: list[incident_pb2.Incident] = []
         total = 0
         with self._lock:
-            for incident in reversed(self._incidents.values()):
+            for live in reversed(self._incidents.values()):
+                incident = self._served(live)
                 if not 0 < incident.update_id <= self._published or (
                         before_update is not None and incident.update_id >= before_update):
-                    continue  # update id 0: opened by a round that has not stored it yet
+                    continue  # update id 0 (or one not published): opened by a round that has not stored it yet
                 if (state and incident.state != state) or (incident.suppressed_by_feedback_id and not include_suppressed):
                     continue
                 cost = incident.ByteSize() + 8
@@ -214,7 +222,8 @@ class IncidentBook:
         with self._lock:
             self._lock.wait_for(lambda: self._published > after_update, timeout)
             newer = []
-            for incident in reversed(self._incidents.values()):
+            for live in reversed(self._incidents.values()):
+                incident = self._served(live)
                 if incident.update_id == 0:  # opened by a round still under way (at the end): not stored yet
                     continue
                 if incident.update_id <= after_update:
@@ -377,6 +386,7 @@ class IncidentBook:
             return False
         with self._lock:
             self._incidents.clear()
+            self._stored.clear()
             self._index = OpenIndex(self.window_s)
             self._homes.clear()
             self._joined.clear()
@@ -421,6 +431,7 @@ class IncidentBook:
         ids_now = self.store.anomaly_topic_ids({w.rpartition("/")[0] for w in asked}) if asked else {}
         with self._lock:
             self._incidents.clear()
+            self._stored.clear()
             self._index = OpenIndex(self.window_s)
             self._homes.clear()
             self._joined.clear()
@@ -589,20 +600,23 @@ class IncidentBook:
                 if incident is None:
                     continue
                 for s in found:
-                    other = self._incidents.get(s.incident_id)
+                    other = self._served(self._incidents.get(s.incident_id))
                     if other is not None:
                         s.title = title_of(other)
+                self._touch(incident)
                 del incident.similar[:]
                 incident.similar.extend(found)
             for incident_id, feedback_id in suppressed.items():
                 incident = self._incidents.get(incident_id)
                 if incident is not None and feedback_id is not None and feedback_id != incident.suppressed_by_feedback_id:
+                    self._touch(incident)
                     incident.suppressed_by_feedback_id = feedback_id
                     changed.add(incident_id)
             for incident_id, new in labels.items():
                 incident = self._incidents.get(incident_id)
                 if incident is not None and incident_id not in similar and len(new) == len(incident.similar) and \
                         new != [s.analyst_label for s in incident.similar]:
+                    self._touch(incident)
                     for s, value in zip(incident.similar, new):
                         s.analyst_label = value
                     changed.add(incident_id)
@@ -610,11 +624,11 @@ class IncidentBook:
                 incident = self._incidents.get(incident_id)
                 if incident is None:
                     continue
+                self._touch(incident)
                 if incident_id in evidence:
                     incident.version += 1
                 self._last_update += 1
-                incident.update_id = self._last_update
-                self._incidents.move_to_end(incident_id)
+                incident.update_id = self._last_update  # kept in its place until stored (readers: _served)
             self._dirty |= changed
             pending = [self._incidents[i] for i in self._dirty if i in self._incidents]
             pending.sort(key=lambda i: i.update_id)
@@ -622,6 +636,10 @@ class IncidentBook:
         if batch and not self._put(batch):
             return False
         with self._lock:
+            for incident in batch:  # stored: served as it is now, in the feed's order (latest change last)
+                if incident.incident_id in self._incidents:
+                    self._incidents.move_to_end(incident.incident_id)
+            self._stored.clear()
             self._dirty.clear()
             self._published = self._last_update
             self._trim()
@@ -713,6 +731,7 @@ class IncidentBook:
         if incident_id is None:
             incident_id = self._open(f)
         incident = self._incidents[incident_id]
+        self._touch(incident)
         self._apply(incident, entry, f)
         self._index.add(incident_id, f)
         for s in f.sessions:
@@ -728,6 +747,7 @@ class IncidentBook:
             incident = self._incidents.get(self._homes.get(s, ""))
             if incident is not None and incident.state == CLOSED and (
                     f.event_s is None or f.event_s - grouping.seconds(incident.last_seen_time) <= self.window_s):
+                self._touch(incident)
                 incident.state = OPEN
                 self._index.hold(incident)
                 changed.add(incident.incident_id)
@@ -817,8 +837,20 @@ class IncidentBook:
             self._joined.pop(incident_id, None)
             incident = self._incidents.get(incident_id)
             if incident is not None and incident.state == OPEN:
+                self._touch(incident)
                 incident.state = CLOSED
                 changed.add(incident_id)
+
+    def _touch(self, incident: incident_pb2.Incident) -> None:
+        """Before a round changes `incident` in place (lock held): keeps the version readers are served until
+        the change is stored (the first touch of a change keeps the stored one; an incident never stored has
+        none: it is not served)."""
+        if incident.incident_id not in self._stored and 0 < incident.update_id <= self._published:
+            self._stored[incident.incident_id] = _copy(incident)
+
+    def _served(self, incident: incident_pb2.Incident | None) -> incident_pb2.Incident | None:
+        """What readers are served of `incident` (lock held): its last stored version while a change is not."""
+        return None if incident is None else self._stored.get(incident.incident_id, incident)
 
     def _home(self, session: str, incident_id: str) -> None:
         self._homes.pop(session, None)
