@@ -830,13 +830,17 @@ def render(res: dict[str, Any]) -> str:
         out.append("")
     e = res.get("e2e")
     if e and e.get("runs"):
+        # the block quiet the demo sets and the job's own default, from the code that runs them
+        from demo.run import QUIET_MS
+        from logmesh.streaming.options import StreamConfig
+        demo_quiet, job_quiet = f"{QUIET_MS / 1000:g} s", f"{StreamConfig().block_quiet_ms / 1000:g} s"
         out += ["## End to end (`python -m demo`: broker, embedder, scorer, Spark local[2] job, qdrant-edge)", "",
                 f"One demo per input rate: the stack starts, scores {WARM_UP_S} s of generated input at that rate "
                 f"(its latency is the cold-start column), then replays {max(r.get('run', 1) for r in e['runs'])} "
                 "freshly generated logs (new blocks each) "
                 "back to back into the same running job; each replay is a run. The job runs on its defaults but "
-                "for blocks closing after 5 s without a line (the demo's setting: a replay runs in seconds what took "
-                "hours; the job's default is 30 s). Latency = Kafka CreateTime of each "
+                f"for blocks closing after {demo_quiet} without a line (the demo's setting: a replay runs in seconds "
+                f"what took hours; the job's default is {job_quiet}). Latency = Kafka CreateTime of each "
                 "ScoreResult minus that of its LogRecord. Time to detect = Kafka CreateTime of a failing block's "
                 "alert minus that of its first line whose event never occurs in the replay's Normal blocks (blocks "
                 "that fail only by missing steps are alerted when they close and are not counted). Sustained = "
