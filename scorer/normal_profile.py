@@ -137,6 +137,9 @@ class NormalProfile:
         # event -> share of the complete normal sessions holding it (what an incident's evidence lines are
         # counted against; artifacts trained before it have none: scorer/analyst/incidents.py says "unknown")
         self.session_fraction: dict[str, float] = {}
+        # event -> the most of it any complete normal session held (scorer/rate_evidence.py: a count beyond it is
+        # rate evidence; artifacts trained before it have none, and their verdicts keep their kinds)
+        self.max_count: dict[str, int] = {}
         # per invariant, where it was checked: (event index, V x V bool "pair vouched for", max count per event)
         self.domain_index: dict[str, int] = {}
         self.domains: list[tuple[np.ndarray, np.ndarray]] = []
@@ -146,6 +149,7 @@ class NormalProfile:
         seen = Counter(e for c in counts for e in c)
         self.normal_events = set(seen)
         self.session_fraction = {e: n / len(counts) for e, n in seen.items()}
+        self.max_count = {e: max(c[e] for c in counts if e in c) for e in seen}
         self.known_events = set(known_events) | self.normal_events
         events = sorted(seen, key=lambda e: (-seen[e], e))
         self.invariants = mine_invariants(counts, events, self.support, self.min_sessions)

@@ -2,7 +2,7 @@
 scorer/stats.py), for every scorer servicer alive in the process, on the process registry (runtime/metrics.py).
 
     logmesh_scorer_lines_scored_total, logmesh_scorer_line_anomalies_total, logmesh_scorer_items_rejected_total
-    logmesh_scorer_block_verdicts_total{verdict, evidence_kind}   (evidence_kind: scorer/session_model.py's six)
+    logmesh_scorer_block_verdicts_total{verdict, evidence_kind}   (evidence_kind: scorer/session_model.py's seven)
     logmesh_scorer_model_info{version}, logmesh_scorer_model_loaded_timestamp_seconds, logmesh_scorer_model_reloads_total
     logmesh_scorer_history_entries, logmesh_scorer_history_live, logmesh_scorer_dead_letters
     logmesh_scorer_feedback_total{label, action}, logmesh_scorer_suppressed_alerts_total   (with --feedback-topic)

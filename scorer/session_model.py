@@ -30,6 +30,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 from logmesh.scorer.failure_text import failure_event
 from logmesh.scorer.normal_profile import Evidence, NormalProfile
+from logmesh.scorer.rate_evidence import relabel
 
 #: Score given at most to a session the gate holds back (no evidence, not a known failure pattern).
 UNFAMILIAR_CAP = 0.25
@@ -54,7 +55,9 @@ class Judgement:
     score: float
     anomalous: bool
     reasons: list[str]
-    kind: str  # "new_template", "evidence_event", "missing_step", "failure_pattern", "unfamiliar", "none"
+    # "new_template", "evidence_event", "missing_step", "failure_pattern", "frequency" (a pattern or missing step
+    # whose session holds an event beyond every normal session's count: scorer/rate_evidence.py), "unfamiliar", "none"
+    kind: str
 
 
 class SessionModel:
@@ -198,7 +201,10 @@ class SessionModel:
                                 for e in evidence.unfamiliar[:3]]
                     reasons += [f"breaks {inv.describe()} by {r:+d}, which no normal session like it was seen to keep"
                                 for inv, r in evidence.unchecked[:3]]
-            out.append(Judgement(score, score >= self.threshold, reasons, kind))
+            anomalous = score >= self.threshold
+            # only the kind's name: the verdict and score above are reached without it (scorer/rate_evidence.py)
+            kind = relabel(kind, anomalous, events, getattr(self.profile, "max_count", None), reasons)
+            out.append(Judgement(score, anomalous, reasons, kind))
         return out
 
 

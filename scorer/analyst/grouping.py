@@ -29,7 +29,8 @@ _RANK = {K.INCIDENT_KIND_NEW_TEMPLATE: 5, K.INCIDENT_KIND_EXCEPTION: 4, K.INCIDE
          K.INCIDENT_KIND_RARE_SEQUENCE: 2, K.INCIDENT_KIND_FREQUENCY: 1, K.INCIDENT_KIND_UNSPECIFIED: 0}
 # BlockVerdict.evidence_kind (scorer/session_model.py) -> IncidentKind
 _BLOCK_KINDS = {"new_template": K.INCIDENT_KIND_NEW_TEMPLATE, "evidence_event": K.INCIDENT_KIND_EXCEPTION,
-                "missing_step": K.INCIDENT_KIND_MISSING_STEP, "failure_pattern": K.INCIDENT_KIND_RARE_SEQUENCE}
+                "missing_step": K.INCIDENT_KIND_MISSING_STEP, "failure_pattern": K.INCIDENT_KIND_RARE_SEQUENCE,
+                "frequency": K.INCIDENT_KIND_FREQUENCY}  # an event beyond every normal count: scorer/rate_evidence.py
 # an IPv4 address (a DataNode, a client), without its port: "/10.251.42.84:50010" -> "10.251.42.84"
 # a BlueGene/L node id, the session key BGL lines carry (ingest/families/bgl.py): "R02-M1-N0-C:J12-U11"
 _BGL_NODE = re.compile(r"R\d\d-M\d-N[0-9A-F]-[CI]:J\d\d-U\d\d")
