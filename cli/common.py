@@ -34,10 +34,20 @@ def number(kind: type, low: float | None = None, high: float | None = None, what
 
 POSITIVE = number(int, 1, what="give a whole number of at least 1")
 NON_NEGATIVE = number(int, 0, what="give a whole number of at least 0")
-PORT = number(int, 0, 65535, what="a TCP port is 0..65535 (0: the service's default)")
+PORT = number(int, 0, 65535, what="a TCP port is 0..65535 (0: any free port)")
 SECONDS = number(float, 0.0, what="give seconds as a number of at least 0")
 POSITIVE_SECONDS = number(float, 0.001, what="give seconds as a number above 0")
+POSITIVE_FLOAT = number(float, 1e-9, what="give a number above 0")
 SCORE = number(float, 0.0, 1.0, what="scores lie in [0, 1]")
+SHARE = number(float, 0.0, 1.0, what="a share lies in [0, 1]")
+
+
+def retype(p: argparse.ArgumentParser, types: dict[str, Callable]) -> None:
+    """Gives options that another module added (ingest/, streaming/) the CLI's checked types, so that a bad value
+    is refused by the parser with its reason. An option that is not there is a programming error: KeyError."""
+    by_flag = {flag: action for action in p._actions for flag in action.option_strings}
+    for flag, kind in types.items():
+        by_flag[flag].type = kind
 
 
 def client_security_args(p: argparse.ArgumentParser) -> None:

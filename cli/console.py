@@ -25,7 +25,8 @@ MINUTES = number(float, 1.0, 24 * 60.0, what="give minutes between 1 and 1440")
 
 
 def setup(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=PORT, default=8080, help="HTTP port to listen on; 0 picks a free one (default %(default)s)")
+    p.add_argument("--port", type=PORT, default=8080, help="HTTP port to listen on; 0: any free port, named in the "
+                   "'console at' log line (default %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: loopback only)")
     p.add_argument("--allow-plaintext", action="store_true",
                    help="listen on a non-loopback --host although the console's HTTP has neither TLS nor login "

@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import argparse
 
+from logmesh.cli.common import (POSITIVE, POSITIVE_FLOAT, POSITIVE_SECONDS, SECONDS, SHARE, number, retype)
 from logmesh.cli.kafka_config import kafka_config_arg, read_kafka_config
+
+# without --rate ingest goes as fast as it can; a rate of 0 or less would mean nothing
+RATE = number(float, 1e-9, what="give lines per second above 0 (leave --rate out for full speed)")
 
 
 def setup_ingest(p: argparse.ArgumentParser) -> None:
     from logmesh.ingest.ingest_args import add_ingest_args
     add_ingest_args(p)
+    retype(p, {"--rate": RATE, "--limit": POSITIVE, "--partitions": POSITIVE, "--connect-timeout": POSITIVE_SECONDS})
     kafka_config_arg(p)
     run = p.get_default("func")
 
@@ -21,3 +26,6 @@ def setup_ingest(p: argparse.ArgumentParser) -> None:
 def setup_generate(p: argparse.ArgumentParser) -> None:
     from logmesh.ingest.generator import add_generate_args
     add_generate_args(p)
+    # 0 lines or blocks would write empty files and say nothing was wrong
+    retype(p, {"--lines": POSITIVE, "--blocks": POSITIVE, "--anomaly-rate": SHARE,
+               "--blocks-per-second": POSITIVE_FLOAT, "--delete-after": SECONDS})

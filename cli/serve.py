@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from logmesh.cli.common import PORT, POSITIVE, POSITIVE_SECONDS, SECONDS, UserError, number
+from logmesh.cli.common import PORT, POSITIVE, POSITIVE_FLOAT, POSITIVE_SECONDS, SECONDS, UserError
 from logmesh.cli.kafka_config import kafka_config_arg, read_kafka_config
 
 
@@ -26,7 +26,8 @@ def _limits_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace", type=SECONDS, default=10.0, help="seconds in-flight RPCs get to finish on SIGTERM (default %(default)s)")
     p.add_argument("--metrics-port", type=PORT, default=None, metavar="PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (RPCs by method and code, latency, "
-                        "cache; deploy/prometheus); default: off")
+                        "cache; deploy/prometheus); 0: any free port, named in the 'metrics serving' log line; "
+                        "default: off")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="least severe server log lines written to stderr (default %(default)s)")
     g = p.add_argument_group("security", "TLS, mutual TLS and bearer tokens (README: Security). Plaintext is "
@@ -80,7 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             security.credentials()  # unreadable files fail here, with their names, not deep in grpc
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    port = args.port or (50051 if args.service == "embedder" else 50052)
+    port = args.port  # 0: the OS picks a free one; the "listening" log line names it
     _check_port(args.host, port)
     from logmesh.runtime import tracing  # imports OpenTelemetry only when tracing is asked for
     try:
@@ -92,7 +93,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             serve_metrics(args.metrics_port, args.host, component=args.service)
         except OSError as exc:
-            raise UserError(str(exc)) from None
+            reason = getattr(exc.__cause__, "strerror", None) or exc
+            raise UserError(f"cannot serve metrics on {args.host}:{args.metrics_port}: {reason}; pick another "
+                            "--metrics-port (0: any free port) or leave it out (no metrics)") from None
     from logmesh.scorer.state import StateError  # stdlib only: cheap for the embedder too
     try:
         if args.service == "embedder":
@@ -124,7 +127,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 DEFAULT_STATE_DIR = "var/scorer-state"
-POSITIVE_FLOAT = number(float, 1e-9, what="give a number above 0")
 
 
 def _incident_outputs(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -171,7 +173,9 @@ def _state_dir(args: argparse.Namespace) -> Path | None:
 
 def _serve_common(p: argparse.ArgumentParser, port: int) -> None:
     from logmesh.runtime.tracing_args import add_trace_args
-    p.add_argument("--port", type=PORT, default=0, help=f"port to listen on (default {port})")
+    p.add_argument("--port", type=PORT, default=port,
+                   help="port to listen on; 0: any free port, named in the server's 'listening' log line "
+                        "(default %(default)s)")
     _limits_args(p)
     add_trace_args(p)
 

@@ -117,6 +117,42 @@ def test_serve_embedder_help_lists_only_embedder_options():
         assert both in embedder and both in scorer, both
 
 
+def test_port_0_means_any_free_port_in_every_server_help():
+    for service, default in (("embedder", 50051), ("scorer", 50052), ("console", 8080)):
+        out = " ".join(run("serve", service, "--help").stdout.split())
+        assert "0: any free port, named in the" in out and f"(default {default})" in out, (service, out)
+
+
+@pytest.mark.parametrize("service", ["embedder", "scorer"])
+def test_serve_on_port_0_listens_on_a_free_port_and_names_it(service, tmp_path):
+    """`--port 0` is any free port the OS picks, as for `serve console`, named in the 'listening' log line; it
+    used to mean the service's default port. Without --port the default stays."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from logmesh.cli import build_parser
+    default = {"embedder": 50051, "scorer": 50052}[service]
+    extra = [] if service == "embedder" else ["--model-dir", str(tmp_path / "models"), "--anomalies-topic", "",
+                                              "--feedback-topic", "", "--incidents-topic", "", "--state-dir", ""]
+    log = tmp_path / "server.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([LOGMESH, "serve", service, "--port", "0", *extra], stderr=stderr)
+    try:
+        def listening():  # type: ignore[no-untyped-def]
+            assert proc.poll() is None, log.read_text()[-2000:]
+            lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{") and x.endswith("}")]
+            return next((x for x in lines if x["msg"] == f"{service} listening"), None)
+        address = wait_for(listening, 60, f"the {service}'s 'listening' log line")["address"]
+        host, port = address.rsplit(":", 1)
+        assert host == "127.0.0.1" and int(port) not in (0, default), address
+        import grpc
+        with grpc.insecure_channel(address) as channel:  # a gRPC server answers there, serving or not yet
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status in (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert build_parser("serve").parse_args(["serve", service]).port == default
+
+
 def test_score_prints_verdict_score_and_votes(services):
     out = run("score", "--scorer", services["scorer"], LINE).stdout
     assert out.startswith("NORMAL  score=") and "votes=0/5 anomaly" in out and "template=E9" in out

@@ -153,6 +153,18 @@ def test_serve_on_a_taken_port(tmp_path):
     (["serve", "scorer", "--port", "70000"], "argument --port: 70000 is out of range"),
     (["score", "--timeout", "soon", LINE], "argument --timeout: 'soon' is not a number"),
     (["serve"], "the following arguments are required: SERVICE"),
+    (["serve", "embedder", "--port", "-1"], "argument --port: -1 is out of range: a TCP port is 0..65535 (0: any free port)"),
+    (["generate", "--lines", "0"], "argument --lines: 0 is out of range: give a whole number of at least 1"),
+    (["generate", "--lines", "-3"], "argument --lines: -3 is out of range: give a whole number of at least 1"),
+    (["generate", "--blocks", "0"], "argument --blocks: 0 is out of range: give a whole number of at least 1"),
+    (["generate", "--anomaly-rate", "2"], "argument --anomaly-rate: 2 is out of range: a share lies in [0, 1]"),
+    (["generate", "--blocks-per-second", "0"], "argument --blocks-per-second: 0 is out of range: give a number above 0"),
+    (["ingest", "--rate", "-5"], "argument --rate: -5 is out of range: give lines per second above 0 (leave --rate "
+                                 "out for full speed)"),
+    (["ingest", "--rate", "0"], "argument --rate: 0 is out of range: give lines per second above 0"),
+    (["ingest", "--rate", "fast"], "argument --rate: 'fast' is not a number"),
+    (["ingest", "--limit", "0"], "argument --limit: 0 is out of range: give a whole number of at least 1"),
+    (["ingest", "--partitions", "0"], "argument --partitions: 0 is out of range: give a whole number of at least 1"),
 ])
 def test_a_bad_option_value_is_refused_by_the_parser(args, wanted):
     """argparse's own form: the usage, then one `logmesh CMD: error:` line; exit 2."""
@@ -160,6 +172,13 @@ def test_a_bad_option_value_is_refused_by_the_parser(args, wanted):
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("logmesh ") and wanted in last, last
+
+
+def test_generate_with_no_lines_writes_nothing(tmp_path):
+    """`--lines 0` used to write an empty log and an empty labels file and exit 0."""
+    done = _run(["generate", "--lines", "0", "-o", str(tmp_path / "HDFS.log")])
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
 
 
 def test_an_unreachable_scorer_names_itself_and_exits_1():
