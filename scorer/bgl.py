@@ -112,6 +112,16 @@ class Part:
     def window_events(self) -> list[list[str]]:
         return [[self.events[i] for i in w] for w in self.windows]
 
+    def normal_window_max(self) -> dict[str, int]:
+        """event -> the most lines of it any window without an alert line held (scorer/rate_evidence.py: a flagged
+        session holding more of it in as many lines is a burst)."""
+        most: dict[str, int] = {}
+        for w, alert in zip(self.windows, self.window_truth()):
+            if not alert:
+                for e, n in Counter(self.events[i] for i in w).items():
+                    most[e] = max(most.get(e, 0), n)
+        return most
+
 
 def make_part(samples: list[Sample], keep: Callable[[np.ndarray], np.ndarray], drain: DrainTemplates,
               size: int) -> Part:
@@ -443,7 +453,9 @@ def fit_models(samples: list[Sample], cut: float, train: Part, drain: DrainTempl
     judge_params = (selection.c, selection.tau) if selection else None
     novel = NovelTemplates.fit(train.events, train.levels, train.truth, shapes=train.shapes, judge=judge_params)
     models = {"family": "bgl", "line": ensemble, "novel": novel, "block": None, "baselines": baselines, "drain": drain,
-              "templates": None, "line_baselines": fit_line_baselines(train.events, train.truth, seed)}
+              "templates": None, "line_baselines": fit_line_baselines(train.events, train.truth, seed),
+              # only names a flagged session's kind (scorer/bgl_serving.py); absent from older artifacts: none named
+              "window_max": train.normal_window_max()}
     return models, selection
 
 

@@ -14,10 +14,16 @@ call 615 failing re-replications a rate problem that normal re-replications shar
 traffic showed is a count no normal session explains (the real data: addStoredBlock 11-13 times against at most
 10, a verification repeated 4 times against 3). Artifacts trained before `max_count` have none: no verdict of
 theirs is called "frequency" (their kinds stay as they were).
+
+BGL (scorer/bgl_serving.py) has no session model: a node's or a window's session is flagged when the line
+ensemble flags a line of it, and its kind was "anomalous_lines" (no IncidentKind). It is named "frequency" when an
+event occurs more often in `window` consecutive lines of it than in any training window without an alert line
+(`window_max`, kept at training time, scorer/bgl.py); a longer session (a node's lines over hours) is read through
+a sliding window of that many lines, so a count is always set against as many lines as training counted in.
 """
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 
 #: Verdict kinds whose evidence is how events combine; only these may be called "frequency".
@@ -35,9 +41,31 @@ def beyond_normal(events: Sequence[str], max_count: Mapping[str, int] | None) ->
     return sorted(over, key=lambda t: (-t[1] / t[2], t[0]))
 
 
-def frequency_reason(over: Sequence[tuple[str, int, int]]) -> str:
-    shown = ", ".join(f"{e} x{n} (normal sessions at most {most})" for e, n, most in over[:CITED])
-    return f"more often than any normal session: {shown}"
+def frequency_reason(over: Sequence[tuple[str, int, int]], what: str = "session", span: str = "") -> str:
+    shown = ", ".join(f"{e} x{n} (normal {what}s at most {most})" for e, n, most in over[:CITED])
+    return f"more often than any normal {what}{span}: {shown}"
+
+
+def window_counts(events: Sequence[str], window: int) -> Counter:
+    """event -> the most of it in any `window` consecutive events (all of them when there are fewer)."""
+    best, now, held = Counter(), Counter(), deque()
+    for e in events:
+        held.append(e)
+        now[e] += 1
+        if len(held) > window:
+            now[held.popleft()] -= 1
+        best[e] = max(best[e], now[e])
+    return best
+
+
+def burst(events: Sequence[str], window_max: Mapping[str, int] | None, window: int) -> list[tuple[str, int, int]]:
+    """BGL: (event, most of it in `window` consecutive events, most any normal training window held) for each
+    event normal windows hold that this session holds more of, most excessive first; [] without `window_max`."""
+    if not window_max or window < 1:
+        return []
+    over = [(e, n, window_max[e]) for e, n in window_counts(events, window).items()
+            if e in window_max and n > window_max[e]]
+    return sorted(over, key=lambda t: (-t[1] / t[2], t[0]))
 
 
 def relabel(kind: str, anomalous: bool, events: Sequence[str], max_count: Mapping[str, int] | None,
