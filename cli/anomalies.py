@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from logmesh.cli.common import SCORE, channel_security, client_args, client_security_args, number
+from logmesh.cli.common import SCORE, SCORER_ADDRESS, channel_security, client_args, client_security_args, number
 
 
 def _print_similar(similar, indent: str, limit: int = 3) -> None:  # type: ignore[no-untyped-def]
@@ -108,7 +108,8 @@ def setup_tail(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block", default="", help="only this block id")
     p.add_argument("--component", default="", help="only lines of this component")
     p.add_argument("--blocks-only", action="store_true", help="only block alerts and final verdicts")
-    p.add_argument("--scorer", default=DEFAULT_SCORER, help="scorer address HOST:PORT (default %(default)s)")
+    p.add_argument("--scorer", type=SCORER_ADDRESS, default=DEFAULT_SCORER,
+                   help="scorer address HOST:PORT (default %(default)s)")
     client_security_args(p)
     p.set_defaults(func=cmd_tail)
 

@@ -42,6 +42,23 @@ SCORE = number(float, 0.0, 1.0, what="scores lie in [0, 1]")
 SHARE = number(float, 0.0, 1.0, what="a share lies in [0, 1]")
 
 
+def server_address(port: int) -> Callable:
+    """A gRPC server address: HOST:PORT, a list IP:PORT,IP:PORT or a gRPC target (dns:///NAME:PORT). A URL or a
+    host without a port is refused here: gRPC would try port 443 or fail to resolve the scheme as a host name."""
+    def convert(text: str) -> str:
+        if text.split("://", 1)[0].lower() in ("http", "https", "grpc", "grpcs"):
+            raise argparse.ArgumentTypeError(f"{text!r} is a URL: give the server's HOST:PORT, e.g. 127.0.0.1:{port} "
+                                             "(TLS: --tls or --tls-ca)")
+        if text.strip() and ":" not in text:
+            raise argparse.ArgumentTypeError(f"{text!r} has no port: give HOST:PORT, e.g. {text.strip()}:{port}")
+        return text
+    convert.__name__ = "address"
+    return convert
+
+
+SCORER_ADDRESS, EMBEDDER_ADDRESS = server_address(50052), server_address(50051)
+
+
 def retype(p: argparse.ArgumentParser, types: dict[str, Callable]) -> None:
     """Gives options that another module added (ingest/, streaming/) the CLI's checked types, so that a bad value
     is refused by the parser with its reason. An option that is not there is a programming error: KeyError."""
@@ -79,7 +96,8 @@ def target(args: argparse.Namespace, service: str, address: str) -> None:
 
 def client_args(p: argparse.ArgumentParser) -> None:
     from logmesh.client import DEFAULT_SCORER
-    p.add_argument("--scorer", default=DEFAULT_SCORER, help="scorer address HOST:PORT (default %(default)s)")
+    p.add_argument("--scorer", type=SCORER_ADDRESS, default=DEFAULT_SCORER,
+                   help="scorer address HOST:PORT (default %(default)s)")
     p.add_argument("--timeout", type=POSITIVE_SECONDS, default=30.0, help="seconds per call (default %(default)s)")
     client_security_args(p)
 
@@ -133,7 +151,12 @@ def _rpc_failed(args: argparse.Namespace, exc, grpc) -> int:  # type: ignore[no-
     service, address = getattr(args, "target", None) or ("scorer", getattr(args, "scorer", ""))
     unavailable = (f"is the {service} running at {address}? start it with `logmesh serve {service}` (a TLS server "
                    "also answers UNAVAILABLE to a plaintext client: --tls-ca)")
-    if not any(marker in (exc.details() or "").lower() for marker in _NOT_REACHED):
+    details = (exc.details() or "").lower()
+    if "errors resolving" in details or "dns resolution failed" in details:
+        example = {"scorer": "127.0.0.1:50052", "embedder": "127.0.0.1:50051"}.get(service, "127.0.0.1:PORT")
+        unavailable = (f"{address} does not resolve: check the host name, or give the {service}'s HOST:PORT, "
+                       f"e.g. {example}")
+    elif not any(marker in details for marker in _NOT_REACHED):
         # the server answered UNAVAILABLE itself (no model yet, its embedder down): its reason says why
         unavailable = (f"the {service} at {address} is up but cannot serve this yet (the reason above); retry, "
                        "or see `logmesh health`")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from logmesh.cli.common import channel_security, client_security_args
+from logmesh.cli.common import EMBEDDER_ADDRESS, SCORER_ADDRESS, channel_security, client_security_args
 
 
 def _embedder_of(stats) -> tuple[str | None, str]:  # type: ignore[no-untyped-def]
@@ -53,8 +53,9 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def setup(p: argparse.ArgumentParser) -> None:
     from logmesh.client import DEFAULT_EMBEDDER, DEFAULT_SCORER
-    p.add_argument("--scorer", default=DEFAULT_SCORER, help="scorer address HOST:PORT (default %(default)s)")
-    p.add_argument("--embedder", default=None,
+    p.add_argument("--scorer", type=SCORER_ADDRESS, default=DEFAULT_SCORER,
+                   help="scorer address HOST:PORT (default %(default)s)")
+    p.add_argument("--embedder", type=EMBEDDER_ADDRESS, default=None,
                    help="embedder address HOST:PORT (default: the one the scorer says it uses, else "
                         f"{DEFAULT_EMBEDDER})")
     client_security_args(p)

@@ -10,6 +10,17 @@ from logmesh.cli.kafka_config import kafka_config_arg, read_kafka_config
 RATE = number(float, 1e-9, what="give lines per second above 0 (leave --rate out for full speed)")
 
 
+def start_time(text: str) -> str:
+    """--start as the generator reads it (datetime.fromisoformat), checked here so a bad one names its option;
+    the text itself is kept: the generator parses it."""
+    import datetime as dt
+    try:
+        dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time: give YYYY-MM-DD HH:MM:SS (UTC)") from None
+    return text
+
+
 def setup_ingest(p: argparse.ArgumentParser) -> None:
     from logmesh.ingest.ingest_args import add_ingest_args
     add_ingest_args(p)
@@ -28,4 +39,4 @@ def setup_generate(p: argparse.ArgumentParser) -> None:
     add_generate_args(p)
     # 0 lines or blocks would write empty files and say nothing was wrong
     retype(p, {"--lines": POSITIVE, "--blocks": POSITIVE, "--anomaly-rate": SHARE,
-               "--blocks-per-second": POSITIVE_FLOAT, "--delete-after": SECONDS})
+               "--blocks-per-second": POSITIVE_FLOAT, "--delete-after": SECONDS, "--start": start_time})

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from logmesh.cli.common import PORT, POSITIVE, POSITIVE_FLOAT, POSITIVE_SECONDS, SECONDS, UserError
+from logmesh.cli.common import EMBEDDER_ADDRESS, PORT, POSITIVE, POSITIVE_FLOAT, POSITIVE_SECONDS, SECONDS, UserError
 from logmesh.cli.kafka_config import kafka_config_arg, read_kafka_config
 
 
@@ -81,6 +81,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             security.credentials()  # unreadable files fail here, with their names, not deep in grpc
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if args.service == "scorer" and Path(args.model_dir).is_file():  # a folder yet to be made is fine: hot reload
+        raise UserError(f"--model-dir {args.model_dir} is a file, not a folder: give the folder `logmesh train "
+                        "--out` wrote the artifacts to")
     port = args.port  # 0: the OS picks a free one; the "listening" log line names it
     _check_port(args.host, port)
     from logmesh.runtime import tracing  # imports OpenTelemetry only when tracing is asked for
@@ -211,7 +214,7 @@ def _setup_scorer(s: argparse.ArgumentParser) -> None:
     from logmesh.ingest.kafka_options import KafkaOptionAction  # no Kafka client is loaded by it
     _serve_common(s, 50052)
     s.add_argument("--model-dir", default="models", help="folder of model artifacts; the newest is served (default %(default)s)")
-    s.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="embedder address HOST:PORT (default %(default)s)")
+    s.add_argument("--embedder", type=EMBEDDER_ADDRESS, default=DEFAULT_EMBEDDER, help="embedder address HOST:PORT (default %(default)s)")
     s.add_argument("--reload-interval", type=POSITIVE_SECONDS, default=5.0,
                    help="seconds between checks for a newer artifact (default %(default)s)")
     s.add_argument("--bootstrap", "--kafka-bootstrap", dest="kafka_bootstrap", default="127.0.0.1:9092", metavar="HOSTS",

@@ -6,7 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from logmesh.cli.common import POSITIVE, Unreachable, UserError, channel_security, client_security_args, target
+from logmesh.cli.common import (EMBEDDER_ADDRESS, POSITIVE, Unreachable, UserError, channel_security,
+                                client_security_args, target)
 
 
 def _open_similar_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -96,7 +97,7 @@ def setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qdrant-api-key", default=os.environ.get("QDRANT_API_KEY"),
                    help="API key for --qdrant-url (default: QDRANT_API_KEY)")
     p.add_argument("--qdrant-path", default="var/qdrant", help="embedded store folder (default %(default)s)")
-    p.add_argument("--embedder", default=DEFAULT_EMBEDDER,
+    p.add_argument("--embedder", type=EMBEDDER_ADDRESS, default=DEFAULT_EMBEDDER,
                    help="embedder address HOST:PORT that embeds the line (default %(default)s)")
     client_security_args(p)
     p.set_defaults(func=cmd_similar)

@@ -103,6 +103,8 @@ CASES = {
     "ingest: unreadable --kafka-config": (lambda t: ["ingest", "--kafka-config", str(t / "ingest.properties"),
                                                      _log(t)], "", ["cannot read --kafka-config", "make-secrets.sh"]),
     "ingest: a --kafka-config line without =": (_bad_kafka_config, "", ["line 2", "expected KEY=VALUE"]),
+    "serve: --model-dir is a file": (lambda t: ["serve", "scorer", "--port", "0", "--model-dir", _log(t)], "",
+                                     ["--model-dir", "is a file, not a folder", "logmesh train --out"]),
 }
 
 
@@ -165,6 +167,13 @@ def test_serve_on_a_taken_port(tmp_path):
     (["ingest", "--rate", "fast"], "argument --rate: 'fast' is not a number"),
     (["ingest", "--limit", "0"], "argument --limit: 0 is out of range: give a whole number of at least 1"),
     (["ingest", "--partitions", "0"], "argument --partitions: 0 is out of range: give a whole number of at least 1"),
+    (["generate", "--start", "yesterday"], "argument --start: 'yesterday' is not a time: give YYYY-MM-DD HH:MM:SS (UTC)"),
+    (["score", "--scorer", "http://127.0.0.1:50052", LINE],
+     "argument --scorer: 'http://127.0.0.1:50052' is a URL: give the server's HOST:PORT, e.g. 127.0.0.1:50052"),
+    (["stats", "--scorer", "localhost"], "argument --scorer: 'localhost' has no port: give HOST:PORT, e.g. localhost:50052"),
+    (["health", "--embedder", "https://10.0.0.5:50051"], "argument --embedder: 'https://10.0.0.5:50051' is a URL"),
+    (["serve", "scorer", "--embedder", "embedder"], "argument --embedder: 'embedder' has no port: give HOST:PORT, "
+                                                    "e.g. embedder:50051"),
 ])
 def test_a_bad_option_value_is_refused_by_the_parser(args, wanted):
     """argparse's own form: the usage, then one `logmesh CMD: error:` line; exit 2."""
@@ -188,6 +197,14 @@ def test_an_unreachable_scorer_names_itself_and_exits_1():
     done = _run(["stats", "--scorer", f"127.0.0.1:{port}", "--timeout", "3"])
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "UNAVAILABLE" in done.stderr and f"is the scorer running at 127.0.0.1:{port}" in done.stderr
+
+
+def test_a_scorer_address_that_does_not_resolve_is_not_called_up():
+    """A host name that resolves to nothing: the CLI says so; it used to say the scorer was up but not serving."""
+    done = _run(["stats", "--scorer", "nowhere.invalid:50052", "--timeout", "10"])
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "is up but" not in done.stderr, done.stderr
+    assert "nowhere.invalid:50052 does not resolve: check the host name" in done.stderr, done.stderr
 
 
 def test_a_token_file_others_can_read_is_warned_about(tmp_path, caplog):
