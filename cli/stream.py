@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from logmesh.cli.common import Unreachable, UserError
+from logmesh.cli.common import EMBEDDER_ADDRESS, SCORER_ADDRESS, Unreachable, UserError, retype
 from logmesh.cli.kafka_config import kafka_config_arg, read_kafka_config
 
 
@@ -36,6 +36,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 def setup(p: argparse.ArgumentParser) -> None:
     from logmesh.streaming.options import add_args  # light: no Spark, pandas or Kafka client
     add_args(p)
+    retype(p, {"--embedder": EMBEDDER_ADDRESS, "--scorer": SCORER_ADDRESS})  # a URL or no port: one parser error
     kafka_config_arg(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="least severe log lines written to stderr (default %(default)s)")

@@ -172,6 +172,7 @@ def test_serve_on_a_taken_port(tmp_path):
      "argument --scorer: 'http://127.0.0.1:50052' is a URL: give the server's HOST:PORT, e.g. 127.0.0.1:50052"),
     (["stats", "--scorer", "localhost"], "argument --scorer: 'localhost' has no port: give HOST:PORT, e.g. localhost:50052"),
     (["health", "--embedder", "https://10.0.0.5:50051"], "argument --embedder: 'https://10.0.0.5:50051' is a URL"),
+    (["stream", "--scorer", "https://scorer:50052"], "argument --scorer: 'https://scorer:50052' is a URL"),
     (["serve", "scorer", "--embedder", "embedder"], "argument --embedder: 'embedder' has no port: give HOST:PORT, "
                                                     "e.g. embedder:50051"),
 ])
