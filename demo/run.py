@@ -36,7 +36,10 @@ QUIET_MS = 5000  # a replay runs in seconds what took hours: close blocks once t
 # block with missing steps); after 10 s of a stopped stream the job judges them as cut prefixes.
 STALL_MS = 10_000
 WARM_UP_BLOCK = "warm-up"  # the block of the line that waits for Spark to be up
-EVENT_QUIET_MS = 30_000  # --block-clock event: the gap is log time, so the job's own default applies
+# --block-clock event: the gap is log time, which a replay does not shrink, so not QUIET_MS; 30 s, shorter than
+# the job's default (5 min, for a live feed's writes), which would leave open every block whose last line
+# lies in the replay's last 5 min of log time (no stall timer on this clock)
+EVENT_QUIET_MS = 30_000
 
 
 def say(message: str) -> None:
