@@ -32,6 +32,7 @@ from logmesh.ingest.families.base import LineRecord
 from logmesh.ingest.families.bgl import BglFamily
 from logmesh.ingest.reader import ReadStats, iter_lines
 from logmesh.ingest.templates_drain import DrainTemplates
+from logmesh.scorer.rate_evidence import window_normal
 
 log = logging.getLogger("logmesh.train")
 Embed = Callable[[list[str]], np.ndarray]
@@ -112,15 +113,10 @@ class Part:
     def window_events(self) -> list[list[str]]:
         return [[self.events[i] for i in w] for w in self.windows]
 
-    def normal_window_max(self) -> dict[str, int]:
-        """event -> the most lines of it any window without an alert line held (scorer/rate_evidence.py: a flagged
-        session holding more of it in as many lines is a burst)."""
-        most: dict[str, int] = {}
-        for w, alert in zip(self.windows, self.window_truth()):
-            if not alert:
-                for e, n in Counter(self.events[i] for i in w).items():
-                    most[e] = max(most.get(e, 0), n)
-        return most
+    def normal_window_events(self) -> list[list[str]]:
+        """The events of each window without an alert line (scorer/rate_evidence.window_normal: what a flagged
+        session's burst is tested against)."""
+        return [[self.events[i] for i in w] for w, alert in zip(self.windows, self.window_truth()) if not alert]
 
 
 def make_part(samples: list[Sample], keep: Callable[[np.ndarray], np.ndarray], drain: DrainTemplates,
@@ -455,7 +451,7 @@ def fit_models(samples: list[Sample], cut: float, train: Part, drain: DrainTempl
     models = {"family": "bgl", "line": ensemble, "novel": novel, "block": None, "baselines": baselines, "drain": drain,
               "templates": None, "line_baselines": fit_line_baselines(train.events, train.truth, seed),
               # only names a flagged session's kind (scorer/bgl_serving.py); absent from older artifacts: none named
-              "window_max": train.normal_window_max()}
+              "window_normal": window_normal(train.normal_window_events())}
     return models, selection
 
 

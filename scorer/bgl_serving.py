@@ -10,8 +10,8 @@ Sessions: BGL labels lines, and a session (a node's lines, or a window) is anoma
 alert; the scorer judges a BlockSession whose block_id is the session key the same way: ANOMALY when the line
 ensemble flagged any of its lines (anomalous_record_ids), score the share of its lines flagged. Like ScoreBlock
 for HDFS it is pure; the stream keeps the alert status. Its evidence_kind is "anomalous_lines", or "frequency"
-when the flagged session also holds an event more often than any normal training window (scorer/rate_evidence.py):
-only the name, never the verdict or score.
+when the flagged session also holds an event more often than any normal training window, improbably at the
+normal rate (scorer/rate_evidence.py): only the name, never the verdict or score.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from logmesh.scorer.artifacts import Artifact
 from logmesh.scorer.block_scorer import copy_session
 from logmesh.scorer.engine import ANOMALY, NORMAL, LineScorer
 from logmesh.scorer.ensemble import THRESHOLD, majority
-from logmesh.scorer.rate_evidence import burst, frequency_reason
+from logmesh.scorer.rate_evidence import burst, burst_reason
 from logmesh.v1 import log_record_pb2, score_pb2, scorer_service_pb2 as spb
 
 MAX_EVENTS = 100_000  # more lines than this in one session: not a session
@@ -111,7 +111,8 @@ class BglSessionScorer:
 
     def __init__(self, artifact: Artifact) -> None:
         self.artifact = artifact
-        self._window_max = artifact.models.get("window_max")  # absent from artifacts trained before it
+        # absent from artifacts trained before it (and those with only c56b1ba's "window_max", which named too much)
+        self._normal = artifact.models.get("window_normal")
         self._window = int(artifact.meta.get("window") or 0)
 
     def score(self, blocks: list[spb.BlockSession]) -> list[spb.ScoreBlockResult]:
@@ -138,10 +139,10 @@ class BglSessionScorer:
             v.evidence_kind = "anomalous_lines" if flagged else "none"
             if flagged:
                 # the verdict and score above are reached without it: it only names the kind
-                over = burst(block.events, self._window_max, self._window)
+                over = burst(block.events, self._normal, self._window)
                 if over:
                     v.evidence_kind = "frequency"
-                    v.reasons.append(frequency_reason(over, "window", f" of {self._window} lines"))
+                    v.reasons.append(burst_reason(over, self._window))
                 v.reasons.append(f"{flagged} of {len(block.events)} lines flagged by the line ensemble")
             copy_session(v, block, self.artifact.version)
         return results

@@ -112,7 +112,7 @@ def test_replay_scores_every_bgl_line_once_alerts_each_flagged_node_once(admin, 
     assert set(block_alerts) == {node_of[i] for i in flagged} and max(block_alerts.values()) == 1
     for a in anomalies:
         if a.HasField("block"):
-            # "frequency": a flagged node that also holds a template beyond every normal window (rate_evidence.py)
+            # "frequency": a flagged node that also holds a burst of a template (rate_evidence.burst)
             assert a.block.evidence_kind in ("anomalous_lines", "frequency")
             assert set(a.block.anomalous_record_ids) <= flagged
 
