@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from logmesh.cli.common import EMBEDDER_ADDRESS, SCORER_ADDRESS, channel_security, client_security_args
+from logmesh.cli.common import EMBEDDER_ADDRESS, POSITIVE_SECONDS, SCORER_ADDRESS, channel_security, client_security_args
 
 
 def _embedder_of(stats) -> tuple[str | None, str]:  # type: ignore[no-untyped-def]
@@ -15,10 +15,10 @@ def _embedder_of(stats) -> tuple[str | None, str]:  # type: ignore[no-untyped-de
     return address or None, status
 
 
-def _state(client) -> str:  # type: ignore[no-untyped-def]
+def _state(client, timeout: float) -> str:  # type: ignore[no-untyped-def]
     import grpc
     try:
-        return client.health()
+        return client.health(timeout=timeout)
     except grpc.RpcError as exc:
         return f"DOWN ({exc.code().name})"
 
@@ -29,8 +29,8 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     from logmesh.client import DEFAULT_EMBEDDER, EmbedderClient, ScorerClient
     security = channel_security(args)
-    with ScorerClient(args.scorer, timeout=5.0, security=security) as scorer:
-        scorer_state = _state(scorer)
+    with ScorerClient(args.scorer, timeout=args.timeout, security=security) as scorer:
+        scorer_state = _state(scorer, args.timeout)
         embedder, why, problem, refused = args.embedder, "--embedder", "", None
         if embedder is None and not scorer_state.startswith("DOWN"):
             try:
@@ -46,7 +46,7 @@ def cmd_health(args: argparse.Namespace) -> int:
                        "embedder it uses; give --token (or LOGMESH_TOKEN), or --embedder")
     print(f"{'scorer':9} {args.scorer:22} {scorer_state}" + (f"  ({problem})" if problem else ""))
     with EmbedderClient(embedder, security=security) as client:
-        embedder_state = _state(client)
+        embedder_state = _state(client, args.timeout)
     print(f"{'embedder':9} {embedder:22} {embedder_state}  ({why})")
     return int(scorer_state != "SERVING" or embedder_state != "SERVING")
 
@@ -58,5 +58,10 @@ def setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedder", type=EMBEDDER_ADDRESS, default=None,
                    help="embedder address HOST:PORT (default: the one the scorer says it uses, else "
                         f"{DEFAULT_EMBEDDER})")
+    # a probe's bound: a server that accepts the connection but never answers (hung, or not gRPC) is DOWN
+    # (DEADLINE_EXCEEDED) after this, each of the three calls
+    p.add_argument("--timeout", type=POSITIVE_SECONDS, default=5.0, metavar="SECONDS",
+                   help="seconds each check may take: the scorer's health, its GetStats (which embedder it "
+                        "uses) and the embedder's health (default %(default)s)")
     client_security_args(p)
     p.set_defaults(func=cmd_health)

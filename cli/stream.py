@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from logmesh.cli.common import EMBEDDER_ADDRESS, SCORER_ADDRESS, Unreachable, UserError, retype
+from logmesh.cli.common import EMBEDDER_ADDRESS, PORT, SCORER_ADDRESS, Unreachable, UserError, retype
 from logmesh.cli.kafka_config import kafka_config_arg, read_kafka_config
 
 
@@ -36,7 +36,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
 def setup(p: argparse.ArgumentParser) -> None:
     from logmesh.streaming.options import add_args  # light: no Spark, pandas or Kafka client
     add_args(p)
-    retype(p, {"--embedder": EMBEDDER_ADDRESS, "--scorer": SCORER_ADDRESS})  # a URL or no port: one parser error
+    # a URL or no port, a port out of range: one parser error, as `serve` gives
+    retype(p, {"--embedder": EMBEDDER_ADDRESS, "--scorer": SCORER_ADDRESS, "--metrics-port": PORT})
     kafka_config_arg(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="least severe log lines written to stderr (default %(default)s)")

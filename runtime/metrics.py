@@ -143,7 +143,7 @@ def serve_metrics(port: int, host: str = "127.0.0.1", component: str = "") -> in
         server, thread = start_http_server(port, addr=host, registry=REGISTRY)
     except OSError as exc:
         raise OSError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; "
-                      "pick another port with --metrics-port (0: off)") from exc
+                      "pick another port with --metrics-port (0: any free port)") from exc
     bound = server.server_address[1]
     log.info("metrics serving", extra={"url": f"http://{host}:{bound}/metrics", "component": component})
     _SERVERS.append(server)

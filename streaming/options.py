@@ -56,7 +56,7 @@ class StreamConfig:
     spark_kafka_options: dict[str, str] = dataclasses.field(default_factory=dict)  # Java client only (kafka.*)
     retry_budget_s: float = 300.0  # a service down longer than this fails the batch (and the query: restarted)
     max_query_restarts: int = 10  # consecutive restarts of a failed query without a batch done in between
-    metrics_port: int | None = None  # the driver serves Prometheus metrics here (streaming/metrics.py); None: off
+    metrics_port: int | None = None  # the driver serves Prometheus metrics here (streaming/metrics.py); 0: any free; None: off
     # spark.sql.shuffle.partitions, and as many state buckets: how many tasks do the per-line work. Spark freezes
     # it into a checkpoint at its first start; None: the checkpoint's, or 2 (job.SHUFFLE_PARTITIONS) for a new one
     shuffle_partitions: int | None = None
@@ -124,7 +124,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                    help="serve Prometheus metrics from the driver at http://--metrics-host:PORT/metrics "
                         "(micro-batches and their parts, lines, blocks, alerts, dead letters, Kafka lag per "
-                        "partition; deploy/prometheus); default: off")
+                        "partition; deploy/prometheus); 0: any free port, named in the job's 'metrics serving' "
+                        "log line; default: off")
     p.add_argument("--metrics-host", default=d.metrics_host,
                    help="address --metrics-port binds (default %(default)s; 0.0.0.0 for a scraper elsewhere)")
     from logmesh.runtime.tracing_args import add_trace_args
@@ -150,8 +151,8 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         if partitions is not None and partitions < 1:
             raise ValueError(f"--shuffle-partitions must be at least 1, not {partitions}")
         port = values.get("metrics_port")
-        if port is not None and not 0 < port < 65536:
-            raise ValueError(f"--metrics-port must be a TCP port (1-65535), not {port}")
+        if port is not None and not 0 <= port < 65536:
+            raise ValueError(f"--metrics-port must be a TCP port, 0..65535 (0: any free port), not {port}")
     except ValueError as exc:  # before Spark or any connection: the reason, and argparse's exit code
         print(f"logmesh stream: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

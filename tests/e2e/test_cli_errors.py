@@ -173,6 +173,9 @@ def test_serve_on_a_taken_port(tmp_path):
     (["stats", "--scorer", "localhost"], "argument --scorer: 'localhost' has no port: give HOST:PORT, e.g. localhost:50052"),
     (["health", "--embedder", "https://10.0.0.5:50051"], "argument --embedder: 'https://10.0.0.5:50051' is a URL"),
     (["stream", "--scorer", "https://scorer:50052"], "argument --scorer: 'https://scorer:50052' is a URL"),
+    (["stream", "--metrics-port", "-1"], "argument --metrics-port: -1 is out of range: a TCP port is 0..65535 "
+                                         "(0: any free port)"),
+    (["health", "--timeout", "0"], "argument --timeout: 0 is out of range: give seconds as a number above 0"),
     (["serve", "scorer", "--embedder", "embedder"], "argument --embedder: 'embedder' has no port: give HOST:PORT, "
                                                     "e.g. embedder:50051"),
 ])
@@ -277,6 +280,23 @@ def test_health_against_a_scorer_that_wants_a_token(tmp_path):
     scorer_line, embedder_line = done.stdout.splitlines()
     assert scorer_line.split()[:3] == ["scorer", scorer, "NOT_SERVING"], done.stdout
     assert "refused GetStats" in embedder_line and "give --token" in embedder_line, done.stdout
+
+
+def test_health_gives_up_on_a_server_that_never_answers_after_its_timeout():
+    """A port that accepts connections and says nothing (a hung server, something that is not gRPC): both checks
+    are DOWN (DEADLINE_EXCEEDED) after --timeout each; it was a fixed 5 s, and --timeout was not an option."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes the handshake; nothing ever reads or answers
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        done = _run(["health", "--scorer", address, "--embedder", address, "--timeout", "0.5"])
+        took = time.monotonic() - started
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    scorer_line, embedder_line = done.stdout.splitlines()
+    assert scorer_line.split()[1:] == [address, "DOWN", "(DEADLINE_EXCEEDED)"], done.stdout
+    assert embedder_line.split()[1:4] == [address, "DOWN", "(DEADLINE_EXCEEDED)"], done.stdout
+    assert took < 8, took  # two 0.5 s checks and the CLI's start, against 10 s at the old fixed timeout
 
 
 def test_a_scorer_that_answers_unavailable_is_not_called_unreachable(tmp_path):
