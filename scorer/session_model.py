@@ -166,8 +166,16 @@ class SessionModel:
             evidence.unfamiliar = [e for e in evidence.events if not failure_event(e)]
             evidence.events = [e for e in evidence.events if failure_event(e)]
         present = set(events)
-        pattern = next((p for p in self.failure_patterns if p[0] in present and p[1] in present), None)
+        pattern = next((p for p in self._patterns_in_order() if p[0] in present and p[1] in present), None)
         return evidence, pattern
+
+    def _patterns_in_order(self) -> tuple[tuple[str, str], ...]:
+        """The failure patterns sorted: a set's order changes with the process's hash seed and with a copy, and the
+        pattern a verdict cites must not (the same block, the same reason on every replica)."""
+        order = self.__dict__.get("_pattern_order")
+        if order is None or len(order) != len(self.failure_patterns):
+            order = self._pattern_order = tuple(sorted(self.failure_patterns))
+        return order
 
     def probabilities(self, sessions: Sequence[Sequence[str]], closed: Sequence[bool]) -> np.ndarray:
         if not len(sessions):
