@@ -27,7 +27,7 @@ from logmesh.scorer.artifacts import Artifact
 from logmesh.scorer.block_scorer import copy_session
 from logmesh.scorer.engine import ANOMALY, NORMAL, LineScorer
 from logmesh.scorer.ensemble import THRESHOLD, majority
-from logmesh.scorer.rate_evidence import burst, burst_reason
+from logmesh.scorer.rate_evidence import burst, burst_reason, spreads
 from logmesh.v1 import log_record_pb2, score_pb2, scorer_service_pb2 as spb
 
 MAX_EVENTS = 100_000  # more lines than this in one session: not a session
@@ -114,6 +114,8 @@ class BglSessionScorer:
         # absent from artifacts trained before it (and those with only c56b1ba's "window_max", which named too much)
         self._normal = artifact.models.get("window_normal")
         self._window = int(artifact.meta.get("window") or 0)
+        # per event, once: every flagged window is tested against the same normal spread
+        self._spread = spreads(self._normal) if self._normal and self._normal.get("windows") else None
 
     def score(self, blocks: list[spb.BlockSession]) -> list[spb.ScoreBlockResult]:
         results = [spb.ScoreBlockResult(block_id=b.block_id) for b in blocks]
@@ -139,7 +141,7 @@ class BglSessionScorer:
             v.evidence_kind = "anomalous_lines" if flagged else "none"
             if flagged:
                 # the verdict and score above are reached without it: it only names the kind
-                over = burst(block.events, self._normal, self._window)
+                over = burst(block.events, self._normal, self._window, self._spread)
                 if over:
                     v.evidence_kind = "frequency"
                     v.reasons.append(burst_reason(over, self._window))

@@ -108,7 +108,7 @@ def window_normal(windows: Sequence[Sequence[str]]) -> dict:
             "squares": dict(squares)}
 
 
-def _spreads(normal: Mapping) -> dict[str, float]:
+def spreads(normal: Mapping) -> dict[str, float]:
     """event -> variance / mean of its count per normal window (at least 1, a Poisson count's): its own when
     `OWN_SPREAD_WINDOWS` windows held it, else the median of those."""
     n = normal["windows"]
@@ -132,20 +132,21 @@ def tail(count: int, lines: int, windows: int, spread: float) -> float:
     return float(nbinom.sf(count - 1, mean / (spread - 1.0), 1.0 / spread))
 
 
-def burst(events: Sequence[str], normal: Mapping | None, window: int) -> list[tuple[str, int, int, float]]:
+def burst(events: Sequence[str], normal: Mapping | None, window: int,
+          spread: Mapping[str, float] | None = None) -> list[tuple[str, int, int, float]]:
     """BGL: (event, most of it in `window` consecutive events, most any normal training window held, its mean per
     normal window) for each event normal windows hold that this session holds beyond that most, at least MIN_LINES
     times, and improbably often at the normal rate (the module's docstring); most improbable first. [] without
-    `normal` (an artifact from before it)."""
+    `normal` (an artifact from before it). `spread` is `spreads(normal)`, which a server computes once at load."""
     if not normal or not normal.get("windows") or window < 1:
         return []
     most, lines, n = normal["max"], normal["lines"], normal["windows"]
-    spreads = _spreads(normal)
+    spread = spreads(normal) if spread is None else spread
     p_max = FAMILY_P / len(lines)
     found = []
     for e, c in window_counts(events, window).items():
         if e in most and c > most[e] and c >= MIN_LINES:
-            p = tail(c, lines[e], n, spreads[e])
+            p = tail(c, lines[e], n, spread[e])
             if p < p_max:
                 found.append((p, e, c))
     return [(e, c, most[e], lines[e] / n) for _, e, c in sorted(found)]

@@ -22,7 +22,7 @@ from logmesh.scorer.analyst.incident_store import MemoryIncidentStore
 from logmesh.scorer.analyst.incidents import IncidentBook
 from logmesh.scorer.bgl_serving import BglLineScorer, BglSessionScorer
 from logmesh.scorer.history import AnomalyHistory
-from logmesh.scorer.rate_evidence import FAMILY_P, MIN_LINES, _spreads, tail, window_counts
+from logmesh.scorer.rate_evidence import FAMILY_P, MIN_LINES, spreads, tail, window_counts
 from logmesh.v1 import incident_pb2, score_pb2, scorer_service_pb2 as spb
 
 pytestmark = pytest.mark.model
@@ -86,7 +86,7 @@ def test_bgl_frequency_names_real_sessions_and_changes_no_verdict(both, encoder)
     served, old = both
     normal, window = served.models["window_normal"], served.meta["window"]
     assert normal["windows"] and window == 100, "the trained BGL artifact kept nothing of its normal windows"
-    window_max, spreads = normal["max"], _spreads(normal)
+    window_max, spread = normal["max"], spreads(normal)
     memo: dict[str, object] = {}
 
     def embed(shapes, timeout=None):  # type: ignore[no-untyped-def]
@@ -117,7 +117,7 @@ def test_bgl_frequency_names_real_sessions_and_changes_no_verdict(both, encoder)
         assert n.verdict == ANOMALY and cited and n.reasons[0].startswith(
             "more often than any normal window of 100 lines, and improbably at the normal rate: "), n.reasons
         assert all(int(c) == counts[e] > int(most) == window_max[e] and int(c) >= MIN_LINES for e, c, most in cited)
-        assert all(tail(int(c), normal["lines"][e], normal["windows"], spreads[e]) < FAMILY_P / len(normal["lines"])
+        assert all(tail(int(c), normal["lines"][e], normal["windows"], spread[e]) < FAMILY_P / len(normal["lines"])
                    for e, c, _ in cited)
         assert list(n.reasons[1:]) == list(o.reasons)
 
