@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from typing import Any, Mapping
 
@@ -79,10 +80,16 @@ class FeedbackTopic:
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in ends])
             out: list[fpb.Feedback] = []
             pending = set(ends)
+            stalled = time.monotonic() + self.timeout_s  # no message for timeout_s: the read stalled
             while pending:
-                messages = consumer.consume(500, timeout=self.timeout_s)
+                # short batches: consume(n) waits its whole timeout unless n messages come, and a topic of fewer
+                # than 500 labels (every topic, nearly) made each read wait timeout_s after its last label
+                messages = consumer.consume(500, timeout=min(0.2, self.timeout_s))
                 if not messages:
-                    raise FeedbackStoreError(f"reading {self.topic} stalled before its end; retrying")
+                    if time.monotonic() > stalled:
+                        raise FeedbackStoreError(f"reading {self.topic} stalled before its end; retrying")
+                    continue
+                stalled = time.monotonic() + self.timeout_s
                 for msg in messages:
                     error = msg.error()
                     if error is not None:
