@@ -17,6 +17,7 @@ import time
 import uuid
 
 import pytest
+from confluent_kafka import ConsumerGroupState
 
 from anomaly_topic import BOOTSTRAP, fresh_topic, line
 from incident_replicas_setup import stored_incidents
@@ -141,6 +142,13 @@ def test_a_fenced_owner_takes_the_book_back_only_under_a_new_assignment(admin, c
             r.book.stop()
 
 
+def _settled(admin, group: str, members: int) -> bool:  # type: ignore[no-untyped-def]
+    """The broker's view: `group` is stable with `members` members, one of them assigned the lease partition."""
+    described = admin.describe_consumer_groups([group])[group].result(10)
+    held = [m for m in described.members if m.assignment and m.assignment.topic_partitions]
+    return described.state == ConsumerGroupState.STABLE and len(described.members) == members and len(held) == 1
+
+
 def test_a_lease_that_rejoins_is_assigned_anew(admin) -> None:
     """IncidentLease.rejoin on the real broker, static members as the scorer makes them: the partition is given
     up (the owner event clears) and the broker assigns it again: to the member that rejoined when it is alone
@@ -160,7 +168,8 @@ def test_a_lease_that_rejoins_is_assigned_anew(admin) -> None:
 
         other = IncidentLease(BOOTSTRAP, topic, book, session_timeout_s=6.0, member=f"t-b-{uuid.uuid4().hex[:6]}")
         other.start()
-        time.sleep(8)  # the second member joins; the sticky assignor leaves the partition where it is
+        # the second member joins (the group settles with both); the sticky assignor leaves the partition where it is
+        wait_for(lambda: _settled(admin, a.group, 2), 30, "the second member to join the group")
         assert a.owner.is_set() and not other.owner.is_set() and a.assignments == 2
         a.rejoin()
         wait_for(lambda: a.owner.is_set() != other.owner.is_set(), 30, "one member to hold the lease again")
