@@ -42,9 +42,12 @@ class Replica:
                "--incidents-book", book, "--incident-lease-timeout", str(LEASE_S),
                "--notify-url", hook, "--notify-wait", "0", *extra]
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
-        ScorerClient(f"127.0.0.1:{self.port}").wait_until_serving(60)
         self.client = IncidentClient(f"127.0.0.1:{self.port}")
         self.feedback = fsgrpc.FeedbackServiceStub(self.client.channel)
+
+    def wait_serving(self) -> "Replica":
+        ScorerClient(f"127.0.0.1:{self.port}").wait_until_serving(60)
+        return self
 
     def label(self, incident_id: str) -> fpb.Feedback:
         return self.feedback.SubmitFeedback(fspb.SubmitFeedbackRequest(feedback=fpb.Feedback(
@@ -81,12 +84,13 @@ class ReplicaScene:
     replicas: list[Replica] = field(default_factory=list)
     extra: tuple[str, ...] = ()  # more `logmesh serve scorer` options, for every replica
 
-    def start(self, name: str) -> Replica:
-        """One more replica of the book (`name` names its state dir under the scene's)."""
+    def start(self, name: str, wait: bool = True) -> Replica:
+        """One more replica of the book (`name` names its state dir under the scene's), serving unless `wait` is
+        False (then the caller waits: Replica.wait_serving)."""
         replica = Replica(name, self.models, self.embedder, self.topics, self.book, self.state / name / "state",
                           self.receiver.url(), self.extra)
         self.replicas.append(replica)
-        return replica
+        return replica.wait_serving() if wait else replica
 
     def notified(self) -> collections.Counter:
         """incident id -> how many notifications the receiver accepted for it."""
@@ -99,15 +103,16 @@ def replica_scene(admin, models: Path, embedder: str, state: Path, prefix: str, 
                   names: tuple[str, ...] = ("a", "b"), extra: tuple[str, ...] = ()
                   ) -> Iterator[ReplicaScene]:  # type: ignore[no-untyped-def]
     """Fresh topics (the anomalies one with `partitions`), a fresh book and the replicas `names`, started with
-    the options `extra`; every replica is stopped on leaving."""
+    the options `extra`, started together (each loads its model at once) and serving; every replica is stopped
+    on leaving."""
     topics = {"anomalies": fresh_topic(admin, prefix, partitions=partitions), "incidents": fresh_compacted(admin),
               "feedback": fresh_compacted(admin)}
     with WebhookReceiver() as receiver:
         scene = ReplicaScene(models, embedder, state, topics, f"t-book-{uuid.uuid4().hex[:8]}",
                              AnomalyWriter(topics["anomalies"]), receiver, extra=extra)
         try:
-            for name in names:
-                scene.start(name)
+            for replica in [scene.start(name, wait=False) for name in names]:
+                replica.wait_serving()
             yield scene
         finally:
             for r in scene.replicas:
