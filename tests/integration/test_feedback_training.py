@@ -157,10 +157,14 @@ def test_a_false_alarm_the_analyst_marked_does_not_come_back_after_the_retrain(a
 
 
 def test_feedback_that_contradicts_the_data_is_refused_with_the_reason_and_can_be_forced(site, serving, tmp_path):
+    """The refused run and the forced run train side by side, each in a model dir of its own holding the serving
+    artifact alone (another test adds to the fixture's dir): the same candidate, refused in one, forced in the
+    other."""
     data, *_ = site
-    models = tmp_path / "models"
+    models, forced_models = tmp_path / "models", tmp_path / "forced"
     serving_version = serving[1].name
-    shutil.copytree(serving[1], models / serving_version)  # the serving artifact alone (another test adds to its dir)
+    for out in (models, forced_models):
+        shutil.copytree(serving[1], out / serving_version)
     # an analyst calls the three most common failing sequences normal: the data's labels say otherwise
     failing = Counter(tuple(["E" + t for t in line.split()])
                       for line in (data / "sessions_anomalous.txt").read_text().splitlines() if line.strip())
@@ -169,10 +173,23 @@ def test_feedback_that_contradicts_the_data_is_refused_with_the_reason_and_can_b
              for i, (seq, _n) in enumerate(failing.most_common(3))]
     labels = tmp_path / "feedback.jsonl"
     feedback_source.write_file(labels, wrong)
-    cmd = [LOGMESH, "train", "--data", str(data), "--out", str(models), "--feedback-file", str(labels),
+    cmd = [LOGMESH, "train", "--data", str(data), "--feedback-file", str(labels),
            "--validation", "none", "--threads", "1", "--log-level", "warning"]
 
-    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    def start(out: Path, *extra: str) -> subprocess.Popen:  # type: ignore[type-arg]
+        with (tmp_path / f"{out.name}.out").open("w") as stdout, (tmp_path / f"{out.name}.err").open("w") as stderr:
+            return subprocess.Popen(cmd + ["--out", str(out), *extra], stdout=stdout, stderr=stderr)
+
+    def finish(process: subprocess.Popen, out: Path) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+        try:
+            process.wait(600)
+        finally:
+            process.kill()
+        return subprocess.CompletedProcess(process.args, process.returncode, (tmp_path / f"{out.name}.out").read_text(),
+                                           (tmp_path / f"{out.name}.err").read_text())
+
+    runs = [start(models), start(forced_models, "--force-promote")]  # both train before either is waited for
+    refused, forced = finish(runs[0], models), finish(runs[1], forced_models)
     assert refused.returncode == 3, refused.stderr[-2000:]
     assert "NOT PROMOTED" in refused.stdout and "beyond the tolerance 0.01" in refused.stdout, refused.stdout
     assert "--force-promote" in refused.stdout
@@ -183,11 +200,11 @@ def test_feedback_that_contradicts_the_data_is_refused_with_the_reason_and_can_b
     v = meta["shadow"]["validation"]
     assert v["candidate"]["worst"]["complete"]["recall"] < v["serving_recipe"]["worst"]["complete"]["recall"]
 
-    forced = subprocess.run(cmd + ["--force-promote"], capture_output=True, text=True, timeout=600)
     assert forced.returncode == 0, forced.stderr[-2000:]
     assert "PROMOTED (forced)" in forced.stdout
-    newest = artifacts.newest(models)
-    assert newest != serving_version and json.loads((models / newest / "meta.json").read_text())["promotion"]["forced"]
+    newest = artifacts.newest(forced_models)
+    assert newest != serving_version
+    assert json.loads((forced_models / newest / "meta.json").read_text())["promotion"]["forced"]
 
 
 def test_a_feedback_source_that_cannot_be_read_says_what_to_do(site, tmp_path, admin):
