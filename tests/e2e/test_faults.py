@@ -136,7 +136,7 @@ def _json_lines(path: Path) -> list[dict]:
 def test_scorer_killed_mid_stream_is_retried_and_nothing_is_lost(admin, embedder_server, trained_models, data_dir,
                                                                    tmp_path, reliability):
     config = _topics(admin, f"f{uuid.uuid4().hex[:8]}")
-    lines = _slice(data_dir, tmp_path / "head.log", 5200, 2400)  # holds the writeBlock failure (line 6,336)
+    lines = _slice(data_dir, tmp_path / "head.log", 5200, 1500)  # holds the writeBlock failure (line 6,336)
     port = _free_port()
     scorer_log = tmp_path / "scorer.log"
     scorer = _start_scorer(port, trained_models, embedder_server.address, scorer_log)
@@ -156,7 +156,7 @@ def test_scorer_killed_mid_stream_is_retried_and_nothing_is_lost(admin, embedder
             return
         written.append(report.batch_id)
         if len(written) == 2 and "killed" not in events:
-            # SIGKILL between micro-batches 2 and 3 of 8: the next batch's ScoreStream meets a dead scorer.
+            # SIGKILL between micro-batches 2 and 3 of 5: the next batch's ScoreStream meets a dead scorer.
             procs[0].send_signal(signal.SIGKILL)
             procs[0].wait(10)
             events["killed"] = time.monotonic()
@@ -280,7 +280,7 @@ def test_embedder_down_at_start_is_waited_for(admin, encoder, trained_models, da
         try:
             wait_for(lambda: [r for r in logs.matching("waiting for service")
                            if getattr(r, "service", "") == EmbedderClient.service], 60, "the job to wait for the embedder")
-            down_until = time.monotonic() + 8.0  # the outage: the job must hold, not fail and not write
+            down_until = time.monotonic() + 5.0  # the outage: the job must hold, not fail and not write
             while time.monotonic() < down_until:
                 assert thread.is_alive() and not errors, f"the job gave up while the embedder was down: {errors}"
                 assert scored() == 0
@@ -345,7 +345,7 @@ def _skipped(log: Path) -> set[int]:
 def test_spark_job_killed_mid_replay_resumes_with_nothing_lost_or_repeated(admin, embedder_server, own_scorer, data_dir,
                                                                            tmp_path, reliability):
     config = _topics(admin, f"f{uuid.uuid4().hex[:8]}")
-    lines = _slice(data_dir, tmp_path / "replay.log", 5000, 4000)
+    lines = _slice(data_dir, tmp_path / "replay.log", 5000, 3200)  # 8 micro-batches: 0-7
     assert run_ingest(tmp_path / "replay.log", BOOTSTRAP, config.topic, labels_csv=data_dir / "anomaly_label.csv",
                       progress=False).produced == len(lines)
     args = _stream_args(config, embedder_server.address, own_scorer.address, tmp_path,
