@@ -200,7 +200,9 @@ class TopicIncidentStore:
             while todo:
                 if time.monotonic() > deadline:
                     raise KafkaException(f"reading {self.topic} to its end took too long")
-                for msg in consumer.consume(500, timeout=1.0):
+                # short batches: consume(n) waits its whole timeout unless n records come, so the batch holding the
+                # last records and the end-of-partition events would wait it out on every load (17f15db's fix)
+                for msg in consumer.consume(500, timeout=0.2):
                     error = msg.error()
                     if error is not None:
                         if error.code() == KafkaError._PARTITION_EOF:
