@@ -29,6 +29,7 @@ from logmesh.streaming.vector_store import open_store
 from logmesh.v1 import score_pb2
 from waiting import wait_for
 
+from job_log import json_lines, scored_by_batch
 from kafka_helpers import BOOTSTRAP, CommittedCount, _consume_all, _topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.spark]
@@ -118,17 +119,6 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-
-
-def _json_lines(path: Path) -> list[dict]:
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
 
 
 # ---- the scorer SIGKILLed mid-stream ------------------------------------------------------------
@@ -321,13 +311,8 @@ def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> sub
                             env={**os.environ, **(env or {})})
 
 
-def _written(log: Path) -> dict[int, int]:
-    """batch id -> lines scored, from the job's "batch written" log lines."""
-    return {e["batch_id"]: e["scored"] for e in _json_lines(log) if e.get("msg") == "batch written"}
-
-
 def _crashed(log: Path) -> tuple[str, int] | None:
-    hits = [(e["point"], e["batch_id"]) for e in _json_lines(log) if e.get("msg") == "fault injection: SIGKILL"]
+    hits = [(e["point"], e["batch_id"]) for e in json_lines(log) if e.get("msg") == "fault injection: SIGKILL"]
     return hits[0] if hits else None
 
 
@@ -339,7 +324,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def _skipped(log: Path) -> set[int]:
     """Batch ids with a partition the ledger said was committed (its writes skipped)."""
-    return {e["batch_id"] for e in _json_lines(log) if e.get("msg", "").startswith("partition already committed")}
+    return {e["batch_id"] for e in json_lines(log) if e.get("msg", "").startswith("partition already committed")}
 
 
 def test_spark_job_killed_mid_replay_resumes_with_nothing_lost_or_repeated(admin, embedder_server, own_scorer, data_dir,
@@ -358,7 +343,7 @@ def test_spark_job_killed_mid_replay_resumes_with_nothing_lost_or_repeated(admin
         # 1: killed in a task of batch 2, inside its transaction (outputs produced, before ledger and commit)
         procs.append(_spawn(args, logs[0], {"LOGMESH_SINK_CRASH_AT": "after-produce:2"}))
         assert procs[-1].wait(600) == -signal.SIGKILL, logs[0].read_text()[-3000:]
-        written1 = _written(logs[0])
+        written1 = scored_by_batch(logs[0])
         assert sorted(written1) == [0, 1] and _crashed(logs[0]) == ("after-produce", 2)
         after1 = scored()
         assert after1 == sum(written1.values()), "batch 2's aborted results are visible to read_committed"
@@ -366,7 +351,7 @@ def test_spark_job_killed_mid_replay_resumes_with_nothing_lost_or_repeated(admin
         # before the batch's other tasks and Spark's commit
         procs.append(_spawn(args, logs[1], {"LOGMESH_SINK_CRASH_AT": "after-commit:4"}))
         assert procs[-1].wait(600) == -signal.SIGKILL, logs[1].read_text()[-3000:]
-        written2 = _written(logs[1])
+        written2 = scored_by_batch(logs[1])
         assert sorted(written2) == [2, 3] and _crashed(logs[1]) == ("after-commit", 4)  # 4 died before its log line
         after2 = scored()
         assert after2 > after1 + sum(written2.values())  # batch 2 redone once, and batch 4's commit is visible
@@ -374,14 +359,14 @@ def test_spark_job_killed_mid_replay_resumes_with_nothing_lost_or_repeated(admin
         # commit; the replay of batch 4 first skips the partition(s) that committed
         procs.append(_spawn(args, logs[2], {"LOGMESH_SINK_CRASH_AT": "after-store:6"}))
         assert procs[-1].wait(600) == -signal.SIGKILL, logs[2].read_text()[-3000:]
-        assert _crashed(logs[2]) == ("after-store", 6) and sorted(_written(logs[2])) == [4, 5]
+        assert _crashed(logs[2]) == ("after-store", 6) and sorted(scored_by_batch(logs[2])) == [4, 5]
         assert _skipped(logs[2]) == {4}, "batch 4's committed partition should be skipped by the Kafka ledger"
         after3 = scored()
         # 4: to the end (availableNow: drains the topic and stops); batch 6 is replayed without writes
         procs.append(_spawn([*args, "--once"], logs[3]))
         assert procs[-1].wait(600) == 0, logs[3].read_text()[-3000:]
         assert 6 in _skipped(logs[3])
-        replayed6 = [e for e in _json_lines(logs[3]) if e.get("msg") == "batch written" and e["batch_id"] == 6]
+        replayed6 = [e for e in json_lines(logs[3]) if e.get("msg") == "batch written" and e["batch_id"] == 6]
         assert replayed6 and replayed6[0]["skipped"], "every partition of batch 6 had committed: nothing rewritten"
     finally:
         scored.close()
@@ -490,7 +475,7 @@ def test_broker_restart_mid_replay_loses_nothing(embedder_server, own_scorer, da
         job_log, ingest_log = tmp_path / "stream.log", tmp_path / "ingest.log"
         procs.append(_spawn(_stream_args(config, embedder_server.address, own_scorer.address, tmp_path,
                                          "--max-offsets-per-trigger", "500"), job_log))
-        wait_for(lambda: any(e.get("msg") == "stream started" for e in _json_lines(job_log)) or procs[0].poll() is not None,
+        wait_for(lambda: any(e.get("msg") == "stream started" for e in json_lines(job_log)) or procs[0].poll() is not None,
               600, "the job to start")
         assert procs[0].poll() is None, job_log.read_text()[-3000:]
         # paced so the outage lands mid-replay; the producer keeps lines queued across the outage
@@ -501,7 +486,7 @@ def test_broker_restart_mid_replay_loses_nothing(embedder_server, own_scorer, da
             stdout=subprocess.PIPE, stderr=open(ingest_log, "w"), text=True))
         # the job's "batch written" log lines (each after its batch's commit): a CommittedCount call reads on
         # while messages keep coming, so it can return only once the replay is over
-        before = wait_for(lambda: (n := sum(_written(job_log).values())) >= 400 and n, 600,
+        before = wait_for(lambda: (n := sum(scored_by_batch(job_log).values())) >= 400 and n, 600,
                           "the job to score the first lines")
         assert procs[1].poll() is None, "the replay ended before the outage: it would not land mid-replay"
         down = time.monotonic()
@@ -533,7 +518,7 @@ def test_broker_restart_mid_replay_loses_nothing(embedder_server, own_scorer, da
             if p.poll() is None:
                 _kill_group(p) if p is procs[0] else p.kill()
         subprocess.run([KAFKA_SH, "stop"], env={**os.environ, **env}, capture_output=True, timeout=120)
-    events = _json_lines(job_log)
+    events = json_lines(job_log)
     restarts = [e for e in events if e.get("msg") == "stream query failed; restarting it from its checkpoint"]
     redone = [e for e in events if e.get("msg") == "batch transaction failed; redoing its writes"]
     slowest = max(e["seconds"] for e in events if e.get("msg") == "batch written")

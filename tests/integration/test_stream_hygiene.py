@@ -7,7 +7,6 @@ cancel the running Spark job: a java.lang.StackOverflowError in the stream threa
 exited unexpectedly (crashed)"."""
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -20,25 +19,12 @@ import pytest
 from logmesh.ingest.producer import run_ingest
 from waiting import wait_for
 
+from job_log import scored_by_batch
 from kafka_helpers import BOOTSTRAP, CommittedCount, _topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.spark]
 LOGMESH = str(Path(sys.executable).with_name("logmesh"))
 IDLE_S = 10  # 40 empty micro-batches at the default 250 ms trigger: ~98 lines at info before the fix
-
-
-def _scored_logged(text: str) -> int:
-    """Lines the job's "batch written" log lines say it scored (JSON log lines)."""
-    scored = 0
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("msg") == "batch written":
-                scored += int(entry.get("scored", 0))
-    return scored
 
 
 def test_an_idle_stream_is_quiet_at_info_and_stops_cleanly(admin, embedder_server, own_scorer, data_dir, tmp_path):
@@ -58,7 +44,7 @@ def test_an_idle_stream_is_quiet_at_info_and_stops_cleanly(admin, embedder_serve
         run_ingest(data_dir / "HDFS_20000.log", BOOTSTRAP, config.topic, limit=300, progress=False)
         wait_for(lambda: scored() >= 300, 300, "the lines to be scored")
         # the data batches' own "batch written" lines land (logged after the commit and the points' upsert)
-        wait_for(lambda: _scored_logged(log.read_text(errors="replace")) >= 300, 60, "the 'batch written' lines")
+        wait_for(lambda: sum(scored_by_batch(log).values()) >= 300, 60, "the 'batch written' lines")
         before = log.read_text(errors="replace").splitlines()
         time.sleep(IDLE_S)  # a window to count what an idle job logs, not a timed assertion
         idle = log.read_text(errors="replace").splitlines()[len(before):]
