@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from logmesh.streaming.options import (BLOCK_CLOCK_FILE, SHUFFLE_PARTITIONS, Str
                                        check_block_clock, check_block_timing, config_from_args, shuffle_partitions)
 from logmesh.streaming.outputs import WRITER_SLOTS, Ledger, ensure_ledger_topic, job_id
 from logmesh.streaming.sink import CRASH_ENV, BatchSink, WriterSettings
+from logmesh.streaming.stopping import BatchGate, StopRequest, stop_between_batches
 from logmesh.streaming.vector_store import open_store
 from logmesh.streaming.work import WorkSettings
 
@@ -158,7 +157,7 @@ def kafka_source_options(config: StreamConfig) -> dict[str, str]:
     return options
 
 
-def _start_query(spark, config: StreamConfig, sink: BatchSink, plan: str,  # type: ignore[no-untyped-def]
+def _start_query(spark, config: StreamConfig, sink, plan: str,  # type: ignore[no-untyped-def]
                  keys: list[int] | None = None):
     reader = spark.readStream.format("kafka").options(**kafka_source_options(config))
     from logmesh.runtime import tracing
@@ -180,41 +179,6 @@ def _cause(text: str) -> str:
     import re
     found = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception|GaveUp|Aborted)\b:.*)$", text, re.M)
     return (found[-1] if found else text)[:500]
-
-
-def _stop_between_batches(query, limit_s: float = 120.0) -> None:  # type: ignore[no-untyped-def]
-    """Stops the query once no micro-batch is running (waiting at most `limit_s`). Stopping it mid-batch
-    cancels the batch's Spark job under the Python sink and state function: the job then logged a
-    StackOverflowError (Spark matching the long Python error) and "Python worker exited unexpectedly";
-    the batch was replayed on the next start anyway, so waiting loses nothing."""
-    deadline = time.monotonic() + limit_s
-    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    query.stop()
-
-
-class _StopRequest:
-    """SIGINT/SIGTERM -> a flag the run loop checks, instead of pyspark's SIGINT handler, which cancels
-    every running Spark job at once (see _stop_between_batches). A second signal stops at once."""
-
-    def __init__(self) -> None:
-        self.requested = threading.Event()
-        self.previous: dict[int, object] = {}
-
-    def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:  # type: ignore[no-untyped-def]
-        if self.requested.is_set():
-            raise KeyboardInterrupt
-        self.requested.set()
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untyped-def]
@@ -263,7 +227,7 @@ def run(config: StreamConfig, on_report=None) -> None:  # type: ignore[no-untype
     # Block timeouts fire in micro-batches without new data; a run that drains the topic and stops
     # (--once, availableNow) must not keep running such batches forever.
     spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", str(not config.once).lower())
-    stop = _StopRequest()
+    stop = StopRequest()
     try:
         stop.__enter__()
         error = _run_query(spark, config, sink, plan, keys, stop, restarts=0)
@@ -288,9 +252,10 @@ class _QueryFailed(Exception):
 
 
 def _run_query(spark, config: StreamConfig, sink: BatchSink, plan: str, keys,  # type: ignore[no-untyped-def]
-               stop: _StopRequest, restarts: int):
+               stop: StopRequest, restarts: int):
     """Runs the query until it ends: None when it finished or was stopped (a signal), else its failure."""
-    query = _start_query(spark, config, sink, plan, keys)
+    gate = BatchGate(sink)
+    query = _start_query(spark, config, gate, plan, keys)
     log.info("stream started", extra={"topic": config.topic, "checkpoint": config.checkpoint,
                                       "block_plan": plan, "once": config.once, "restarts": restarts})
     try:
@@ -298,7 +263,7 @@ def _run_query(spark, config: StreamConfig, sink: BatchSink, plan: str, keys,  #
             pass
         if stop.requested.is_set():
             log.info("stopping stream (signal): after the running micro-batch")
-            _stop_between_batches(query)
+            stop_between_batches(query, gate)
             raise _Stopped
     except KeyboardInterrupt:
         log.info("stopping stream (second signal): now")
@@ -312,7 +277,7 @@ def _run_query(spark, config: StreamConfig, sink: BatchSink, plan: str, keys,  #
 
 
 def _restart_episode(spark, config: StreamConfig, sink: BatchSink, plan: str, keys,  # type: ignore[no-untyped-def]
-                     stop: _StopRequest, progress: dict, failed: object):
+                     stop: StopRequest, progress: dict, failed: object):
     """Restarts the query that failed (`failed`) from its checkpoint, with backoff (tenacity: waits doubling
     from 2 s to 60 s, logged), up to max_query_restarts times in a row without a batch done in between; then
     a RuntimeError. Before each restart the tasks' ids are fenced and the ledger read again: a batch cut

@@ -58,6 +58,8 @@ def test_an_idle_stream_is_quiet_at_info_and_stops_cleanly(admin, embedder_serve
             job.kill()
             job.wait(60)
     text = log.read_text(errors="replace")
-    assert "stopping stream (signal)" in text
+    assert "stopping stream (signal)" in text and "stream stopped" in text, text[-3000:]
+    # the stop waited for the batch that ran then, not for a moment with no trigger (a batch runs every trigger)
+    assert "stopping stream mid-batch" not in text, text[-3000:]
     for bad in ("StackOverflowError", "Python worker exited unexpectedly", "Traceback"):
         assert bad not in text, f"{bad!r} in the job's log after a stop:\n{text[-3000:]}"
