@@ -157,7 +157,7 @@ def kafka_source_options(config: StreamConfig) -> dict[str, str]:
     return options
 
 
-def _start_query(spark, config: StreamConfig, sink, plan: str,  # type: ignore[no-untyped-def]
+def _start_query(spark, config: StreamConfig, sink: BatchGate, plan: str,  # type: ignore[no-untyped-def]
                  keys: list[int] | None = None):
     reader = spark.readStream.format("kafka").options(**kafka_source_options(config))
     from logmesh.runtime import tracing
